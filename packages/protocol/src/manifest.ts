@@ -1,0 +1,213 @@
+/**
+ * The artifact manifest and its ed25519 signature (see shared/guide/security.md).
+ * Signing is over a canonical JSON encoding (sorted keys, no spaces), so the
+ * same manifest always yields the same bytes on host and device.
+ */
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
+import { z } from 'zod';
+import { FleetError } from './errors.js';
+import { NAME_PATTERN } from './topics.js';
+
+const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a lowercase hex sha256');
+const Name = z.string().regex(NAME_PATTERN);
+
+/** Image classification: decode, resize, centre-crop, normalise, NCHW; softmax and top-k with labels. */
+export const ImageClassificationSchema = z.object({
+  kind: z.literal('image-classification'),
+  input: z.string(),
+  output: z.string().optional(),
+  width: z.number().int().positive(),
+  height: z.number().int().positive(),
+  /** Resize the shorter side to this before the centre crop (default: the crop size). */
+  resize: z.number().int().positive().optional(),
+  layout: z.enum(['NCHW', 'NHWC']).default('NCHW'),
+  /** Pixel values are divided by 255 and then normalised per channel. */
+  mean: z.tuple([z.number(), z.number(), z.number()]).default([0.485, 0.456, 0.406]),
+  std: z.tuple([z.number(), z.number(), z.number()]).default([0.229, 0.224, 0.225]),
+  softmax: z.boolean().default(true),
+  topK: z.number().int().positive().default(5),
+  labels: z.array(z.string()),
+});
+
+/** Text bag-of-words: words to indices, a multi-hot vector, a threshold to a label. */
+export const TextBagOfWordsSchema = z.object({
+  kind: z.literal('text-bow'),
+  input: z.string(),
+  output: z.string().optional(),
+  vocabularySize: z.number().int().positive(),
+  wordIndex: z.record(z.string(), z.number().int().nonnegative()),
+  /** What to do with a word not in the index: ignore it, or refuse the request. */
+  unknownWords: z.enum(['ignore', 'error']).default('ignore'),
+  threshold: z.number().default(0.5),
+  /** [label below threshold, label at or above]. */
+  labels: z.tuple([z.string(), z.string()]),
+});
+
+export const ProcessingSchema = z.discriminatedUnion('kind', [ImageClassificationSchema, TextBagOfWordsSchema]);
+export type Processing = z.infer<typeof ProcessingSchema>;
+
+export const ManifestSchema = z
+  .object({
+    kind: z.enum(['model', 'image']),
+    name: Name,
+    version: z.number().int().positive(),
+    sha256: Sha256Hex,
+    length: z.number().int().nonnegative(),
+    issuedAt: z.string().datetime(),
+    expiresAt: z.string().datetime(),
+    /** Who may install it; a device must match at least one entry. */
+    target: z
+      .object({
+        devices: z.array(Name).optional(),
+        groups: z.array(Name).optional(),
+        arch: z.array(z.string()).optional(),
+      })
+      .refine((t) => (t.devices?.length ?? 0) + (t.groups?.length ?? 0) + (t.arch?.length ?? 0) > 0, 'target names no device, group or arch'),
+    chunking: z.object({ size: z.number().int().positive(), sha256: z.array(Sha256Hex) }),
+    /** Set only when the operator deliberately signs a version lower than the highest accepted. */
+    rollback: z.boolean().default(false),
+    requires: z
+      .object({
+        opset: z.number().int().optional(),
+        onnxruntime: z.string().optional(),
+        memoryBytes: z.number().int().optional(),
+      })
+      .default({}),
+    processing: ProcessingSchema.optional(),
+    /** For kind 'image': the Docker image, pinned by digest. */
+    image: z.object({ reference: z.string(), digest: z.string().regex(/^sha256:[0-9a-f]{64}$/) }).optional(),
+  })
+  .refine((m) => m.chunking.sha256.length === Math.max(1, Math.ceil(m.length / m.chunking.size)), {
+    message: 'chunking.sha256 must list one hash per chunk',
+    path: ['chunking'],
+  });
+export type Manifest = z.infer<typeof ManifestSchema>;
+export type ManifestInput = z.input<typeof ManifestSchema>;
+
+export const SignedManifestSchema = z.object({
+  manifest: z.unknown(),
+  keyId: z.string().regex(/^[0-9a-f]{16}$/),
+  signature: z.string().min(1),
+});
+export type SignedManifest = z.infer<typeof SignedManifestSchema>;
+
+/** Sorted keys, no whitespace: the bytes that are signed. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(sortKeys(value));
+}
+
+function sortKeys(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(sortKeys);
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(
+      Object.keys(value)
+        .sort()
+        .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
+        .map((k) => [k, sortKeys((value as Record<string, unknown>)[k])]),
+    );
+  }
+  return value;
+}
+
+export interface FleetKeyPair {
+  privateKeyPem: string;
+  publicKeyPem: string;
+}
+
+export function generateFleetKeys(): FleetKeyPair {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  return {
+    privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    publicKeyPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+  };
+}
+
+/** A short fingerprint of a public key, so a device can tell which key signed a manifest. */
+export function keyId(publicKey: string | KeyObject): string {
+  const key = typeof publicKey === 'string' ? createPublicKey(publicKey) : publicKey;
+  return createHash('sha256').update(key.export({ type: 'spki', format: 'der' })).digest('hex').slice(0, 16);
+}
+
+export function signManifest(manifest: ManifestInput, privateKeyPem: string): SignedManifest {
+  const parsed = ManifestSchema.parse(manifest);
+  const privateKey = createPrivateKey(privateKeyPem);
+  const signature = sign(null, Buffer.from(canonicalJson(parsed)), privateKey).toString('base64');
+  return { manifest: parsed, keyId: keyId(createPublicKey(privateKey)), signature };
+}
+
+export type ManifestCheck = { ok: true; manifest: Manifest } | { ok: false; code: 'bad_signature' | 'invalid'; reason: string };
+
+/** Verifies the signature over the canonical bytes, then the manifest's shape. Nothing unsigned gets parsed further. */
+export function verifyManifest(signed: SignedManifest, publicKeyPem: string): ManifestCheck {
+  const publicKey = createPublicKey(publicKeyPem);
+  if (signed.keyId !== keyId(publicKey)) {
+    return { ok: false, code: 'bad_signature', reason: `signed by key ${signed.keyId}, but this device trusts key ${keyId(publicKey)}` };
+  }
+  let good = false;
+  try {
+    good = verify(null, Buffer.from(canonicalJson(signed.manifest)), publicKey, Buffer.from(signed.signature, 'base64'));
+  } catch {
+    good = false; // a malformed signature is simply a bad one
+  }
+  if (!good) return { ok: false, code: 'bad_signature', reason: 'the manifest signature does not verify with the fleet key' };
+  const parsed = ManifestSchema.safeParse(signed.manifest);
+  if (!parsed.success) return { ok: false, code: 'invalid', reason: `signed manifest is malformed: ${parsed.error.issues[0]?.message}` };
+  return { ok: true, manifest: parsed.data };
+}
+
+export interface DeviceIdentity {
+  id: string;
+  groups: readonly string[];
+  arch: string;
+}
+
+/** Whether the manifest names this device, one of its groups, or its architecture. */
+export function targetsDevice(manifest: Manifest, device: DeviceIdentity): boolean {
+  const t = manifest.target;
+  return (
+    (t.devices?.includes(device.id) ?? false) ||
+    (t.groups?.some((g) => device.groups.includes(g)) ?? false) ||
+    (t.arch?.includes(device.arch) ?? false)
+  );
+}
+
+/** Splits a file into chunk hashes, as the manifest's `chunking` field wants them. */
+export function chunkHashes(bytes: Uint8Array, chunkSize: number): string[] {
+  const hashes: string[] = [];
+  for (let offset = 0; offset < bytes.length || hashes.length === 0; offset += chunkSize) {
+    hashes.push(createHash('sha256').update(bytes.subarray(offset, offset + chunkSize)).digest('hex'));
+  }
+  return hashes;
+}
+
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+export interface AcceptanceContext {
+  device: DeviceIdentity;
+  /** The highest version of this model the device has ever accepted (persisted), or 0. */
+  highestAccepted: number;
+  now: Date;
+}
+
+/**
+ * Whether a verified manifest may be installed on this device: target, expiry,
+ * and the anti-rollback rule. Pure; the agent persists `highestAccepted`.
+ */
+export function checkAcceptance(manifest: Manifest, ctx: AcceptanceContext): FleetError | undefined {
+  if (!targetsDevice(manifest, ctx.device)) {
+    return new FleetError('wrong_target', `${manifest.name}@${manifest.version} is not meant for device ${ctx.device.id}`);
+  }
+  if (Date.parse(manifest.expiresAt) <= ctx.now.getTime()) {
+    return new FleetError('expired', `the manifest for ${manifest.name}@${manifest.version} expired at ${manifest.expiresAt}; sign a fresh one`);
+  }
+  if (manifest.version < ctx.highestAccepted && !manifest.rollback) {
+    return new FleetError(
+      'lower_version',
+      `${manifest.name}@${manifest.version} is lower than version ${ctx.highestAccepted} already accepted; sign an explicit rollback to install it`,
+    );
+  }
+  return undefined;
+}

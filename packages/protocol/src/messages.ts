@@ -1,0 +1,385 @@
+/**
+ * Every message on the wire, defined once: each zod schema gives both the
+ * TypeScript type (z.infer) and the runtime validator used at every boundary.
+ */
+import { randomUUID } from 'node:crypto';
+import { z } from 'zod';
+import { ErrorBodySchema, FleetError } from './errors.js';
+import type { ErrorBody } from './errors.js';
+import { SignedManifestSchema } from './manifest.js';
+import { PROTOCOL_VERSION, NAME_PATTERN } from './topics.js';
+
+export const NameSchema = z.string().regex(NAME_PATTERN, 'use 1-64 letters, digits, ".", "_" or "-"');
+export const VersionSchema = z.number().int().positive();
+
+const envelope = {
+  v: z.literal(PROTOCOL_VERSION),
+  id: z.string().min(1).max(64),
+  ts: z.number().int().nonnegative(),
+};
+
+// ---------------------------------------------------------------- tensors
+
+export const DTYPES = [
+  'float32',
+  'float64',
+  'float16',
+  'int8',
+  'int16',
+  'int32',
+  'int64',
+  'uint8',
+  'uint16',
+  'uint32',
+  'uint64',
+  'bool',
+  'string',
+] as const;
+export const DTypeSchema = z.enum(DTYPES);
+export type DType = z.infer<typeof DTypeSchema>;
+
+/** A tensor in JSON. int64/uint64 values may be given as numbers or decimal strings. */
+export const TensorSchema = z.object({
+  dtype: DTypeSchema,
+  shape: z.array(z.number().int().nonnegative()).max(16),
+  data: z.array(z.union([z.number(), z.string(), z.boolean()])),
+});
+export type Tensor = z.infer<typeof TensorSchema>;
+
+/** A model input or output as the model declares it; symbolic dimensions are strings (or null if unnamed). */
+export const TensorInfoSchema = z.object({
+  name: z.string(),
+  dtype: z.string(),
+  shape: z.array(z.union([z.number().int(), z.string(), z.null()])),
+});
+export type TensorInfo = z.infer<typeof TensorInfoSchema>;
+
+// ---------------------------------------------------------------- device state
+
+export const ModelStateSchema = z.object({
+  name: NameSchema,
+  active: VersionSchema.nullable(),
+  versions: z.array(VersionSchema),
+  inputs: z.array(TensorInfoSchema).optional(),
+  outputs: z.array(TensorInfoSchema).optional(),
+});
+export type ModelState = z.infer<typeof ModelStateSchema>;
+
+export const DeviceInfoSchema = z.object({
+  agentVersion: z.string(),
+  hostname: z.string(),
+  arch: z.string(),
+  platform: z.string(),
+  cpus: z.number().int(),
+  memoryBytes: z.number(),
+  onnxruntime: z.object({ version: z.string(), executionProviders: z.array(z.string()) }).nullable(),
+  docker: z.boolean(),
+  groups: z.array(NameSchema),
+  models: z.array(z.object({ name: NameSchema, version: VersionSchema })),
+});
+export type DeviceInfo = z.infer<typeof DeviceInfoSchema>;
+
+export const StatusMessageSchema = z.discriminatedUnion('online', [
+  z.object({ ...envelope, type: z.literal('status'), online: z.literal(true), device: DeviceInfoSchema }),
+  z.object({ ...envelope, type: z.literal('status'), online: z.literal(false), reason: z.string() }),
+]);
+export type StatusMessage = z.infer<typeof StatusMessageSchema>;
+
+export const ModelHealthSchema = z.object({
+  requests: z.number().int().nonnegative(),
+  errors: z.number().int().nonnegative(),
+  p50Ms: z.number().nullable(),
+  p95Ms: z.number().nullable(),
+  p99Ms: z.number().nullable(),
+});
+export type ModelHealth = z.infer<typeof ModelHealthSchema>;
+
+export const TelemetrySampleSchema = z.object({
+  ts: z.number().int(),
+  cpuPercent: z.number(),
+  load: z.array(z.number()),
+  memoryUsedBytes: z.number(),
+  memoryTotalBytes: z.number(),
+  diskFreeBytes: z.number().nullable(),
+  temperatureC: z.number().nullable(),
+  uptimeS: z.number(),
+  /** Per model `name@version`: counts and latency since the previous sample. */
+  models: z.record(z.string(), ModelHealthSchema),
+});
+export type TelemetrySample = z.infer<typeof TelemetrySampleSchema>;
+
+export const TelemetryMessageSchema = z.object({
+  ...envelope,
+  type: z.literal('telemetry'),
+  seq: z.number().int().nonnegative(),
+  /** Samples the offline buffer had to drop (oldest first) before this one. */
+  dropped: z.number().int().nonnegative(),
+  sample: TelemetrySampleSchema,
+});
+export type TelemetryMessage = z.infer<typeof TelemetryMessageSchema>;
+
+// ---------------------------------------------------------------- events
+
+export const EventSchema = z.discriminatedUnion('event', [
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    event: z.literal('transfer.progress'),
+    data: z.object({ transferId: NameSchema, received: z.number().int(), total: z.number().int() }),
+  }),
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    event: z.literal('model.activated'),
+    data: z.object({ model: NameSchema, version: VersionSchema, previous: VersionSchema.nullable() }),
+  }),
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    event: z.literal('model.failed'),
+    data: z.object({ model: NameSchema, version: VersionSchema, error: ErrorBodySchema }),
+  }),
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    event: z.literal('log'),
+    data: z.object({ level: z.string(), message: z.string() }),
+  }),
+]);
+export type FleetEvent = z.infer<typeof EventSchema>;
+export type EventName = FleetEvent['event'];
+export type EventData<E extends EventName> = Extract<FleetEvent, { event: E }>['data'];
+
+// ---------------------------------------------------------------- commands
+
+export const LEGACY_COMMANDS = ['start', 'stop', 'update', 'install', 'done', 'exit'] as const;
+export const LegacyCommandSchema = z.enum(LEGACY_COMMANDS);
+export type LegacyCommand = z.infer<typeof LegacyCommandSchema>;
+
+const empty = z.object({}).strict();
+const modelRef = z.object({ model: NameSchema, version: VersionSchema });
+
+/** One entry per command: what the request carries and what an ok reply carries. */
+export const commands = {
+  ping: { params: empty, result: z.object({ pong: z.literal(true), uptimeS: z.number() }) },
+  info: { params: empty, result: DeviceInfoSchema },
+  infer: {
+    params: z
+      .object({
+        model: NameSchema,
+        version: VersionSchema.optional(),
+        inputs: z.record(z.string(), TensorSchema).optional(),
+        /** Raw input for a model with declared pre-processing: text, or an image as base64. */
+        raw: z.union([z.object({ text: z.string() }), z.object({ imageBase64: z.string() })]).optional(),
+      })
+      .strict(),
+    result: z.object({
+      model: NameSchema,
+      version: VersionSchema,
+      outputs: z.record(z.string(), TensorSchema),
+      /** The post-processed answer, when the model's manifest declares post-processing. */
+      answer: z.unknown().optional(),
+      latencyMs: z.number(),
+    }),
+  },
+  'models.list': { params: empty, result: z.object({ models: z.array(ModelStateSchema) }) },
+  'models.activate': {
+    params: modelRef.strict(),
+    result: z.object({ model: NameSchema, version: VersionSchema, previous: VersionSchema.nullable() }),
+  },
+  'models.rollback': {
+    /** Back to the previously active version; a lower version than the highest accepted needs an operator-signed manifest. */
+    params: z.object({ model: NameSchema, manifest: SignedManifestSchema.optional() }).strict(),
+    result: z.object({ model: NameSchema, version: VersionSchema, previous: VersionSchema.nullable() }),
+  },
+  'models.remove': { params: modelRef.strict(), result: z.object({ removed: z.boolean() }) },
+  logs: {
+    params: z.object({ lines: z.number().int().min(1).max(5000).default(100) }).strict(),
+    result: z.object({ lines: z.array(z.string()) }),
+  },
+  'transfer.offer': {
+    /** Announces a transfer; the device verifies the manifest first and answers with the chunks it still needs. */
+    params: z
+      .object({
+        transferId: NameSchema,
+        manifest: SignedManifestSchema,
+        /** Where the chunks will be published: the device's own subtree or one of its groups. */
+        via: z.object({ kind: z.enum(['device', 'group']), name: NameSchema }),
+      })
+      .strict(),
+    result: z.object({ missing: z.array(z.number().int().nonnegative()), total: z.number().int() }),
+  },
+  'transfer.status': {
+    params: z.object({ transferId: NameSchema }).strict(),
+    result: z.object({ missing: z.array(z.number().int().nonnegative()), total: z.number().int() }),
+  },
+  'transfer.commit': {
+    /** Verifies the whole file against its manifest, stores it, and activates it unless told not to. */
+    params: z.object({ transferId: NameSchema, activate: z.boolean().default(true) }).strict(),
+    result: z.object({
+      model: NameSchema,
+      version: VersionSchema,
+      activated: z.boolean(),
+      previous: VersionSchema.nullable(),
+    }),
+  },
+  legacy: {
+    /** The original plain-text commands, sent through the request/response channel. */
+    params: z.object({ command: LegacyCommandSchema }).strict(),
+    result: z.object({ message: z.string() }),
+  },
+} as const;
+
+export type CommandName = keyof typeof commands;
+export type CommandParams<C extends CommandName> = z.input<(typeof commands)[C]['params']>;
+export type ParsedParams<C extends CommandName> = z.output<(typeof commands)[C]['params']>;
+export type CommandResult<C extends CommandName> = z.infer<(typeof commands)[C]['result']>;
+export const COMMAND_NAMES = Object.keys(commands) as CommandName[];
+
+const RequestEnvelopeSchema = z.object({
+  ...envelope,
+  type: z.literal('request'),
+  command: z.string().min(1).max(64),
+  /** Epoch milliseconds after which the requester no longer waits; the device answers deadline_exceeded. */
+  deadline: z.number().int().positive(),
+  params: z.unknown(),
+});
+
+export type Request<C extends CommandName = CommandName> = {
+  v: typeof PROTOCOL_VERSION;
+  id: string;
+  ts: number;
+  type: 'request';
+  command: C;
+  deadline: number;
+  params: ParsedParams<C>;
+};
+
+export const ReplySchema = z.discriminatedUnion('status', [
+  z.object({ ...envelope, type: z.literal('reply'), corr: z.string(), status: z.literal('ok'), data: z.unknown() }),
+  z.object({ ...envelope, type: z.literal('reply'), corr: z.string(), status: z.literal('error'), error: ErrorBodySchema }),
+]);
+export type Reply = z.infer<typeof ReplySchema>;
+
+export function newId(): string {
+  return randomUUID();
+}
+
+export function makeRequest<C extends CommandName>(
+  command: C,
+  params: CommandParams<C>,
+  timeoutMs: number,
+  now = Date.now(),
+): Request<C> {
+  return {
+    v: PROTOCOL_VERSION,
+    id: newId(),
+    ts: now,
+    type: 'request',
+    command,
+    deadline: now + timeoutMs,
+    params: params as ParsedParams<C>,
+  };
+}
+
+/** The id of a request whose payload is at least that much of an envelope, so an error can still be correlated. */
+function looseId(value: unknown): string | undefined {
+  if (typeof value === 'object' && value !== null && 'id' in value) {
+    const id = (value as { id: unknown }).id;
+    if (typeof id === 'string' && id.length > 0 && id.length <= 64) return id;
+  }
+  return undefined;
+}
+
+export type ParsedRequest =
+  | { ok: true; request: Request }
+  | { ok: false; corr: string | undefined; error: FleetError };
+
+/** Validates a request payload; on failure says why and, when it can, which request it was. */
+export function parseRequest(payload: Buffer | string): ParsedRequest {
+  let json: unknown;
+  try {
+    json = JSON.parse(payload.toString());
+  } catch {
+    return { ok: false, corr: undefined, error: new FleetError('bad_request', 'payload is not JSON') };
+  }
+  const corr = looseId(json);
+  const envelopeResult = RequestEnvelopeSchema.safeParse(json);
+  if (!envelopeResult.success) {
+    return { ok: false, corr, error: new FleetError('bad_request', `not a v${PROTOCOL_VERSION} request: ${describe(envelopeResult.error)}`) };
+  }
+  const raw = envelopeResult.data;
+  if (!Object.hasOwn(commands, raw.command)) {
+    return {
+      ok: false,
+      corr,
+      error: new FleetError('unknown_command', `unknown command "${raw.command}"; known: ${COMMAND_NAMES.join(', ')}`),
+    };
+  }
+  const command = raw.command as CommandName;
+  const params = commands[command].params.safeParse(raw.params ?? {});
+  if (!params.success) {
+    return { ok: false, corr, error: new FleetError('invalid_params', `${command}: ${describe(params.error)}`) };
+  }
+  return { ok: true, request: { ...raw, command, params: params.data } as Request };
+}
+
+export function okReply<C extends CommandName>(request: { id: string }, data: CommandResult<C>): Reply {
+  return { v: PROTOCOL_VERSION, id: newId(), ts: Date.now(), type: 'reply', corr: request.id, status: 'ok', data };
+}
+
+export function errorReply(corr: string, error: ErrorBody): Reply {
+  return {
+    v: PROTOCOL_VERSION,
+    id: newId(),
+    ts: Date.now(),
+    type: 'reply',
+    corr,
+    status: 'error',
+    error: { code: error.code, message: error.message },
+  };
+}
+
+/** Parses any message with a schema, throwing a FleetError('bad_request') that says what is wrong. */
+export function parseMessage<S extends z.ZodType>(schema: S, payload: Buffer | string): z.infer<S> {
+  let json: unknown;
+  try {
+    json = JSON.parse(payload.toString());
+  } catch {
+    throw new FleetError('bad_request', 'payload is not JSON');
+  }
+  const result = schema.safeParse(json);
+  if (!result.success) throw new FleetError('bad_request', describe(result.error));
+  return result.data;
+}
+
+/** Checks an ok reply's data against the command's result schema. */
+export function parseResult<C extends CommandName>(command: C, data: unknown): CommandResult<C> {
+  const result = commands[command].result.safeParse(data);
+  if (!result.success) throw new FleetError('bad_request', `${command} reply: ${describe(result.error)}`);
+  return result.data as CommandResult<C>;
+}
+
+export function makeStatus(device: DeviceInfo): StatusMessage {
+  return { v: PROTOCOL_VERSION, id: newId(), ts: Date.now(), type: 'status', online: true, device };
+}
+
+export function makeOffline(reason: string): StatusMessage {
+  return { v: PROTOCOL_VERSION, id: newId(), ts: Date.now(), type: 'status', online: false, reason };
+}
+
+export function makeEvent<E extends EventName>(event: E, data: EventData<E>): FleetEvent {
+  return { v: PROTOCOL_VERSION, id: newId(), ts: Date.now(), type: 'event', event, data } as FleetEvent;
+}
+
+export function makeTelemetry(seq: number, dropped: number, sample: TelemetrySample): TelemetryMessage {
+  return { v: PROTOCOL_VERSION, id: newId(), ts: Date.now(), type: 'telemetry', seq, dropped, sample };
+}
+
+/** One line per problem, with the path of the offending field. */
+export function describe(error: z.ZodError): string {
+  return error.issues
+    .slice(0, 5)
+    .map((issue) => `${issue.path.length ? issue.path.join('.') : '(root)'}: ${issue.message}`)
+    .join('; ');
+}
