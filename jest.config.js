@@ -1,6 +1,6 @@
 /** ESM TypeScript through @swc/jest (type checking is `tsc -b`'s job, run by `npm test` first). */
 export default {
-  testEnvironment: 'node',
+  testEnvironment: '<rootDir>/test/support/jest-environment.cjs',
   extensionsToTreatAsEsm: ['.ts'],
   transform: {
     '^.+\\.ts$': [
