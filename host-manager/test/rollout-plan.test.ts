@@ -1,0 +1,199 @@
+import { describe, expect, it } from '@jest/globals';
+import {
+  DEFAULT_POLICY,
+  evaluateGate,
+  newRollout,
+  nextStep,
+  parseTarget,
+  planWaves,
+  resolvePolicy,
+  summarizeHealth,
+  targetDevices,
+} from '../src/rollout-plan.js';
+import type { PlanDevice } from '../src/rollout-plan.js';
+import type { HealthSummary, RolloutDevice, RolloutRecord } from '../src/state.js';
+
+const fleet = (n: number, offline: string[] = [], group = 'lab'): PlanDevice[] =>
+  Array.from({ length: n }, (_, i) => {
+    const id = `pi-${String(i + 1).padStart(2, '0')}`;
+    return { id, groups: [group], online: !offline.includes(id) };
+  });
+
+const health = (requests: number, errors: number, p95Ms: number | null): HealthSummary => ({
+  requests,
+  errors,
+  errorRate: requests ? errors / requests : null,
+  p95Ms,
+  samples: 1,
+});
+
+describe('planWaves', () => {
+  it('puts the canary first, then growing cumulative percentages, covering every device once', () => {
+    const policy = resolvePolicy({ canary: 1, waves: [10, 50, 100] });
+    const waves = planWaves(fleet(20), policy);
+    expect(waves.map((w) => w.label)).toEqual(['canary', '10%', '50%', '100%']);
+    expect(waves.map((w) => w.devices.length)).toEqual([1, 1, 8, 10]);
+    const all = waves.flatMap((w) => w.devices);
+    expect(new Set(all).size).toBe(20);
+    expect(all).toHaveLength(20);
+  });
+
+  it('prefers online devices for the canary and early waves', () => {
+    const waves = planWaves(fleet(5, ['pi-01', 'pi-02']), resolvePolicy({ canary: 2, waves: [100] }));
+    expect(waves[0]).toEqual({ label: 'canary', devices: ['pi-03', 'pi-04'] });
+    expect(waves[1]?.devices).toEqual(['pi-05', 'pi-01', 'pi-02']);
+  });
+
+  it('skips waves that add nobody and always ends at 100%', () => {
+    const policy = resolvePolicy({ canary: 1, waves: [10, 20] });
+    expect(policy.waves).toEqual([10, 20, 100]);
+    const waves = planWaves(fleet(3), policy);
+    expect(waves.map((w) => [w.label, w.devices.length])).toEqual([
+      ['canary', 1],
+      ['100%', 2],
+    ]);
+  });
+
+  it('handles a single device and an empty target', () => {
+    expect(planWaves(fleet(1), DEFAULT_POLICY)).toEqual([{ label: 'canary', devices: ['pi-01'] }]);
+    expect(planWaves([], DEFAULT_POLICY)).toEqual([]);
+    expect(planWaves(fleet(4), resolvePolicy({ canary: 0, waves: [50] })).map((w) => w.label)).toEqual(['50%', '100%']);
+  });
+
+  it('is deterministic whatever the input order', () => {
+    const a = fleet(30);
+    const b = [...a].reverse();
+    expect(planWaves(a, DEFAULT_POLICY)).toEqual(planWaves(b, DEFAULT_POLICY));
+  });
+});
+
+describe('targets and policy', () => {
+  it('parses device, group and all targets and selects devices', () => {
+    const devices = [...fleet(3, [], 'lab'), { id: 'jet-1', groups: ['cars'], online: true }];
+    expect(parseTarget('all')).toEqual({ kind: 'all' });
+    expect(parseTarget('group:cars')).toEqual({ kind: 'group', name: 'cars' });
+    expect(parseTarget('pi-1')).toEqual({ kind: 'device', name: 'pi-1' });
+    expect(targetDevices(devices, parseTarget('group:cars')).map((d) => d.id)).toEqual(['jet-1']);
+    expect(targetDevices(devices, parseTarget('all'))).toHaveLength(4);
+    expect(targetDevices(devices, parseTarget('nobody'))).toEqual([]);
+  });
+});
+
+describe('evaluateGate', () => {
+  const policy = resolvePolicy({ minRequests: 10, maxLatencyRatio: 1.5, latencyFloorMs: 5, maxErrorRate: 0.05, maxErrorRateIncrease: 0.01 });
+  const devs = (states: RolloutDevice['state'][]): RolloutDevice[] =>
+    states.map((state, i) => ({ id: `d${i}`, wave: 0, state, previous: 1, attempts: 1, ...(state === 'failed' ? { error: { code: 'load_failed', message: 'bad graph' } } : {}) }));
+
+  it('passes healthy installs', () => {
+    const gate = evaluateGate(policy, devs(['switched', 'switched']), health(100, 0, 10), health(100, 0, 11));
+    expect(gate.pass).toBe(true);
+    expect(gate.install).toEqual({ switched: 2, failed: 0, waiting: 0 });
+  });
+
+  it('fails on install failures beyond the allowance, naming the first error', () => {
+    const gate = evaluateGate(policy, devs(['switched', 'failed']), health(0, 0, null), health(0, 0, null));
+    expect(gate.pass).toBe(false);
+    expect(gate.reasons[0]).toMatch(/1 of 2 devices failed to install.*load_failed: bad graph/);
+    const lenient = evaluateGate(resolvePolicy({ maxFailuresPercent: 50 }), devs(['switched', 'failed']), health(0, 0, null), health(0, 0, null));
+    expect(lenient.pass).toBe(true);
+  });
+
+  it('fails when latency grows beyond the ratio, compared with the same devices before', () => {
+    const gate = evaluateGate(policy, devs(['switched']), health(100, 0, 10), health(100, 0, 40));
+    expect(gate.pass).toBe(false);
+    expect(gate.reasons.join()).toMatch(/p95 latency rose from 10.0 ms to 40.0 ms/);
+  });
+
+  it('ignores latency below the floor (noise on tiny models)', () => {
+    expect(evaluateGate(policy, devs(['switched']), health(100, 0, 0.5), health(100, 0, 2)).pass).toBe(true);
+  });
+
+  it('fails on a high or rising error rate', () => {
+    expect(evaluateGate(policy, devs(['switched']), health(100, 0, 1), health(100, 20, 1)).reasons.join()).toMatch(/above the 5.0% ceiling/);
+    const rising = evaluateGate(policy, devs(['switched']), health(1000, 0, 1), health(1000, 30, 1));
+    expect(rising.pass).toBe(false);
+    expect(rising.reasons.join()).toMatch(/rose from 0.0% to 3.0%/);
+  });
+
+  it('gates on install results alone when there was too little traffic, and says so', () => {
+    const gate = evaluateGate(policy, devs(['switched']), health(0, 0, null), health(3, 3, 500));
+    expect(gate.pass).toBe(true);
+    expect(gate.reasons[0]).toMatch(/only 3 requests/);
+  });
+
+  it('summarizes samples weighting p95 by requests', () => {
+    const s = summarizeHealth([
+      { requests: 10, errors: 1, p50Ms: 1, p95Ms: 10, p99Ms: 12 },
+      { requests: 30, errors: 0, p50Ms: 1, p95Ms: 20, p99Ms: 25 },
+      { requests: 0, errors: 0, p50Ms: null, p95Ms: null, p99Ms: null },
+    ]);
+    expect(s).toEqual({ requests: 40, errors: 1, errorRate: 1 / 40, p95Ms: 17.5, samples: 3 });
+  });
+});
+
+describe('nextStep', () => {
+  const start = new Date('2026-01-01T00:00:00Z');
+  const make = (n: number, offline: string[] = [], policy = resolvePolicy({ canary: 1, waves: [50, 100], soakS: 30 })): RolloutRecord =>
+    newRollout({
+      id: 'r1',
+      model: 'm',
+      version: 2,
+      target: { kind: 'all' },
+      policy,
+      devices: fleet(n, offline),
+      previous: () => 1,
+      createdBy: 'operator:admin',
+      now: start,
+    });
+  const at = (s: number): Date => new Date(start.getTime() + s * 1000);
+  const on = (offline: string[] = []) => (id: string) => !offline.includes(id);
+
+  it('walks a healthy rollout: deliver canary, soak, gate, next wave ... finish', () => {
+    const r = make(4);
+    expect(nextStep(r, on(), at(0))).toEqual({ kind: 'deliver', wave: 0, devices: ['pi-01'] });
+    r.devices['pi-01']!.state = 'switched';
+    r.waves[0]!.state = 'delivering';
+    expect(nextStep(r, on(), at(1))).toEqual({ kind: 'start-soak', wave: 0 });
+    r.waves[0]!.state = 'soaking';
+    r.waves[0]!.soakUntil = at(31).toISOString();
+    expect(nextStep(r, on(), at(10))).toMatchObject({ kind: 'wait', until: at(31) });
+    expect(nextStep(r, on(), at(31))).toEqual({ kind: 'gate', wave: 0 });
+    r.waves[0]!.state = 'passed';
+    expect(nextStep(r, on(), at(32))).toEqual({ kind: 'deliver', wave: 1, devices: ['pi-02'] });
+    for (const w of r.waves) w.state = 'passed';
+    for (const d of Object.values(r.devices)) d.state = 'switched';
+    expect(nextStep(r, on(), at(100))).toMatchObject({ kind: 'finish', status: 'succeeded', reason: '4 of 4 devices run m@2' });
+  });
+
+  it('fails the gate at once when the canary cannot install, then rolls back the switched and finishes failed', () => {
+    const r = make(4);
+    r.devices['pi-01']!.state = 'failed';
+    r.waves[0]!.state = 'delivering';
+    expect(nextStep(r, on(), at(1))).toEqual({ kind: 'gate', wave: 0 });
+    r.waves[0]!.state = 'failed';
+    r.waves[0]!.gate = { pass: false, reasons: ['1 of 1 devices failed to install'], install: { switched: 0, failed: 1, waiting: 0 }, before: health(0, 0, null), after: health(0, 0, null) };
+    expect(nextStep(r, on(), at(2))).toMatchObject({ kind: 'finish', status: 'failed' });
+    r.devices['pi-02']!.state = 'switched'; // e.g. a returned device of an earlier wave
+    expect(nextStep(r, on(), at(2))).toEqual({ kind: 'rollback', devices: ['pi-02'] });
+    expect(nextStep(r, on(['pi-02']), at(2))).toMatchObject({ kind: 'wait' });
+  });
+
+  it('parks offline devices, retries them when they return, and skips them after the deadline', () => {
+    const r = make(2, ['pi-02'], resolvePolicy({ canary: 0, waves: [100], soakS: 0, offlineDeadlineS: 60 }));
+    expect(nextStep(r, on(['pi-02']), at(0))).toEqual({ kind: 'deliver', wave: 0, devices: ['pi-01'] });
+    r.devices['pi-01']!.state = 'switched';
+    expect(nextStep(r, on(['pi-02']), at(1))).toEqual({ kind: 'mark-waiting', devices: ['pi-02'] });
+    r.devices['pi-02']!.state = 'waiting';
+    expect(nextStep(r, on(['pi-02']), at(1))).toEqual({ kind: 'start-soak', wave: 0 });
+    r.waves[0]!.state = 'passed';
+    expect(nextStep(r, on(['pi-02']), at(2))).toMatchObject({ kind: 'wait', reason: expect.stringMatching(/1 offline/) });
+    expect(nextStep(r, on(), at(3))).toEqual({ kind: 'deliver', wave: 0, devices: ['pi-02'] });
+    expect(nextStep(r, on(['pi-02']), at(61))).toEqual({ kind: 'skip', devices: ['pi-02'] });
+  });
+
+  it('does nothing for an aborted rollout', () => {
+    const r = make(2);
+    r.status = 'aborted';
+    expect(nextStep(r, on(), at(0))).toEqual({ kind: 'idle' });
+  });
+});
