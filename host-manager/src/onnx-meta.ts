@@ -1,0 +1,85 @@
+/**
+ * What the registry reads from an ONNX file: inputs, outputs (names, dtypes,
+ * shapes with symbolic dimensions) and the opset. Anything that does not parse
+ * as a ModelProto with a graph is refused as 'not_onnx'.
+ */
+import onnxProto from 'onnx-proto';
+import { FleetError } from '@edgefleet/protocol';
+import type { TensorInfo } from '@edgefleet/protocol';
+
+const { onnx } = onnxProto;
+
+export interface OnnxMetadata {
+  irVersion: number;
+  /** The default-domain ('' or 'ai.onnx') opset version. */
+  opset: number | null;
+  opsets: { domain: string; version: number }[];
+  inputs: TensorInfo[];
+  outputs: TensorInfo[];
+  producer: string | null;
+}
+
+const DTYPE_NAMES: Record<number, string> = {
+  1: 'float32',
+  2: 'uint8',
+  3: 'int8',
+  4: 'uint16',
+  5: 'int16',
+  6: 'int32',
+  7: 'int64',
+  8: 'string',
+  9: 'bool',
+  10: 'float16',
+  11: 'float64',
+  12: 'uint32',
+  13: 'uint64',
+  14: 'complex64',
+  15: 'complex128',
+  16: 'bfloat16',
+};
+
+function toNumber(value: number | { toNumber(): number } | null | undefined): number {
+  if (value === null || value === undefined) return 0;
+  return typeof value === 'number' ? value : value.toNumber();
+}
+
+function tensorInfo(v: onnxProto.onnx.IValueInfoProto): TensorInfo {
+  const tensor = v.type?.tensorType;
+  const dtype = tensor ? (DTYPE_NAMES[tensor.elemType ?? 0] ?? `type${tensor.elemType}`) : 'non-tensor';
+  const shape = (tensor?.shape?.dim ?? []).map((d) => {
+    if (d.dimParam) return d.dimParam;
+    if (d.dimValue !== null && d.dimValue !== undefined) return toNumber(d.dimValue);
+    return null;
+  });
+  return { name: v.name ?? '', dtype, shape };
+}
+
+export function readOnnxMetadata(bytes: Uint8Array, label = 'the file'): OnnxMetadata {
+  const notOnnx = (why: string): FleetError =>
+    new FleetError('not_onnx', `${label} is not an ONNX model (${why}); export the model to .onnx and add that file`);
+  if (bytes.length === 0) throw notOnnx('it is empty');
+  let model: onnxProto.onnx.ModelProto;
+  try {
+    model = onnx.ModelProto.decode(bytes);
+  } catch (error) {
+    throw notOnnx(`it does not parse as a ModelProto: ${(error as Error).message}`);
+  }
+  const irVersion = toNumber(model.irVersion);
+  if (irVersion <= 0) throw notOnnx('it has no IR version');
+  const graph = model.graph;
+  if (!graph) throw notOnnx('it has no graph');
+  if ((graph.output ?? []).length === 0) throw notOnnx('its graph declares no outputs');
+  if ((model.opsetImport ?? []).length === 0) throw notOnnx('it imports no operator set');
+  const opsets = model.opsetImport.map((o) => ({ domain: o.domain ?? '', version: toNumber(o.version) }));
+  const main = opsets.find((o) => o.domain === '' || o.domain === 'ai.onnx');
+  const initializers = new Set((graph.initializer ?? []).map((t) => t.name));
+  return {
+    irVersion,
+    opset: main ? main.version : null,
+    opsets,
+    // Older exporters list initializers among the inputs; they are not inputs a caller feeds.
+    inputs: (graph.input ?? []).filter((i) => !initializers.has(i.name ?? '')).map(tensorInfo),
+    outputs: (graph.output ?? []).map(tensorInfo),
+    producer: model.producerName ? `${model.producerName}${model.producerVersion ? ` ${model.producerVersion}` : ''}` : null,
+  };
+}
