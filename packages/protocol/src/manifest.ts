@@ -40,12 +40,21 @@ export const TextBagOfWordsSchema = z.object({
   /** What to do with a word not in the index: ignore it, or refuse the request. */
   unknownWords: z.enum(['ignore', 'error']).default('ignore'),
   threshold: z.number().default(0.5),
+  /** Apply a sigmoid to the model's output first (set when the model ends in a logit, not a probability). */
+  sigmoid: z.boolean().default(false),
   /** [label below threshold, label at or above]. */
   labels: z.tuple([z.string(), z.string()]),
 });
 
 export const ProcessingSchema = z.discriminatedUnion('kind', [ImageClassificationSchema, TextBagOfWordsSchema]);
 export type Processing = z.infer<typeof ProcessingSchema>;
+
+/** Same shape as the protocol's Tensor (messages.ts imports this file, so it is repeated here). */
+const SampleTensorSchema = z.object({
+  dtype: z.string(),
+  shape: z.array(z.number().int().nonnegative()).max(16),
+  data: z.array(z.union([z.number(), z.string(), z.boolean()])),
+});
 
 export const ManifestSchema = z
   .object({
@@ -75,6 +84,8 @@ export const ManifestSchema = z
       })
       .default({}),
     processing: ProcessingSchema.optional(),
+    /** Input tensors for the activation smoke test; without it the device feeds zeros of the declared shapes. */
+    sample: z.record(z.string(), SampleTensorSchema).optional(),
     /** For kind 'image': the Docker image, pinned by digest. */
     image: z.object({ reference: z.string(), digest: z.string().regex(/^sha256:[0-9a-f]{64}$/) }).optional(),
   })
