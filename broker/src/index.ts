@@ -1,1 +1,12 @@
-export {};
+export { createBroker, type BrokerOptions, type RunningBroker } from './broker.js';
+export {
+  hashSecret,
+  verifySecret,
+  verifySecretAsync,
+  isSecretHash,
+  assertCredential,
+  staticCredentials,
+  type Credential,
+  type CredentialStore,
+} from './credentials.js';
+export { PacketGuard, GuardedConnection, Violation, DEFAULT_LIMITS, MAX_CONTROL_PACKET, type GuardLimits } from './guard.js';

@@ -1,0 +1,334 @@
+/**
+ * The embedded broker: Aedes behind our own listeners, with every connection
+ * wrapped by a PacketGuard, every CONNECT authenticated against a CredentialStore,
+ * and every PUBLISH and SUBSCRIBE decided by the protocol's access rules.
+ */
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from 'node:http';
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
+import type { Aedes, AedesOptions, AuthenticateError, Client } from 'aedes';
+import { pino, type Logger } from 'pino';
+import { WebSocketServer, createWebSocketStream } from 'ws';
+import { mayPublish, maySubscribe, type Principal } from '@edgefleet/protocol';
+import { decoySecretHash, verifySecretAsync, type Credential, type CredentialStore } from './credentials.js';
+import { DEFAULT_LIMITS, GuardedConnection, PacketGuard, type GuardLimits, type Violation } from './guard.js';
+
+export interface BrokerOptions {
+  credentials: CredentialStore;
+  /** Development switch: clients without a user name get operator rights. Off by default; logged loudly. */
+  allowAnonymous?: boolean;
+  /** Default { host: '0.0.0.0', port: 1883 }; port 0 = ephemeral (see RunningBroker.ports). */
+  tcp?: { host?: string; port: number } | false;
+  /** MQTT over TLS. `ca` + `requestCert` require client certificates signed by that CA. */
+  tls?: { host?: string; port: number; key: string; cert: string; ca?: string; requestCert?: boolean };
+  /** MQTT over WebSocket (path-independent), for browsers. */
+  ws?: { host?: string; port: number };
+  /** Whole-packet limit in bytes, enforced from the fixed header before the body is buffered. Default 4 MiB. */
+  maxPacketSize?: number;
+  /** Topic names and filters, UTF-8 bytes. Default 1024. */
+  maxTopicLength?: number;
+  /** Topic levels. Default 32 (Aedes' own ceiling is 100). */
+  maxTopicLevels?: number;
+  /** The original plain-text channel (e.g. 'hello'), granted to everyone when set. */
+  legacyTopic?: string;
+  persistence?: { kind: 'memory' } | { kind: 'redis'; url: string };
+  logger?: Logger;
+}
+
+export interface RunningBroker {
+  aedes: Aedes;
+  ports: { tcp?: number; tls?: number; ws?: number };
+  /** mqtt://127.0.0.1:<tcp> (or the TCP listener's host when it is not a wildcard address). */
+  url: string;
+  close(): Promise<void>;
+}
+
+/** What the broker knows about an authenticated connection. */
+interface Session {
+  principal: Principal;
+  /** Identifies the credential ("device:dev1", "operator:ops", "anonymous"). */
+  key: string;
+  /** mayPublish answers for this principal, by topic (bounded). */
+  publishDecisions: Map<string, boolean>;
+}
+
+const PUBLISH_CACHE_LIMIT = 256;
+
+// Aedes' connect return codes (AuthErrorCode is a const enum, unusable with isolatedModules)
+const IDENTIFIER_REJECTED = 2;
+const BAD_USERNAME_OR_PASSWORD = 4;
+const NOT_AUTHORIZED = 5;
+
+function authError(returnCode: number, message: string): AuthenticateError {
+  return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
+}
+
+function principalOf(c: Credential): Principal {
+  return c.role === 'device' ? { role: 'device', id: c.id, groups: c.groups } : { role: 'operator', id: c.id };
+}
+
+function defaultLogger(): Logger {
+  return pino({ name: 'broker' }, pino.destination(2));
+}
+
+export async function createBroker(options: BrokerOptions): Promise<RunningBroker> {
+  const log = (options.logger ?? defaultLogger()).child({ component: 'broker' });
+  const limits: GuardLimits = {
+    maxPacketSize: options.maxPacketSize ?? DEFAULT_LIMITS.maxPacketSize,
+    maxTopicLength: options.maxTopicLength ?? DEFAULT_LIMITS.maxTopicLength,
+    maxTopicLevels: options.maxTopicLevels ?? DEFAULT_LIMITS.maxTopicLevels,
+  };
+  validateLimits(limits);
+  const access = { legacyTopic: options.legacyTopic };
+  const store = options.credentials;
+  const allowAnonymous = options.allowAnonymous === true;
+  if (allowAnonymous) {
+    log.warn(
+      'ANONYMOUS CLIENTS ALLOWED: any client without a user name connects with operator rights. ' +
+        'Development only; never expose this broker beyond localhost.',
+    );
+  }
+
+  const sessions = new WeakMap<Client, Session>();
+  /** Client ids being authenticated right now, with the credential that asked. */
+  const authenticating = new Map<string, string>();
+
+  const persistence = await createPersistence(options.persistence ?? { kind: 'memory' }, log);
+  const { Aedes } = await import('aedes');
+
+  const aedesOptions: AedesOptions = {
+    ...persistence.aedesOptions,
+    maxClientsIdLength: 256,
+    maxTopicLevels: Math.min(limits.maxTopicLevels, 100),
+
+    authenticate(client, username, password, done) {
+      const clientId = client.id;
+      authenticateClient(client, clientId, username, password).then(
+        (session) => {
+          sessions.set(client, session);
+          log.debug({ clientId, who: session.key }, 'client authenticated');
+          done(null, true);
+        },
+        (err: AuthenticateError) => {
+          log.warn({ clientId, username, reason: err.message }, 'connection refused');
+          done(err, false);
+        },
+      );
+    },
+
+    authorizePublish(client, packet, done) {
+      // A null client is Aedes publishing the will of a client that is gone; wills are checked at CONNECT.
+      if (client === null) return done(null);
+      const session = sessions.get(client);
+      if (!session) return done(new Error('not authenticated'));
+      const topic = packet.topic;
+      let allowed = session.publishDecisions.get(topic);
+      if (allowed === undefined) {
+        allowed = mayPublish(session.principal, topic, access);
+        if (session.publishDecisions.size >= PUBLISH_CACHE_LIMIT) session.publishDecisions.clear();
+        session.publishDecisions.set(topic, allowed);
+      }
+      if (allowed) return done(null);
+      // MQTT 3.1.1 has no negative PUBACK: the connection is closed [MQTT-3.3.5-2]
+      log.warn({ clientId: client.id, who: session.key, topic }, 'publish refused by ACL; closing connection');
+      done(new Error(`not authorized to publish to ${topic}`));
+    },
+
+    authorizeSubscribe(client, subscription, done) {
+      const session = sessions.get(client);
+      if (session && maySubscribe(session.principal, subscription.topic, access)) return done(null, subscription);
+      log.warn({ clientId: client.id, who: session?.key, filter: subscription.topic }, 'subscription refused by ACL');
+      done(null, null); // SUBACK return code 0x80 for this filter
+    },
+  };
+
+  async function authenticateClient(
+    client: Client,
+    clientId: string,
+    username: string | undefined,
+    password: Buffer | undefined,
+  ): Promise<Session> {
+    let session: Session;
+    if (username === undefined) {
+      if (!allowAnonymous) throw authError(NOT_AUTHORIZED, 'anonymous clients are not allowed');
+      session = { principal: { role: 'operator', id: 'anonymous' }, key: 'anonymous', publishDecisions: new Map() };
+    } else {
+      const credential = await store.find(username);
+      const ok = await verifySecretAsync(password ?? Buffer.alloc(0), credential?.secretHash ?? decoySecretHash());
+      if (!ok || !credential) throw authError(BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
+      if (credential.role === 'device' && clientId !== credential.id) {
+        throw authError(IDENTIFIER_REJECTED, `a device's client id must equal its id "${credential.id}"`);
+      }
+      if (credential.role === 'operator' && clientId !== credential.id) {
+        if (!clientId.startsWith(`${credential.id}-`)) {
+          throw authError(IDENTIFIER_REJECTED, `an operator's client id must be "${credential.id}" or start with "${credential.id}-"`);
+        }
+        if (await store.find(clientId)) {
+          throw authError(IDENTIFIER_REJECTED, `client id "${clientId}" is the id of another credential`);
+        }
+      }
+      session = { principal: principalOf(credential), key: `${credential.role}:${credential.id}`, publishDecisions: new Map() };
+    }
+    // A will is published on the client's behalf later: authorize it now.
+    const will = (client as unknown as { _will?: { topic: string } | null })._will;
+    if (will && !mayPublish(session.principal, will.topic, access)) {
+      throw authError(NOT_AUTHORIZED, `not authorized to set a will on ${will.topic}`);
+    }
+    // [MQTT-3.1.4-2] lets a new connection take over a client id; only the same credential may do so.
+    const connected = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[clientId];
+    const holder = connected ? sessions.get(connected)?.key : authenticating.get(clientId);
+    if ((connected || authenticating.has(clientId)) && holder !== session.key) {
+      throw authError(IDENTIFIER_REJECTED, `client id "${clientId}" is in use by another credential`);
+    }
+    authenticating.set(clientId, session.key);
+    setImmediate(() => authenticating.delete(clientId)); // registered by Aedes by then
+    return session;
+  }
+
+  const aedes = await Aedes.createBroker(aedesOptions);
+  aedes.on('clientError', (client, err) => log.debug({ clientId: client.id, err: err.message }, 'client error'));
+  aedes.on('connectionError', (_client, err) => log.debug({ err: err.message }, 'connection error'));
+
+  const connections = new Set<Duplex>();
+  function accept(stream: Duplex, remote: string, req?: IncomingMessage): void {
+    connections.add(stream);
+    stream.once('close', () => connections.delete(stream));
+    stream.on('error', () => {
+      /* socket errors (resets) end the connection; Aedes reports them through the wrapper */
+    });
+    const guard = new PacketGuard(limits);
+    const conn = new GuardedConnection(stream, guard, (v: Violation) => {
+      log.warn({ remote, clientId: guard.clientId, username: guard.username, packet: v.packetType, reason: v.reason }, 'closing connection: invalid packet');
+    });
+    aedes.handle(conn, req);
+  }
+
+  const servers: { close(): Promise<void> }[] = [];
+  const ports: RunningBroker['ports'] = {};
+  let url = '';
+  try {
+    const tcp = options.tcp === undefined ? { host: '0.0.0.0', port: 1883 } : options.tcp;
+    if (tcp) {
+      const server = createNetServer((socket: Socket) => accept(socket, `${socket.remoteAddress}:${socket.remotePort}`));
+      const host = tcp.host ?? '0.0.0.0';
+      ports.tcp = await listen(server, tcp.port, host, 'tcp');
+      servers.push({ close: () => closeServer(server) });
+      const reachable = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+      url = `mqtt://${reachable}:${ports.tcp}`;
+    }
+    if (options.tls) {
+      const t = options.tls;
+      const server = createTlsServer(
+        {
+          key: readOption(t.key, 'tls.key'),
+          cert: readOption(t.cert, 'tls.cert'),
+          ...(t.ca ? { ca: readOption(t.ca, 'tls.ca') } : {}),
+          requestCert: t.requestCert === true,
+          rejectUnauthorized: t.requestCert === true,
+        },
+        (socket: TLSSocket) => accept(socket, `tls ${socket.remoteAddress}:${socket.remotePort}`),
+      );
+      server.on('tlsClientError', (err) => log.warn({ err: err.message }, 'TLS handshake failed'));
+      ports.tls = await listen(server, t.port, t.host ?? '0.0.0.0', 'tls');
+      servers.push({ close: () => closeServer(server) });
+    }
+    if (options.ws) {
+      const http: HttpServer = createHttpServer((_req, res) => {
+        res.writeHead(426, { 'content-type': 'text/plain' }).end('MQTT over WebSocket: connect with a WebSocket client\n');
+      });
+      // ws buffers a whole message before emitting it: cap messages at the packet limit (+ framing slack)
+      const wss = new WebSocketServer({ server: http, maxPayload: limits.maxPacketSize + 16 });
+      wss.on('connection', (socket, req) => {
+        const stream = createWebSocketStream(socket);
+        accept(stream, `ws ${req.socket.remoteAddress}:${req.socket.remotePort}`, req);
+      });
+      ports.ws = await listen(http, options.ws.port, options.ws.host ?? '0.0.0.0', 'ws');
+      servers.push({
+        close: async () => {
+          for (const client of wss.clients) client.terminate();
+          await new Promise<void>((resolve) => wss.close(() => resolve()));
+          await closeServer(http);
+        },
+      });
+    }
+  } catch (err) {
+    await Promise.all(servers.map((s) => s.close()));
+    await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    await persistence.close();
+    throw err;
+  }
+  log.info({ ports, persistence: options.persistence?.kind ?? 'memory', limits }, 'broker listening');
+
+  let closing: Promise<void> | undefined;
+  return {
+    aedes,
+    ports,
+    url,
+    close() {
+      closing ??= (async () => {
+        const closed = Promise.all(servers.map((s) => s.close()));
+        for (const c of connections) c.destroy();
+        await new Promise<void>((resolve) => aedes.close(() => resolve()));
+        await closed;
+        await persistence.close();
+        log.info('broker closed');
+      })();
+      return closing;
+    },
+  };
+}
+
+function validateLimits(l: GuardLimits): void {
+  const check = (name: string, v: number, min: number, max: number) => {
+    if (!Number.isInteger(v) || v < min || v > max) {
+      throw new RangeError(`${name} must be an integer from ${min} to ${max}, got ${v}`);
+    }
+  };
+  check('maxPacketSize', l.maxPacketSize, 1024, 268_435_455); // the largest MQTT remaining length
+  check('maxTopicLength', l.maxTopicLength, 1, 65_535);
+  check('maxTopicLevels', l.maxTopicLevels, 1, 100);
+}
+
+function readOption(value: string, name: string): Buffer | string {
+  // PEM text is accepted as is; anything else is a file path
+  if (value.includes('-----BEGIN')) return value;
+  try {
+    return readFileSync(value);
+  } catch (err) {
+    throw new Error(`cannot read ${name} file "${value}": ${(err as Error).message}`);
+  }
+}
+
+async function listen(server: NetServer | HttpServer, port: number, host: string, what: string): Promise<number> {
+  server.listen(port, host);
+  try {
+    await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err))]);
+  } catch (err) {
+    throw new Error(`cannot listen for ${what} on ${host}:${port}: ${(err as Error).message}`);
+  }
+  return (server.address() as AddressInfo).port;
+}
+
+function closeServer(server: NetServer | HttpServer): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) return resolve();
+    server.close(() => resolve());
+  });
+}
+
+interface PersistenceSetup {
+  aedesOptions: Pick<AedesOptions, 'persistence' | 'mq'>;
+  close(): Promise<void>;
+}
+
+async function createPersistence(
+  kind: NonNullable<BrokerOptions['persistence']>,
+  log: Logger,
+): Promise<PersistenceSetup> {
+  if (kind.kind === 'memory') return { aedesOptions: {}, close: async () => {} };
+  throw new Error(`persistence "${(kind as { kind: string }).kind}" is not wired yet`);
+  void log;
+}

@@ -1,0 +1,166 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { topics } from '@edgefleet/protocol';
+import type { RunningBroker } from '@edgefleet/broker';
+import { hashSecret, verifySecret, staticCredentials } from '@edgefleet/broker';
+import { startTestBroker } from '../../test/support/broker.js';
+import { Inbox, TOKEN, connectClient, endClient, publish, subscribe } from './helpers.js';
+
+describe('credentials', () => {
+  it('hashes with a salt and verifies only the right token', () => {
+    const a = hashSecret('secret-token');
+    const b = hashSecret('secret-token');
+    expect(a).not.toBe(b);
+    expect(a).toMatch(/^scrypt\$16384\$8\$1\$/);
+    expect(a).not.toContain('secret-token');
+    expect(verifySecret('secret-token', a)).toBe(true);
+    expect(verifySecret('secret-tokeN', a)).toBe(false);
+    expect(verifySecret('', a)).toBe(false);
+    expect(verifySecret('secret-token', 'plain-text')).toBe(false);
+  });
+
+  it('refuses bad credential lists with a sentence that says what to fix', () => {
+    const h = hashSecret('x');
+    expect(() => staticCredentials([{ role: 'device', id: '../etc', groups: [], secretHash: h }])).toThrow(/credential id/);
+    expect(() => staticCredentials([{ role: 'device', id: 'd1', groups: [], secretHash: 'token' }])).toThrow(/never the token/);
+    expect(() =>
+      staticCredentials([
+        { role: 'device', id: 'd1', groups: [], secretHash: h },
+        { role: 'operator', id: 'd1', groups: [], secretHash: h },
+      ]),
+    ).toThrow(/duplicate/);
+  });
+});
+
+describe('authentication', () => {
+  let broker: RunningBroker;
+  beforeAll(async () => {
+    broker = await startTestBroker({
+      devices: [
+        { id: 'dev1', token: TOKEN('dev1'), groups: ['lab'] },
+        { id: 'dev2', token: TOKEN('dev2') },
+      ],
+      operators: [{ id: 'ops', token: TOKEN('ops') }],
+    });
+  });
+  afterAll(() => broker.close());
+
+  it('reports the ephemeral port it listens on', () => {
+    expect(broker.ports.tcp).toBeGreaterThan(0);
+    expect(broker.url).toBe(`mqtt://127.0.0.1:${broker.ports.tcp}`);
+  });
+
+  it('accepts a device with its token and client id = device id', async () => {
+    const c = await connectClient(broker.url, { clientId: 'dev1', username: 'dev1', password: TOKEN('dev1') });
+    expect(c.connected).toBe(true);
+    await endClient(c);
+  });
+
+  it('refuses a wrong token, an unknown user and a missing password (CONNACK 4)', async () => {
+    await expect(connectClient(broker.url, { clientId: 'dev1', username: 'dev1', password: 'wrong' })).rejects.toMatchObject({ code: 4 });
+    await expect(connectClient(broker.url, { clientId: 'ghost', username: 'ghost', password: TOKEN('ghost') })).rejects.toMatchObject({ code: 4 });
+    await expect(connectClient(broker.url, { clientId: 'dev1', username: 'dev1' })).rejects.toMatchObject({ code: 4 });
+    // another device's token does not open this device
+    await expect(connectClient(broker.url, { clientId: 'dev1', username: 'dev1', password: TOKEN('dev2') })).rejects.toMatchObject({ code: 4 });
+  });
+
+  it('refuses anonymous clients by default (CONNACK 5)', async () => {
+    await expect(connectClient(broker.url, { clientId: 'anon' })).rejects.toMatchObject({ code: 5 });
+  });
+
+  it("refuses a device whose client id is not its id, or is another device's id (CONNACK 2)", async () => {
+    await expect(connectClient(broker.url, { clientId: 'dev2', username: 'dev1', password: TOKEN('dev1') })).rejects.toMatchObject({ code: 2 });
+    await expect(connectClient(broker.url, { clientId: 'dev1-x', username: 'dev1', password: TOKEN('dev1') })).rejects.toMatchObject({ code: 2 });
+  });
+
+  it('lets operators use their id or <id>-suffix as client id, nothing else', async () => {
+    const a = await connectClient(broker.url, { clientId: 'ops', username: 'ops', password: TOKEN('ops') });
+    const b = await connectClient(broker.url, { clientId: 'ops-cli-1', username: 'ops', password: TOKEN('ops') });
+    expect(a.connected && b.connected).toBe(true);
+    await expect(connectClient(broker.url, { clientId: 'dev1', username: 'ops', password: TOKEN('ops') })).rejects.toMatchObject({ code: 2 });
+    await expect(connectClient(broker.url, { clientId: 'opsx', username: 'ops', password: TOKEN('ops') })).rejects.toMatchObject({ code: 2 });
+    await Promise.all([endClient(a), endClient(b)]);
+  });
+
+  it('refuses a will on a topic the client may not publish to', async () => {
+    await expect(
+      connectClient(broker.url, {
+        clientId: 'dev1',
+        username: 'dev1',
+        password: TOKEN('dev1'),
+        will: { topic: topics.device('dev2', 'status'), payload: Buffer.from('offline'), qos: 1, retain: true },
+      }),
+    ).rejects.toMatchObject({ code: 5 });
+    const ok = await connectClient(broker.url, {
+      clientId: 'dev1',
+      username: 'dev1',
+      password: TOKEN('dev1'),
+      will: { topic: topics.device('dev1', 'status'), payload: Buffer.from('offline'), qos: 1, retain: true },
+    });
+    await endClient(ok);
+  });
+
+  it('the same device reconnecting takes over its own session', async () => {
+    const first = await connectClient(broker.url, { clientId: 'dev2', username: 'dev2', password: TOKEN('dev2') });
+    const firstClosed = new Promise<void>((resolve) => first.once('close', () => resolve()));
+    const second = await connectClient(broker.url, { clientId: 'dev2', username: 'dev2', password: TOKEN('dev2') });
+    await firstClosed; // [MQTT-3.1.4-2]
+    expect(second.connected).toBe(true);
+    await Promise.all([endClient(first), endClient(second)]);
+  });
+});
+
+describe('client id already in use by another credential', () => {
+  let broker: RunningBroker;
+  beforeAll(async () => {
+    broker = await startTestBroker({
+      devices: [{ id: 'ops-cam', token: TOKEN('ops-cam') }],
+      operators: [{ id: 'ops', token: TOKEN('ops') }],
+      allowAnonymous: true,
+    });
+  });
+  afterAll(() => broker.close());
+
+  it('refuses the newcomer and the device keeps its connection and its messages', async () => {
+    const device = await connectClient(broker.url, { clientId: 'ops-cam', username: 'ops-cam', password: TOKEN('ops-cam') });
+    const inbox = new Inbox(device);
+    expect(await subscribe(device, topics.device('ops-cam', 'commands'))).toEqual([1]);
+    let deviceClosed = false;
+    device.on('close', () => (deviceClosed = true));
+
+    // an operator whose prefix matches, and an anonymous client, both try to take "ops-cam"
+    await expect(connectClient(broker.url, { clientId: 'ops-cam', username: 'ops', password: TOKEN('ops') })).rejects.toMatchObject({ code: 2 });
+    await expect(connectClient(broker.url, { clientId: 'ops-cam' })).rejects.toMatchObject({ code: 2 });
+
+    const op = await connectClient(broker.url, { clientId: 'ops', username: 'ops', password: TOKEN('ops') });
+    await publish(op, topics.device('ops-cam', 'commands'), 'still here');
+    await inbox.waitForCount(1);
+    expect(inbox.messages[0]!.payload.toString()).toBe('still here');
+    expect(deviceClosed).toBe(false);
+    await Promise.all([endClient(op), endClient(device)]);
+  });
+});
+
+describe('anonymous development switch', () => {
+  let broker: RunningBroker;
+  const warnings: string[] = [];
+  beforeAll(async () => {
+    const { pino } = await import('pino');
+    const logger = pino({ level: 'warn' }, { write: (line: string) => warnings.push(line) });
+    broker = await startTestBroker({ allowAnonymous: true, logger, devices: [{ id: 'dev1', token: TOKEN('dev1') }] });
+  });
+  afterAll(() => broker.close());
+
+  it('is logged loudly', () => {
+    expect(warnings.some((w) => w.includes('ANONYMOUS CLIENTS ALLOWED'))).toBe(true);
+  });
+
+  it('lets a client without a user name in, with operator rights only', async () => {
+    const anon = await connectClient(broker.url, { clientId: 'dashboard' });
+    expect(await subscribe(anon, [topics.allDevices('status'), '#'])).toEqual([1, 128]);
+    await endClient(anon);
+  });
+
+  it('still refuses a wrong password', async () => {
+    await expect(connectClient(broker.url, { clientId: 'dev1', username: 'dev1', password: 'nope' })).rejects.toMatchObject({ code: 4 });
+  });
+});
