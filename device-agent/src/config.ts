@@ -323,7 +323,14 @@ export async function loadConfig(sources: ConfigSources = {}): Promise<LoadedCon
   if (origin.token === 'flag') warnings.push('token given as a flag is visible to every user in ps; use EDGEFLEET_TOKEN or tokenFile');
 
   const result = ConfigSchema.safeParse(merged);
-  if (!result.success) throw new ConfigError(`invalid configuration:\n${describeIssues(result.error, origin, merged)}`);
+  if (!result.success) {
+    let text = describeIssues(result.error, origin, merged);
+    // cross-key rules only run once every key is valid; say the token is missing right away anyway
+    if (merged.token === undefined && merged.tokenFile === undefined && !text.includes('\ntoken ')) {
+      text += `\ntoken (flag --token, env ${envName('token')}): expected a device token (EDGEFLEET_TOKEN, tokenFile or --token)`;
+    }
+    throw new ConfigError(`invalid configuration:\n${text}`);
+  }
   const raw = result.data;
 
   const token = raw.token ?? readText(resolve(cwd, raw.tokenFile as string), 'tokenFile', 'token file').trim();

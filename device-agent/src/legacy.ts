@@ -74,23 +74,25 @@ export class LegacyChannel {
   }
 
   /** A plain-text message from the legacy topic: prints it as the original did, then runs it. */
-  async onMessage(topic: string, payload: Buffer): Promise<string> {
+  onMessage(topic: string, payload: Buffer): Promise<string> {
     const text = payload.toString('utf8').trim();
-    this.print(LEGACY_LINES.arrived);
-    this.print(LEGACY_LINES.topic(topic));
-    this.print(LEGACY_LINES.message(text));
-    const command = LegacyCommandSchema.safeParse(text);
-    if (!command.success) {
-      const line = LEGACY_LINES.unknown(text.slice(0, 80));
-      this.print(line);
-      return line;
-    }
-    return this.run(command.data);
+    return this.enqueue(async () => {
+      this.print(LEGACY_LINES.arrived);
+      this.print(LEGACY_LINES.topic(topic));
+      this.print(LEGACY_LINES.message(text));
+      const command = LegacyCommandSchema.safeParse(text);
+      if (!command.success) return this.say(LEGACY_LINES.unknown(text.slice(0, 80)));
+      return this.execute(command.data);
+    });
   }
 
   /** Runs one command; commands run one after another, in arrival order. */
   run(command: LegacyCommand): Promise<string> {
-    const next = this.queue.then(() => this.execute(command));
+    return this.enqueue(() => this.execute(command));
+  }
+
+  private enqueue(task: () => Promise<string>): Promise<string> {
+    const next = this.queue.then(task);
     this.queue = next.catch(() => undefined);
     return next;
   }

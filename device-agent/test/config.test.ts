@@ -1,0 +1,111 @@
+import { describe, it, expect, beforeAll, afterAll } from '@jest/globals';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { generateFleetKeys } from '@edgefleet/protocol';
+import { CONFIG_KEYS, ConfigError, envName, flagName, loadConfig, redactConfig, splitCommandLine } from '../src/config.js';
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'cfg-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function configError(sources: Parameters<typeof loadConfig>[0]): Promise<ConfigError> {
+  try {
+    await loadConfig(sources);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return error as ConfigError;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('configuration', () => {
+  it('derives env names and flags from the same keys', () => {
+    expect(envName('telemetryIntervalMs')).toBe('EDGEFLEET_TELEMETRY_INTERVAL_MS');
+    expect(flagName('telemetryIntervalMs')).toBe('telemetry-interval-ms');
+    expect(Object.keys(CONFIG_KEYS)).toContain('fleetPublicKey');
+  });
+
+  it('merges file < env < flags and applies defaults', async () => {
+    const file = join(dir, 'agent.json');
+    await writeFile(file, JSON.stringify({ device: 'from-file', groups: ['a'], telemetryIntervalMs: 5000, httpPort: 9000 }));
+    const { config, origin } = await loadConfig({
+      argv: ['--config', file, '--http-port', '9100', '--groups', 'x,y'],
+      env: { EDGEFLEET_TOKEN: 's3cret', EDGEFLEET_TELEMETRY_INTERVAL_MS: '2500', EDGEFLEET_DEVICE: 'from-env' },
+      cwd: dir,
+    });
+    expect(config.device).toBe('from-env');
+    expect(config.telemetryIntervalMs).toBe(2500);
+    expect(config.httpPort).toBe(9100);
+    expect(config.groups).toEqual(['x', 'y']);
+    expect(config.broker).toBe('mqtt://127.0.0.1:1883');
+    expect(config.httpHost).toBe('127.0.0.1');
+    expect(config.token).toBe('s3cret');
+    expect(origin).toMatchObject({ device: 'env', httpPort: 'flag', groups: 'flag', telemetryIntervalMs: 'env' });
+  });
+
+  it('names the bad key, where it came from and what is expected', async () => {
+    const error = await configError({
+      argv: ['--device', 'bad/id', '--broker', 'http://x', '--http-port', '70000'],
+      env: { EDGEFLEET_TOKEN: 't', EDGEFLEET_TELEMETRY_INTERVAL_MS: 'soon' },
+    });
+    expect(error.exitCode).toBe(2);
+    expect(error.message).toMatch(/device \(flag --device, env EDGEFLEET_DEVICE; given by flag\): use 1-64 letters/);
+    expect(error.message).toMatch(/broker .*mqtt:\/\/, mqtts:\/\/, ws:\/\//);
+    expect(error.message).toMatch(/httpPort .*<=65535/);
+    expect(error.message).toMatch(/telemetryIntervalMs .*given by env.*"soon"/);
+  });
+
+  it('requires a device and a token, and never echoes the token', async () => {
+    const missing = await configError({ argv: [], env: {} });
+    expect(missing.message).toMatch(/device .*required/);
+    expect(missing.message).toMatch(/token .*expected a device token/);
+    const bad = await configError({ argv: ['--device', 'd1'], env: { EDGEFLEET_TOKEN: 'x'.repeat(10), EDGEFLEET_LOG_LEVEL: 'loud' } });
+    expect(bad.message).toMatch(/logLevel/);
+    expect(bad.message).not.toContain('xxxxxxxxxx');
+  });
+
+  it('rejects unknown keys in the file and unknown flags', async () => {
+    const file = join(dir, 'typo.json');
+    await writeFile(file, JSON.stringify({ device: 'd1', token: 't', telemetryInterval: 5 }));
+    expect((await configError({ argv: ['--config', file], env: {} })).message).toMatch(/unknown key\(s\) telemetryInterval/);
+    expect((await configError({ argv: ['--device', 'd1', '--bogus', '1'], env: { EDGEFLEET_TOKEN: 't' } })).message).toMatch(/Unknown argument.*bogus/);
+    await writeFile(file, '{not json');
+    expect((await configError({ argv: ['--config', file], env: {} })).message).toMatch(/not valid JSON/);
+  });
+
+  it('reads the token file, the fleet key file or inline PEM, and redacts secrets', async () => {
+    const keys = generateFleetKeys();
+    await writeFile(join(dir, 'token'), 'file-token\n');
+    await writeFile(join(dir, 'fleet.pub'), keys.publicKeyPem);
+    const { config } = await loadConfig({
+      argv: ['--device', 'd1', '--token-file', 'token', '--fleet-public-key', 'fleet.pub', '--legacy-program', 'python3 "my infer.py" -v'],
+      env: {},
+      cwd: dir,
+    });
+    expect(config.token).toBe('file-token');
+    expect(config.fleetPublicKeyPem).toBe(keys.publicKeyPem);
+    expect(config.legacyProgram).toEqual(['python3', 'my infer.py', '-v']);
+    const inline = await loadConfig({ argv: ['--device', 'd1'], env: { EDGEFLEET_TOKEN: 't', EDGEFLEET_FLEET_PUBLIC_KEY: keys.publicKeyPem } });
+    expect(inline.config.fleetPublicKeyPem).toBe(keys.publicKeyPem);
+    expect(JSON.stringify(redactConfig(config))).not.toContain('file-token');
+    const notPem = await configError({ argv: ['--device', 'd1', '--fleet-public-key', 'token'], env: { EDGEFLEET_TOKEN: 't' }, cwd: dir });
+    expect(notPem.message).toMatch(/fleetPublicKey: expected a PEM public key/);
+    const noFile = await configError({ argv: ['--device', 'd1', '--ca-file', 'nope.pem'], env: { EDGEFLEET_TOKEN: 't' }, cwd: dir });
+    expect(noFile.message).toMatch(/caFile: cannot read CA file/);
+  });
+
+  it('checks relations between keys', async () => {
+    const error = await configError({ argv: ['--device', 'd1', '--reconnect-min-ms', '5000', '--reconnect-max-ms', '1000'], env: { EDGEFLEET_TOKEN: 't' } });
+    expect(error.message).toMatch(/reconnectMaxMs.*at least reconnectMinMs/);
+  });
+
+  it('splits command lines with quotes', () => {
+    expect(splitCommandLine(`sh -c 'echo "hi there"'`)).toEqual(['sh', '-c', 'echo "hi there"']);
+    expect(splitCommandLine('a  b\tc')).toEqual(['a', 'b', 'c']);
+  });
+});
