@@ -8,3 +8,5 @@ export { readOnnxMetadata } from './onnx-meta.js';
 export type { OnnxMetadata } from './onnx-meta.js';
 export { createRegistry, checkCompatibility, compareVersions, minOnnxruntimeForOpset, estimatedMemoryBytes, hashFile } from './registry.js';
 export type { Registry, AddOptions, AddedModel } from './registry.js';
+export { deliverModel, transferIdFor, hashChunks, buildManifest, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW, DEFAULT_EXPIRY_MS, DEFAULT_DEADLINE_MS } from './transfer.js';
+export type { DeliverOptions, DeliveryTarget, DeliveryResults, DeviceDelivery } from './transfer.js';
