@@ -322,7 +322,8 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   async function takeSample(sampler: () => Promise<TelemetrySample>): Promise<void> {
     if (!buffer || stopping) return;
     try {
-      await buffer.append(await sampler());
+      const message = await buffer.append(await sampler());
+      logger.debug({ seq: message.seq, pending: buffer.size, connected: client?.connected ?? false }, 'telemetry sample');
       await flushTelemetry();
     } catch (error) {
       logger.error({ err: error }, 'telemetry sample failed');
