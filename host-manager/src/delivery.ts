@@ -1,0 +1,67 @@
+/**
+ * The two device-changing actions rollouts need, bound to this controller's
+ * MQTT connection, registry and keys: deliver a version (helper C's
+ * deliverModel: signed manifest, chunked fan-out, activation) and roll a device
+ * back to its previous version (with an operator-signed rollback manifest,
+ * since the previous version is lower than the highest the device accepted).
+ */
+import type { MqttClient } from 'mqtt';
+import { FleetError, signManifest } from '@edgefleet/protocol';
+import type { SignedManifest } from '@edgefleet/protocol';
+import type { FleetKeys } from './keys.js';
+import type { Registry } from './registry.js';
+import type { Requester } from './requester.js';
+import type { FleetDb } from './state.js';
+import { DEFAULT_CHUNK_SIZE, buildManifest, deliverModel, hashChunks } from './transfer.js';
+import type { DeliverFn, RollbackFn } from './rollout.js';
+
+export function makeDeliver(ctx: {
+  mqtt: MqttClient;
+  requester: Requester;
+  registry: Registry;
+  keys: FleetKeys;
+  db: FleetDb;
+  chunkSize?: number;
+  window?: number;
+}): DeliverFn {
+  return async ({ model, version, target, devices, onProgress }) => {
+    const record = ctx.registry.require(model, version);
+    // A group target fans each chunk out once through the group's topic; anything else goes device by device.
+    const via = target.kind === 'group' && devices.length > 1 ? { group: target.name, devices } : { devices };
+    const results = await deliverModel({
+      mqtt: ctx.mqtt,
+      request: ctx.requester.request,
+      record,
+      blobPath: ctx.registry.blobPath(record),
+      keys: ctx.keys,
+      target: via,
+      activate: true,
+      subscribeEvents: false,
+      deviceInfo: (device) => ctx.db.data.devices[device]?.info ?? null,
+      ...(ctx.chunkSize !== undefined ? { chunkSize: ctx.chunkSize } : {}),
+      ...(ctx.window !== undefined ? { window: ctx.window } : {}),
+      ...(onProgress ? { onProgress } : {}),
+    });
+    return Object.fromEntries(
+      Object.entries(results).map(([device, r]) => [device, r.ok ? { ok: true as const, version: r.version, previous: r.previous } : r]),
+    );
+  };
+}
+
+export function makeRollback(ctx: { requester: Requester; registry: Registry; keys: FleetKeys; timeoutMs: number }): RollbackFn {
+  return async ({ device, model, previous }) => {
+    let manifest: SignedManifest | undefined;
+    const record = previous === null ? undefined : ctx.registry.get(model, previous);
+    if (record) {
+      const hashes = await hashChunks(ctx.registry.blobPath(record), DEFAULT_CHUNK_SIZE);
+      manifest = signManifest(
+        buildManifest(record, hashes, { chunkSize: DEFAULT_CHUNK_SIZE, target: { devices: [device] }, expiresInMs: 60 * 60_000, rollback: true }),
+        ctx.keys.privateKeyPem,
+      );
+    } else if (previous === null) {
+      throw new FleetError('not_found', `${device} had no version of ${model} before this rollout; nothing to roll back to (remove the model instead)`);
+    }
+    const res = await ctx.requester.request(device, 'models.rollback', { model, ...(manifest ? { manifest } : {}) }, ctx.timeoutMs);
+    return { version: res.version };
+  };
+}

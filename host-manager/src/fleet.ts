@@ -1,0 +1,221 @@
+/**
+ * What the controller learns from the fleet without asking: presence (retained
+ * status + last will), telemetry and events of every device, each validated
+ * with the protocol's schemas. Bad messages are counted, logged and dropped.
+ *
+ * Presence changes are written to the state file at once; telemetry is hot,
+ * so the latest sample per device is written at most every `flushMs`.
+ */
+import { EventEmitter } from 'node:events';
+import type { MqttClient } from 'mqtt';
+import type { Logger } from 'pino';
+import {
+  EventSchema,
+  StatusMessageSchema,
+  TelemetryMessageSchema,
+  parseMessage,
+  parseTopic,
+  topics,
+} from '@edgefleet/protocol';
+import type { FleetEvent, ModelHealth, StatusMessage, TelemetryMessage, TelemetrySample } from '@edgefleet/protocol';
+import { appendAudit } from './state.js';
+import type { DeviceRecord, FleetDb } from './state.js';
+import type { Metrics } from './metrics.js';
+
+/** The last minutes of telemetry per device, in memory, for rollout gates. Times are the controller's clock. */
+export class TelemetryHistory {
+  readonly #byDevice = new Map<string, { at: number; sample: TelemetrySample }[]>();
+  constructor(
+    readonly keepMs = 30 * 60_000,
+    readonly maxPerDevice = 2000,
+  ) {}
+
+  push(device: string, sample: TelemetrySample, at = Date.now()): void {
+    let list = this.#byDevice.get(device);
+    if (!list) this.#byDevice.set(device, (list = []));
+    list.push({ at, sample });
+    while (list.length > this.maxPerDevice || (list[0] && list[0].at < at - this.keepMs)) list.shift();
+  }
+
+  /** Per-interval health of `model@version` on a device, received in [from, to). */
+  health(device: string, modelKey: string, from: number, to = Number.POSITIVE_INFINITY): ModelHealth[] {
+    return (this.#byDevice.get(device) ?? [])
+      .filter((e) => e.at >= from && e.at < to)
+      .map((e) => e.sample.models[modelKey])
+      .filter((h): h is ModelHealth => h !== undefined);
+  }
+
+  forget(device: string): void {
+    this.#byDevice.delete(device);
+  }
+}
+
+export type FeedEvent =
+  | { type: 'device'; device: string; online: boolean; record: DeviceRecord }
+  | { type: 'telemetry'; device: string; sample: TelemetrySample }
+  | { type: 'event'; device: string; event: FleetEvent }
+  | { type: 'rollout'; id: string; status: string; summary: unknown }
+  | { type: 'audit'; entry: unknown };
+
+export interface FleetOptions {
+  mqtt: MqttClient;
+  db: FleetDb;
+  logger: Logger;
+  metrics?: Metrics;
+  flushMs?: number;
+}
+
+export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
+  readonly history = new TelemetryHistory();
+  readonly #mqtt: MqttClient;
+  readonly #db: FleetDb;
+  readonly #log: Logger;
+  readonly #metrics: Metrics | undefined;
+  readonly #flushMs: number;
+  #dirty = false;
+  #flushTimer: NodeJS.Timeout | null = null;
+  readonly #onMessage = (topic: string, payload: Buffer): void => this.handle(topic, payload);
+
+  constructor(opts: FleetOptions) {
+    super();
+    this.setMaxListeners(100);
+    this.#mqtt = opts.mqtt;
+    this.#db = opts.db;
+    this.#log = opts.logger;
+    this.#metrics = opts.metrics;
+    this.#flushMs = opts.flushMs ?? 2000;
+  }
+
+  async start(): Promise<void> {
+    // The controller's view after a restart comes from the retained status messages, not from the file.
+    for (const d of Object.values(this.#db.data.devices)) d.online = false;
+    this.#mqtt.on('message', this.#onMessage);
+    await this.#mqtt.subscribeAsync(
+      [topics.allDevices('status'), topics.allDevices('telemetry'), topics.allDevices('events')],
+      { qos: 1 },
+    );
+    this.#updateGauges();
+  }
+
+  async stop(): Promise<void> {
+    this.#mqtt.off('message', this.#onMessage);
+    if (this.#flushTimer) clearTimeout(this.#flushTimer);
+    this.#flushTimer = null;
+    if (this.#dirty) await this.#db.write();
+  }
+
+  isOnline(device: string): boolean {
+    return this.#db.data.devices[device]?.online === true;
+  }
+
+  emitFeed(event: FeedEvent): void {
+    this.emit('feed', event);
+  }
+
+  /** One incoming message. Public so tests can feed raw payloads. */
+  handle(topic: string, payload: Buffer): void {
+    const parsed = parseTopic(topic);
+    if (parsed?.kind !== 'device') return;
+    const { device, channel } = parsed;
+    if (channel !== 'status' && channel !== 'telemetry' && channel !== 'events') return;
+    this.#metrics?.messages.inc({ channel });
+    if (payload.length === 0) return; // a cleared retained message
+    try {
+      if (channel === 'status') this.#onStatus(device, parseMessage(StatusMessageSchema, payload));
+      else if (channel === 'telemetry') this.#onTelemetry(device, parseMessage(TelemetryMessageSchema, payload));
+      else this.#onEvent(device, parseMessage(EventSchema, payload));
+    } catch (error) {
+      this.#metrics?.badMessages.inc({ channel });
+      this.#log.warn({ device, channel, err: (error as Error).message }, 'ignored a malformed message');
+    }
+  }
+
+  #record(device: string): DeviceRecord {
+    let rec = this.#db.data.devices[device];
+    if (!rec) {
+      // Seen on an external broker without being provisioned here: recorded so the operator can see it.
+      rec = {
+        id: device,
+        groups: [],
+        tokenHash: '',
+        createdAt: new Date().toISOString(),
+        online: false,
+        lastSeen: null,
+        info: null,
+        telemetry: null,
+        provisioned: false,
+      };
+      this.#db.data.devices[device] = rec;
+      this.#log.info({ device }, 'discovered a device that was not provisioned here');
+    }
+    return rec;
+  }
+
+  #onStatus(device: string, msg: StatusMessage): void {
+    const rec = this.#record(device);
+    const was = rec.online;
+    rec.lastSeen = new Date().toISOString();
+    if (msg.online) {
+      rec.online = true;
+      rec.info = msg.device;
+      rec.offlineReason = null;
+      if (rec.groups.length === 0 && rec.provisioned === false) rec.groups = [...msg.device.groups];
+    } else {
+      rec.online = false;
+      rec.offlineReason = msg.reason;
+    }
+    if (was !== rec.online) this.#log.info({ device, online: rec.online }, rec.online ? 'device online' : 'device offline');
+    this.#updateGauges();
+    this.emitFeed({ type: 'device', device, online: rec.online, record: rec });
+    void this.#db.write().catch((error: unknown) => this.#log.error({ err: error }, 'could not write the state file'));
+  }
+
+  #onTelemetry(device: string, msg: TelemetryMessage): void {
+    const rec = this.#record(device);
+    rec.telemetry = msg.sample;
+    rec.lastSeen = new Date().toISOString();
+    this.history.push(device, msg.sample);
+    for (const [key, h] of Object.entries(msg.sample.models)) {
+      const model = key.split('@')[0] ?? key;
+      this.#metrics?.inferenceRequests.inc({ model }, h.requests);
+      this.#metrics?.inferenceErrors.inc({ model }, h.errors);
+    }
+    this.emitFeed({ type: 'telemetry', device, sample: msg.sample });
+    this.#markDirty();
+  }
+
+  #onEvent(device: string, event: FleetEvent): void {
+    if (event.event === 'model.activated' || event.event === 'model.failed') {
+      const entry = appendAudit(this.#db.data, {
+        actor: `device:${device}`,
+        action: event.event,
+        target: `${event.data.model}@${event.data.version}`,
+        result: event.event === 'model.activated' ? 'ok' : 'error',
+        detail: event.data,
+      });
+      this.emitFeed({ type: 'audit', entry });
+      this.#markDirty();
+    }
+    this.emitFeed({ type: 'event', device, event });
+  }
+
+  #markDirty(): void {
+    this.#dirty = true;
+    if (this.#flushTimer) return;
+    this.#flushTimer = setTimeout(() => {
+      this.#flushTimer = null;
+      if (!this.#dirty) return;
+      this.#dirty = false;
+      void this.#db.write().catch((error: unknown) => this.#log.error({ err: error }, 'could not write the state file'));
+    }, this.#flushMs);
+    this.#flushTimer.unref();
+  }
+
+  #updateGauges(): void {
+    if (!this.#metrics) return;
+    const all = Object.values(this.#db.data.devices);
+    const online = all.filter((d) => d.online).length;
+    this.#metrics.devices.set({ state: 'online' }, online);
+    this.#metrics.devices.set({ state: 'offline' }, all.length - online);
+  }
+}

@@ -1,0 +1,51 @@
+/** Prometheus metrics of the controller, in a registry of its own (no global state). */
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface Metrics {
+  registry: Registry;
+  devices: Gauge<'state'>;
+  messages: Counter<'channel'>;
+  badMessages: Counter<'channel'>;
+  inferenceRequests: Counter<'model'>;
+  inferenceErrors: Counter<'model'>;
+  httpRequests: Counter<'method' | 'route' | 'status'>;
+  rollouts: Gauge<'status'>;
+  deliveries: Counter<'result'>;
+}
+
+export function createMetrics(): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'edgefleet_controller_' });
+  const registers = [registry];
+  return {
+    registry,
+    devices: new Gauge({ name: 'edgefleet_devices', help: 'Devices known to the controller, by presence', labelNames: ['state'], registers }),
+    messages: new Counter({ name: 'edgefleet_messages_total', help: 'Device messages received, by channel', labelNames: ['channel'], registers }),
+    badMessages: new Counter({
+      name: 'edgefleet_bad_messages_total',
+      help: 'Device messages dropped because they failed validation',
+      labelNames: ['channel'],
+      registers,
+    }),
+    inferenceRequests: new Counter({
+      name: 'edgefleet_inference_requests_total',
+      help: 'Inference requests devices reported in telemetry, by model',
+      labelNames: ['model'],
+      registers,
+    }),
+    inferenceErrors: new Counter({
+      name: 'edgefleet_inference_errors_total',
+      help: 'Failed inference requests devices reported in telemetry, by model',
+      labelNames: ['model'],
+      registers,
+    }),
+    httpRequests: new Counter({
+      name: 'edgefleet_http_requests_total',
+      help: 'HTTP API requests, by method, route and status',
+      labelNames: ['method', 'route', 'status'],
+      registers,
+    }),
+    rollouts: new Gauge({ name: 'edgefleet_rollouts', help: 'Rollouts by status', labelNames: ['status'], registers }),
+    deliveries: new Counter({ name: 'edgefleet_deliveries_total', help: 'Model deliveries to devices, by result', labelNames: ['result'], registers }),
+  };
+}
