@@ -16,7 +16,11 @@
  *   identityModel        any dtype, for codec round trips through onnxruntime
  *   opsetModel           Relu with a chosen opset
  */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import onnxProto from 'onnx-proto';
+import { ManifestSchema, chunkHashes, sha256Hex } from '@edgefleet/protocol';
+import type { Manifest, ManifestInput } from '@edgefleet/protocol';
 
 const { onnx } = onnxProto;
 const T = onnx.TensorProto.DataType;
@@ -525,4 +529,37 @@ export function readOpset(bytes: Uint8Array): number | undefined {
   const model = onnx.ModelProto.decode(bytes);
   const entry = model.opsetImport.find((o) => !o.domain);
   return entry ? Number(entry.version) : undefined;
+}
+
+// ------------------------------------------------------------------ manifests and staging for store tests
+
+/**
+ * A valid (unsigned) model manifest for these bytes, as the device sees it after verification.
+ * `extra` overrides fields (processing, sample, rollback, expiresAt...).
+ */
+export function testManifest(name: string, version: number, bytes: Uint8Array, extra: Partial<ManifestInput> = {}): Manifest {
+  const now = Date.now();
+  const chunkSize = 256 * 1024;
+  return ManifestSchema.parse({
+    kind: 'model',
+    name,
+    version,
+    sha256: sha256Hex(bytes),
+    length: bytes.length,
+    issuedAt: new Date(now).toISOString(),
+    expiresAt: new Date(now + 3600_000).toISOString(),
+    target: { devices: ['dev-1'] },
+    chunking: { size: chunkSize, sha256: chunkHashes(bytes, chunkSize) },
+    ...extra,
+  });
+}
+
+let stagedCounter = 0;
+
+/** Writes bytes to a fresh staging file under `dir` (as a finished transfer would leave them). */
+export async function stageFile(dir: string, bytes: Uint8Array): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  const path = join(dir, `staged-${process.pid}-${++stagedCounter}.onnx`);
+  await writeFile(path, bytes);
+  return path;
 }

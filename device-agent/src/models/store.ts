@@ -1,0 +1,269 @@
+/**
+ * The on-disk model store:
+ *
+ *   <dataDir>/models/state.json                      active versions, history, highest accepted (atomic)
+ *   <dataDir>/models/<name>/<version>/manifest.json  the manifest it was installed with
+ *   <dataDir>/models/<name>/<version>/info.json      inputs, outputs, opset read from the file
+ *   <dataDir>/models/<name>/<version>/model.onnx     written last: a version exists once this exists
+ *
+ * Every write is tmp file + fsync + rename + fsync of the directory, so a `kill -9` or a power cut leaves
+ * either the old or the new file, never half of one. Deleting a version renames its directory to a
+ * `.trash-*` name first (atomic), then removes it; leftovers are cleaned on the next open.
+ */
+import { constants as fsConstants } from 'node:fs';
+import { copyFile, mkdir, open, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { FleetError, ManifestSchema, TensorInfoSchema, isValidName } from '@edgefleet/protocol';
+import type { Manifest, TensorInfo } from '@edgefleet/protocol';
+import type { Logger } from 'pino';
+
+export const MODEL_FILE = 'model.onnx';
+export const MANIFEST_FILE = 'manifest.json';
+export const INFO_FILE = 'info.json';
+export const STATE_FILE = 'state.json';
+
+const ModelRecordSchema = z.object({
+  active: z.number().int().positive().nullable(),
+  /** Previously active versions, oldest first; the last one is what `rollback` returns to. */
+  history: z.array(z.number().int().positive()),
+  highestAccepted: z.number().int().nonnegative(),
+});
+export type ModelRecord = z.infer<typeof ModelRecordSchema>;
+
+const StateSchema = z.object({ version: z.literal(1), models: z.record(z.string(), ModelRecordSchema) });
+export type StoreState = z.infer<typeof StateSchema>;
+
+export const VersionInfoSchema = z.object({
+  irVersion: z.number(),
+  opset: z.number().nullable(),
+  sha256: z.string(),
+  length: z.number(),
+  inputs: z.array(TensorInfoSchema),
+  outputs: z.array(TensorInfoSchema),
+});
+export type VersionInfo = z.infer<typeof VersionInfoSchema>;
+
+/** Called at named points of the writes; a crash test kills the process from here. */
+export type StepHook = (step: string) => void | Promise<void>;
+
+let tmpCounter = 0;
+
+export function diskError(error: unknown, what: string): unknown {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new FleetError('disk_full', `no space left on the device while ${what}; free disk space and retry`);
+  }
+  return error;
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, fsConstants.O_RDONLY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Writes a whole file so that readers (and a restart after a crash) see the old or the new bytes only. */
+export async function writeFileAtomic(path: string, data: string | Uint8Array, dir: string, hook?: StepHook, step?: string): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}-${++tmpCounter}`;
+  try {
+    const fh = await open(tmp, 'w', 0o644);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    if (hook && step) await hook(`${step}:tmp-written`);
+    await rename(tmp, path);
+    await fsyncDir(dir);
+  } catch (error) {
+    await rm(tmp, { force: true }).catch(() => undefined); // best effort: the original error matters more
+    throw diskError(error, `writing ${path}`);
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false; // any stat failure means we cannot use it
+  }
+}
+
+export class ModelStore {
+  readonly root: string;
+  state: StoreState = { version: 1, models: {} };
+  private writes: Promise<unknown> = Promise.resolve();
+  /** Installed versions per model (those whose model.onnx exists), with their info. */
+  readonly installed = new Map<string, Map<number, { info: VersionInfo; manifest: Manifest }>>();
+
+  private constructor(
+    dataDir: string,
+    private readonly logger: Logger,
+    private readonly hook: StepHook | undefined,
+  ) {
+    this.root = join(dataDir, 'models');
+  }
+
+  static async open(dataDir: string, logger: Logger, hook?: StepHook): Promise<ModelStore> {
+    const store = new ModelStore(dataDir, logger, hook);
+    await mkdir(store.root, { recursive: true });
+    await store.load();
+    return store;
+  }
+
+  modelDir(name: string): string {
+    if (!isValidName(name)) throw new FleetError('invalid_params', `invalid model name "${name}": use 1-64 letters, digits, '.', '_' or '-'`);
+    return join(this.root, name);
+  }
+  versionDir(name: string, version: number): string {
+    if (!Number.isInteger(version) || version < 1) throw new FleetError('invalid_params', `invalid version ${version}: a positive integer`);
+    return join(this.modelDir(name), String(version));
+  }
+  modelFile(name: string, version: number): string {
+    return join(this.versionDir(name, version), MODEL_FILE);
+  }
+
+  record(name: string): ModelRecord {
+    return this.state.models[name] ?? { active: null, history: [], highestAccepted: 0 };
+  }
+
+  versions(name: string): number[] {
+    return [...(this.installed.get(name)?.keys() ?? [])].sort((a, b) => a - b);
+  }
+
+  has(name: string, version: number): boolean {
+    return this.installed.get(name)?.has(version) ?? false;
+  }
+
+  get(name: string, version: number): { info: VersionInfo; manifest: Manifest } | undefined {
+    return this.installed.get(name)?.get(version);
+  }
+
+  /**
+   * Changes one model's record and persists the whole state atomically before it becomes the in-memory
+   * state. Updates are serialised, so concurrent changes to different models never overwrite each other.
+   */
+  updateRecord(name: string, change: (record: ModelRecord) => ModelRecord, step = 'state'): Promise<ModelRecord> {
+    const run = this.writes.then(async () => {
+      const record = change(this.record(name));
+      const next: StoreState = { version: 1, models: { ...this.state.models, [name]: record } };
+      await writeFileAtomic(join(this.root, STATE_FILE), `${JSON.stringify(next, null, 1)}\n`, this.root, this.hook, step);
+      this.state = next;
+      return record;
+    });
+    this.writes = run.catch(() => undefined); // the caller gets the error; the queue goes on
+    return run;
+  }
+
+  private async load(): Promise<void> {
+    try {
+      const raw = await readFile(join(this.root, STATE_FILE), 'utf8');
+      this.state = StateSchema.parse(JSON.parse(raw));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+        // Atomic writes make this unexpected; keep serving what is on disk rather than refuse to start.
+        this.logger.error({ err: error }, 'models/state.json is unreadable; starting with no active models');
+      }
+    }
+    for (const entry of await readdir(this.root, { withFileTypes: true })) {
+      const path = join(this.root, entry.name);
+      if (entry.name.startsWith('.trash-') || entry.name.includes('.tmp-')) {
+        await rm(path, { recursive: true, force: true });
+        continue;
+      }
+      if (!entry.isDirectory() || !isValidName(entry.name)) continue;
+      const versions = new Map<number, { info: VersionInfo; manifest: Manifest }>();
+      for (const v of await readdir(path, { withFileTypes: true })) {
+        const vpath = join(path, v.name);
+        if (v.name.startsWith('.trash-') || v.name.includes('.tmp-')) {
+          await rm(vpath, { recursive: true, force: true });
+          continue;
+        }
+        if (!v.isDirectory() || !/^[1-9]\d{0,9}$/.test(v.name)) continue;
+        for (const f of await readdir(vpath)) if (f.includes('.tmp-')) await rm(join(vpath, f), { force: true });
+        if (!(await exists(join(vpath, MODEL_FILE)))) {
+          // An install that died before its last step: nothing refers to it.
+          this.logger.warn({ model: entry.name, version: v.name }, 'removing an incomplete install');
+          await rm(vpath, { recursive: true, force: true });
+          continue;
+        }
+        try {
+          const manifest = ManifestSchema.parse(JSON.parse(await readFile(join(vpath, MANIFEST_FILE), 'utf8')));
+          const info = VersionInfoSchema.parse(JSON.parse(await readFile(join(vpath, INFO_FILE), 'utf8')));
+          versions.set(Number(v.name), { info, manifest });
+        } catch (error) {
+          this.logger.error({ err: error, model: entry.name, version: v.name }, 'stored version has an unreadable manifest or info; ignoring it');
+        }
+      }
+      if (versions.size > 0) this.installed.set(entry.name, versions);
+    }
+  }
+
+  /**
+   * Moves a staged, verified file into the store: manifest.json and info.json first, model.onnx last
+   * (rename, same file system; a copy + fsync + rename across file systems), then fsync the directories.
+   */
+  async install(manifest: Manifest, info: VersionInfo, stagedFile: string): Promise<void> {
+    const { name, version } = manifest;
+    const modelDir = this.modelDir(name);
+    const dir = this.versionDir(name, version);
+    try {
+      await mkdir(dir, { recursive: true });
+      await fsyncDir(this.root);
+      await fsyncDir(modelDir);
+      await writeFileAtomic(join(dir, MANIFEST_FILE), `${JSON.stringify(manifest, null, 1)}\n`, dir, this.hook, 'install:manifest');
+      await writeFileAtomic(join(dir, INFO_FILE), `${JSON.stringify(info, null, 1)}\n`, dir, this.hook, 'install:info');
+      await this.hook?.('install:before-model');
+      const staged = await open(stagedFile, 'r+');
+      try {
+        await staged.sync();
+      } finally {
+        await staged.close();
+      }
+      const target = join(dir, MODEL_FILE);
+      try {
+        await rename(stagedFile, target);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
+        const tmp = `${target}.tmp-${process.pid}-${++tmpCounter}`;
+        await copyFile(stagedFile, tmp);
+        const fh = await open(tmp, 'r+');
+        try {
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+        await rename(tmp, target);
+        await unlink(stagedFile);
+      }
+      await fsyncDir(dir);
+      await this.hook?.('install:done');
+    } catch (error) {
+      throw diskError(error, `installing ${name}@${version}`);
+    }
+    let versions = this.installed.get(name);
+    if (!versions) this.installed.set(name, (versions = new Map()));
+    versions.set(version, { info, manifest });
+  }
+
+  /** Deletes a stored version: one atomic rename out of the way, then the removal. */
+  async deleteVersion(name: string, version: number): Promise<void> {
+    const dir = this.versionDir(name, version);
+    const trash = join(this.modelDir(name), `.trash-${version}-${process.pid}-${++tmpCounter}`);
+    this.installed.get(name)?.delete(version);
+    try {
+      await rename(dir, trash);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw error;
+    }
+    await fsyncDir(this.modelDir(name));
+    await rm(trash, { recursive: true, force: true });
+  }
+}

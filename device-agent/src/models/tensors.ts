@@ -1,0 +1,323 @@
+/**
+ * Tensors in JSON ↔ onnxruntime tensors, and the check of a request's inputs against what the model
+ * declares. Every problem is a FleetError('invalid_input') whose sentence says what was expected.
+ *
+ * JSON conventions (both directions):
+ * - float32/float64/float16: numbers; NaN and ±Infinity travel as the strings "NaN", "Infinity", "-Infinity".
+ * - float16 is carried as ordinary numbers; on the onnxruntime side it is a Uint16Array of IEEE half bits.
+ * - int64/uint64: numbers (safe integers) or decimal strings in requests; replies use numbers when every
+ *   value is a safe integer, otherwise decimal strings for the whole tensor.
+ * - bool: true/false (0/1 accepted in requests). string: strings.
+ */
+import ort from 'onnxruntime-node';
+import { DTYPES, FleetError } from '@edgefleet/protocol';
+import type { DType, Tensor, TensorInfo } from '@edgefleet/protocol';
+
+export type OrtTensor = ort.Tensor;
+const DTYPE_SET: ReadonlySet<string> = new Set(DTYPES);
+
+// ------------------------------------------------------------------ float16
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** IEEE 754 binary16 bits of a number, rounded to nearest even. */
+export function toHalfBits(value: number): number {
+  f32[0] = value;
+  const x = u32[0] as number;
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  let mant = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0); // Inf / NaN
+  const e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00; // overflow → Inf
+  if (e <= 0) {
+    if (e < -10) return sign; // underflow → ±0
+    mant |= 0x800000;
+    const shift = 14 - e;
+    let half = mant >>> shift;
+    const rem = mant & ((1 << shift) - 1);
+    const halfway = 1 << (shift - 1);
+    if (rem > halfway || (rem === halfway && (half & 1))) half++;
+    return sign | half;
+  }
+  let half = (e << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (half & 1))) half++; // a carry into the exponent is still correct
+  return sign | half;
+}
+
+/** The number whose binary16 bits are given. */
+export function fromHalfBits(bits: number): number {
+  const sign = bits & 0x8000 ? -1 : 1;
+  const exp = (bits >>> 10) & 0x1f;
+  const mant = bits & 0x3ff;
+  if (exp === 0) return sign * mant * 2 ** -24;
+  if (exp === 0x1f) return mant ? NaN : sign * Infinity;
+  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
+}
+
+// ------------------------------------------------------------------ JSON → onnxruntime
+
+const INT_RANGES: Record<string, [number, number]> = {
+  int8: [-128, 127],
+  int16: [-32768, 32767],
+  int32: [-2147483648, 2147483647],
+  uint8: [0, 255],
+  uint16: [0, 65535],
+  uint32: [0, 4294967295],
+};
+
+const INT_ARRAYS = {
+  int8: Int8Array,
+  int16: Int16Array,
+  int32: Int32Array,
+  uint8: Uint8Array,
+  uint16: Uint16Array,
+  uint32: Uint32Array,
+} as const;
+
+const SPECIAL_FLOATS: Record<string, number> = { NaN: NaN, Infinity: Infinity, '-Infinity': -Infinity };
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
+const UINT64_MAX = 2n ** 64n - 1n;
+
+function bad(message: string): FleetError {
+  return new FleetError('invalid_input', message);
+}
+
+function describeValue(v: unknown): string {
+  return typeof v === 'string' ? JSON.stringify(v.length > 20 ? `${v.slice(0, 20)}…` : v) : String(v);
+}
+
+function shapeText(shape: readonly (number | string | null)[]): string {
+  return `[${shape.map((d) => (d === null || d === '' ? '?' : String(d))).join(', ')}]`;
+}
+
+/** Converts one JSON tensor to an onnxruntime tensor; `name` is only used in error sentences. */
+export function decodeTensor(name: string, tensor: unknown): OrtTensor {
+  if (tensor === null || typeof tensor !== 'object' || Array.isArray(tensor)) {
+    throw bad(`input "${name}" must be an object {dtype, shape, data}`);
+  }
+  const { dtype, shape, data } = tensor as Partial<Tensor>;
+  if (typeof dtype !== 'string' || !DTYPE_SET.has(dtype)) {
+    throw bad(`input "${name}": dtype must be one of ${DTYPES.join(', ')}, got ${describeValue(dtype)}`);
+  }
+  if (!Array.isArray(shape) || shape.length > 16 || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
+    throw bad(`input "${name}": shape must be an array of at most 16 non-negative integers`);
+  }
+  if (!Array.isArray(data)) throw bad(`input "${name}": data must be an array (flattened, row-major)`);
+  const size = shape.reduce((a, b) => a * b, 1);
+  if (data.length !== size) {
+    throw bad(`input "${name}": shape ${shapeText(shape)} holds ${size} values, but data has ${data.length}`);
+  }
+  const dims = shape as number[];
+  const where = (i: number) => `input "${name}" element ${i}`;
+  const dt = dtype as DType;
+  switch (dt) {
+    case 'float32':
+    case 'float64':
+    case 'float16': {
+      const out = dt === 'float32' ? new Float32Array(size) : dt === 'float64' ? new Float64Array(size) : new Uint16Array(size);
+      for (let i = 0; i < size; i++) {
+        const v = data[i];
+        let n: number;
+        if (typeof v === 'number') n = v;
+        else if (typeof v === 'string' && v in SPECIAL_FLOATS) n = SPECIAL_FLOATS[v] as number;
+        else throw bad(`${where(i)}: expected a number (or "NaN", "Infinity", "-Infinity"), got ${describeValue(v)}`);
+        out[i] = dt === 'float16' ? toHalfBits(n) : n;
+      }
+      return new ort.Tensor(dt, out, dims);
+    }
+    case 'int8':
+    case 'int16':
+    case 'int32':
+    case 'uint8':
+    case 'uint16':
+    case 'uint32': {
+      const [lo, hi] = INT_RANGES[dt] as [number, number];
+      const out = new INT_ARRAYS[dt](size);
+      for (let i = 0; i < size; i++) {
+        const v = data[i];
+        if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) {
+          throw bad(`${where(i)}: expected an integer from ${lo} to ${hi} (${dt}), got ${describeValue(v)}`);
+        }
+        out[i] = v;
+      }
+      return new ort.Tensor(dt, out, dims);
+    }
+    case 'int64':
+    case 'uint64': {
+      const out = dt === 'int64' ? new BigInt64Array(size) : new BigUint64Array(size);
+      const [lo, hi] = dt === 'int64' ? [INT64_MIN, INT64_MAX] : [0n, UINT64_MAX];
+      for (let i = 0; i < size; i++) {
+        const v = data[i];
+        let n: bigint | undefined;
+        if (typeof v === 'number' && Number.isSafeInteger(v)) n = BigInt(v);
+        else if (typeof v === 'string' && /^-?\d{1,20}$/.test(v)) n = BigInt(v);
+        if (n === undefined || n < lo || n > hi) {
+          throw bad(`${where(i)}: expected a ${dt} as a safe integer or a decimal string, got ${describeValue(v)}`);
+        }
+        out[i] = n;
+      }
+      return new ort.Tensor(dt, out, dims);
+    }
+    case 'bool': {
+      const out = new Uint8Array(size);
+      for (let i = 0; i < size; i++) {
+        const v = data[i];
+        if (v === true || v === 1) out[i] = 1;
+        else if (v === false || v === 0) out[i] = 0;
+        else throw bad(`${where(i)}: expected true or false, got ${describeValue(v)}`);
+      }
+      return new ort.Tensor('bool', out, dims);
+    }
+    case 'string': {
+      for (let i = 0; i < size; i++) {
+        if (typeof data[i] !== 'string') throw bad(`${where(i)}: expected a string, got ${describeValue(data[i])}`);
+      }
+      return new ort.Tensor('string', (data as string[]).slice(), dims);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ onnxruntime → JSON
+
+function floatJson(v: number): number | string {
+  return Number.isFinite(v) ? v : Number.isNaN(v) ? 'NaN' : v > 0 ? 'Infinity' : '-Infinity';
+}
+
+/** Converts an onnxruntime tensor (a model output) to a JSON tensor. */
+export function encodeTensor(tensor: OrtTensor): Tensor {
+  const shape = Array.from(tensor.dims);
+  const type = tensor.type;
+  let data: Tensor['data'];
+  switch (type) {
+    case 'float32':
+    case 'float64': {
+      const src = tensor.data as Float32Array | Float64Array;
+      data = new Array(src.length);
+      for (let i = 0; i < src.length; i++) data[i] = floatJson(src[i] as number);
+      break;
+    }
+    case 'float16': {
+      const src = tensor.data as Uint16Array;
+      data = new Array(src.length);
+      for (let i = 0; i < src.length; i++) data[i] = floatJson(fromHalfBits(src[i] as number));
+      break;
+    }
+    case 'int64':
+    case 'uint64': {
+      const src = tensor.data as BigInt64Array | BigUint64Array;
+      const max = BigInt(Number.MAX_SAFE_INTEGER);
+      const safe = src.every((v) => v <= max && v >= -max);
+      data = Array.from(src, (v) => (safe ? Number(v) : v.toString()));
+      break;
+    }
+    case 'bool':
+      data = Array.from(tensor.data as Uint8Array, (v) => v !== 0);
+      break;
+    case 'string':
+      data = (tensor.data as string[]).slice();
+      break;
+    case 'int8':
+    case 'int16':
+    case 'int32':
+    case 'uint8':
+    case 'uint16':
+    case 'uint32':
+      data = Array.from(tensor.data as ArrayLike<number>);
+      break;
+    default:
+      throw new FleetError('internal', `output of dtype ${type} cannot be sent as JSON`);
+  }
+  return { dtype: type as DType, shape, data };
+}
+
+// ------------------------------------------------------------------ model metadata and input checks
+
+/** TensorInfo from onnxruntime's metadata; unnamed symbolic dimensions become null. */
+export function tensorInfo(meta: ort.InferenceSession.ValueMetadata): TensorInfo {
+  if (!meta.isTensor) return { name: meta.name, dtype: 'non-tensor', shape: [] };
+  return { name: meta.name, dtype: meta.type, shape: meta.shape.map((d) => (d === '' ? null : d)) };
+}
+
+function specText(spec: TensorInfo): string {
+  return `${spec.name} (${spec.dtype} ${shapeText(spec.shape)})`;
+}
+
+/**
+ * Decodes a request's JSON inputs and checks them against the model's declared inputs: names, dtypes,
+ * ranks, fixed dimensions, and that a symbolic dimension (e.g. "batch") has one size across all inputs.
+ */
+export function decodeInputs(model: string, inputs: Record<string, unknown>, specs: readonly TensorInfo[]): Record<string, OrtTensor> {
+  const byName = new Map(specs.map((s) => [s.name, s]));
+  for (const name of Object.keys(inputs)) {
+    if (!byName.has(name)) {
+      throw bad(`${model} has no input "${name}"; it expects ${specs.map(specText).join(', ')}`);
+    }
+  }
+  const feeds: Record<string, OrtTensor> = {};
+  const symbols = new Map<string, { size: number; input: string }>();
+  for (const spec of specs) {
+    const given = inputs[spec.name];
+    if (given === undefined) throw bad(`${model}: missing input ${specText(spec)}`);
+    const tensor = decodeTensor(spec.name, given);
+    if (tensor.type !== spec.dtype) {
+      throw bad(`${model}: input "${spec.name}" must be ${spec.dtype}, got ${tensor.type}`);
+    }
+    if (spec.shape.length > 0) {
+      const dims = tensor.dims;
+      if (dims.length !== spec.shape.length) {
+        throw bad(`${model}: input "${spec.name}" must have ${spec.shape.length} dimensions ${shapeText(spec.shape)}, got ${shapeText(dims)}`);
+      }
+      spec.shape.forEach((want, axis) => {
+        const got = dims[axis] as number;
+        if (typeof want === 'number' && want >= 0 && got !== want) {
+          throw bad(`${model}: input "${spec.name}" dimension ${axis} must be ${want} (shape ${shapeText(spec.shape)}), got ${got}`);
+        }
+        if (typeof want === 'string' && want !== '') {
+          const seen = symbols.get(want);
+          if (seen && seen.size !== got) {
+            throw bad(`${model}: dimension "${want}" is ${seen.size} in input "${seen.input}" but ${got} in input "${spec.name}"; they must match`);
+          }
+          if (!seen) symbols.set(want, { size: got, input: spec.name });
+        }
+      });
+    }
+    feeds[spec.name] = tensor;
+  }
+  return feeds;
+}
+
+/** A tensor of zeros (empty strings, false) of the declared shape, symbolic dimensions set to 1. */
+export function zerosFor(spec: TensorInfo): OrtTensor {
+  const dims = spec.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : 1));
+  const size = dims.reduce((a, b) => a * b, 1);
+  const dtype = spec.dtype as DType;
+  switch (dtype) {
+    case 'float32':
+      return new ort.Tensor(dtype, new Float32Array(size), dims);
+    case 'float64':
+      return new ort.Tensor(dtype, new Float64Array(size), dims);
+    case 'float16':
+      return new ort.Tensor(dtype, new Uint16Array(size), dims);
+    case 'int64':
+      return new ort.Tensor(dtype, new BigInt64Array(size), dims);
+    case 'uint64':
+      return new ort.Tensor(dtype, new BigUint64Array(size), dims);
+    case 'bool':
+      return new ort.Tensor(dtype, new Uint8Array(size), dims);
+    case 'string':
+      return new ort.Tensor(dtype, new Array<string>(size).fill(''), dims);
+    case 'int8':
+    case 'int16':
+    case 'int32':
+    case 'uint8':
+    case 'uint16':
+    case 'uint32':
+      return new ort.Tensor(dtype, new INT_ARRAYS[dtype](size), dims);
+    default:
+      throw new FleetError('smoke_test_failed', `input ${spec.name} has dtype ${spec.dtype}, which a smoke test cannot fill`);
+  }
+}
