@@ -264,6 +264,7 @@ export class ModelStore {
       throw error;
     }
     await fsyncDir(this.modelDir(name));
+    await this.hook?.('delete:renamed');
     await rm(trash, { recursive: true, force: true });
   }
 }
