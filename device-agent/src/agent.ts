@@ -20,14 +20,12 @@ import { LegacyChannel } from './legacy.js';
 import { logPath, tailFile } from './logs.js';
 import { createSampler } from './telemetry.js';
 import { TelemetryBuffer } from './telemetry-buffer.js';
-import type {
-  CreateInferenceServer,
-  CreateModelService,
-  CreateTransferReceiver,
-  InferenceServer,
-  ModelService,
-  TransferReceiver,
-} from './ports.js';
+import { createModelService } from './models/index.js';
+import type { ModelService } from './models/index.js';
+import { createInferenceServer } from './http.js';
+import type { InferenceServer } from './http.js';
+import { createTransferReceiver } from './transfer.js';
+import type { TransferReceiver } from './transfer.js';
 
 export interface AgentDeps {
   logger: Logger;
@@ -60,16 +58,6 @@ async function agentVersion(): Promise<string> {
     return pkg.version ?? '0.0.0';
   } catch {
     return '0.0.0'; // running from an unusual layout; the version is informative only
-  }
-}
-
-/** Imports a sibling module owned by another part when it exists (it may not be built yet). */
-async function optionalImport<T>(relative: string): Promise<T | undefined> {
-  try {
-    return (await import(new URL(relative, import.meta.url).href)) as T;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND') return undefined;
-    throw error;
   }
 }
 
@@ -166,7 +154,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
       throw new FleetError(
         'unavailable',
         config.fleetPublicKeyPem
-          ? 'model transfer is not available in this agent build'
+          ? 'model transfer is not running'
           : 'model transfer is off: configure fleetPublicKey (the fleet public key) on this device',
       );
     }
@@ -342,47 +330,39 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
       version = await agentVersion();
       await mkdir(config.dataDir, { recursive: true });
       if (!models) {
-        const mod = await optionalImport<{ createModelService: CreateModelService }>('./models/index.js');
-        if (mod) {
-          models = await mod.createModelService({
-            dataDir: config.dataDir,
-            threads: config.inferenceThreads,
-            keepVersions: config.keepVersions,
-            logger,
-          });
-          ownModels = true;
-        } else {
-          logger.warn('model service not available in this build: inference commands answer unavailable');
-        }
+        models = await createModelService({
+          dataDir: config.dataDir,
+          threads: config.inferenceThreads,
+          keepVersions: config.keepVersions,
+          logger,
+          identity,
+          ...(config.fleetPublicKeyPem ? { publicKeyPem: config.fleetPublicKeyPem } : {}),
+        });
+        ownModels = true;
       }
-      if (config.fleetPublicKeyPem && models) {
-        const mod = await optionalImport<{ createTransferReceiver: CreateTransferReceiver }>('./transfer.js');
-        if (mod) {
-          transfer = mod.createTransferReceiver({
-            dataDir: config.dataDir,
-            publicKeyPem: config.fleetPublicKeyPem,
-            identity,
-            models,
-            publishEvent: (e) => {
-              publishEvent(e);
-              if (e.event === 'model.activated') void publishStatus();
-            },
-            logger,
-          });
-        }
+      const service = models;
+      if (config.fleetPublicKeyPem) {
+        transfer = createTransferReceiver({
+          dataDir: config.dataDir,
+          publicKeyPem: config.fleetPublicKeyPem,
+          identity,
+          models: service,
+          publishEvent: (e) => {
+            publishEvent(e);
+            if (e.event === 'model.activated') void publishStatus();
+          },
+          logger,
+        });
       }
-      if (models) {
-        const mod = config.http ? await optionalImport<{ createInferenceServer: CreateInferenceServer }>('./http.js') : undefined;
-        if (mod) {
-          http = await mod.createInferenceServer(models, { host: config.httpHost, port: config.httpPort, logger });
-          logger.info({ host: config.httpHost, port: http.port }, 'HTTP inference API listening');
-        }
+      if (config.http) {
+        http = await createInferenceServer(service, { host: config.httpHost, port: config.httpPort, logger });
+        logger.info({ host: config.httpHost, port: http.port }, 'HTTP inference API listening');
       }
       legacy = new LegacyChannel({
         program: config.legacyProgram,
         install: config.legacyInstall,
         stopTimeoutMs: config.legacyStopTimeoutMs,
-        models: models ?? unavailableModels(),
+        models: service,
         logger,
         ...(deps.print ? { print: deps.print } : {}),
         onExit: () => {
@@ -435,26 +415,3 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   };
   return agent;
 }
-
-/** Stands in when the model service is not built: every call says so. */
-function unavailableModels(): ModelService {
-  const fail = (): never => {
-    throw new FleetError('unavailable', 'the model service is not running on this device');
-  };
-  return {
-    list: () => [],
-    describe: fail,
-    infer: async () => fail(),
-    install: async () => fail(),
-    activate: async () => fail(),
-    rollback: async () => fail(),
-    remove: async () => fail(),
-    highestAccepted: () => 0,
-    recordAccepted: async () => fail(),
-    active: () => [],
-    drainHealth: () => ({}),
-    runtime: () => ({ version: 'unknown', executionProviders: [] }),
-    close: async () => undefined,
-  };
-}
-

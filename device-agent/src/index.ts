@@ -9,4 +9,6 @@ export { LegacyChannel, LEGACY_LINES } from './legacy.js';
 export { TelemetryBuffer } from './telemetry-buffer.js';
 export { createSampler, cpuPercent, readTemperature } from './telemetry.js';
 export { createAgentLogger, tailFile, logPath } from './logs.js';
-export type { ModelService, TransferReceiver, InferenceServer } from './ports.js';
+export type { ModelService } from './models/index.js';
+export type { TransferReceiver } from './transfer.js';
+export type { InferenceServer } from './http.js';

@@ -18,7 +18,7 @@ import type { ChildProcess } from 'node:child_process';
 import type { Logger } from 'pino';
 import { LegacyCommandSchema } from '@edgefleet/protocol';
 import type { LegacyCommand } from '@edgefleet/protocol';
-import type { ModelService } from './ports.js';
+import type { ModelService } from './models/index.js';
 
 /** Every line the channel prints on stdout, in one place (the original client's wording). */
 export const LEGACY_LINES = {

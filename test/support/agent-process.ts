@@ -6,14 +6,14 @@
  */
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt from 'mqtt';
 import type { MqttClient } from 'mqtt';
-import { StatusMessageSchema, parseTopic, topics } from '@edgefleet/protocol';
-import type { StatusMessage } from '@edgefleet/protocol';
+import { ManifestSchema, StatusMessageSchema, chunkHashes, parseTopic, sha256Hex, topics } from '@edgefleet/protocol';
+import type { Manifest, StatusMessage } from '@edgefleet/protocol';
 
 export const AGENT_BIN = fileURLToPath(new URL('../../device-agent/dist/bin/deviceAgent.js', import.meta.url));
 
@@ -276,4 +276,50 @@ export async function startAgent(opts: AgentProcessOptions, watcher: StatusWatch
 /** Kills and cleans every agent given; never throws. */
 export async function cleanupAgents(...agents: (AgentProcess | undefined)[]): Promise<void> {
   await Promise.all(agents.map((a) => a?.cleanup().catch(() => undefined)));
+}
+
+// ---------------------------------------------------------------- models on disk before the agent starts
+
+export interface PreinstalledModel {
+  name: string;
+  version: number;
+  bytes: Uint8Array;
+  /** Activate after install (default true). */
+  activate?: boolean;
+}
+
+/** The unsigned manifest the model store keeps beside a model (what a verified transfer would hand over). */
+export function testManifest(device: string, name: string, version: number, bytes: Uint8Array): Manifest {
+  const chunk = 256 * 1024;
+  return ManifestSchema.parse({
+    kind: 'model',
+    name,
+    version,
+    sha256: sha256Hex(bytes),
+    length: bytes.length,
+    issuedAt: new Date().toISOString(),
+    expiresAt: new Date(Date.now() + 86_400_000).toISOString(),
+    target: { devices: [device] },
+    chunking: { size: chunk, sha256: chunkHashes(bytes, chunk) },
+  });
+}
+
+/**
+ * Installs (and activates) models into a data directory through the agent's own model service,
+ * as a finished transfer would, so an agent started on that directory serves them.
+ */
+export async function preinstallModels(dataDir: string, device: string, list: PreinstalledModel[]): Promise<void> {
+  const { createModelService } = await import('../../device-agent/src/models/index.js');
+  const { pino } = await import('pino');
+  const service = await createModelService({ dataDir, threads: 1, logger: pino({ level: 'silent' }) });
+  try {
+    for (const m of list) {
+      const staged = join(dataDir, `staged-${m.name}-${m.version}.onnx`);
+      await writeFile(staged, m.bytes);
+      await service.install(testManifest(device, m.name, m.version, m.bytes), staged);
+      if (m.activate !== false) await service.activate(m.name, m.version);
+    }
+  } finally {
+    await service.close();
+  }
 }
