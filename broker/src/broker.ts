@@ -17,6 +17,11 @@ import { mayPublish, maySubscribe, type Principal } from '@edgefleet/protocol';
 import { decoySecretHash, verifySecretAsync, type Credential, type CredentialStore } from './credentials.js';
 import { DEFAULT_LIMITS, GuardedConnection, PacketGuard, type GuardLimits, type Violation } from './guard.js';
 
+/** A bad option: the message says what to fix. */
+export class BrokerConfigError extends Error {
+  readonly code = 'invalid_config';
+}
+
 export interface BrokerOptions {
   credentials: CredentialStore;
   /** Development switch: clients without a user name get operator rights. Off by default; logged loudly. */
@@ -285,7 +290,7 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
 function validateLimits(l: GuardLimits): void {
   const check = (name: string, v: number, min: number, max: number) => {
     if (!Number.isInteger(v) || v < min || v > max) {
-      throw new RangeError(`${name} must be an integer from ${min} to ${max}, got ${v}`);
+      throw new BrokerConfigError(`${name} must be an integer from ${min} to ${max}, got ${v}`);
     }
   };
   check('maxPacketSize', l.maxPacketSize, 1024, 268_435_455); // the largest MQTT remaining length
@@ -299,7 +304,7 @@ function readOption(value: string, name: string): Buffer | string {
   try {
     return readFileSync(value);
   } catch (err) {
-    throw new Error(`cannot read ${name} file "${value}": ${(err as Error).message}`);
+    throw new BrokerConfigError(`cannot read ${name} file "${value}": ${(err as Error).message}`);
   }
 }
 

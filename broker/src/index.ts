@@ -1,4 +1,4 @@
-export { createBroker, type BrokerOptions, type RunningBroker } from './broker.js';
+export { createBroker, BrokerConfigError, type BrokerOptions, type RunningBroker } from './broker.js';
 export {
   hashSecret,
   verifySecret,
@@ -10,3 +10,4 @@ export {
   type CredentialStore,
 } from './credentials.js';
 export { PacketGuard, GuardedConnection, Violation, DEFAULT_LIMITS, MAX_CONTROL_PACKET, type GuardLimits } from './guard.js';
+export { parseBrokerArgs, loadCredentialsFile, brokerCli, type BrokerCliConfig } from './cli.js';

@@ -92,3 +92,26 @@ export function closed(socket: Socket, ms = 5000): Promise<Buffer> {
   if (socket.destroyed) return Promise.resolve(Buffer.concat(received));
   return withDeadline(new Promise((resolve) => socket.once('close', () => resolve(Buffer.concat(received)))), ms, 'the broker to close the socket');
 }
+
+/** Runs a program to completion (killed after `ms`); resolves with its exit code and output. */
+export function run(
+  cmd: string,
+  args: string[],
+  opts: { ms?: number; input?: string; onSpawn?: (child: import('node:child_process').ChildProcess) => void } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return import('node:child_process').then(
+    ({ spawn }) =>
+      new Promise((resolve, reject) => {
+        const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        const timer = setTimeout(() => child.kill('SIGKILL'), opts.ms ?? 10000);
+        child.once('error', (err) => (clearTimeout(timer), reject(err)));
+        child.once('close', (code) => (clearTimeout(timer), resolve({ code, stdout, stderr })));
+        child.stdin.end(opts.input ?? '');
+        opts.onSpawn?.(child);
+      }),
+  );
+}
