@@ -1,0 +1,169 @@
+/**
+ * Rollouts over real processes: a model that fails under real traffic stops
+ * at the canary and is rolled back; a controller killed with SIGKILL in the
+ * middle of a rollout is restarted and finishes it.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { cleanupAgents, spawnAgent } from './support/agent-process.js';
+import type { AgentProcess } from './support/agent-process.js';
+import { api, eventually, freePort, runCli, startManager } from './support/manager-process.js';
+import type { ManagerProcess } from './support/manager-process.js';
+import { dataDependentFailingModel, linearModel } from './support/onnx-models.js';
+
+interface DeviceView {
+  id: string;
+  online: boolean;
+  info: { models: { name: string; version: number }[] } | null;
+}
+interface RolloutView {
+  id: string;
+  status: string;
+  reason?: string;
+  waves: { label: string; state: string; devices: string[]; gate?: { pass: boolean; reasons: string[]; after: { requests: number; errors: number } } }[];
+  devices: Record<string, { state: string; previous: number | null }>;
+}
+
+async function provision(m: ManagerProcess, ids: string[], group: string, dataDirs?: Record<string, string>): Promise<AgentProcess[]> {
+  const agents: AgentProcess[] = [];
+  for (const id of ids) {
+    const r = await api<{ token: string }>(m, 'POST', '/api/devices', { id, groups: [group] });
+    expect(r.status).toBe(201);
+    agents.push(
+      await spawnAgent({
+        broker: m.broker,
+        id,
+        token: r.body.token,
+        groups: [group],
+        telemetryIntervalMs: 200,
+        args: ['--fleet-public-key', m.publicKeyFile],
+        ...(dataDirs?.[id] ? { dataDir: dataDirs[id] } : {}),
+      }),
+    );
+  }
+  await eventually('every agent online', async () => {
+    const list = (await api<DeviceView[]>(m, 'GET', '/api/devices')).body;
+    return ids.every((id) => list.find((d) => d.id === id)?.online) ? true : undefined;
+  });
+  return agents;
+}
+
+async function versionOn(m: ManagerProcess, id: string, model: string): Promise<number | undefined> {
+  return (await api<DeviceView>(m, 'GET', `/api/devices/${id}`)).body.info?.models.find((x) => x.name === model)?.version;
+}
+
+describe('a model that fails under real traffic', () => {
+  let m: ManagerProcess;
+  let agents: AgentProcess[] = [];
+  let work: string;
+  let traffic = true;
+  let loops: Promise<void>[] = [];
+  const answered: Record<string, { ok: number; failed: number }> = {};
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'rollout-'));
+    await writeFile(join(work, 'good.onnx'), linearModel({ seed: 3 }).bytes);
+    await writeFile(join(work, 'bad.onnx'), dataDependentFailingModel().bytes);
+    m = await startManager();
+    agents = await provision(m, ['cam-1', 'cam-2', 'cam-3'], 'cams');
+  });
+
+  afterAll(async () => {
+    traffic = false;
+    await Promise.all(loops);
+    await cleanupAgents(...agents);
+    await m?.cleanup();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  it('stops at the canary, rolls the canary back and leaves the rest of the fleet untouched', async () => {
+    expect((await runCli(m, ['models', 'add', join(work, 'good.onnx'), '--name', 'det'])).code).toBe(0);
+    expect((await runCli(m, ['models', 'add', join(work, 'bad.onnx'), '--name', 'det'])).code).toBe(0);
+    const first = await runCli(m, ['deploy', 'det@1', '--to', 'group:cams', '--canary', '1', '--waves', '100', '--soak', '0', '--wait', '--json']);
+    expect(first.json<RolloutView>().status).toBe('succeeded');
+    for (const a of agents) await eventually(`${a.id} reports det@1`, async () => ((await versionOn(m, a.id, 'det')) === 1 ? true : undefined));
+
+    // Real traffic on every device, through the controller (MQTT infer). Values outside [-4, 4) make v2 fail.
+    loops = agents.map(async (a) => {
+      answered[a.id] = { ok: 0, failed: 0 };
+      while (traffic) {
+        const r = await api(m, 'POST', `/api/devices/${a.id}/infer`, { model: 'det', inputs: { x: { dtype: 'float32', shape: [1, 4], data: [5, 6, 7, 8] } } }).catch(() => ({ status: 0 }));
+        if (r.status === 200) answered[a.id]!.ok++;
+        else answered[a.id]!.failed++;
+      }
+    });
+    await eventually('baseline traffic on v1', async () => (agents.every((a) => (answered[a.id]?.ok ?? 0) >= 20) ? true : undefined));
+
+    const bad = await runCli(m, ['deploy', 'det@2', '--to', 'group:cams', '--canary', '1', '--waves', '100', '--soak', '2', '--min-requests', '5', '--wait', '--json'], { timeoutMs: 60_000 });
+    expect(bad.code).toBe(1);
+    const r = bad.json<RolloutView>();
+    expect(r.status).toBe('failed');
+    expect(r.reason).toMatch(/wave 0 \(canary\) failed its gate: .*error rate/);
+    const canary = r.waves[0]!.devices[0]!;
+    expect(r.waves[0]!.gate).toMatchObject({ pass: false });
+    expect(r.waves[0]!.gate!.after.errors).toBeGreaterThan(0);
+    expect(r.waves[1]!.state).toBe('pending');
+    expect(r.devices[canary]).toMatchObject({ state: 'rolled-back', previous: 1 });
+    for (const id of r.waves[1]!.devices) expect(r.devices[id]!.state).toBe('pending');
+
+    // Every device serves v1 again, and answers.
+    for (const a of agents) await eventually(`${a.id} back on det@1`, async () => ((await versionOn(m, a.id, 'det')) === 1 ? true : undefined));
+    const before = answered[canary]!.ok;
+    await eventually('the canary answers again', async () => (answered[canary]!.ok > before + 5 ? true : undefined));
+    const audit = (await runCli(m, ['audit', '--limit', '500', '--json'])).json<{ action: string; result: string; target?: string }[]>();
+    expect(audit.some((e) => e.action === 'rollout.gate' && e.result === 'error')).toBe(true);
+    expect(audit.some((e) => e.action === 'model.rollback' && e.result === 'ok' && e.target?.startsWith(canary))).toBe(true);
+  });
+});
+
+describe('the controller killed with SIGKILL in the middle of a rollout', () => {
+  let m: ManagerProcess | undefined;
+  let agents: AgentProcess[] = [];
+  let work: string;
+  let dataDir: string;
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'restart-'));
+    dataDir = join(work, 'controller');
+    await writeFile(join(work, 'm.onnx'), linearModel({ seed: 9 }).bytes);
+  });
+
+  afterAll(async () => {
+    await cleanupAgents(...agents);
+    await m?.cleanup();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  it('continues the rollout from its persisted state after a restart and finishes it', async () => {
+    const port = await freePort();
+    m = await startManager({ dataDir, mqttPort: port });
+    agents = await provision(m, ['edge-1', 'edge-2', 'edge-3'], 'edges');
+    expect((await runCli(m, ['models', 'add', join(work, 'm.onnx'), '--name', 'seg'])).code).toBe(0);
+    const started = await runCli(m, ['deploy', 'seg', '--to', 'group:edges', '--canary', '1', '--waves', '100', '--soak', '3', '--json']);
+    expect(started.code).toBe(0);
+    const id = started.json<RolloutView>().id;
+    const first = m;
+    await eventually('the canary is switched and soaking', async () => {
+      const r = (await api<RolloutView>(first, 'GET', `/api/rollouts/${id}`)).body;
+      return r.waves[0]?.state === 'soaking' ? r : undefined;
+    });
+    await m.kill('SIGKILL');
+
+    // What the killed controller acknowledged is on disk.
+    const onDisk = JSON.parse(await readFile(join(dataDir, 'state.json'), 'utf8')) as { rollouts: Record<string, RolloutView> };
+    expect(onDisk.rollouts[id]).toMatchObject({ status: 'running' });
+    expect(onDisk.rollouts[id]!.waves[0]!.state).toBe('soaking');
+    expect(Object.values(onDisk.rollouts[id]!.devices).filter((d) => d.state === 'switched')).toHaveLength(1);
+
+    m = await startManager({ dataDir, mqttPort: port });
+    const done = await runCli(m, ['rollouts', 'show', id, '--wait', '--json'], { timeoutMs: 60_000 });
+    const r = done.json<RolloutView>();
+    expect(r.status).toBe('succeeded');
+    expect(Object.values(r.devices).map((d) => d.state)).toEqual(['switched', 'switched', 'switched']);
+    for (const a of agents) await eventually(`${a.id} runs seg@1`, async () => ((await versionOn(m!, a.id, 'seg')) === 1 ? true : undefined));
+    const list = (await runCli(m, ['rollouts', 'list', '--json'])).json<{ id: string; status: string }[]>();
+    expect(list).toEqual([expect.objectContaining({ id, status: 'succeeded' })]);
+  });
+});
