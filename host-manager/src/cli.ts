@@ -231,7 +231,7 @@ export async function runCli(argv: readonly string[], io: CliIO = processIO, opt
           .option('request-timeout', { type: 'number', default: 10_000, describe: 'ms to wait for a device to answer a command' }),
       async (a) => {
         if (opts.inConsole) {
-          io.err('the controller is already running here; type `help` for commands');
+          io.err(`unknown command "${String((a as { broker?: unknown }).broker ?? '')}"; type \`help\` for the commands`);
           code = EXIT.usage;
           return;
         }
