@@ -12,3 +12,17 @@ export { deliverModel, transferIdFor, hashChunks, buildManifest, DEFAULT_CHUNK_S
 export type { DeliverOptions, DeliveryTarget, DeliveryResults, DeviceDelivery } from './transfer.js';
 export { deliverViaSsh, shellQuote, sshFingerprint } from './ssh.js';
 export type { SshDeliveryOptions, SshDeliveryResult } from './ssh.js';
+export { createManager, defaultDataDir, brokerUrlOf, DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, DEFAULT_MQTT_WS_PORT } from './manager.js';
+export type { Manager, ManagerOptions, Operations } from './manager.js';
+export { Fleet, TelemetryHistory } from './fleet.js';
+export type { FeedEvent } from './fleet.js';
+export { Rollouts, summarize as summarizeRollout } from './rollout.js';
+export type { DeliverFn, RollbackFn, CreateRolloutInput } from './rollout.js';
+export { planWaves, evaluateGate, nextStep, newRollout, resolvePolicy, parseTarget, formatTarget, DEFAULT_POLICY, RolloutPolicySchema } from './rollout-plan.js';
+export type { RolloutStep, PolicyInput, PlanDevice, PlannedWave } from './rollout-plan.js';
+export type { RolloutRecord, RolloutPolicy, RolloutTarget, RolloutWave, RolloutDevice, GateResult, HealthSummary } from './state.js';
+export { ensureOperator, provisionDevice, stateCredentials, createTokenChecker, newToken } from './provisioning.js';
+export { startApi } from './api.js';
+export { createClient, resolveConnection, ClientError } from './client.js';
+export { runCli, EXIT } from './cli.js';
+export { runController } from './console.js';
