@@ -218,7 +218,8 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
   try {
     const tcp = options.tcp === undefined ? { host: '0.0.0.0', port: 1883 } : options.tcp;
     if (tcp) {
-      const server = createNetServer((socket: Socket) => accept(socket, `${socket.remoteAddress}:${socket.remotePort}`));
+      // noDelay: MQTT packets are small; with Nagle + delayed ACK each request/reply hop waits ~40 ms
+      const server = createNetServer({ noDelay: true }, (socket: Socket) => accept(socket, `${socket.remoteAddress}:${socket.remotePort}`));
       const host = tcp.host ?? '0.0.0.0';
       ports.tcp = await listen(server, tcp.port, host, 'tcp');
       servers.push({ close: () => closeServer(server) });
@@ -234,6 +235,7 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
           ...(t.ca ? { ca: readOption(t.ca, 'tls.ca') } : {}),
           requestCert: t.requestCert === true,
           rejectUnauthorized: t.requestCert === true,
+          noDelay: true,
         },
         (socket: TLSSocket) => accept(socket, `tls ${socket.remoteAddress}:${socket.remotePort}`),
       );
