@@ -279,6 +279,8 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     const c = mqtt.connect(config.broker, options);
     c.on('connect', (connack) => {
       backoff.reset();
+      // requests and replies are small packets: without this, Nagle + delayed ACK add ~40 ms per hop
+      (c.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
       logger.info({ broker: config.broker, sessionPresent: connack.sessionPresent }, 'connected');
       void (async () => {
         try {

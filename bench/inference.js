@@ -1,0 +1,316 @@
+/**
+ * npm run bench:inference
+ *
+ * The same small model and the same inputs through
+ *   1. a bare onnxruntime-node session.run in this process (the baseline),
+ *   2. the agent's local HTTP API (keep-alive),
+ *   3. MQTT request/response (the host manager's requester → broker → agent → broker → requester),
+ * with the broker and the agent each in their own process. Sequential p50/p99 latency and
+ * concurrent throughput (IN_FLIGHT requests in flight), printed as one JSON object per result,
+ * then a summary with the overheads against the baseline. Outputs are checked equal to the
+ * baseline's before any timing counts.
+ *
+ * Env: SEQ (sequential requests per path, default 2000), CONC (concurrent requests, default 4000),
+ * IN_FLIGHT (default 16), THREADS (intra-op threads for both the baseline and the agent, default cores-1).
+ */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import ort from 'onnxruntime-node';
+import onnxProto from 'onnx-proto';
+import mqtt from 'mqtt';
+import { pino } from 'pino';
+import { ManifestSchema, chunkHashes, sha256Hex } from '@edgefleet/protocol';
+import { createRequester } from '@edgefleet/host-manager';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const { createModelService, encodeTensor } = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
+
+const SEQ = Number(process.env.SEQ ?? 2000);
+const CONC = Number(process.env.CONC ?? 4000);
+const IN_FLIGHT = Number(process.env.IN_FLIGHT ?? 16);
+const THREADS = Number(process.env.THREADS ?? Math.max(1, availableParallelism() - 1));
+const IN = 64;
+const HIDDEN = 128;
+const OUT = 10;
+const DEVICE = { id: 'bench-device', token: 'bench-device-token-0001' };
+const OPERATOR = { id: 'bench-op', token: 'bench-operator-token-01' };
+
+// ------------------------------------------------------------------ the model: a small MLP, x[batch,64] → y[batch,10]
+
+function seeded(seed) {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32 - 0.5;
+  };
+}
+
+function buildModel() {
+  const { onnx } = onnxProto;
+  const T = onnx.TensorProto.DataType;
+  const rnd = seeded(7);
+  const tensor = (name, dims) => {
+    const data = Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, rnd);
+    return { name, dims, dataType: T.FLOAT, rawData: new Uint8Array(data.buffer) };
+  };
+  const vi = (name, shape) => ({
+    name,
+    type: { tensorType: { elemType: T.FLOAT, shape: { dim: shape.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) } } },
+  });
+  const node = (opType, input, output) => ({ opType, input, output, name: `${opType}_${output[0]}` });
+  const model = onnx.ModelProto.create({
+    irVersion: 8,
+    producerName: 'edgefleet-bench',
+    opsetImport: [{ domain: '', version: 13 }],
+    graph: {
+      name: 'mlp',
+      input: [vi('x', ['batch', IN])],
+      output: [vi('y', ['batch', OUT])],
+      initializer: [tensor('W1', [IN, HIDDEN]), tensor('b1', [HIDDEN]), tensor('W2', [HIDDEN, OUT]), tensor('b2', [OUT])],
+      node: [
+        node('MatMul', ['x', 'W1'], ['h0']),
+        node('Add', ['h0', 'b1'], ['h1']),
+        node('Relu', ['h1'], ['h2']),
+        node('MatMul', ['h2', 'W2'], ['h3']),
+        node('Add', ['h3', 'b2'], ['y']),
+      ],
+    },
+  });
+  return Buffer.from(onnx.ModelProto.encode(model).finish());
+}
+
+// ------------------------------------------------------------------ helpers
+
+function percentile(sorted, p) {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+async function sequential(name, n, run) {
+  const times = [];
+  for (let i = 0; i < 50; i++) await run(i); // warm-up
+  for (let i = 0; i < n; i++) {
+    const t0 = process.hrtime.bigint();
+    await run(i);
+    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  times.sort((a, b) => a - b);
+  const r = { result: 'sequential', path: name, requests: n, p50Ms: round(percentile(times, 50)), p99Ms: round(percentile(times, 99)), meanMs: round(times.reduce((a, b) => a + b, 0) / n) };
+  console.log(JSON.stringify(r));
+  return r;
+}
+
+async function concurrent(name, n, inFlight, run) {
+  let next = 0;
+  let done = 0;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: inFlight }, async () => {
+      while (next < n) {
+        const i = next++;
+        await run(i);
+        done++;
+      }
+    }),
+  );
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const r = { result: 'concurrent', path: name, requests: done, inFlight, seconds: round(seconds), perSecond: Math.round(done / seconds) };
+  console.log(JSON.stringify(r));
+  return r;
+}
+
+const round = (v) => Math.round(v * 1000) / 1000;
+
+function spawnNode(args, env) {
+  const child = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr += d;
+    if (stderr.length > 100_000) stderr = stderr.slice(-50_000);
+  });
+  child.stderrText = () => stderr;
+  return child;
+}
+
+async function firstLine(stream, match, timeoutMs, describe) {
+  let buf = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${describe}`)), timeoutMs);
+    const onData = (d) => {
+      buf += d;
+      for (const line of buf.split('\n')) {
+        const m = match(line);
+        if (m !== undefined) {
+          clearTimeout(timer);
+          stream.off('data', onData);
+          resolve(m);
+          return;
+        }
+      }
+    };
+    stream.on('data', onData);
+  });
+}
+
+const tryJson = (line) => {
+  try {
+    return JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+};
+
+// ------------------------------------------------------------------ main
+
+const bytes = buildModel();
+const rnd = seeded(11);
+const INPUTS = Array.from({ length: 64 }, () => Array.from({ length: IN }, () => Math.round(rnd() * 1000) / 250));
+const tensorInput = (i) => ({ x: { dtype: 'float32', shape: [1, IN], data: INPUTS[i % INPUTS.length] } });
+
+const dataDir = await mkdtemp(join(tmpdir(), 'bench-inference-'));
+const children = [];
+const cleanup = async () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  await rm(dataDir, { recursive: true, force: true });
+};
+try {
+  // 1. baseline: bare session with the agent's session options
+  const sessionOptions = {
+    intraOpNumThreads: THREADS,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    graphOptimizationLevel: 'all',
+    extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
+  };
+  const session = await ort.InferenceSession.create(bytes, sessionOptions);
+  const bare = async (i) => {
+    const out = await session.run({ x: new ort.Tensor('float32', Float32Array.from(INPUTS[i % INPUTS.length]), [1, IN]) });
+    return { y: encodeTensor(out.y) };
+  };
+  const expected = await Promise.all(INPUTS.map((_, i) => bare(i)));
+
+  // 2. the model installed in the agent's data directory, as a finished transfer leaves it
+  const manifest = ManifestSchema.parse({
+    kind: 'model', name: 'mlp', version: 1, sha256: sha256Hex(bytes), length: bytes.length,
+    issuedAt: new Date().toISOString(), expiresAt: new Date(Date.now() + 86_400_000).toISOString(),
+    target: { devices: [DEVICE.id] }, chunking: { size: 262144, sha256: chunkHashes(bytes, 262144) },
+  });
+  const svc = await createModelService({ dataDir, threads: THREADS, logger: pino({ level: 'silent' }) });
+  await writeFile(join(dataDir, 'staged.onnx'), bytes);
+  await svc.install(manifest, join(dataDir, 'staged.onnx'));
+  await svc.activate('mlp', 1);
+  await svc.close();
+
+  // 3. broker in its own process
+  // BROKER_NODELAY=1 sets TCP_NODELAY on the broker's accepted sockets (to show what the broker gains from it)
+  const noDelayPatch = process.env.BROKER_NODELAY === '1'
+    ? `import net from 'node:net'; import { syncBuiltinESMExports } from 'node:module';
+       const original = net.createServer;
+       net.createServer = (...args) => original(...args).on('connection', (s) => s.setNoDelay(true));
+       syncBuiltinESMExports();`
+    : '';
+  const brokerScript = `${noDelayPatch}
+    const { createBroker, hashSecret, staticCredentials } = await import(${JSON.stringify(join(ROOT, 'broker/dist/src/index.js'))});
+    const b = await createBroker({ tcp: { host: '127.0.0.1', port: 0 }, credentials: staticCredentials([
+      { role: 'device', id: ${JSON.stringify(DEVICE.id)}, groups: [], secretHash: hashSecret(process.env.DEVICE_TOKEN) },
+      { role: 'operator', id: ${JSON.stringify(OPERATOR.id)}, groups: [], secretHash: hashSecret(process.env.OPERATOR_TOKEN) } ]) });
+    console.log(JSON.stringify({ url: b.url }));
+    process.on('SIGTERM', () => b.close().then(() => process.exit(0)));`;
+  const brokerProc = spawnNode(['--input-type=module', '-e', brokerScript], { DEVICE_TOKEN: DEVICE.token, OPERATOR_TOKEN: OPERATOR.token });
+  children.push(brokerProc);
+  const brokerUrl = await firstLine(brokerProc.stdout, (l) => tryJson(l)?.url, 15_000, 'the broker');
+
+  // 4. agent in its own process
+  const agentProc = spawnNode(
+    [join(ROOT, 'device-agent/dist/bin/deviceAgent.js'), '--broker', brokerUrl, '--device', DEVICE.id, '--data-dir', dataDir,
+      '--http-port', '0', '--inference-threads', String(THREADS), '--telemetry-interval-ms', '60000', '--log-level', 'info'],
+    { EDGEFLEET_TOKEN: DEVICE.token },
+  );
+  children.push(agentProc);
+  const httpPort = await firstLine(agentProc.stderr, (l) => {
+    const j = tryJson(l);
+    return j?.msg === 'HTTP inference API listening' ? j.port : undefined;
+  }, 20_000, 'the agent HTTP API');
+  await firstLine(agentProc.stderr, (l) => (tryJson(l)?.msg === 'connected' ? true : undefined), 20_000, 'the agent connection').catch(() => undefined);
+
+  // HTTP client with keep-alive
+  const agent = new http.Agent({ keepAlive: true, maxSockets: IN_FLIGHT });
+  const viaHttp = (i) =>
+    new Promise((resolve, reject) => {
+      const body = JSON.stringify({ inputs: tensorInput(i) });
+      const req = http.request(
+        { host: '127.0.0.1', port: httpPort, path: '/models/mlp', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+        (res) => {
+          const chunks = [];
+          res.on('data', (c) => chunks.push(c));
+          res.on('end', () => {
+            const json = JSON.parse(Buffer.concat(chunks).toString());
+            if (res.statusCode !== 200) reject(new Error(`HTTP ${res.statusCode}: ${JSON.stringify(json)}`));
+            else resolve(json.outputs);
+          });
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+
+  // MQTT operator with the host manager's requester
+  const op = mqtt.connect(brokerUrl, { clientId: `${OPERATOR.id}-1`, username: OPERATOR.id, password: OPERATOR.token, protocolVersion: 4 });
+  await once(op, 'connect');
+  op.stream.setNoDelay?.(true);
+  const requester = await createRequester(op);
+  const viaMqtt = async (i) => (await requester.request(DEVICE.id, 'infer', { model: 'mlp', inputs: tensorInput(i) }, 30_000)).outputs;
+
+  // verify before timing: every path gives the baseline's outputs, exactly
+  for (let i = 0; i < INPUTS.length; i++) {
+    const want = JSON.stringify(expected[i]);
+    const h = JSON.stringify(await viaHttp(i));
+    const m = JSON.stringify(await viaMqtt(i));
+    if (h !== want || m !== want) throw new Error(`output mismatch on input ${i}: bare ${want.slice(0, 80)} http ${h.slice(0, 80)} mqtt ${m.slice(0, 80)}`);
+  }
+  console.log(JSON.stringify({
+    result: 'setup', model: `MLP ${IN}-${HIDDEN}-${OUT} float32, batch 1, ${bytes.length} bytes`, threads: THREADS,
+    layout: 'bare session in the bench process; broker and agent each in their own process; loopback',
+    verified: `${INPUTS.length} inputs: HTTP and MQTT outputs equal the bare session's exactly`,
+    sequentialRequests: SEQ, concurrentRequests: CONC, inFlight: IN_FLIGHT,
+  }));
+
+  const seq = {
+    bare: await sequential('bare', SEQ, bare),
+    http: await sequential('http', SEQ, viaHttp),
+    mqtt: await sequential('mqtt', SEQ, viaMqtt),
+  };
+  const conc = {
+    bare: await concurrent('bare', CONC, IN_FLIGHT, bare),
+    http: await concurrent('http', CONC, IN_FLIGHT, viaHttp),
+    mqtt: await concurrent('mqtt', CONC, IN_FLIGHT, viaMqtt),
+  };
+  const summary = { result: 'summary' };
+  for (const path of ['http', 'mqtt']) {
+    summary[path] = {
+      addedP50Ms: round(seq[path].p50Ms - seq.bare.p50Ms),
+      addedP99Ms: round(seq[path].p99Ms - seq.bare.p99Ms),
+      throughputVsBare: round(conc[path].perSecond / conc.bare.perSecond),
+    };
+  }
+  summary.targets = 'at most 1 ms added at p50; at least 0.9x bare throughput under concurrent load';
+  console.log(JSON.stringify(summary));
+
+  requester.close();
+  await op.endAsync();
+  agent.destroy();
+  await session.release();
+  agentProc.kill('SIGTERM');
+  await once(agentProc, 'exit');
+  brokerProc.kill('SIGTERM');
+  await once(brokerProc, 'exit');
+} catch (error) {
+  for (const c of children) process.stderr.write(c.stderrText().slice(-3000));
+  throw error;
+} finally {
+  await cleanup();
+}
