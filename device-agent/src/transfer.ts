@@ -86,14 +86,22 @@ interface Transfer {
   signed: SignedManifest;
   manifest: Manifest;
   total: number;
+  /** Per chunk: 0 missing, 1 being written, 2 on disk. */
   have: Uint8Array;
   received: number;
   /** The version is already in the model store: nothing to receive. */
   installed: boolean;
   data: FileHandle | null;
   log: FileHandle | null;
-  /** Writes run one after another; status and commit wait for them. */
-  queue: Promise<void>;
+  /** Chunk writes in flight (positional, so they may overlap); status and commit wait for them. */
+  pending: Set<Promise<void>>;
+  /** Indices written but not yet appended to chunks.log; appended in batches, in order. */
+  logQueue: number[];
+  logChain: Promise<void>;
+  logScheduled: boolean;
+  /** Background fdatasync every SYNC_EVERY bytes, so the final fsync does not write the whole file back at once. */
+  syncChain: Promise<void>;
+  unsynced: number;
   committing: Promise<CommandResult<'transfer.commit'>> | null;
   lastProgressAt: number;
   progressTimer: NodeJS.Timeout | null;
@@ -101,6 +109,7 @@ interface Transfer {
 }
 
 const LOG_ENTRY = 4;
+const SYNC_EVERY = 8 * 1024 * 1024;
 
 export function createTransferReceiver(opts: TransferReceiverOptions): TransferReceiver {
   const root = join(opts.dataDir, 'transfers');
@@ -153,8 +162,34 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
   function missingOf(t: Transfer): number[] {
     if (t.installed) return [];
     const missing: number[] = [];
-    for (let i = 0; i < t.total; i++) if (!t.have[i]) missing.push(i);
+    for (let i = 0; i < t.total; i++) if (t.have[i] !== 2) missing.push(i);
     return missing;
+  }
+
+  /** Waits until every chunk received so far is written and logged. */
+  async function drain(t: Transfer): Promise<void> {
+    while (t.pending.size > 0) await Promise.all([...t.pending]);
+    await t.logChain;
+  }
+
+  function scheduleLog(t: Transfer): void {
+    if (t.logScheduled) return;
+    t.logScheduled = true;
+    t.logChain = t.logChain.then(async () => {
+      t.logScheduled = false;
+      const batch = t.logQueue.splice(0);
+      if (batch.length === 0 || !t.log) return;
+      const buf = Buffer.allocUnsafe(batch.length * LOG_ENTRY);
+      batch.forEach((index, k) => buf.writeUInt32LE(index, k * LOG_ENTRY));
+      await t.log.write(buf);
+    }).catch((error: unknown) => log.warn({ err: error, transferId: t.id }, 'could not append to the chunk log; those chunks are asked for again after a restart'));
+  }
+
+  function backgroundSync(t: Transfer): void {
+    t.unsynced = 0;
+    t.syncChain = t.syncChain.then(async () => {
+      await t.data?.datasync();
+    }).catch((error: unknown) => log.warn({ err: error, transferId: t.id }, 'background fdatasync failed; the commit syncs again'));
   }
 
   function progress(t: Transfer, force = false): void {
@@ -180,6 +215,8 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
   async function closeFiles(t: Transfer): Promise<void> {
     if (t.progressTimer) clearTimeout(t.progressTimer);
     t.progressTimer = null;
+    await drain(t);
+    await t.syncChain;
     const files = [t.data, t.log];
     t.data = null;
     t.log = null;
@@ -189,7 +226,6 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
   async function drop(t: Transfer): Promise<void> {
     t.closed = true;
     transfers.delete(t.id);
-    await t.queue;
     await closeFiles(t);
     await rm(t.dir, { recursive: true, force: true });
   }
@@ -252,7 +288,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
         const buf = Buffer.allocUnsafe(len);
         const { bytesRead } = await t.data.read(buf, 0, len, index * t.manifest.chunking.size);
         if (bytesRead === len && sha256(buf) === t.manifest.chunking.sha256[index]) {
-          t.have[index] = 1;
+          t.have[index] = 2;
           t.received++;
         } else bad++;
       }
@@ -261,7 +297,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
     // Rewrite the log to exactly the verified chunks.
     const compact = Buffer.alloc(t.received * LOG_ENTRY);
     let pos = 0;
-    for (let i = 0; i < t.total; i++) if (t.have[i]) compact.writeUInt32LE(i, (pos++) * LOG_ENTRY);
+    for (let i = 0; i < t.total; i++) if (t.have[i] === 2) compact.writeUInt32LE(i, (pos++) * LOG_ENTRY);
     await writeAtomic(logFile, compact);
     t.log = await open(logFile, 'a');
   }
@@ -279,7 +315,12 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       installed: false,
       data: null,
       log: null,
-      queue: Promise.resolve(),
+      pending: new Set(),
+      logQueue: [],
+      logChain: Promise.resolve(),
+      logScheduled: false,
+      syncChain: Promise.resolve(),
+      unsynced: 0,
       committing: null,
       lastProgressAt: 0,
       progressTimer: null,
@@ -413,7 +454,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       reject(transferId, index, 'truncated', `${payload.length} bytes where the manifest declares ${expected}; dropped, it stays missing`);
       return;
     }
-    if (t.have[index]) {
+    if (t.have[index] !== 0) {
       stats.duplicates++;
       return;
     }
@@ -421,29 +462,35 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       reject(transferId, index, 'corrupt_chunk', 'sha256 does not match the signed manifest; dropped, it stays missing');
       return;
     }
-    const offset = index * t.manifest.chunking.size;
-    t.queue = t.queue.then(async () => {
-      if (t.closed || t.have[index] || !t.data || !t.log) return;
+    const data = t.data;
+    if (!data) return;
+    t.have[index] = 1;
+    const write = (async () => {
       try {
-        await t.data.write(payload, 0, payload.length, offset);
-        const entry = Buffer.allocUnsafe(LOG_ENTRY);
-        entry.writeUInt32LE(index, 0);
-        await t.log.write(entry);
-        t.have[index] = 1;
+        const { bytesWritten } = await data.write(payload, 0, payload.length, index * t.manifest.chunking.size);
+        if (bytesWritten !== payload.length) throw new Error(`short write (${bytesWritten} of ${payload.length} bytes)`);
+        t.have[index] = 2;
         t.received++;
         stats.written++;
+        t.logQueue.push(index);
+        scheduleLog(t);
+        t.unsynced += payload.length;
+        if (t.unsynced >= SYNC_EVERY) backgroundSync(t);
         progress(t);
       } catch (error) {
+        t.have[index] = 0;
         const code = (error as NodeJS.ErrnoException).code === 'ENOSPC' ? 'disk_full' : 'internal';
         reject(transferId, index, code, `could not write the chunk: ${(error as Error).message}`);
       }
-    });
+    })();
+    t.pending.add(write);
+    void write.then(() => t.pending.delete(write));
   }
 
   async function status(p: ParsedParams<'transfer.status'>): Promise<CommandResult<'transfer.status'>> {
     const t = await locked(p.transferId, () => load(p.transferId));
     if (!t) throw new FleetError('not_found', `no transfer ${p.transferId} on this device; offer it first`);
-    await t.queue;
+    await drain(t);
     return { missing: missingOf(t), total: t.total };
   }
 
@@ -463,8 +510,8 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
     if (size > t.manifest.length) {
       throw new FleetError('too_long', `the staged file has ${size} bytes, more than the declared ${t.manifest.length}; refused`);
     }
-    await data.sync();
-    const whole = await hashFile(join(t.dir, 'data.part'));
+    // fsync and the whole-file hash run together: the hash reads what the sync writes back
+    const [, whole] = await Promise.all([data.sync(), hashFile(join(t.dir, 'data.part'))]);
     if (whole === t.manifest.sha256) return;
     // Find the chunks that changed on disk and ask for them again.
     const bad: number[] = [];
@@ -474,8 +521,8 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       const { bytesRead } = await data.read(buf, 0, len, i * t.manifest.chunking.size);
       if (bytesRead !== len || sha256(buf) !== t.manifest.chunking.sha256[i]) {
         bad.push(i);
+        if (t.have[i] === 2) t.received--;
         t.have[i] = 0;
-        t.received--;
       }
     }
     throw new FleetError(
@@ -495,7 +542,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       try {
         accept(m); // the expiry may have passed while chunks were arriving
         if (!t.installed) {
-          await t.queue;
+          await drain(t);
           await verifyWhole(t);
           await closeFiles(t);
           await opts.models.install(m, join(t.dir, 'data.part'));
@@ -548,7 +595,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
     async close() {
       for (const t of transfers.values()) {
         t.closed = true;
-        await t.queue;
+        await drain(t);
         await t.log?.sync().catch(() => undefined); // best effort: the log is re-verified on the next start anyway
         await closeFiles(t);
       }

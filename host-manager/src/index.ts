@@ -10,6 +10,8 @@ export { createRegistry, checkCompatibility, compareVersions, minOnnxruntimeForO
 export type { Registry, AddOptions, AddedModel } from './registry.js';
 export { deliverModel, transferIdFor, hashChunks, buildManifest, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW, DEFAULT_EXPIRY_MS, DEFAULT_DEADLINE_MS } from './transfer.js';
 export type { DeliverOptions, DeliveryTarget, DeliveryResults, DeviceDelivery } from './transfer.js';
+export { loadChunkTable, chunkTablePath, writeChunkTable } from './chunk-table.js';
+export type { ChunkTable } from './chunk-table.js';
 export { deliverViaSsh, shellQuote, sshFingerprint } from './ssh.js';
 export type { SshDeliveryOptions, SshDeliveryResult } from './ssh.js';
 export { createManager, defaultDataDir, brokerUrlOf, DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, DEFAULT_MQTT_WS_PORT } from './manager.js';

@@ -6,12 +6,13 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
-import { FleetError, ProcessingSchema, assertName, sha256Hex } from '@edgefleet/protocol';
+import { FleetError, ProcessingSchema, assertName, chunkHashes, sha256Hex } from '@edgefleet/protocol';
 import type { DeviceInfo, Processing } from '@edgefleet/protocol';
 import type { FleetDb, FleetState, ModelVersionRecord } from './state.js';
 import { readOnnxMetadata } from './onnx-meta.js';
+import { DEFAULT_CHUNK_SIZE, writeChunkTable } from './chunk-table.js';
 
 export interface AddOptions {
   name: string;
@@ -116,7 +117,9 @@ export function createRegistry(db: FleetDb, dataDir: string): Registry {
         const versions = state().models[name] ?? [];
         const same = versions.find((v) => v.sha256 === sha256);
         if (same) return { ...same, created: false };
-        await storeBlob(bytes, sha256);
+        const stored = await storeBlob(bytes, sha256);
+        // the manifest's chunk table for the default chunk size, so the first delivery need not hash the file
+        await writeChunkTable(stored, { sha256, length: bytes.length, size: DEFAULT_CHUNK_SIZE, chunks: chunkHashes(bytes, DEFAULT_CHUNK_SIZE) });
         const highWater = state().modelVersionHighWater ?? {};
         const version = Math.max(highWater[name] ?? 0, ...versions.map((v) => v.version)) + 1;
         const record: ModelVersionRecord = {
@@ -173,7 +176,12 @@ export function createRegistry(db: FleetDb, dataDir: string): Registry {
         await db.write();
         const stillUsed = Object.values(state().models).some((list) => list.some((v) => v.sha256 === record.sha256));
         if (stillUsed) return { removed: true, blobDeleted: false };
-        await rm(blobPath(record), { force: true });
+        const blob = blobPath(record);
+        await rm(blob, { force: true });
+        const prefix = `${record.sha256}.chunks-`;
+        for (const entry of await readdir(blobDir).catch(() => [] as string[])) {
+          if (entry.startsWith(prefix)) await rm(join(blobDir, entry), { force: true });
+        }
         return { removed: true, blobDeleted: true };
       });
     },

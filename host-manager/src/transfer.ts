@@ -14,7 +14,6 @@
  * Chunks are read from the blob with positional reads, so memory stays at window × chunk size.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import type { MqttClient } from 'mqtt';
@@ -24,9 +23,11 @@ import type { DeviceInfo, ErrorBody, Manifest, ManifestInput, SignedManifest, Tr
 import type { ModelVersionRecord } from './state.js';
 import type { RequestFn } from './requester.js';
 import { checkCompatibility, estimatedMemoryBytes } from './registry.js';
+import { DEFAULT_CHUNK_SIZE, loadChunkTable } from './chunk-table.js';
 
-/** Chosen by `npm run bench:transfer` (see README.registry.md): 256 KiB chunks, 16 in flight. */
-export const DEFAULT_CHUNK_SIZE = 256 * 1024;
+export { DEFAULT_CHUNK_SIZE, hashChunks } from './chunk-table.js';
+
+/** Chosen by `npm run bench:transfer` (see README.registry.md). */
 export const DEFAULT_WINDOW = 16;
 export const DEFAULT_EXPIRY_MS = 60 * 60 * 1000;
 export const DEFAULT_DEADLINE_MS = 10 * 60 * 1000;
@@ -63,6 +64,8 @@ export interface DeliverOptions {
   /** Subscribe to the target devices' event topics for progress (leave false when the client already subscribes to all events). */
   subscribeEvents?: boolean;
   logger?: Logger;
+  /** Milliseconds spent in each phase (hash, offer, chunks, commit), for benchmarks and logs. */
+  onPhase?: (phase: 'hash' | 'offer' | 'chunks' | 'commit', ms: number) => void;
 }
 
 export type DeviceDelivery =
@@ -74,34 +77,6 @@ export type DeliveryResults = Record<string, DeviceDelivery>;
 export function transferIdFor(record: Pick<ModelVersionRecord, 'name' | 'version' | 'sha256'>, chunkSize: number): string {
   const digest = createHash('sha256').update(`${record.name}\n${record.version}\n${record.sha256}\n${chunkSize}`).digest('hex');
   return `t${digest.slice(0, 23)}`;
-}
-
-/** Per-chunk sha256 and the whole file's, read in one pass. */
-export async function hashChunks(file: string, chunkSize: number): Promise<{ sha256: string; length: number; chunks: string[] }> {
-  const whole = createHash('sha256');
-  const chunks: string[] = [];
-  let current = createHash('sha256');
-  let filled = 0;
-  let length = 0;
-  for await (const part of createReadStream(file, { highWaterMark: Math.min(chunkSize, 4 << 20) })) {
-    const buf = part as Buffer;
-    whole.update(buf);
-    length += buf.length;
-    let off = 0;
-    while (off < buf.length) {
-      const take = Math.min(chunkSize - filled, buf.length - off);
-      current.update(buf.subarray(off, off + take));
-      filled += take;
-      off += take;
-      if (filled === chunkSize) {
-        chunks.push(current.digest('hex'));
-        current = createHash('sha256');
-        filled = 0;
-      }
-    }
-  }
-  if (filled > 0 || chunks.length === 0) chunks.push(current.digest('hex'));
-  return { sha256: whole.digest('hex'), length, chunks };
 }
 
 export function buildManifest(
@@ -178,11 +153,14 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
   }
   if (devices.length === 0) return results;
 
+  let phaseStart = Date.now();
+  const phase = (name: 'hash' | 'offer' | 'chunks' | 'commit'): void => {
+    const t = Date.now();
+    opts.onPhase?.(name, t - phaseStart);
+    phaseStart = t;
+  };
   // 2. manifest
-  const hashes = await hashChunks(opts.blobPath, chunkSize);
-  if (hashes.sha256 !== record.sha256 || hashes.length !== record.length) {
-    throw new FleetError('internal', `the registry blob of ${label} no longer matches its sha256; remove the version and add the file again`);
-  }
+  const hashes = { chunks: await loadChunkTable(opts.blobPath, record, chunkSize) };
   const signed: SignedManifest = signManifest(
     buildManifest(record, hashes, {
       chunkSize,
@@ -193,6 +171,7 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
     opts.keys.privateKeyPem,
   );
   const manifest = signed.manifest as Manifest;
+  phase('hash');
   const total = manifest.chunking.sha256.length;
   const transferId = transferIdFor(record, chunkSize);
   const missing = new Map<string, Set<number>>();
@@ -242,6 +221,7 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
       }
     });
     log?.info({ transferId, model: label, devices: missing.size, chunks: total, chunkSize, window }, 'transfer offered');
+    phase('offer');
 
     // 4. chunks: once to the group, then per device what is still missing
     let round = 0;
@@ -289,6 +269,7 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
       }
     }
 
+    phase('chunks');
     // 5. commit
     await eachLimited([...missing.keys()], 16, async (device) => {
       for (let attempt = 0; ; attempt++) {
@@ -314,6 +295,7 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
         }
       }
     });
+    phase('commit');
   } finally {
     await file.close();
     if (opts.onProgress) {

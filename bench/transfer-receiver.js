@@ -1,0 +1,99 @@
+// A lightweight device for bench/transfer.js: the real transfer receiver
+// (device-agent/dist/src/transfer.js) on its own MQTT connection, with a plain file
+// store (install = fsync'd rename; the bench delivers with activate:false, so no
+// onnxruntime session is loaded). Answers transfer.* requests; on IPC 'reset' wipes
+// its data directory; reports the sha256 of what it installed on IPC 'hash'.
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import mqtt from 'mqtt';
+import { pino } from 'pino';
+import { FleetError, errorReply, okReply, parseRequest, parseTopic, topics } from '@edgefleet/protocol';
+import { createTransferReceiver } from '../device-agent/dist/src/transfer.js';
+
+const [id, url, dataDir, publicKeyPem, qosArg, groupsArg] = [process.argv[2], process.argv[3], process.argv[4], process.env.FLEET_PUBLIC_KEY, process.argv[5], process.argv[6]];
+const groups = (groupsArg ?? '').split(',').filter(Boolean);
+const chunkQos = Number(qosArg ?? 1);
+const logger = pino({ level: 'warn' }, pino.destination(2));
+const installed = new Map();
+
+function fileModels() {
+  return {
+    list: () => [...installed.entries()].map(([name, v]) => ({ name, active: null, versions: [...v.keys()] })),
+    async install(manifest, staged) {
+      const dir = join(dataDir, 'models', manifest.name, String(manifest.version));
+      await mkdir(dir, { recursive: true });
+      const h = await open(staged, 'r');
+      await h.sync();
+      await h.close();
+      await rename(staged, join(dir, 'model.onnx'));
+      const v = installed.get(manifest.name) ?? new Map();
+      v.set(manifest.version, join(dir, 'model.onnx'));
+      installed.set(manifest.name, v);
+    },
+    async activate(name, version) {
+      return { model: name, version, previous: null };
+    },
+    highestAccepted: () => 0,
+    async recordAccepted() {},
+  };
+}
+
+let receiver;
+function newReceiver() {
+  receiver = createTransferReceiver({
+    dataDir,
+    publicKeyPem,
+    identity: { id, groups, arch: process.arch },
+    models: fileModels(),
+    publishEvent: () => {},
+    logger,
+  });
+}
+newReceiver();
+
+const client = await mqtt.connectAsync(url, { clientId: id, username: id, password: 'bench-device', reconnectPeriod: 0 });
+client.on('message', (topic, payload) => {
+  const parsed = parseTopic(topic);
+  if (parsed?.kind === 'transfer') {
+    receiver.chunk(parsed.transferId, parsed.index, payload);
+    return;
+  }
+  const req = parseRequest(payload);
+  if (!req.ok) return;
+  const { command, params } = req.request;
+  const handler = { 'transfer.offer': receiver.offer, 'transfer.status': receiver.status, 'transfer.commit': receiver.commit }[command];
+  const reply = (r) => client.publish(topics.device(id, 'replies'), JSON.stringify(r), { qos: 1 });
+  if (!handler) return reply(errorReply(req.request.id, { code: 'unknown_command', message: command }));
+  handler(params).then(
+    (data) => reply(okReply(req.request, data)),
+    (e) => reply(errorReply(req.request.id, e instanceof FleetError ? e.toJSON() : { code: 'internal', message: String(e) })),
+  );
+});
+await client.subscribeAsync([topics.device(id, 'commands')], { qos: 1 });
+await client.subscribeAsync([topics.transferFilter({ kind: 'device', name: id }), ...groups.map((g) => topics.transferFilter({ kind: 'group', name: g }))], { qos: chunkQos });
+
+process.on('message', async (msg) => {
+  if (msg.type === 'reset') {
+    await receiver.close();
+    installed.clear();
+    await rm(dataDir, { recursive: true, force: true });
+    await mkdir(dataDir, { recursive: true });
+    newReceiver();
+    process.send({ type: 'reset-done' });
+  } else if (msg.type === 'hash') {
+    const file = installed.get(msg.name)?.get(msg.version);
+    let sha = null;
+    if (file) {
+      const h = createHash('sha256');
+      for await (const part of createReadStream(file)) h.update(part);
+      sha = h.digest('hex');
+    }
+    process.send({ type: 'hash', sha });
+  } else if (msg.type === 'exit') {
+    await client.endAsync();
+    process.exit(0);
+  }
+});
+process.send({ type: 'ready' });

@@ -1,0 +1,215 @@
+// npm run bench:transfer — a 50 MB ONNX model (random-initializer: one MatMul whose W is
+// 50 MB of random float32 bits; a valid ONNX file) delivered to 1, 10 and 50 devices
+// through the embedded broker (its own process), beside a sequential `scp` of the same
+// file to as many targets on one real sshd. Every delivery is verified: each device's
+// receiver checks every chunk and the whole file against the signed manifest, and the
+// bench re-hashes each installed copy (and each scp copy) against the registry's sha256.
+//
+// Devices are lightweight receiver processes (bench/transfer-receiver.js): one process
+// each, its own MQTT connection, running the real receiver code
+// (device-agent/dist/src/transfer.js) with a plain file store, delivering with
+// activate:false — 50 full agents each loading a 50 MB onnxruntime session do not fit
+// the point of this bench on 2 cores.
+//
+// Options (env): BENCH_DEVICES=1,10,50  BENCH_MB=50  BENCH_SWEEP=full|quick|none  BENCH_CHUNK_QOS=1
+import { execFile, fork, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir, userInfo, cpus } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import mqtt from 'mqtt';
+import onnxProto from 'onnx-proto';
+import { createRegistry, createRequester, deliverModel, loadOrCreateFleetKeys, openState } from '@edgefleet/host-manager';
+
+const run = promisify(execFile);
+const here = fileURLToPath(new URL('.', import.meta.url));
+const DEVICE_COUNTS = (process.env.BENCH_DEVICES ?? '1,10,50').split(',').map(Number);
+const MB = Number(process.env.BENCH_MB ?? 50);
+const SWEEP = process.env.BENCH_SWEEP ?? 'quick';
+const CHUNK_QOS = Number(process.env.BENCH_CHUNK_QOS ?? 1);
+const MAX = Math.max(...DEVICE_COUNTS);
+const KiB = 1024;
+
+const out = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
+const seconds = (ms) => Math.round(ms) / 1000;
+
+async function sha256File(file) {
+  const h = createHash('sha256');
+  for await (const part of createReadStream(file, { highWaterMark: 1 << 20 })) h.update(part);
+  return h.digest('hex');
+}
+
+function buildModel(bytes) {
+  const { onnx } = onnxProto;
+  const rows = 1024;
+  const cols = Math.floor(bytes / 4 / rows);
+  const model = onnx.ModelProto.create({
+    irVersion: 8,
+    producerName: 'edgefleet-bench',
+    opsetImport: [{ domain: '', version: 13 }],
+    graph: {
+      name: 'bench',
+      node: [{ opType: 'MatMul', input: ['x', 'W'], output: ['y'] }],
+      input: [{ name: 'x', type: { tensorType: { elemType: 1, shape: { dim: [{ dimParam: 'batch' }, { dimValue: rows }] } } } }],
+      output: [{ name: 'y', type: { tensorType: { elemType: 1, shape: { dim: [{ dimParam: 'batch' }, { dimValue: cols }] } } } }],
+      initializer: [{ name: 'W', dims: [rows, cols], dataType: 1, rawData: randomBytes(rows * cols * 4) }],
+    },
+  });
+  return Buffer.from(onnx.ModelProto.encode(model).finish());
+}
+
+function waitLine(child, pattern) {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    child.stdout.on('data', (d) => {
+      buf += d.toString();
+      const m = buf.match(pattern);
+      if (m) resolve(m);
+    });
+    child.once('exit', (code) => reject(new Error(`child exited ${code} before ${pattern}`)));
+  });
+}
+
+function ipc(child, message, replyType) {
+  return new Promise((resolve) => {
+    const on = (m) => {
+      if (m.type === replyType) {
+        child.off('message', on);
+        resolve(m);
+      }
+    };
+    child.on('message', on);
+    child.send(message);
+  });
+}
+
+async function startSshd(dir) {
+  await mkdir('/run/sshd', { recursive: true });
+  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host_key')]);
+  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'client_key')]);
+  await writeFile(join(dir, 'authorized_keys'), await readFile(join(dir, 'client_key.pub')));
+  const port = await new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+  const config = [
+    `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${join(dir, 'host_key')}`, `PidFile ${join(dir, 'sshd.pid')}`,
+    `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`, 'PermitRootLogin yes', 'StrictModes no', 'UsePAM no',
+    'PasswordAuthentication no', 'MaxStartups 200', 'Subsystem sftp internal-sftp', 'LogLevel INFO',
+  ].join('\n');
+  await writeFile(join(dir, 'sshd_config'), `${config}\n`);
+  const child = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  await new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr.on('data', (d) => {
+      err += d.toString();
+      if (/Server listening/.test(err)) resolve();
+    });
+    child.once('exit', (c) => reject(new Error(`sshd exited ${c}: ${err}`)));
+  });
+  return { port, key: join(dir, 'client_key'), child };
+}
+
+async function scpLoop(sshd, file, n, targetDir, sha) {
+  await rm(targetDir, { recursive: true, force: true });
+  await mkdir(targetDir, { recursive: true });
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    await run('scp', ['-q', '-i', sshd.key, '-P', String(sshd.port), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
+      '-o', 'LogLevel=ERROR', file, `${userInfo().username}@127.0.0.1:${join(targetDir, `copy-${i}.onnx`)}`]);
+  }
+  const ms = performance.now() - t0;
+  const v0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    if ((await sha256File(join(targetDir, `copy-${i}.onnx`))) !== sha) throw new Error(`scp copy ${i} does not match`);
+  }
+  const verifyMs = performance.now() - v0;
+  await rm(targetDir, { recursive: true, force: true });
+  return { ms, verifyMs };
+}
+
+const work = await mkdtemp(join(tmpdir(), 'bench-transfer-'));
+const children = [];
+try {
+  // model + registry + keys (host side, this process)
+  const hostDir = join(work, 'host');
+  const modelFile = join(work, 'model.onnx');
+  await writeFile(modelFile, buildModel(MB * 1024 * 1024));
+  const registry = createRegistry(await openState(join(hostDir, 'state.json')), hostDir);
+  const record = await registry.add(modelFile, { name: 'bench' });
+  const blob = registry.blobPath(record);
+  const keys = await loadOrCreateFleetKeys(hostDir);
+
+  // broker process
+  const broker = spawn(process.execPath, [join(here, 'transfer-broker.js'), DEVICE_COUNTS.join(','), String(8 * 1024 * 1024)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(broker);
+  const port = Number((await waitLine(broker, /"port":(\d+)/))[1]);
+  const url = `mqtt://127.0.0.1:${port}`;
+
+  // receiver processes
+  const receivers = [];
+  for (let i = 0; i < MAX; i++) {
+    const child = fork(join(here, 'transfer-receiver.js'), [`d${i}`, url, join(work, 'devices', `d${i}`), String(CHUNK_QOS), DEVICE_COUNTS.filter((k) => i < k).map((k) => `upto${k}`).join(',')], {
+      env: { ...process.env, FLEET_PUBLIC_KEY: keys.publicKeyPem },
+      stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    });
+    children.push(child);
+    receivers.push(child);
+  }
+  await Promise.all(receivers.map((c) => new Promise((resolve) => c.once('message', resolve))));
+
+  const operator = await mqtt.connectAsync(url, { clientId: 'bench-host', username: 'bench', password: 'bench-operator', reconnectPeriod: 0 });
+  const requester = await createRequester(operator);
+
+  const sshd = await startSshd(await mkdtemp(join(work, 'sshd-')));
+  children.push(sshd.child);
+
+  out({
+    bench: 'transfer', setup: true, modelBytes: record.length, model: 'random-initializer ONNX (MatMul, W = random float32 bits)',
+    cpus: cpus().length, node: process.version, layout: 'broker: own process; host (sender): this process; each device: own process running the real receiver with a file store, activate:false',
+    chunkQos: CHUNK_QOS, scp: 'sequential scp to one sshd on loopback, one connection per copy, copies hash-verified afterwards',
+  });
+
+  const sweeps = {
+    full: [64, 256, 1024].flatMap((c) => [4, 16, 64].map((w) => [c * KiB, w])),
+    quick: [[64 * KiB, 16], [256 * KiB, 4], [256 * KiB, 16], [256 * KiB, 64], [1024 * KiB, 16], [1024 * KiB, 64]],
+    none: [[256 * KiB, 16]],
+  }[SWEEP];
+
+  const summary = [];
+  for (const n of DEVICE_COUNTS) {
+    const devices = Array.from({ length: n }, (_, i) => `d${i}`);
+    const scp = await scpLoop(sshd, blob, n, join(work, 'scp-target'), record.sha256);
+    out({ bench: 'transfer', method: 'scp-loop', devices: n, seconds: seconds(scp.ms), verifySeconds: seconds(scp.verifyMs), MBps: Math.round((record.length * n) / 1e6 / (scp.ms / 1000)) });
+    let best;
+    for (const [chunkSize, window] of n === 50 && SWEEP !== 'none' ? sweeps.filter(([c]) => c >= 256 * KiB) : sweeps) {
+      await Promise.all(devices.map((_, i) => ipc(receivers[i], { type: 'reset' }, 'reset-done')));
+      const target = n === 1 ? { devices } : { group: `upto${n}`, devices };
+      const phases = {};
+      const t0 = performance.now();
+      const results = await deliverModel({ onPhase: (p, ms) => (phases[p] = ms / 1000), mqtt: operator, request: requester.request, record, blobPath: blob, keys, target, chunkSize, window, activate: false, requestTimeoutMs: 60_000, commitTimeoutMs: 120_000 });
+      const ms = performance.now() - t0;
+      const failed = Object.entries(results).filter(([, r]) => !r.ok);
+      if (failed.length) throw new Error(`delivery failed: ${JSON.stringify(failed.slice(0, 3))}`);
+      const hashes = await Promise.all(devices.map((_, i) => ipc(receivers[i], { type: 'hash', name: 'bench', version: record.version }, 'hash')));
+      const verified = hashes.every((h) => h.sha === record.sha256);
+      if (!verified) throw new Error('an installed copy does not match the registry sha256');
+      const r = { bench: 'transfer', method: 'mqtt', devices: n, chunkKiB: chunkSize / KiB, window, seconds: seconds(ms), MBps: Math.round((record.length * n) / 1e6 / (ms / 1000)), verified, phases, vsScp: Math.round((scp.ms / ms) * 100) / 100 };
+      out(r);
+      if (!best || ms < best.ms) best = { ms, chunkKiB: r.chunkKiB, window };
+    }
+    summary.push({ devices: n, scpSeconds: seconds(scp.ms), mqttBestSeconds: seconds(best.ms), best: { chunkKiB: best.chunkKiB, window: best.window }, ratio: Math.round((scp.ms / best.ms) * 100) / 100 });
+  }
+  out({ bench: 'transfer', summary, note: 'ratio = scp loop time / MQTT delivery time (higher is better)' });
+  requester.close();
+  await operator.endAsync();
+} finally {
+  for (const c of children) c.kill('SIGTERM');
+  await rm(work, { recursive: true, force: true });
+}
