@@ -9,7 +9,6 @@ import { hostname, arch, platform, cpus, totalmem } from 'node:os';
 import mqtt from 'mqtt';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
-import Docker from 'dockerode';
 import { FleetError, makeOffline, makeStatus, parseTopic, topics } from '@edgefleet/protocol';
 import type { CommandName, DeviceIdentity, DeviceInfo, FleetEvent, Reply, TelemetrySample } from '@edgefleet/protocol';
 import type { AgentConfig } from './config.js';
@@ -64,6 +63,8 @@ async function agentVersion(): Promise<string> {
 async function dockerReachable(timeoutMs = 1500): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
   try {
+    // imported on first use: dockerode takes ~0.6 s to load, which every start would pay
+    const { default: Docker } = await import('dockerode');
     const docker = new Docker();
     return await Promise.race([
       docker.ping().then(() => true),
@@ -330,6 +331,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
 
     async start() {
       version = await agentVersion();
+      void dockerReachable().then((ok) => (dockerOk = ok)); // warms the import while the rest starts
       await mkdir(config.dataDir, { recursive: true });
       if (!models) {
         models = await createModelService({
