@@ -4,12 +4,13 @@
  * onnxruntime on models built here.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cleanupAgents, spawnAgent } from './support/agent-process.js';
 import type { AgentProcess } from './support/agent-process.js';
-import { api, eventually, runCli, startManager } from './support/manager-process.js';
+import { MANAGER_BIN, api, eventually, runCli, startManager } from './support/manager-process.js';
 import type { ManagerProcess } from './support/manager-process.js';
 import { allClose, linearModel } from './support/onnx-models.js';
 
@@ -120,6 +121,37 @@ describe('provision → connect → deploy → infer → roll back', () => {
     for (const a of ['device.add', 'model.add', 'rollout.create', 'model.deliver', 'rollout.succeeded', 'model.rollback', 'rollout.rollback']) expect(actions).toContain(a);
   });
 
+  it('watch: a new model file in a directory becomes a new version and is rolled out', async () => {
+    const dir = join(work, 'incoming');
+    await mkdir(dir);
+    const v3 = linearModel({ seed: 33 });
+    const watcher = spawn(process.execPath, [MANAGER_BIN, 'watch', dir, '--to', 'pi-1', '--soak', '0', '--json'], {
+      env: { ...process.env, EDGEFLEET_URL: m.url, EDGEFLEET_TOKEN: m.token },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    watcher.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const exited = new Promise<number | null>((resolve) => watcher.on('exit', (code) => resolve(code)));
+    try {
+      await eventually('the watcher is ready', async () => (out.includes('"watching"') ? true : undefined));
+      await writeFile(join(dir, 'lin.onnx'), v3.bytes);
+      const event = await eventually('the rollout of the new file', async () => {
+        const line = out.split('\n').find((l) => l.includes('"rollout"'));
+        return line ? (JSON.parse(line) as { model?: string; status: string; file: string }) : undefined;
+      }, 30_000);
+      expect(event.status).toBe('succeeded');
+      expect(out).toContain('"model":"lin@3"');
+      const r = (await runCli(m, ['infer', 'pi-1', 'lin', '--input', join(work, 'input.json'), '--json'])).json<{ version: number; outputs: { y: { data: number[] } } }>();
+      expect(r.version).toBe(3);
+      expect(allClose(r.outputs.y.data, v3.expected(x))).toBe(true);
+    } finally {
+      watcher.kill('SIGINT');
+    }
+    expect(await exited).toBe(0);
+    // Back to v1 for the rest of the suite.
+    expect((await runCli(m, ['rollback', '--json'])).code).toBe(0);
+  });
+
   it('answers bad input with clear errors and exit codes, and keeps its state', async () => {
     const bad = await fetch(`${m.url}/api/devices`, { headers: { authorization: 'Bearer wrong' } });
     expect(bad.status).toBe(401);
@@ -151,7 +183,7 @@ describe('provision → connect → deploy → infer → roll back', () => {
     const devices = (await runCli(m, ['devices', 'list', '--json'])).json<{ id: string }[]>();
     expect(devices.map((d) => d.id)).toEqual(['pi-1']);
     const models = (await runCli(m, ['models', 'list', '--json'])).json<{ version: number }[]>();
-    expect(models.map((v) => v.version)).toEqual([1, 2]);
+    expect(models.map((v) => v.version)).toEqual([1, 2, 3]);
   });
 
   it('serves health, Prometheus metrics, the dashboard and the live feed', async () => {

@@ -23,6 +23,7 @@ export function makeDeliver(ctx: {
   db: FleetDb;
   chunkSize?: number;
   window?: number;
+  requestTimeoutMs?: number;
 }): DeliverFn {
   return async ({ model, version, target, devices, onProgress }) => {
     const record = ctx.registry.require(model, version);
@@ -38,6 +39,8 @@ export function makeDeliver(ctx: {
       activate: true,
       subscribeEvents: false,
       deviceInfo: (device) => ctx.db.data.devices[device]?.info ?? null,
+      // A device busy writing the chunks of a large fan-out answers status late; that is not a failure.
+      requestTimeoutMs: ctx.requestTimeoutMs ?? 60_000,
       ...(ctx.chunkSize !== undefined ? { chunkSize: ctx.chunkSize } : {}),
       ...(ctx.window !== undefined ? { window: ctx.window } : {}),
       ...(onProgress ? { onProgress } : {}),

@@ -308,7 +308,10 @@ export class Rollouts {
           detail: gate,
         });
         this.#log.info({ rollout: r.id, wave: wave.index, pass: gate.pass, reasons: gate.reasons }, 'wave gate');
-        if (!gate.pass) r.reason = `wave ${wave.index} (${wave.label}) failed its gate: ${gate.reasons.join('; ')}`;
+        if (!gate.pass) {
+          const failures = gate.reasons.filter((x) => !x.startsWith('only ') && !x.startsWith('no traffic'));
+          r.reason = `wave ${wave.index} (${wave.label}) failed its gate: ${failures.join('; ')}`;
+        }
         return;
       }
       case 'rollback':
