@@ -169,6 +169,11 @@ describe('inference through the agent', () => {
     });
     const info = await requester.request(DEVICE.id, 'info', {});
     expect(info.models).toContainEqual({ name: 'linear', version: 2 });
+    // remove the inactive version; the active one keeps serving
+    expect(await requester.request(DEVICE.id, 'models.remove', { model: 'linear', version: 1 })).toEqual({ removed: true });
+    const after = await requester.request(DEVICE.id, 'models.list', {});
+    expect(after.models.find((m) => m.name === 'linear')).toMatchObject({ active: 2, versions: [2] });
+    await expect(requester.request(DEVICE.id, 'models.remove', { model: '../../etc', version: 1 })).rejects.toMatchObject({ code: 'invalid_params' });
   });
 
   it('reports per-model health in telemetry', async () => {
