@@ -114,4 +114,29 @@ describe('telemetry', () => {
     expect(delays.length).toBeGreaterThan(1);
     expect(Math.max(...delays)).toBeLessThanOrEqual(1000);
   });
+
+  it('starts with the broker down, keeps retrying with backoff, and delivers what it sampled before the first connection', async () => {
+    // a port nothing listens on (a broker that was there and left)
+    const gone = await startTestBroker({ devices: [DEVICE] });
+    const port = gone.ports.tcp!;
+    await gone.close();
+    await cleanupAgents(agent);
+    agent = await spawnAgent({ broker: `mqtt://127.0.0.1:${port}`, ...DEVICE, telemetryIntervalMs: 150 });
+    await agent.waitForLog((l) => l.msg === 'reconnecting after backoff' && Number(l.attempt) >= 3);
+    await agent.waitForLog((l) => l.msg === 'telemetry sample' && l.connected === false && Number(l.pending) >= 2);
+    const telemetry: TelemetryMessage[] = [];
+    const status: StatusMessage[] = [];
+    const listeners = new Set<() => void>();
+    await broker?.close();
+    broker = await startTestBroker({ devices: [DEVICE], tcp: { host: '127.0.0.1', port } });
+    collect(broker, telemetry, status, () => {
+      for (const l of [...listeners]) l();
+    });
+    await until('online', () => status.some((s) => s.online), listeners);
+    await until('the offline samples', () => telemetry.length >= 3, listeners);
+    const first = telemetry[0]!;
+    expect(first.sample.ts).toBeLessThan(status.find((s) => s.online)!.ts); // sampled before the connection existed
+    const seqs = telemetry.map((m) => m.seq);
+    expect(seqs.slice(0, 3)).toEqual([0, 1, 2]);
+  });
 });
