@@ -230,7 +230,13 @@ describe('SIGTERM under load', () => {
       const ids = new Set(burst.map((r) => r.id));
       const deadline = Date.now() + 5000;
       while (replies.filter((r) => r.status === 'ok').length < accepted && Date.now() < deadline) {
-        await new Promise((r) => operator.once('message', r));
+        await new Promise((r) => {
+          const timer = setTimeout(r, deadline - Date.now());
+          operator.once('message', () => {
+            clearTimeout(timer);
+            r(undefined);
+          });
+        });
       }
       const ok = replies.filter((r) => r.status === 'ok' && ids.has(r.corr));
       const refused = replies.filter((r) => r.status === 'error');
