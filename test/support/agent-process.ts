@@ -31,6 +31,8 @@ export interface AgentProcessOptions {
   /** Extra flags, e.g. ['--legacy-topic', 'hello']. */
   args?: string[];
   env?: Record<string, string>;
+  /** A command the agent runs under, e.g. ['ip', 'netns', 'exec', 'ns1'] (it must exec, keeping the pid). */
+  wrap?: string[];
 }
 
 export type LogLine = Record<string, unknown> & { msg?: string; level?: number };
@@ -94,7 +96,8 @@ export async function spawnAgent(opts: AgentProcessOptions): Promise<AgentProces
     ...(opts.http ? ['--http-port', '0'] : ['--no-http']),
     ...(opts.args ?? []),
   ];
-  const child = spawn(process.execPath, args, {
+  const [command, ...commandArgs] = opts.wrap?.length ? [...opts.wrap, process.execPath, ...args] : [process.execPath, ...args];
+  const child = spawn(command!, commandArgs, {
     env: { ...process.env, EDGEFLEET_TOKEN: opts.token, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
