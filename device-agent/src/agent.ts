@@ -291,9 +291,15 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
             if (refused.length > 0) logger.error({ refused }, 'the broker refused subscriptions; check the device groups and the broker ACL');
             if (config.legacyTopic) legacy?.announce(config.legacyTopic);
           }
-          dockerOk = await dockerReachable();
           await publishStatus();
-          await flushTelemetry();
+          const flushed = flushTelemetry();
+          // the engine may have come or gone while we were away: say so when it changed
+          const docker = await dockerReachable();
+          if (docker !== dockerOk) {
+            dockerOk = docker;
+            await publishStatus();
+          }
+          await flushed;
         } catch (error) {
           logger.warn({ err: error }, 'connection setup interrupted');
         }
