@@ -29,6 +29,8 @@ export interface InferenceServerOptions {
 
 export interface InferenceServer {
   port: number;
+  /** Requests being handled right now. */
+  readonly inflight: number;
   /** Stops accepting connections, lets requests in flight finish, then closes every connection. */
   close(): Promise<void>;
 }
@@ -172,11 +174,19 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
       if (--inflight === 0) idle?.();
     });
     handle(req, res).catch((error: unknown) => {
-      sendError(res, error);
       if (error instanceof HttpError && error.status === 413) {
-        // The rest of an oversized body is not read: close this connection once the answer is out.
-        res.on('finish', () => req.socket.destroy());
+        // Answer at once and close the connection; discard (not buffer) what the client still sends,
+        // up to a bound, so it reads the 413 instead of a reset.
+        res.shouldKeepAlive = false;
+        let discarded = 0;
+        req.removeAllListeners('data');
+        req.on('data', (chunk: Buffer) => {
+          discarded += chunk.length;
+          if (discarded > 4 * maxBody) req.socket.destroy();
+        });
+        req.resume();
       }
+      sendError(res, error);
     });
   });
 
@@ -192,6 +202,9 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
 
   return {
     port,
+    get inflight() {
+      return inflight;
+    },
     async close() {
       closing = true;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
