@@ -141,7 +141,7 @@ process.on('message', async (msg) => {
   if (msg.type === 'start') {
     // Connect in small batches: each CONNECT costs the broker one scrypt verification.
     const list = msg.devices;
-    for (let i = 0; i < list.length; i += 25) await Promise.all(list.slice(i, i + 25).map((d) => startDevice(d, msg)));
+    for (let i = 0; i < list.length; i += 100) await Promise.all(list.slice(i, i + 100).map((d) => startDevice(d, msg)));
     process.send({ type: 'ready', count: devices.size });
   } else if (msg.type === 'verify') {
     const bad = [];

@@ -24,6 +24,7 @@ export function makeDeliver(ctx: {
   chunkSize?: number;
   window?: number;
   requestTimeoutMs?: number;
+  onPhase?: (phase: string, ms: number) => void;
 }): DeliverFn {
   return async ({ model, version, target, devices, onProgress }) => {
     const record = ctx.registry.require(model, version);
@@ -44,6 +45,7 @@ export function makeDeliver(ctx: {
       ...(ctx.chunkSize !== undefined ? { chunkSize: ctx.chunkSize } : {}),
       ...(ctx.window !== undefined ? { window: ctx.window } : {}),
       ...(onProgress ? { onProgress } : {}),
+      ...(ctx.onPhase ? { onPhase: ctx.onPhase } : {}),
     });
     return Object.fromEntries(
       Object.entries(results).map(([device, r]) => [device, r.ok ? { ok: true as const, version: r.version, previous: r.previous } : r]),

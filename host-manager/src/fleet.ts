@@ -3,8 +3,8 @@
  * status + last will), telemetry and events of every device, each validated
  * with the protocol's schemas. Bad messages are counted, logged and dropped.
  *
- * Presence changes are written to the state file at once; telemetry is hot,
- * so the latest sample per device is written at most every `flushMs`.
+ * Presence and telemetry are hot (a thousand devices reconnecting at once),
+ * so they are written to the state file at most every `flushMs`.
  */
 import { EventEmitter } from 'node:events';
 import type { MqttClient } from 'mqtt';
@@ -167,7 +167,9 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     if (was !== rec.online) this.#log.info({ device, online: rec.online }, rec.online ? 'device online' : 'device offline');
     this.#updateGauges();
     this.emitFeed({ type: 'device', device, online: rec.online, record: rec });
-    void this.#db.write().catch((error: unknown) => this.#log.error({ err: error }, 'could not write the state file'));
+    // Presence is not an acknowledged change (after a restart it comes from the retained status
+    // messages again), so it is written with the telemetry, not once per message.
+    this.#markDirty();
   }
 
   #onTelemetry(device: string, msg: TelemetryMessage): void {

@@ -170,6 +170,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     db,
     ...(options.chunkSize !== undefined ? { chunkSize: options.chunkSize } : {}),
     ...(options.window !== undefined ? { window: options.window } : {}),
+    onPhase: (phase, ms) => metrics.deliveryPhase.observe({ phase }, ms / 1000),
   });
   const rollback: RollbackFn = makeRollback({ requester, registry, keys, timeoutMs });
   const rollouts = new Rollouts({ db, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });

@@ -1,5 +1,5 @@
 /** Prometheus metrics of the controller, in a registry of its own (no global state). */
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export interface Metrics {
   registry: Registry;
@@ -11,6 +11,7 @@ export interface Metrics {
   httpRequests: Counter<'method' | 'route' | 'status'>;
   rollouts: Gauge<'status'>;
   deliveries: Counter<'result'>;
+  deliveryPhase: Histogram<'phase'>;
 }
 
 export function createMetrics(): Metrics {
@@ -47,5 +48,12 @@ export function createMetrics(): Metrics {
     }),
     rollouts: new Gauge({ name: 'edgefleet_rollouts', help: 'Rollouts by status', labelNames: ['status'], registers }),
     deliveries: new Counter({ name: 'edgefleet_deliveries_total', help: 'Model deliveries to devices, by result', labelNames: ['result'], registers }),
+    deliveryPhase: new Histogram({
+      name: 'edgefleet_delivery_phase_seconds',
+      help: 'Time spent in each phase of a delivery (hash, offer, chunks, commit)',
+      labelNames: ['phase'],
+      buckets: [0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300],
+      registers,
+    }),
   };
 }

@@ -192,7 +192,8 @@ export class DurableJsonFile<T> implements Adapter<T> {
   readonly #file: string;
   readonly #tmp: string;
   #writing: Promise<void> | null = null;
-  #queued: { data: string; waiters: { resolve(): void; reject(e: unknown): void }[] } | null = null;
+  /** The next write: serialized only when it starts, so a burst of changes costs one JSON.stringify. */
+  #queued: { data: T; waiters: { resolve(): void; reject(e: unknown): void }[] } | null = null;
 
   constructor(file: string) {
     this.#file = file;
@@ -211,15 +212,14 @@ export class DurableJsonFile<T> implements Adapter<T> {
   }
 
   write(data: T): Promise<void> {
-    const text = JSON.stringify(data, null, 1);
     return new Promise((resolve, reject) => {
       if (this.#queued) {
         // A write is running and another is queued: the queued one now carries the newest data.
-        this.#queued.data = text;
+        this.#queued.data = data;
         this.#queued.waiters.push({ resolve, reject });
         return;
       }
-      this.#queued = { data: text, waiters: [{ resolve, reject }] };
+      this.#queued = { data, waiters: [{ resolve, reject }] };
       if (!this.#writing) void this.#drain();
     });
   }
@@ -228,7 +228,7 @@ export class DurableJsonFile<T> implements Adapter<T> {
     while (this.#queued) {
       const job = this.#queued;
       this.#queued = null;
-      this.#writing = this.#writeNow(job.data);
+      this.#writing = (async () => this.#writeNow(JSON.stringify(job.data)))();
       try {
         await this.#writing;
         for (const w of job.waiters) w.resolve();
