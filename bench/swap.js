@@ -1,0 +1,267 @@
+/**
+ * npm run bench:swap
+ *
+ * Sustained concurrent inference load while model versions are swapped several times, through
+ *   1. the ModelService in this process (IN_FLIGHT workers calling infer in a loop), and
+ *   2. the agent's local HTTP API (keep-alive clients in this process, server in this process),
+ * for a small model and a >5 MB one. Every answer is checked against the output of the version it
+ * reports (computed in plain JS) and, once an activation has returned, no later request may be
+ * answered by an older version.
+ *
+ * Reported per setup, as one JSON object each: requests answered, failed requests (target 0), wrong
+ * answers (target 0), per swap the activation time and the longest gap between two answered requests
+ * in a window around the switch (target < 10 ms), and as the baseline the longest gap in equally long
+ * windows of the same run without a swap.
+ *
+ * Env: IN_FLIGHT (concurrent requests, default 64), SWAPS (default 6), THREADS (intra-op threads, default 1),
+ * WINDOW_MS (half-width of the window around a switch, default 50), STEADY_MS (load between swaps, default 400).
+ */
+import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
+import http from 'node:http';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import onnxProto from 'onnx-proto';
+import { pino } from 'pino';
+import { ManifestSchema, chunkHashes, sha256Hex } from '@edgefleet/protocol';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const { createModelService, createInferenceServer } = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
+
+const IN_FLIGHT = Number(process.env.IN_FLIGHT ?? 64);
+const SWAPS = Number(process.env.SWAPS ?? 6);
+const THREADS = Number(process.env.THREADS ?? 1);
+const WINDOW_MS = Number(process.env.WINDOW_MS ?? 50);
+const STEADY_MS = Number(process.env.STEADY_MS ?? 400);
+const logger = pino({ level: 'silent' });
+
+// ------------------------------------------------------------------ models: y = x·W + b, x [batch, IN]
+
+function seeded(seed) {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32 - 0.5;
+  };
+}
+
+function linear(inF, outF, seed) {
+  const { onnx } = onnxProto;
+  const T = onnx.TensorProto.DataType;
+  const rnd = seeded(seed);
+  const w = Float32Array.from({ length: inF * outF }, rnd);
+  const b = Float32Array.from({ length: outF }, rnd);
+  const raw = (a) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  const vi = (name, dims) => ({ name, type: { tensorType: { elemType: T.FLOAT, shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) } } } });
+  const model = onnx.ModelProto.create({
+    irVersion: 8,
+    opsetImport: [{ domain: '', version: 13 }],
+    graph: {
+      name: 'linear',
+      node: [
+        { opType: 'MatMul', input: ['x', 'W'], output: ['xw'] },
+        { opType: 'Add', input: ['xw', 'b'], output: ['y'] },
+      ],
+      input: [vi('x', ['batch', inF])],
+      output: [vi('y', ['batch', outF])],
+      initializer: [
+        { name: 'W', dims: [inF, outF], dataType: T.FLOAT, rawData: raw(w) },
+        { name: 'b', dims: [outF], dataType: T.FLOAT, rawData: raw(b) },
+      ],
+    },
+  });
+  const bytes = Buffer.from(onnx.ModelProto.encode(model).finish());
+  const expected = (x) => {
+    const y = new Array(outF).fill(0);
+    for (let c = 0; c < outF; c++) {
+      let s = b[c];
+      for (let k = 0; k < inF; k++) s += x[k] * w[k * outF + c];
+      y[c] = s;
+    }
+    return y;
+  };
+  return { bytes, expected };
+}
+
+function manifest(name, version, bytes) {
+  const now = Date.now();
+  return ManifestSchema.parse({
+    kind: 'model',
+    name,
+    version,
+    sha256: sha256Hex(bytes),
+    length: bytes.length,
+    issuedAt: new Date(now).toISOString(),
+    expiresAt: new Date(now + 3600_000).toISOString(),
+    target: { devices: ['bench'] },
+    chunking: { size: bytes.length, sha256: chunkHashes(bytes, bytes.length) },
+  });
+}
+
+const close = (a, b) => a.length === b.length && a.every((v, i) => Math.abs(v - b[i]) <= 1e-3 * (1 + Math.abs(b[i])));
+
+// ------------------------------------------------------------------ one setup
+
+async function runSetup({ modelName, inF, outF, via }) {
+  const dataDir = await mkdtemp(join(tmpdir(), 'edgefleet-bench-swap-'));
+  const models = await createModelService({ dataDir, logger, threads: THREADS });
+  const versions = new Map();
+  const installMs = [];
+  for (let v = 1; v <= SWAPS + 1; v++) {
+    const m = linear(inF, outF, v);
+    versions.set(v, m);
+    const staged = join(dataDir, `staged-${v}.onnx`);
+    await writeFile(staged, m.bytes);
+    const t0 = performance.now();
+    await models.install(manifest('m', v, m.bytes), staged);
+    installMs.push(performance.now() - t0);
+  }
+  await models.activate('m', 1);
+  const x = Array.from({ length: inF }, (_, i) => Math.sin(i));
+  const expected = new Map([...versions].map(([v, m]) => [v, m.expected(x)]));
+  const body = JSON.stringify({ inputs: { x: { dtype: 'float32', shape: [1, inF], data: x } } });
+
+  let server;
+  let agent;
+  if (via === 'http') {
+    server = await createInferenceServer(models, { port: 0, logger });
+    agent = new http.Agent({ keepAlive: true, maxSockets: IN_FLIGHT });
+  }
+  const post = () =>
+    new Promise((resolve, reject) => {
+      const req = http.request(
+        { host: '127.0.0.1', port: server.port, method: 'POST', path: '/models/m', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+        (res) => {
+          const chunks = [];
+          res.on('data', (c) => chunks.push(c));
+          res.on('end', () => {
+            const parsed = JSON.parse(Buffer.concat(chunks).toString());
+            if (res.statusCode !== 200) reject(new Error(`${res.statusCode} ${parsed.error?.code}: ${parsed.error?.message}`));
+            else resolve(parsed);
+          });
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+  const infer = via === 'http' ? post : () => models.infer({ model: 'm', inputs: { x: { dtype: 'float32', shape: [1, inF], data: x } } });
+
+  let running = true;
+  let floor = 1;
+  const answeredAt = [];
+  let failed = 0;
+  let wrong = 0;
+  let stale = 0;
+  const failures = [];
+  async function worker() {
+    while (running) {
+      const minVersion = floor;
+      try {
+        const r = await infer();
+        answeredAt.push(performance.now());
+        if (!close(r.outputs.y.data, expected.get(r.version))) wrong++;
+        if (r.version < minVersion) stale++;
+      } catch (error) {
+        failed++;
+        if (failures.length < 5) failures.push(String(error.message ?? error));
+      }
+    }
+  }
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const t0 = performance.now();
+  const workers = Array.from({ length: IN_FLIGHT }, () => worker());
+  await sleep(STEADY_MS);
+  const swaps = [];
+  for (let v = 2; v <= SWAPS + 1; v++) {
+    const start = performance.now();
+    await models.activate('m', v);
+    const end = performance.now();
+    floor = v;
+    swaps.push({ to: v, start, end });
+    await sleep(STEADY_MS);
+  }
+  running = false;
+  await Promise.all(workers);
+  const elapsedS = (performance.now() - t0) / 1000;
+  if (server) await server.close();
+  agent?.destroy();
+  await models.close();
+  await rm(dataDir, { recursive: true, force: true });
+
+  const maxGap = (from, to) => {
+    let prev;
+    let gap = 0;
+    for (const t of answeredAt) {
+      if (t < from) {
+        prev = t;
+        continue;
+      }
+      if (t > to) {
+        if (prev !== undefined) gap = Math.max(gap, t - prev);
+        break;
+      }
+      if (prev !== undefined) gap = Math.max(gap, t - prev);
+      prev = t;
+    }
+    return gap;
+  };
+  const perSwap = swaps.map((s) => ({
+    to: s.to,
+    activateMs: round(s.end - s.start),
+    maxGapMs: round(maxGap(s.start - WINDOW_MS, s.end + WINDOW_MS)),
+  }));
+  // Baseline: equally long windows in the steady stretches between swaps (no activation running).
+  const baselineGaps = swaps.map((s) => maxGap(s.end + WINDOW_MS + 50, s.end + WINDOW_MS + 50 + (s.end - s.start) + 2 * WINDOW_MS));
+  const result = {
+    bench: 'swap',
+    setup: {
+      via: via === 'http' ? 'HTTP API (keep-alive, client and server in one process)' : 'ModelService.infer in process',
+      model: modelName,
+      modelBytes: versions.get(1).bytes.length,
+      inFlight: IN_FLIGHT,
+      swaps: SWAPS,
+      intraOpThreads: THREADS,
+      windowMs: WINDOW_MS,
+      cores: availableParallelism(),
+      loadAverage1m: round(loadavg()[0]),
+    },
+    requests: answeredAt.length,
+    throughputRps: Math.round(answeredAt.length / elapsedS),
+    failed,
+    wrongAnswers: wrong,
+    staleAnswers: stale,
+    maxGapAroundSwapMs: round(Math.max(...perSwap.map((s) => s.maxGapMs))),
+    baselineMaxGapMs: round(Math.max(...baselineGaps)),
+    targetGapMs: 10,
+    met: failed === 0 && wrong === 0 && stale === 0 && Math.max(...perSwap.map((s) => s.maxGapMs)) < 10,
+    installMs: round(installMs.reduce((a, b) => a + b, 0) / installMs.length),
+    perSwap,
+    ...(failures.length ? { failures } : {}),
+  };
+  console.log(JSON.stringify(result));
+  return result;
+}
+
+function round(v) {
+  return Math.round(v * 100) / 100;
+}
+
+const setups = [
+  { modelName: 'linear 64→32 (small)', inF: 64, outF: 32, via: 'service' },
+  { modelName: 'linear 64→32 (small)', inF: 64, outF: 32, via: 'http' },
+  { modelName: 'linear 1024→1536 (6.3 MB)', inF: 1024, outF: 1536, via: 'service' },
+  { modelName: 'linear 1024→1536 (6.3 MB)', inF: 1024, outF: 1536, via: 'http' },
+];
+await mkdir(tmpdir(), { recursive: true });
+const results = [];
+for (const s of setups) results.push(await runSetup(s));
+console.log(
+  JSON.stringify({
+    bench: 'swap-summary',
+    failedTotal: results.reduce((a, r) => a + r.failed, 0),
+    wrongTotal: results.reduce((a, r) => a + r.wrongAnswers + r.staleAnswers, 0),
+    maxGapAroundSwapMs: Object.fromEntries(results.map((r) => [`${r.setup.model} via ${r.setup.via.split(' ')[0]}`, r.maxGapAroundSwapMs])),
+    baselineMaxGapMs: Object.fromEntries(results.map((r) => [`${r.setup.model} via ${r.setup.via.split(' ')[0]}`, r.baselineMaxGapMs])),
+  }),
+);
