@@ -15,7 +15,7 @@ import { pino, type Logger } from 'pino';
 import { WebSocketServer, createWebSocketStream } from 'ws';
 import { mayPublish, maySubscribe, type Principal } from '@edgefleet/protocol';
 import { decoySecretHash, verifySecretAsync, type Credential, type CredentialStore } from './credentials.js';
-import { DEFAULT_LIMITS, GuardedConnection, PacketGuard, type GuardLimits, type Violation } from './guard.js';
+import { DEFAULT_LIMITS, PacketGuard, guardStream, type GuardLimits, type Violation } from './guard.js';
 
 /** A bad option: the message says what to fix. */
 export class BrokerConfigError extends Error {
@@ -206,9 +206,10 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
       /* socket errors (resets) end the connection; Aedes reports them through the wrapper */
     });
     const guard = new PacketGuard(limits);
-    const conn = new GuardedConnection(stream, guard, (v: Violation) => {
+    const onViolation = (v: Violation) => {
       log.warn({ remote, clientId: guard.clientId, username: guard.username, packet: v.packetType, reason: v.reason }, 'closing connection: invalid packet');
-    });
+    };
+    const conn = guardStream(stream, guard, onViolation);
     aedes.handle(conn, req);
   }
 

@@ -8,9 +8,13 @@
  *
  * On the first violation the connection is closed without a reply, as MQTT 3.1.1
  * requires for malformed packets [MQTT-4.8.0-1].
+ *
+ * The guard sits on the transport's Readable.push (see guardStream): bytes are checked
+ * as the socket delivers them, before Node queues them and before Aedes' parser
+ * buffers them, and Aedes still reads and writes the real socket (no extra stream hop).
  */
 import { isUtf8 } from 'node:buffer';
-import { Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
 
 export interface GuardLimits {
   /** Whole packet: fixed header + remaining length. */
@@ -422,61 +426,26 @@ function checkSubscription(body: Buffer, subscribe: boolean, limits: GuardLimits
 }
 
 /**
- * The connection Aedes sees: a Duplex over the client's stream whose readable side
- * only ever carries bytes the guard accepted. Writes go straight through.
+ * Puts `guard` in front of `stream`'s readable side without another stream layer: every
+ * chunk the transport delivers (Readable.push) is checked before it is queued for Aedes.
+ * Writes go straight to the transport. Returns the same stream.
  */
-export class GuardedConnection extends Duplex {
-  private readonly onData: (chunk: Buffer) => void;
-
-  constructor(
-    readonly inner: Duplex,
-    readonly guard: PacketGuard,
-    onViolation: (v: Violation) => void,
-  ) {
-    super({ allowHalfOpen: false, decodeStrings: false });
-    this.onData = (chunk: Buffer) => {
-      const v = guard.feed(chunk);
+export function guardStream<S extends Duplex>(stream: S, guard: PacketGuard, onViolation: (v: Violation) => void): S {
+  const push = stream.push;
+  let violated = false;
+  stream.push = function guardedPush(this: S, chunk: unknown, encoding?: BufferEncoding): boolean {
+    if (violated) return false;
+    if (chunk !== null && chunk !== undefined) {
+      const v = guard.feed(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array));
       if (v) {
-        inner.off('data', this.onData);
+        violated = true;
         onViolation(v);
         // [MQTT-4.8.0-1]: close the network connection, send nothing
-        inner.destroy();
-        this.destroy();
-        return;
+        stream.destroy();
+        return false;
       }
-      if (!this.push(chunk)) inner.pause();
-    };
-    inner.on('data', this.onData);
-    inner.on('end', () => this.push(null));
-    inner.on('error', (err) => this.destroy(err));
-    inner.on('close', () => this.destroy());
-  }
-
-  override _read(): void {
-    this.inner.resume();
-  }
-
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    if (this.inner.write(chunk)) callback();
-    else this.inner.once('drain', callback);
-  }
-
-  override _writev(chunks: { chunk: Buffer }[], callback: (error?: Error | null) => void): void {
-    const inner = this.inner;
-    inner.cork();
-    let ok = true;
-    for (const { chunk } of chunks) ok = inner.write(chunk);
-    inner.uncork();
-    if (ok) callback();
-    else inner.once('drain', callback);
-  }
-
-  override _final(callback: (error?: Error | null) => void): void {
-    this.inner.end(callback);
-  }
-
-  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
-    this.inner.destroy();
-    callback(err);
-  }
+    }
+    return push.call(this, chunk, encoding);
+  };
+  return stream;
 }

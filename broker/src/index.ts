@@ -9,5 +9,5 @@ export {
   type Credential,
   type CredentialStore,
 } from './credentials.js';
-export { PacketGuard, GuardedConnection, Violation, DEFAULT_LIMITS, MAX_CONTROL_PACKET, type GuardLimits } from './guard.js';
+export { PacketGuard, guardStream, Violation, DEFAULT_LIMITS, MAX_CONTROL_PACKET, type GuardLimits } from './guard.js';
 export { parseBrokerArgs, loadCredentialsFile, brokerCli, type BrokerCliConfig } from './cli.js';

@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { WebSocket } from 'ws';
 import { topics } from '@edgefleet/protocol';
 import type { RunningBroker } from '@edgefleet/broker';
@@ -67,6 +68,18 @@ describe('TLS and WebSocket listeners', () => {
     await inbox.waitForCount(1);
     expect(inbox.messages[0]!.payload.toString()).toBe('over tls');
     await expect(connectClient(url, { clientId: 'dev1', username: 'dev1', password: 'bad', ca: pki.ca })).rejects.toMatchObject({ code: 4 });
+    // the packet guard sits in front of TLS too: a publish announcing 200 MB is refused from its header
+    const raw = tlsConnect({ host: '127.0.0.1', port: broker.ports.tls!, ca: pki.ca });
+    await withDeadline(new Promise((resolve, reject) => raw.once('secureConnect', resolve).once('error', reject)), 5000, 'TLS handshake');
+    const rawClosed = new Promise<void>((resolve) => raw.once('close', () => resolve()));
+    raw.on('error', () => {
+      /* the close is what we check */
+    });
+    raw.write(p.connect({ clientId: 'dev2', username: 'dev2', password: TOKEN('dev2') }));
+    raw.write(Buffer.concat([Buffer.from([0x30]), p.varint(200 * 1024 * 1024), p.str(topics.device('dev2', 'status'))]));
+    await withDeadline(rawClosed, 5000, 'the broker to close the TLS connection');
+    await publish(device, topics.device('dev1', 'status'), 'still over tls');
+    await inbox.waitForCount(2);
     // a client that checks the server certificate against another CA refuses to talk
     await expect(connectClient(url, { clientId: 'dev1', username: 'dev1', password: TOKEN('dev1') })).rejects.toThrow(/certificate/);
     await Promise.all([endClient(device), endClient(op)]);
