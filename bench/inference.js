@@ -96,37 +96,57 @@ function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
-async function sequential(model, name, n, run) {
-  const times = [];
-  for (let i = 0; i < 20; i++) await run(i); // warm-up
+/**
+ * Sequential latency of every path, interleaved (bare, http, mqtt, bare, ...) so that a change in
+ * machine load hits all of them alike.
+ */
+async function sequential(model, n, paths) {
+  const names = Object.keys(paths);
+  const times = Object.fromEntries(names.map((k) => [k, []]));
+  for (let i = 0; i < 20; i++) for (const k of names) await paths[k](i); // warm-up
   for (let i = 0; i < n; i++) {
-    const t0 = process.hrtime.bigint();
-    await run(i);
-    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    for (const k of names) {
+      const t0 = process.hrtime.bigint();
+      await paths[k](i);
+      times[k].push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
   }
-  times.sort((a, b) => a - b);
-  const r = { result: 'sequential', model, path: name, requests: n, p50Ms: round(percentile(times, 50)), p99Ms: round(percentile(times, 99)), meanMs: round(times.reduce((a, b) => a + b, 0) / n) };
-  console.log(JSON.stringify(r));
-  return r;
+  const out = {};
+  for (const k of names) {
+    const t = times[k].sort((a, b) => a - b);
+    out[k] = { result: 'sequential', model, path: k, requests: n, p50Ms: round(percentile(t, 50)), p99Ms: round(percentile(t, 99)), meanMs: round(t.reduce((a, b) => a + b, 0) / n) };
+    console.log(JSON.stringify(out[k]));
+  }
+  return out;
 }
 
-async function concurrent(model, name, n, inFlight, run) {
-  let next = 0;
-  let done = 0;
-  const t0 = process.hrtime.bigint();
-  await Promise.all(
-    Array.from({ length: inFlight }, async () => {
-      while (next < n) {
-        const i = next++;
-        await run(i);
-        done++;
-      }
-    }),
-  );
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  const r = { result: 'concurrent', model, path: name, requests: done, inFlight, seconds: round(seconds), perSecond: Math.round(done / seconds) };
-  console.log(JSON.stringify(r));
-  return r;
+/** Throughput with `inFlight` requests in flight, in `rounds` alternating rounds per path (load drift hits all alike). */
+async function concurrent(model, n, inFlight, paths, rounds = 5) {
+  const names = Object.keys(paths);
+  const acc = Object.fromEntries(names.map((k) => [k, { done: 0, seconds: 0 }]));
+  const per = Math.ceil(n / rounds);
+  for (let r = 0; r < rounds; r++) {
+    for (const k of names) {
+      let next = 0;
+      const t0 = process.hrtime.bigint();
+      await Promise.all(
+        Array.from({ length: inFlight }, async () => {
+          while (next < per) {
+            const i = next++;
+            await paths[k](i);
+            acc[k].done++;
+          }
+        }),
+      );
+      acc[k].seconds += Number(process.hrtime.bigint() - t0) / 1e9;
+    }
+  }
+  const out = {};
+  for (const k of names) {
+    out[k] = { result: 'concurrent', model, path: k, requests: acc[k].done, inFlight, rounds, seconds: round(acc[k].seconds), perSecond: Math.round(acc[k].done / acc[k].seconds) };
+    console.log(JSON.stringify(out[k]));
+  }
+  return out;
 }
 
 const round = (v) => Math.round(v * 1000) / 1000;
@@ -294,16 +314,13 @@ try {
     }
     console.log(JSON.stringify({
       result: 'setup', model: m.name, shape: `MLP ${m.in}-${m.hidden}x${1 + (m.layers ?? 0)}-${m.out} float32, batch ${m.batch}`, bytes: m.bytes.length, threads: THREADS,
-      layout: 'bare session in the bench process; broker and agent each in their own process; loopback; JSON tensors',
+      layout: 'bare session in the bench process; broker and agent each in their own process; loopback; JSON tensors; paths interleaved',
       verified: `${m.inputs.length} inputs: HTTP and MQTT outputs equal the bare session's exactly`,
       sequentialRequests: m.seq, concurrentRequests: m.conc, inFlight: IN_FLIGHT,
     }));
-    const seq = { bare: await sequential(m.name, 'bare', m.seq, bare), http: await sequential(m.name, 'http', m.seq, http), mqtt: await sequential(m.name, 'mqtt', m.seq, mq) };
-    const conc = {
-      bare: await concurrent(m.name, 'bare', m.conc, IN_FLIGHT, bare),
-      http: await concurrent(m.name, 'http', m.conc, IN_FLIGHT, http),
-      mqtt: await concurrent(m.name, 'mqtt', m.conc, IN_FLIGHT, mq),
-    };
+    const paths = { bare, http, mqtt: mq };
+    const seq = await sequential(m.name, m.seq, paths);
+    const conc = await concurrent(m.name, m.conc, IN_FLIGHT, paths);
     // the baseline's best throughput: concurrent runs on one session can be slower than back-to-back ones
     const bareSequentialPerSecond = Math.round(1000 / seq.bare.meanMs);
     const bareBest = Math.max(conc.bare.perSecond, bareSequentialPerSecond);
