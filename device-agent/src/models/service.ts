@@ -9,7 +9,7 @@
  * and leaves the old one serving.
  */
 import { readFile, stat, unlink } from 'node:fs/promises';
-import { cpus } from 'node:os';
+import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import ort from 'onnxruntime-node';
 import { FleetError, checkAcceptance, sha256Hex, verifyManifest } from '@edgefleet/protocol';
@@ -117,7 +117,7 @@ class OnnxModelService implements ModelService {
     this.executionProviders = opts.executionProviders ?? ['cpu'];
     this.sessionOptions = {
       executionProviders: this.executionProviders,
-      intraOpNumThreads: Math.max(1, opts.threads ?? cpus().length - 1),
+      intraOpNumThreads: Math.max(1, opts.threads ?? availableParallelism() - 1),
       interOpNumThreads: 1,
       executionMode: 'sequential',
       graphOptimizationLevel: opts.graphOptimizationLevel ?? 'all',
