@@ -11,7 +11,8 @@
  * baseline's before any timing counts.
  *
  * Env: SEQ (sequential requests per path, default 2000), CONC (concurrent requests, default 4000),
- * IN_FLIGHT (default 16), THREADS (intra-op threads for both the baseline and the agent, default cores-1).
+ * IN_FLIGHT (default 16), THREADS (intra-op threads for both the baseline and the agent, default cores-1),
+ * AGENT_PROF=<dir> (write a V8 CPU profile of the agent process there).
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -249,7 +250,7 @@ try {
 
   // agent in its own process
   const agentProc = spawnNode(
-    [join(ROOT, 'device-agent/dist/bin/deviceAgent.js'), '--broker', brokerUrl, '--device', DEVICE.id, '--data-dir', dataDir,
+    [...(process.env.AGENT_PROF ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.AGENT_PROF] : []), join(ROOT, 'device-agent/dist/bin/deviceAgent.js'), '--broker', brokerUrl, '--device', DEVICE.id, '--data-dir', dataDir,
       '--http-port', '0', '--inference-threads', String(THREADS), '--telemetry-interval-ms', '60000', '--log-level', 'info'],
     { EDGEFLEET_TOKEN: DEVICE.token },
   );
