@@ -125,10 +125,9 @@ async function startDevice(d, opts) {
       (error) => reply(errorReply(req.request.id, error instanceof FleetError ? error.toJSON() : { code: 'internal', message: error.message })),
     );
   });
-  await new Promise((resolve, reject) => {
-    client.once('connect', resolve);
-    client.once('error', reject);
-  });
+  // A CONNECT can wait long for the broker's scrypt check while a thousand arrive: MQTT.js retries it.
+  client.on('error', () => {});
+  await new Promise((resolve) => client.once('connect', resolve));
   await client.subscribeAsync(
     [topics.device(d.id, 'commands'), topics.group(opts.group, 'commands'), topics.transferFilter({ kind: 'device', name: d.id }), topics.transferFilter({ kind: 'group', name: opts.group })],
     { qos: 1 },
@@ -141,7 +140,7 @@ process.on('message', async (msg) => {
   if (msg.type === 'start') {
     // Connect in small batches: each CONNECT costs the broker one scrypt verification.
     const list = msg.devices;
-    for (let i = 0; i < list.length; i += 100) await Promise.all(list.slice(i, i + 100).map((d) => startDevice(d, msg)));
+    for (let i = 0; i < list.length; i += 50) await Promise.all(list.slice(i, i + 50).map((d) => startDevice(d, msg)));
     process.send({ type: 'ready', count: devices.size });
   } else if (msg.type === 'verify') {
     const bad = [];

@@ -172,7 +172,7 @@ try {
     workers.map(
       (child) =>
         new Promise((resolve) => {
-          if (child.exitCode !== null) return resolve();
+          if (child.exitCode !== null || !child.connected) return resolve();
           child.once('exit', resolve);
           child.send({ type: 'stop' });
           setTimeout(() => child.kill('SIGKILL'), 5000).unref();

@@ -78,7 +78,7 @@ export async function startManager(opts: { dataDir?: string; mqttPort?: number; 
     child.on('exit', (code, signal) => resolve((exitInfo = { code, signal }))),
   );
   const deadline = Date.now() + (opts.timeoutMs ?? 20_000);
-  let info: { pid: number; url: string; broker: string; mqtt: { tcp: number } } | undefined;
+  let info: { pid: number; url: string; broker: string; mqtt: { tcp: number } | null } | undefined;
   while (!info) {
     if (exitInfo) throw new Error(`hostManager exited (${JSON.stringify(exitInfo)}) before it was ready: ${err.slice(-3000)}`);
     if (Date.now() > deadline) {
@@ -99,7 +99,7 @@ export async function startManager(opts: { dataDir?: string; mqttPort?: number; 
     dataDir,
     url: info.url,
     broker: info.broker,
-    mqttPort: info.mqtt.tcp,
+    mqttPort: info.mqtt?.tcp ?? 0,
     token,
     publicKeyFile: join(dataDir, 'keys', 'fleet-key.pub.pem'),
     stdout: () => out,
