@@ -144,7 +144,12 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     const match = ROUTE.exec(path);
     if (!match) throw new HttpError(404, 'not_found', `no route ${path}; try GET /models`);
-    const name = match[1] === undefined ? undefined : decodeURIComponent(match[1]);
+    let name: string | undefined;
+    try {
+      name = match[1] === undefined ? undefined : decodeURIComponent(match[1]);
+    } catch {
+      throw new HttpError(404, 'not_found', `"${match[1]}" is not a valid model name`); // malformed %-escape
+    }
     const version = match[2] === undefined ? undefined : Number(match[2]);
     if (name !== undefined && !isValidName(name)) throw new HttpError(404, 'not_found', `"${name}" is not a valid model name`);
     if (req.method === 'GET' || req.method === 'HEAD') {
@@ -177,7 +182,7 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
       if (error instanceof HttpError && error.status === 413) {
         // Answer at once and close the connection; discard (not buffer) what the client still sends,
         // up to a bound, so it reads the 413 instead of a reset.
-        res.shouldKeepAlive = false;
+        res.setHeader('connection', 'close');
         let discarded = 0;
         req.removeAllListeners('data');
         req.on('data', (chunk: Buffer) => {

@@ -122,6 +122,7 @@ describe('HTTP inference API', () => {
       ['GET', '/models/nope', undefined, 404, 'not_found', /not on this device/],
       ['GET', '/models/lin/v9', undefined, 404, 'not_found', /lin@9 is not installed/],
       ['GET', '/models/..%2Fetc', undefined, 404, 'not_found', /not a valid model name/],
+      ['GET', '/models/%E0%A4%A', undefined, 404, 'not_found', /not a valid model name/],
       ['GET', '/nothing-here', undefined, 404, 'not_found', /no route/],
       ['DELETE', '/models/lin', undefined, 405, 'bad_request', /DELETE is not supported/],
       ['POST', '/models', '{}', 405, 'bad_request', /POST is not supported/],
