@@ -108,6 +108,8 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
   const aedesOptions: AedesOptions = {
     ...persistence.aedesOptions,
     maxClientsIdLength: 256,
+    // a socket that has not sent CONNECT after 10 s is closed (Aedes' default is 30 s)
+    connectTimeout: 10_000,
     maxTopicLevels: Math.min(limits.maxTopicLevels, 100),
 
     authenticate(client, username, password, done) {
