@@ -99,8 +99,8 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
   }
 
   const sessions = new WeakMap<Client, Session>();
-  /** Client ids being authenticated right now, with the credential that asked. */
-  const authenticating = new Map<string, string>();
+  /** Client ids authenticated but not yet registered by Aedes, with the credential and connection that hold them. */
+  const authenticating = new Map<string, { key: string; client: Client }>();
 
   const persistence = await createPersistence(options.persistence ?? { kind: 'memory' }, log);
   const { Aedes } = await import('aedes');
@@ -162,6 +162,9 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
     let session: Session;
     if (username === undefined) {
       if (!allowAnonymous) throw authError(NOT_AUTHORIZED, 'anonymous clients are not allowed');
+      if (await store.find(clientId)) {
+        throw authError(IDENTIFIER_REJECTED, `client id "${clientId}" is the id of a credential: connect with that credential`);
+      }
       session = { principal: { role: 'operator', id: 'anonymous' }, key: 'anonymous', publishDecisions: new Map() };
     } else {
       const credential = await store.find(username);
@@ -187,16 +190,19 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
     }
     // [MQTT-3.1.4-2] lets a new connection take over a client id; only the same credential may do so.
     const connected = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[clientId];
-    const holder = connected ? sessions.get(connected)?.key : authenticating.get(clientId);
-    if ((connected || authenticating.has(clientId)) && holder !== session.key) {
+    const pending = authenticating.get(clientId);
+    const holders = [connected && !connected.closed ? sessions.get(connected)?.key : undefined, pending && !pending.client.closed ? pending.key : undefined];
+    if (holders.some((key) => key !== undefined && key !== session.key)) {
       throw authError(IDENTIFIER_REJECTED, `client id "${clientId}" is in use by another credential`);
     }
-    authenticating.set(clientId, session.key);
-    setImmediate(() => authenticating.delete(clientId)); // registered by Aedes by then
+    authenticating.set(clientId, { key: session.key, client }); // until Aedes registers it ('client' event)
     return session;
   }
 
   const aedes = await Aedes.createBroker(aedesOptions);
+  aedes.on('client', (client) => {
+    if (authenticating.get(client.id)?.client === client) authenticating.delete(client.id);
+  });
   aedes.on('clientError', (client, err) => log.debug({ clientId: client.id, err: err.message }, 'client error'));
   aedes.on('connectionError', (_client, err) => log.debug({ err: err.message }, 'connection error'));
 

@@ -140,6 +140,30 @@ describe('client id already in use by another credential', () => {
   });
 });
 
+describe('two credentials racing for one client id', () => {
+  let broker: RunningBroker;
+  beforeAll(async () => {
+    // operators "team" and "team-b" may both use "team-b-1" (their id or <id>-suffix)
+    broker = await startTestBroker({ operators: [{ id: 'team', token: TOKEN('team') }, { id: 'team-b', token: TOKEN('team-b') }] });
+  });
+  afterAll(() => broker.close());
+
+  it('lets exactly one of two simultaneous connections have it, and the winner keeps it', async () => {
+    const attempts = await Promise.allSettled([
+      connectClient(broker.url, { clientId: 'team-b-1', username: 'team', password: TOKEN('team') }),
+      connectClient(broker.url, { clientId: 'team-b-1', username: 'team-b', password: TOKEN('team-b') }),
+    ]);
+    const winners = attempts.filter((a) => a.status === 'fulfilled');
+    const losers = attempts.filter((a) => a.status === 'rejected');
+    expect(winners).toHaveLength(1);
+    expect(losers.map((l) => (l.reason as { code: number }).code)).toEqual([2]);
+    const winner = (winners[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof connectClient>>>).value;
+    await subscribe(winner, 'fleet/v1/devices/+/status');
+    expect(winner.connected).toBe(true);
+    await endClient(winner);
+  });
+});
+
 describe('anonymous development switch', () => {
   let broker: RunningBroker;
   const warnings: string[] = [];
@@ -158,6 +182,10 @@ describe('anonymous development switch', () => {
     const anon = await connectClient(broker.url, { clientId: 'dashboard' });
     expect(await subscribe(anon, [topics.allDevices('status'), '#'])).toEqual([1, 128]);
     await endClient(anon);
+  });
+
+  it("refuses an anonymous client that takes a credential's id as client id", async () => {
+    await expect(connectClient(broker.url, { clientId: 'dev1' })).rejects.toMatchObject({ code: 2 });
   });
 
   it('still refuses a wrong password', async () => {
