@@ -211,7 +211,7 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
     connections.add(stream);
     stream.once('close', () => connections.delete(stream));
     stream.on('error', () => {
-      /* socket errors (resets) end the connection; Aedes reports them through the wrapper */
+      /* resets and EPIPEs end the connection; Aedes sees them too (clientError) and closes the client */
     });
     const guard = new PacketGuard(limits);
     const onViolation = (v: Violation) => {
