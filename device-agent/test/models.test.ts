@@ -281,7 +281,7 @@ describe('activation, rollback, removal', () => {
     await expectCode(models.install(manifest, await stageFile(dataDir, v1.bytes.subarray(0, 100))), 'truncated');
     await expectCode(models.install(manifest, await stageFile(dataDir, Buffer.concat([v1.bytes, Buffer.from([0])]))), 'too_long');
     const flipped = Buffer.from(v1.bytes);
-    flipped[flipped.length - 1] ^= 0xff;
+    flipped[flipped.length - 1] = (flipped[flipped.length - 1] as number) ^ 0xff;
     await expectCode(models.install(manifest, await stageFile(dataDir, flipped)), 'corrupt_chunk', /sha256/);
     await expectCode(models.install({ ...manifest, name: '../etc' }, await stageFile(dataDir, v1.bytes)), 'invalid_params');
     const staged = await stageFile(dataDir, v1.bytes);
