@@ -26,11 +26,14 @@ interface RolloutView {
   devices: Record<string, { state: string; previous: number | null }>;
 }
 
+const tokens: Record<string, string> = {};
+
 async function provision(m: ManagerProcess, ids: string[], group: string, dataDirs?: Record<string, string>): Promise<AgentProcess[]> {
   const agents: AgentProcess[] = [];
   for (const id of ids) {
     const r = await api<{ token: string }>(m, 'POST', '/api/devices', { id, groups: [group] });
     expect(r.status).toBe(201);
+    tokens[id] = r.body.token;
     agents.push(
       await spawnAgent({
         broker: m.broker,
@@ -149,9 +152,14 @@ describe('the controller killed with SIGKILL in the middle of a rollout', () => 
       const r = (await api<RolloutView>(first, 'GET', `/api/rollouts/${id}`)).body;
       return r.waves[0]?.state === 'soaking' ? r : undefined;
     });
+    // Every step is written once it is taken: the file shows the soak (the in-memory view may be a write ahead).
+    await eventually('the soak step on disk', async () => {
+      const text = await readFile(join(dataDir, 'state.json'), 'utf8');
+      return (JSON.parse(text) as { rollouts: Record<string, RolloutView> }).rollouts[id]?.waves[0]?.state === 'soaking' ? true : undefined;
+    }, 5000, 10);
     await m.kill('SIGKILL');
 
-    // What the killed controller acknowledged is on disk.
+    // What the killed controller wrote is on disk, whole.
     const onDisk = JSON.parse(await readFile(join(dataDir, 'state.json'), 'utf8')) as { rollouts: Record<string, RolloutView> };
     expect(onDisk.rollouts[id]).toMatchObject({ status: 'running' });
     expect(onDisk.rollouts[id]!.waves[0]!.state).toBe('soaking');
@@ -165,5 +173,52 @@ describe('the controller killed with SIGKILL in the middle of a rollout', () => 
     for (const a of agents) await eventually(`${a.id} runs seg@1`, async () => ((await versionOn(m!, a.id, 'seg')) === 1 ? true : undefined));
     const list = (await runCli(m, ['rollouts', 'list', '--json'])).json<{ id: string; status: string }[]>();
     expect(list).toEqual([expect.objectContaining({ id, status: 'succeeded' })]);
+  });
+
+  it('aborts a rollout at any point and resumes it where it stopped', async () => {
+    await writeFile(join(work, 'm2.onnx'), linearModel({ seed: 10 }).bytes);
+    expect((await runCli(m!, ['models', 'add', join(work, 'm2.onnx'), '--name', 'seg'])).code).toBe(0);
+    const started = await runCli(m!, ['deploy', 'seg@2', '--to', 'group:edges', '--canary', '1', '--waves', '100', '--soak', '2', '--json']);
+    const id = started.json<RolloutView>().id;
+    await eventually('the canary soaking', async () => ((await api<RolloutView>(m!, 'GET', `/api/rollouts/${id}`)).body.waves[0]?.state === 'soaking' ? true : undefined));
+    const aborted = await runCli(m!, ['rollouts', 'abort', id, '--json']);
+    expect(aborted.code).toBe(0);
+    expect(aborted.json<RolloutView>().status).toBe('aborted');
+    // Aborting twice is a conflict; nothing moves while aborted, even after the soak would have ended.
+    expect((await runCli(m!, ['rollouts', 'abort', id])).code).toBe(1);
+    const canary = (await api<RolloutView>(m!, 'GET', `/api/rollouts/${id}`)).body.waves[0]!.devices[0]!;
+    const others = ['edge-1', 'edge-2', 'edge-3'].filter((d) => d !== canary);
+    await new Promise((r) => setTimeout(r, 2500)); // longer than the soak: an aborted rollout must not advance
+    const still = (await api<RolloutView>(m!, 'GET', `/api/rollouts/${id}`)).body;
+    expect(still.status).toBe('aborted');
+    for (const d of others) expect(still.devices[d]!.state).toBe('pending');
+    expect(await versionOn(m!, canary, 'seg')).toBe(2);
+    expect(await versionOn(m!, others[0]!, 'seg')).toBe(1);
+
+    const resumed = await runCli(m!, ['rollouts', 'resume', id, '--wait', '--json'], { timeoutMs: 60_000 });
+    expect(resumed.code).toBe(0);
+    expect(resumed.json<RolloutView>().status).toBe('succeeded');
+    for (const d of others) await eventually(`${d} runs seg@2`, async () => ((await versionOn(m!, d, 'seg')) === 2 ? true : undefined));
+  });
+  it('parks a device that is offline during its wave and delivers when it returns', async () => {
+    const gone = agents.find((a) => a.id === 'edge-3')!;
+    await gone.kill('SIGTERM');
+    await eventually('edge-3 offline', async () => ((await api<DeviceView>(m!, 'GET', '/api/devices/edge-3')).body.online ? undefined : true));
+    await writeFile(join(work, 'm3.onnx'), linearModel({ seed: 11 }).bytes);
+    expect((await runCli(m!, ['models', 'add', join(work, 'm3.onnx'), '--name', 'seg'])).code).toBe(0);
+    const id = (await runCli(m!, ['deploy', 'seg@3', '--to', 'group:edges', '--canary', '1', '--waves', '100', '--soak', '0', '--json'])).json<RolloutView>().id;
+    const waiting = await eventually('edge-3 parked', async () => {
+      const r = (await api<RolloutView>(m!, 'GET', `/api/rollouts/${id}`)).body;
+      return r.devices['edge-3']?.state === 'waiting' && r.waves.every((w) => w.state === 'passed') ? r : undefined;
+    }, 30_000);
+    expect(waiting.status).toBe('running');
+    expect(waiting.devices['edge-1']!.state).toBe('switched');
+
+    const back = await spawnAgent({ broker: m!.broker, id: 'edge-3', token: tokens['edge-3']!, groups: ['edges'], telemetryIntervalMs: 200, dataDir: gone.dataDir, args: ['--fleet-public-key', m!.publicKeyFile] });
+    agents.push(back);
+    const done = (await runCli(m!, ['rollouts', 'show', id, '--wait', '--json'], { timeoutMs: 60_000 })).json<RolloutView>();
+    expect(done.status).toBe('succeeded');
+    expect(done.devices['edge-3']!.state).toBe('switched');
+    await eventually('edge-3 runs seg@3', async () => ((await versionOn(m!, 'edge-3', 'seg')) === 3 ? true : undefined));
   });
 });
