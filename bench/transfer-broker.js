@@ -20,3 +20,5 @@ const broker = await createBroker({
 });
 process.stdout.write(`${JSON.stringify({ port: broker.ports.tcp })}\n`);
 process.on('SIGTERM', () => void broker.close().then(() => process.exit(0)));
+process.stdin.on('end', () => process.exit(0)); // the bench went away
+process.stdin.resume();

@@ -49,6 +49,7 @@ function newReceiver() {
     models: fileModels(),
     publishEvent: () => {},
     logger,
+    backgroundSyncBytes: Number(process.env.BENCH_SYNC_EVERY ?? 0),
   });
 }
 newReceiver();
@@ -96,4 +97,6 @@ process.on('message', async (msg) => {
     process.exit(0);
   }
 });
+process.on('disconnect', () => process.exit(0)); // the bench went away
+process.on('SIGTERM', () => process.exit(0));
 process.send({ type: 'ready' });

@@ -11,7 +11,7 @@
 // activate:false — 50 full agents each loading a 50 MB onnxruntime session do not fit
 // the point of this bench on 2 cores.
 //
-// Options (env): BENCH_DEVICES=1,10,50  BENCH_MB=50  BENCH_SWEEP=full|quick|none  BENCH_CHUNK_QOS=1
+// Options (env): BENCH_DEVICES=1,10,50  BENCH_MB=50  BENCH_SWEEP=full|quick|none|<KiB>:<window>,...  BENCH_CHUNK_QOS=0
 import { execFile, fork, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -30,12 +30,26 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 const DEVICE_COUNTS = (process.env.BENCH_DEVICES ?? '1,10,50').split(',').map(Number);
 const MB = Number(process.env.BENCH_MB ?? 50);
 const SWEEP = process.env.BENCH_SWEEP ?? 'quick';
-const CHUNK_QOS = Number(process.env.BENCH_CHUNK_QOS ?? 1);
+const CHUNK_QOS = Number(process.env.BENCH_CHUNK_QOS ?? 0); // as the agent subscribes chunk topics
 const MAX = Math.max(...DEVICE_COUNTS);
 const KiB = 1024;
 
 const out = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
 const seconds = (ms) => Math.round(ms) / 1000;
+
+/** CPU seconds (user + system) a process has used so far, from /proc (Linux). */
+async function cpuSeconds(pid) {
+  try {
+    const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1].split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+async function cpuOf(broker, receivers) {
+  const r = await Promise.all(receivers.map((c) => cpuSeconds(c.pid)));
+  return { broker: await cpuSeconds(broker.pid), host: process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6, receivers: r.reduce((a, b) => a + b, 0) };
+}
 
 async function sha256File(file) {
   const h = createHash('sha256');
@@ -136,6 +150,12 @@ async function scpLoop(sshd, file, n, targetDir, sha) {
 
 const work = await mkdtemp(join(tmpdir(), 'bench-transfer-'));
 const children = [];
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => {
+    for (const c of children) c.kill('SIGTERM');
+    void rm(work, { recursive: true, force: true }).finally(() => process.exit(130));
+  });
+}
 try {
   // model + registry + keys (host side, this process)
   const hostDir = join(work, 'host');
@@ -147,7 +167,7 @@ try {
   const keys = await loadOrCreateFleetKeys(hostDir);
 
   // broker process
-  const broker = spawn(process.execPath, [join(here, 'transfer-broker.js'), DEVICE_COUNTS.join(','), String(8 * 1024 * 1024)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const broker = spawn(process.execPath, [join(here, 'transfer-broker.js'), DEVICE_COUNTS.join(','), String(8 * 1024 * 1024)], { stdio: ['pipe', 'pipe', 'inherit'] });
   children.push(broker);
   const port = Number((await waitLine(broker, /"port":(\d+)/))[1]);
   const url = `mqtt://127.0.0.1:${port}`;
@@ -157,6 +177,7 @@ try {
   for (let i = 0; i < MAX; i++) {
     const child = fork(join(here, 'transfer-receiver.js'), [`d${i}`, url, join(work, 'devices', `d${i}`), String(CHUNK_QOS), DEVICE_COUNTS.filter((k) => i < k).map((k) => `upto${k}`).join(',')], {
       env: { ...process.env, FLEET_PUBLIC_KEY: keys.publicKeyPem },
+      ...(process.env.BENCH_PROFILE && i === 0 ? { execArgv: ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] } : {}),
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
     });
     children.push(child);
@@ -179,8 +200,8 @@ try {
   const sweeps = {
     full: [64, 256, 1024].flatMap((c) => [4, 16, 64].map((w) => [c * KiB, w])),
     quick: [[64 * KiB, 16], [256 * KiB, 4], [256 * KiB, 16], [256 * KiB, 64], [1024 * KiB, 16], [1024 * KiB, 64]],
-    none: [[256 * KiB, 16]],
-  }[SWEEP];
+    none: [[1024 * KiB, 16]],
+  }[SWEEP] ?? SWEEP.split(',').map((c) => c.split(':').map(Number)).map(([k, w]) => [k * KiB, w]);
 
   const summary = [];
   for (const n of DEVICE_COUNTS) {
@@ -192,15 +213,18 @@ try {
       await Promise.all(devices.map((_, i) => ipc(receivers[i], { type: 'reset' }, 'reset-done')));
       const target = n === 1 ? { devices } : { group: `upto${n}`, devices };
       const phases = {};
+      const cpu0 = await cpuOf(broker, receivers);
       const t0 = performance.now();
       const results = await deliverModel({ onPhase: (p, ms) => (phases[p] = ms / 1000), mqtt: operator, request: requester.request, record, blobPath: blob, keys, target, chunkSize, window, activate: false, requestTimeoutMs: 60_000, commitTimeoutMs: 120_000 });
       const ms = performance.now() - t0;
+      const cpu1 = await cpuOf(broker, receivers);
+      const cpuS = Object.fromEntries(Object.keys(cpu1).map((k) => [k, Math.round((cpu1[k] - cpu0[k]) * 100) / 100]));
       const failed = Object.entries(results).filter(([, r]) => !r.ok);
       if (failed.length) throw new Error(`delivery failed: ${JSON.stringify(failed.slice(0, 3))}`);
       const hashes = await Promise.all(devices.map((_, i) => ipc(receivers[i], { type: 'hash', name: 'bench', version: record.version }, 'hash')));
       const verified = hashes.every((h) => h.sha === record.sha256);
       if (!verified) throw new Error('an installed copy does not match the registry sha256');
-      const r = { bench: 'transfer', method: 'mqtt', devices: n, chunkKiB: chunkSize / KiB, window, seconds: seconds(ms), MBps: Math.round((record.length * n) / 1e6 / (ms / 1000)), verified, phases, vsScp: Math.round((scp.ms / ms) * 100) / 100 };
+      const r = { bench: 'transfer', method: 'mqtt', devices: n, chunkKiB: chunkSize / KiB, window, seconds: seconds(ms), MBps: Math.round((record.length * n) / 1e6 / (ms / 1000)), verified, phases, cpuS, vsScp: Math.round((scp.ms / ms) * 100) / 100 };
       out(r);
       if (!best || ms < best.ms) best = { ms, chunkKiB: r.chunkKiB, window };
     }

@@ -286,7 +286,10 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
       void (async () => {
         try {
           if (acceptingCommands) {
-            const granted = await c.subscribeAsync(subscriptions(), { qos: 1 });
+            // chunk topics at QoS 0 (edit by helper C): the sender resends whatever a device reports missing, and a
+            // persistent session must not make the broker queue whole models for a device that is offline
+            const chunkFilters = new Set([id, ...config.groups].map((name, i) => topics.transferFilter({ kind: i === 0 ? 'device' : 'group', name })));
+            const granted = await c.subscribeAsync(Object.fromEntries(subscriptions().map((t) => [t, { qos: chunkFilters.has(t) ? 0 : 1 }])) as Record<string, { qos: 0 | 1 }>);
             const refused = granted.filter((g) => g.qos === 128).map((g) => g.topic);
             if (refused.length > 0) logger.error({ refused }, 'the broker refused subscriptions; check the device groups and the broker ACL');
             if (config.legacyTopic) legacy?.announce(config.legacyTopic);

@@ -61,6 +61,8 @@ export interface TransferReceiverOptions {
   progressIntervalMs?: number;
   /** Bytes kept free beyond the file itself. */
   diskReserveBytes?: number;
+  /** fdatasync the staging file in the background every this many bytes received (0 = only at commit). */
+  backgroundSyncBytes?: number;
 }
 
 export interface TransferReceiver {
@@ -109,7 +111,7 @@ interface Transfer {
 }
 
 const LOG_ENTRY = 4;
-const SYNC_EVERY = 8 * 1024 * 1024;
+const SYNC_EVERY = 0;
 
 export function createTransferReceiver(opts: TransferReceiverOptions): TransferReceiver {
   const root = join(opts.dataDir, 'transfers');
@@ -117,6 +119,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
   const now = opts.now ?? (() => new Date());
   const progressInterval = opts.progressIntervalMs ?? 500;
   const reserve = opts.diskReserveBytes ?? 0;
+  const syncEvery = opts.backgroundSyncBytes ?? SYNC_EVERY;
   const diskSpace =
     opts.diskSpace ??
     (async (dir: string): Promise<DiskSpace> => {
@@ -475,7 +478,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
         t.logQueue.push(index);
         scheduleLog(t);
         t.unsynced += payload.length;
-        if (t.unsynced >= SYNC_EVERY) backgroundSync(t);
+        if (syncEvery > 0 && t.unsynced >= syncEvery) backgroundSync(t);
         progress(t);
       } catch (error) {
         t.have[index] = 0;

@@ -10,7 +10,7 @@ import { readFile, rename, writeFile } from 'node:fs/promises';
 import { FleetError } from '@edgefleet/protocol';
 
 /** Chosen by `npm run bench:transfer` (see README.registry.md). */
-export const DEFAULT_CHUNK_SIZE = 256 * 1024;
+export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 
 export interface ChunkTable {
   sha256: string;
