@@ -260,7 +260,7 @@ export function decodeInputs(model: string, inputs: Record<string, unknown>, spe
   const feeds: Record<string, OrtTensor> = {};
   const symbols = new Map<string, { size: number; input: string }>();
   for (const spec of specs) {
-    const given = inputs[spec.name];
+    const given = Object.hasOwn(inputs, spec.name) ? inputs[spec.name] : undefined;
     if (given === undefined) throw bad(`${model}: missing input ${specText(spec)}`);
     const tensor = decodeTensor(spec.name, given);
     if (tensor.type !== spec.dtype) {
