@@ -262,6 +262,10 @@ describe('activation, rollback, removal', () => {
     await rm(join(dataDir, 'models', 'm', '7', 'model.onnx'));
     await expectCode(models.activate('m', 7), 'not_found', /model file is missing/);
     await answersV1();
+    // A stored file that stopped being ONNX (damaged on disk) is caught before onnxruntime sees it.
+    await writeFile(join(dataDir, 'models', 'm', '7', 'model.onnx'), junk);
+    await expectCode(models.activate('m', 7), 'not_onnx', /m@7 is not an ONNX model/);
+    await answersV1();
     expect(models.active()).toEqual([{ name: 'm', version: 1 }]);
 
     // A good version then takes over.
