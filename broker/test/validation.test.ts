@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { MqttClient } from 'mqtt';
 import { pino } from 'pino';
@@ -93,6 +94,26 @@ describe('validation in front of Aedes, through real sockets', () => {
     expect(after.rss - before.rss).toBeLessThan(50 * 1024 * 1024);
     expect(after.heapUsed + after.arrayBuffers - (before.heapUsed + before.arrayBuffers)).toBeLessThan(50 * 1024 * 1024);
     expect(logs.some((l) => /over the 4194304-byte limit/.test(l.reason ?? ''))).toBe(true);
+    await witnessRoundTrip();
+  });
+
+  it('passes a packet of exactly the limit intact and refuses one byte more', async () => {
+    const events = topics.device('w1', 'events');
+    expect(await subscribe(witnessOperator, events)).toEqual([1]);
+    // fixed header 5 bytes + topic (2 + length) + packet id 2 + payload = 4 MiB exactly
+    const payload = randomBytes(4 * 1024 * 1024 - 5 - (2 + Buffer.byteLength(events)) - 2);
+    await publish(witnessDevice, events, payload);
+    await inbox.waitForCount(1, events, 10000);
+    const got = inbox.messages.find((m) => m.topic === events)!.payload;
+    expect(createHash('sha256').update(got).digest('hex')).toBe(createHash('sha256').update(payload).digest('hex'));
+
+    const s = await authenticatedSocket();
+    const done = closed(s);
+    const attackerEvents = topics.device('attacker', 'events');
+    const oneTooMany = 4 * 1024 * 1024 - 5 - (2 + Buffer.byteLength(attackerEvents)) - 2 + 1;
+    s.write(p.publish(attackerEvents, Buffer.alloc(oneTooMany), { qos: 1, id: 7 }));
+    await done;
+    expect(logs.at(-1)?.reason).toBe('packet of 4194305 bytes is over the 4194304-byte limit');
     await witnessRoundTrip();
   });
 
