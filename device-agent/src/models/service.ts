@@ -12,7 +12,9 @@ import { readFile, stat, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import ort from 'onnxruntime-node';
-import { FleetError, checkAcceptance, sha256Hex, verifyManifest } from '@edgefleet/protocol';
+import { createHash } from 'node:crypto';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { FleetError, checkAcceptance, verifyManifest } from '@edgefleet/protocol';
 import type {
   CommandResult,
   DeviceIdentity,
@@ -89,6 +91,17 @@ interface Loaded {
 
 const firstLine = (error: unknown) => String((error as Error)?.message ?? error).split('\n')[0]?.slice(0, 300) ?? '';
 const FLOAT_TYPES = new Set(['float32', 'float64', 'float16']);
+
+/** sha256 of a large buffer, 1 MiB at a time, yielding between slices so requests keep being served. */
+async function hashInSlices(bytes: Uint8Array): Promise<string> {
+  const hash = createHash('sha256');
+  const slice = 1024 * 1024;
+  for (let offset = 0; offset < bytes.length; offset += slice) {
+    hash.update(bytes.subarray(offset, offset + slice));
+    if (offset + slice < bytes.length) await nextTurn();
+  }
+  return hash.digest('hex');
+}
 
 export async function createModelService(opts: ModelServiceOptions): Promise<ModelService> {
   const store = await ModelStore.open(opts.dataDir, opts.logger, opts.onStep);
@@ -279,7 +292,7 @@ class OnnxModelService implements ModelService {
         throw new FleetError('too_long', `${name}@${version} is ${size} bytes, longer than the ${manifest.length} the manifest declares`);
       }
       const bytes = await readFile(stagedFile);
-      const sha256 = sha256Hex(bytes);
+      const sha256 = await hashInSlices(bytes);
       if (sha256 !== manifest.sha256) {
         throw new FleetError('corrupt_chunk', `${name}@${version} has sha256 ${sha256}, the manifest says ${manifest.sha256}; send it again`);
       }
