@@ -6,6 +6,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { topics } from '@edgefleet/protocol';
+import { BrokerConfigError, createBroker, parseBrokerArgs } from '@edgefleet/broker';
+import { testLogger } from '../../test/support/broker.js';
 import { TOKEN, connectClient, endClient, run, subscribe, withDeadline } from './helpers.js';
 
 const BIN = fileURLToPath(new URL('../dist/bin/broker.js', import.meta.url));
@@ -69,9 +71,22 @@ describe('the broker bin', () => {
     ['a device id that is not a name', () => ['--credentials', file('id.json', { devices: [{ id: '../x', token: TOKEN('x') }] })], /credential id/],
     ['an unknown key', () => ['--credentials', file('key.json', { devices: [], admins: [] })], /Unrecognized key/],
   ];
-  it.each(bad)('exits 2 with a clear message on %s', async (_name, args, message) => {
-    const r = await run('node', [BIN, ...args()]);
-    expect(r.stderr).toMatch(message);
-    expect(r.code).toBe(2);
+  // parsed in-process (the same function the bin calls), then started when parsing passes
+  it.each(bad)('refuses %s with a clear message', async (_name, args, message) => {
+    const attempt = async () => {
+      const { options } = await parseBrokerArgs(args());
+      const broker = await createBroker({ ...options, logger: testLogger() });
+      await broker.close(); // not reached when the configuration is refused
+    };
+    await expect(attempt()).rejects.toThrow(message);
+    await expect(attempt()).rejects.toBeInstanceOf(BrokerConfigError);
+  });
+
+  it('exits 2 from the bin on a bad option, both while parsing and while starting', async () => {
+    for (const args of [['--allow-anonymous', '--prot', '1'], ['--allow-anonymous', '--port', '0', '--tls-port', '0', '--tls-key', '/nonexistent.key', '--tls-cert', '/x.crt']]) {
+      const r = await run('node', [BIN, ...args]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/^broker: (Unknown argument: prot|cannot read tls.key file)/m);
+    }
   });
 });
