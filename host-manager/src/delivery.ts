@@ -24,6 +24,7 @@ export function makeDeliver(ctx: {
   chunkSize?: number;
   window?: number;
   requestTimeoutMs?: number;
+  concurrency?: number;
   onPhase?: (phase: string, ms: number) => void;
 }): DeliverFn {
   return async ({ model, version, target, devices, onProgress }) => {
@@ -42,6 +43,8 @@ export function makeDeliver(ctx: {
       deviceInfo: (device) => ctx.db.data.devices[device]?.info ?? null,
       // A device busy writing the chunks of a large fan-out answers status late; that is not a failure.
       requestTimeoutMs: ctx.requestTimeoutMs ?? 60_000,
+      // Offers, status and commits are small requests; a large wave is limited by the devices, not by these.
+      concurrency: ctx.concurrency ?? 256,
       ...(ctx.chunkSize !== undefined ? { chunkSize: ctx.chunkSize } : {}),
       ...(ctx.window !== undefined ? { window: ctx.window } : {}),
       ...(onProgress ? { onProgress } : {}),

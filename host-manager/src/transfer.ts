@@ -58,6 +58,8 @@ export interface DeliverOptions {
   expiresInMs?: number;
   /** Timeout of offer/status requests; commit gets `commitTimeoutMs` (it loads and smoke-tests the model). */
   requestTimeoutMs?: number;
+  /** Offers and status requests in flight at once (default 32); commits get half. Raise for large fleets. */
+  concurrency?: number;
   commitTimeoutMs?: number;
   /** What each device reported about itself; a device that cannot run the model gets 'incompatible'. */
   deviceInfo?: (device: string) => DeviceInfo | null | undefined;
@@ -130,6 +132,7 @@ interface ChunkJob {
 export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResults> {
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
   const window = Math.max(1, opts.window ?? DEFAULT_WINDOW);
+  const concurrency = Math.max(1, opts.concurrency ?? 32);
   const deadline = Date.now() + (opts.deadlineMs ?? DEFAULT_DEADLINE_MS);
   const requestTimeout = opts.requestTimeoutMs ?? 15_000;
   const commitTimeout = opts.commitTimeoutMs ?? 120_000;
@@ -209,7 +212,7 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
   const file = await open(opts.blobPath, 'r');
   try {
     // 3. offers
-    await eachLimited(devices, 32, async (device) => {
+    await eachLimited(devices, concurrency, async (device) => {
       try {
         const via: TransferTarget = group ? { kind: 'group', name: group } : { kind: 'device', name: device };
         const answer = await request(device, 'transfer.offer', { transferId, manifest: signed, via }, timeout(requestTimeout));
@@ -251,7 +254,7 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
       }
       round++;
       const before = [...missing.values()].reduce((n, m) => n + m.size, 0);
-      await eachLimited([...missing.keys()], 32, async (device) => {
+      await eachLimited([...missing.keys()], concurrency, async (device) => {
         try {
           const answer = await request(device, 'transfer.status', { transferId }, timeout(requestTimeout));
           missing.set(device, new Set(answer.missing.filter((i) => i < total)));
@@ -271,7 +274,7 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
 
     phase('chunks');
     // 5. commit
-    await eachLimited([...missing.keys()], 16, async (device) => {
+    await eachLimited([...missing.keys()], Math.max(1, Math.floor(concurrency / 2)), async (device) => {
       for (let attempt = 0; ; attempt++) {
         try {
           const done = await request(device, 'transfer.commit', { transferId, activate }, timeout(commitTimeout));
