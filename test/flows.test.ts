@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cleanupAgents, spawnAgent } from './support/agent-process.js';
@@ -215,5 +215,31 @@ describe('provision → connect → deploy → infer → roll back', () => {
       intruder.on('close', (code) => resolve(code));
     });
     expect(closed).toBe(4401);
+  });
+  it('reads a device log, and sends a bare legacy word on the legacy topic to third-party clients', async () => {
+    const logs = await runCli(m, ['logs', 'pi-1', '--lines', '5', '--json']);
+    expect(logs.code).toBe(0);
+    const lines = logs.json<{ lines: string[] }>().lines;
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines.length).toBeLessThanOrEqual(5);
+
+    const port = new URL(m.broker).port;
+    const sub = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', port, '-u', 'admin', '-P', m.token, '-i', 'admin-legacy-sub', '-t', 'hello', '-C', '1', '-W', '20'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let got = '';
+    sub.stdout.setEncoding('utf8').on('data', (d: string) => (got += d));
+    const subExit = new Promise<number | null>((resolve) => sub.on('exit', (code) => resolve(code)));
+    // mosquitto_sub prints nothing when subscribed: publish until it has seen one.
+    await eventually('mosquitto_sub receives the bare word', async () => {
+      const r = await runCli(m, ['exec', 'all', 'done', '--via', 'topic', '--json']);
+      expect(r.code).toBe(0);
+      return got.trim() === 'done' ? true : undefined;
+    }, 20_000, 200);
+    expect(await subExit).toBe(0);
+  });
+
+  it('stops cleanly on SIGTERM and withdraws its announcement', async () => {
+    const exit = await m.kill('SIGTERM');
+    expect(exit.code).toBe(0);
+    await expect(stat(join(m.dataDir, 'controller.json'))).rejects.toThrow(/ENOENT/);
   });
 });
