@@ -11,7 +11,7 @@ import { cleanupAgents, spawnAgent } from './support/agent-process.js';
 import type { AgentProcess } from './support/agent-process.js';
 import { api, eventually, freePort, runCli, startManager } from './support/manager-process.js';
 import type { ManagerProcess } from './support/manager-process.js';
-import { dataDependentFailingModel, linearModel } from './support/onnx-models.js';
+import { dataDependentFailingModel, linearModel, slowModel } from './support/onnx-models.js';
 
 interface DeviceView {
   id: string;
@@ -118,6 +118,56 @@ describe('a model that fails under real traffic', () => {
     const audit = (await runCli(m, ['audit', '--limit', '500', '--json'])).json<{ action: string; result: string; target?: string }[]>();
     expect(audit.some((e) => e.action === 'rollout.gate' && e.result === 'error')).toBe(true);
     expect(audit.some((e) => e.action === 'model.rollback' && e.result === 'ok' && e.target?.startsWith(canary))).toBe(true);
+  });
+});
+
+describe('a model that answers, but slowly', () => {
+  let m: ManagerProcess;
+  let agents: AgentProcess[] = [];
+  let work: string;
+  let traffic = true;
+  let loops: Promise<void>[] = [];
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'slow-'));
+    await writeFile(join(work, 'fast.onnx'), slowModel({ matmuls: 1, size: 256 }).bytes);
+    await writeFile(join(work, 'slow.onnx'), slowModel({ matmuls: 400, size: 256 }).bytes);
+    m = await startManager();
+    agents = await provision(m, ['lat-1', 'lat-2'], 'lat');
+  });
+
+  afterAll(async () => {
+    traffic = false;
+    await Promise.all(loops);
+    await cleanupAgents(...agents);
+    await m?.cleanup();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  it('fails the canary gate on p95 latency against the same device before the switch', async () => {
+    expect((await runCli(m, ['models', 'add', join(work, 'fast.onnx'), '--name', 'enc'])).code).toBe(0);
+    expect((await runCli(m, ['models', 'add', join(work, 'slow.onnx'), '--name', 'enc'])).code).toBe(0);
+    expect((await runCli(m, ['deploy', 'enc@1', '--to', 'group:lat', '--canary', '1', '--soak', '0', '--wait'])).code).toBe(0);
+    const served: Record<string, number> = {};
+    const input = { x: { dtype: 'float32', shape: [1, 256], data: Array.from({ length: 256 }, (_, i) => i / 256) } };
+    loops = agents.map(async (a) => {
+      served[a.id] = 0;
+      while (traffic) {
+        const r = await api(m, 'POST', `/api/devices/${a.id}/infer`, { model: 'enc', inputs: input }).catch(() => ({ status: 0 }));
+        if (r.status === 200) served[a.id]!++;
+      }
+    });
+    await eventually('baseline traffic', async () => (agents.every((a) => (served[a.id] ?? 0) >= 30) ? true : undefined));
+    const r = await runCli(m, ['deploy', 'enc@2', '--to', 'group:lat', '--canary', '1', '--soak', '3', '--min-requests', '5', '--max-latency-ratio', '2', '--wait', '--json'], { timeoutMs: 60_000 });
+    expect(r.code).toBe(1);
+    const view = r.json<RolloutView & { waves: { gate?: { before: { p95Ms: number }; after: { p95Ms: number } } }[] }>();
+    expect(view.status).toBe('failed');
+    expect(view.reason).toMatch(/p95 latency rose from/);
+    const gate = view.waves[0]!.gate!;
+    expect(gate.after.p95Ms).toBeGreaterThan(2 * gate.before.p95Ms);
+    const canary = view.waves[0]!.devices[0]!;
+    expect(view.devices[canary]!.state).toBe('rolled-back');
+    await eventually('the canary is back on enc@1', async () => ((await versionOn(m, canary, 'enc')) === 1 ? true : undefined));
   });
 });
 
