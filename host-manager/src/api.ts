@@ -280,7 +280,15 @@ export async function startApi(opts: {
           if (!operator) throw new ApiError(401, 'unauthorized', 'missing or wrong operator token: send Authorization: Bearer <token> (see <data dir>/operator.token)');
           actor = `operator:${operator}`;
         }
-        const params = Object.fromEntries(Object.entries(matched.path.exec(url.pathname)?.groups ?? {}).map(([k, v]) => [k, decodeURIComponent(v)]));
+        const params = Object.fromEntries(
+          Object.entries(matched.path.exec(url.pathname)?.groups ?? {}).map(([k, v]) => {
+            try {
+              return [k, decodeURIComponent(v)];
+            } catch {
+              throw new ApiError(400, 'bad_request', `malformed percent-encoding in the path: ${v}`);
+            }
+          }),
+        );
         const result = await matched.handler(req, params, { actor, url, body: () => readJson(req) });
         finish(matched.created ? 201 : 200, result ?? {});
       } catch (error) {

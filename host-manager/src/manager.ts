@@ -128,7 +128,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
       tcp: { host, port: options.mqttPort ?? DEFAULT_MQTT_PORT },
       ...(options.mqttWsPort === false ? {} : { ws: { host, port: options.mqttWsPort ?? DEFAULT_MQTT_WS_PORT } }),
       ...(legacyTopic ? { legacyTopic } : {}),
-      logger: log.child({ component: 'broker' }),
+      logger: log,
     });
     brokerUrl = `mqtt://127.0.0.1:${broker.ports.tcp}`;
     const advHost = host === '0.0.0.0' || host === '::' ? lanAddress() : host;
