@@ -14,7 +14,7 @@
  * windows of the same run without a swap.
  *
  * Env: IN_FLIGHT (concurrent requests, default 64), SWAPS (default 6), THREADS (intra-op threads, default 1),
- * WINDOW_MS (half-width of the window around a switch, default 50), STEADY_MS (load between swaps, default 400).
+ * WINDOW_MS (half-width of the window around a switch, default 50), STEADY_MS (load between swaps, at least, default 400).
  */
 import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
 import http from 'node:http';
@@ -179,7 +179,8 @@ async function runSetup({ modelName, inF, outF, via }) {
     const end = performance.now();
     floor = v;
     swaps.push({ to: v, start, end });
-    await sleep(STEADY_MS);
+    // Leave room after the switch for a baseline window as long as the one around it.
+    await sleep(Math.max(STEADY_MS, end - start + 4 * WINDOW_MS));
   }
   running = false;
   await Promise.all(workers);
@@ -212,7 +213,7 @@ async function runSetup({ modelName, inF, outF, via }) {
     maxGapMs: round(maxGap(s.start - WINDOW_MS, s.end + WINDOW_MS)),
   }));
   // Baseline: equally long windows in the steady stretches between swaps (no activation running).
-  const baselineGaps = swaps.map((s) => maxGap(s.end + WINDOW_MS + 50, s.end + WINDOW_MS + 50 + (s.end - s.start) + 2 * WINDOW_MS));
+  const baselineGaps = swaps.map((s) => maxGap(s.end + WINDOW_MS, s.end + WINDOW_MS + (s.end - s.start) + 2 * WINDOW_MS));
   const result = {
     bench: 'swap',
     setup: {
