@@ -128,10 +128,13 @@ async function startDevice(d, opts) {
   // A CONNECT can wait long for the broker's scrypt check while a thousand arrive: MQTT.js retries it.
   client.on('error', () => {});
   await new Promise((resolve) => client.once('connect', resolve));
-  await client.subscribeAsync(
-    [topics.device(d.id, 'commands'), topics.group(opts.group, 'commands'), topics.transferFilter({ kind: 'device', name: d.id }), topics.transferFilter({ kind: 'group', name: opts.group })],
-    { qos: 1 },
-  );
+  // As the real agent does: commands at QoS 1, chunks at QoS 0 (a lost chunk is asked for again by transfer.status).
+  await client.subscribeAsync({
+    [topics.device(d.id, 'commands')]: { qos: 1 },
+    [topics.group(opts.group, 'commands')]: { qos: 1 },
+    [topics.transferFilter({ kind: 'device', name: d.id })]: { qos: 0 },
+    [topics.transferFilter({ kind: 'group', name: opts.group })]: { qos: 0 },
+  });
   publishStatus();
   devices.set(d.id, { client, receiver, dataDir, models });
 }
