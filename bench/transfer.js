@@ -206,7 +206,8 @@ try {
   const summary = [];
   for (const n of DEVICE_COUNTS) {
     const devices = Array.from({ length: n }, (_, i) => `d${i}`);
-    const scp = await scpLoop(sshd, blob, n, join(work, 'scp-target'), record.sha256);
+    // BENCH_SKIP_SCP=1 is for tuning runs only: no ratio is meaningful without the baseline beside it
+    const scp = process.env.BENCH_SKIP_SCP ? { ms: NaN, verifyMs: NaN } : await scpLoop(sshd, blob, n, join(work, 'scp-target'), record.sha256);
     out({ bench: 'transfer', method: 'scp-loop', devices: n, seconds: seconds(scp.ms), verifySeconds: seconds(scp.verifyMs), MBps: Math.round((record.length * n) / 1e6 / (scp.ms / 1000)) });
     let best;
     for (const [chunkSize, window] of n === 50 && SWEEP !== 'none' ? sweeps.filter(([c]) => c >= 256 * KiB) : sweeps) {

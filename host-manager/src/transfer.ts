@@ -50,8 +50,8 @@ export interface DeliverOptions {
   rollback?: boolean;
   /** Received chunks per device, from the devices' progress events and status replies. */
   onProgress?: (device: string, received: number, total: number) => void;
-  /** Every chunk publish the broker acknowledged (for counting). */
-  onChunk?: (via: TransferTarget, index: number) => void;
+  /** Every chunk publish the broker acknowledged (for counting); a returned promise holds that publish slot until it settles. */
+  onChunk?: (via: TransferTarget, index: number) => void | Promise<void>;
   /** Whole delivery, offers to commits. */
   deadlineMs?: number;
   /** How long the signed manifest stays valid. */
@@ -319,7 +319,7 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
       await readExactly(file, payload, offset);
       try {
         await mqtt.publishAsync(topics.transferChunk(job.via, transferId, job.index), payload, { qos: 1 });
-        opts.onChunk?.(job.via, job.index);
+        await opts.onChunk?.(job.via, job.index);
       } catch (error) {
         failure = error;
       }
