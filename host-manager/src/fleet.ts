@@ -90,11 +90,15 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     // The controller's view after a restart comes from the retained status messages, not from the file.
     for (const d of Object.values(this.#db.data.devices)) d.online = false;
     this.#mqtt.on('message', this.#onMessage);
+    this.#metrics?.onCollectDevices(() => {
+      const all = Object.values(this.#db.data.devices);
+      const online = all.filter((d) => d.online).length;
+      return { online, offline: all.length - online };
+    });
     await this.#mqtt.subscribeAsync(
       [topics.allDevices('status'), topics.allDevices('telemetry'), topics.allDevices('events')],
       { qos: 1 },
     );
-    this.#updateGauges();
   }
 
   async stop(): Promise<void> {
@@ -165,7 +169,6 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
       rec.offlineReason = msg.reason;
     }
     if (was !== rec.online) this.#log.info({ device, online: rec.online }, rec.online ? 'device online' : 'device offline');
-    this.#updateGauges();
     this.emitFeed({ type: 'device', device, online: rec.online, record: rec });
     // Presence is not an acknowledged change (after a restart it comes from the retained status
     // messages again), so it is written with the telemetry, not once per message.
@@ -213,11 +216,4 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     this.#flushTimer.unref();
   }
 
-  #updateGauges(): void {
-    if (!this.#metrics) return;
-    const all = Object.values(this.#db.data.devices);
-    const online = all.filter((d) => d.online).length;
-    this.#metrics.devices.set({ state: 'online' }, online);
-    this.#metrics.devices.set({ state: 'offline' }, all.length - online);
-  }
 }

@@ -12,15 +12,32 @@ export interface Metrics {
   rollouts: Gauge<'status'>;
   deliveries: Counter<'result'>;
   deliveryPhase: Histogram<'phase'>;
+  /** Where the devices gauge reads its values at scrape time (counting on every message would be O(fleet) each). */
+  onCollectDevices(read: () => { online: number; offline: number }): void;
 }
 
 export function createMetrics(): Metrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'edgefleet_controller_' });
   const registers = [registry];
+  let readDevices: (() => { online: number; offline: number }) | undefined;
   return {
     registry,
-    devices: new Gauge({ name: 'edgefleet_devices', help: 'Devices known to the controller, by presence', labelNames: ['state'], registers }),
+    onCollectDevices(read) {
+      readDevices = read;
+    },
+    devices: new Gauge({
+      name: 'edgefleet_devices',
+      help: 'Devices known to the controller, by presence',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        if (!readDevices) return;
+        const counts = readDevices();
+        this.set({ state: 'online' }, counts.online);
+        this.set({ state: 'offline' }, counts.offline);
+      },
+    }),
     messages: new Counter({ name: 'edgefleet_messages_total', help: 'Device messages received, by channel', labelNames: ['channel'], registers }),
     badMessages: new Counter({
       name: 'edgefleet_bad_messages_total',
