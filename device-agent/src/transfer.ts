@@ -16,6 +16,7 @@
  * trusted just because the log says so, and only what is really missing is asked for.
  */
 import { createHash } from 'node:crypto';
+import type { Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readFile, readdir, rename, rm, statfs as fsStatfs } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
@@ -63,6 +64,12 @@ export interface TransferReceiverOptions {
   diskReserveBytes?: number;
   /** fdatasync the staging file in the background every this many bytes received (0 = only at commit). */
   backgroundSyncBytes?: number;
+  /**
+   * Always read the staged file back and hash it at commit, even when every chunk arrived in order and
+   * the whole-file hash was computed from the verified chunks as they came (the default skips that
+   * second pass; the model store re-verifies what it installs).
+   */
+  verifyFromDisk?: boolean;
 }
 
 export interface TransferReceiver {
@@ -104,6 +111,13 @@ interface Transfer {
   /** Background fdatasync every SYNC_EVERY bytes, so the final fsync does not write the whole file back at once. */
   syncChain: Promise<void>;
   unsynced: number;
+  /**
+   * sha256 of the whole file, fed with each verified chunk while they arrive in order (0, 1, 2, …)
+   * in this session; null once one arrives out of order, a write fails or the staging was resumed
+   * from disk — the commit then reads the file back and hashes it.
+   */
+  running: Hash | null;
+  nextInOrder: number;
   committing: Promise<CommandResult<'transfer.commit'>> | null;
   lastProgressAt: number;
   progressTimer: NodeJS.Timeout | null;
@@ -279,6 +293,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
     // Preallocate the declared length (sparse): nothing past it is ever written.
     await t.data.truncate(t.manifest.length);
     if (resume) {
+      t.running = null;
       const logged = await readFile(logFile).catch(() => Buffer.alloc(0));
       const candidates = new Set<number>();
       for (let off = 0; off + LOG_ENTRY <= logged.length; off += LOG_ENTRY) {
@@ -324,6 +339,8 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       logScheduled: false,
       syncChain: Promise.resolve(),
       unsynced: 0,
+      running: createHash('sha256'),
+      nextInOrder: 0,
       committing: null,
       lastProgressAt: 0,
       progressTimer: null,
@@ -468,6 +485,12 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
     const data = t.data;
     if (!data) return;
     t.have[index] = 1;
+    if (t.running) {
+      if (index === t.nextInOrder) {
+        t.running.update(payload);
+        t.nextInOrder++;
+      } else t.running = null;
+    }
     const write = (async () => {
       try {
         const { bytesWritten } = await data.write(payload, 0, payload.length, index * t.manifest.chunking.size);
@@ -482,6 +505,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
         progress(t);
       } catch (error) {
         t.have[index] = 0;
+        t.running = null;
         const code = (error as NodeJS.ErrnoException).code === 'ENOSPC' ? 'disk_full' : 'internal';
         reject(transferId, index, code, `could not write the chunk: ${(error as Error).message}`);
       }
@@ -513,8 +537,15 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
     if (size > t.manifest.length) {
       throw new FleetError('too_long', `the staged file has ${size} bytes, more than the declared ${t.manifest.length}; refused`);
     }
-    // fsync and the whole-file hash run together: the hash reads what the sync writes back
-    const [, whole] = await Promise.all([data.sync(), hashFile(join(t.dir, 'data.part'))]);
+    let whole: string;
+    if (t.running && t.nextInOrder === t.total && !opts.verifyFromDisk) {
+      whole = t.running.digest('hex');
+      t.running = null;
+      await data.sync();
+    } else {
+      // fsync and the whole-file hash run together: the hash reads what the sync writes back
+      [, whole] = await Promise.all([data.sync(), hashFile(join(t.dir, 'data.part'))]);
+    }
     if (whole === t.manifest.sha256) return;
     // Find the chunks that changed on disk and ask for them again.
     const bad: number[] = [];
@@ -582,6 +613,16 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       const code = (error as FleetError).code;
       if (code === 'missing_chunk' || code === 'corrupt_chunk' || (code === 'expired' && !t.installed)) {
         t.committing = null; // the staging is kept: the sender can resend (or re-sign) and commit again
+        if (!t.data && !t.installed) {
+          // the model store refused what was staged (its own whole-file check): re-verify every chunk
+          // from disk, so the ones that changed are asked for again
+          t.have.fill(0);
+          t.received = 0;
+          await openStaging(t, true).catch(async (e: unknown) => {
+            log.warn({ err: e }, 'could not reopen the staging; starting the transfer over');
+            await drop(t);
+          });
+        }
       } else {
         await drop(t).catch((e: unknown) => log.warn({ err: e }, 'could not clean the staging'));
       }

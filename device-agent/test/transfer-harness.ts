@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import type { MqttClient } from 'mqtt';
 import { pino } from 'pino';
-import { FleetError, errorReply, okReply, parseRequest, parseTopic, topics } from '@edgefleet/protocol';
+import { FleetError, errorReply, okReply, parseRequest, parseTopic, sha256Hex, topics } from '@edgefleet/protocol';
 import type { CommandName, FleetEvent, Manifest, ModelState, Reply } from '@edgefleet/protocol';
 import { createTransferReceiver } from '../src/transfer.js';
 import type { DiskSpace, ReceiverModels, TransferReceiver } from '../src/transfer.js';
@@ -29,7 +29,11 @@ export class FileModels implements ReceiverModels {
   /** Makes the next activation fail with this error (to test failure paths). */
   failNextActivation: FleetError | undefined;
 
-  constructor(readonly dir: string) {}
+  /** verifyOnInstall: re-hash the staged file against the manifest, as the agent's model store does. */
+  constructor(
+    readonly dir: string,
+    readonly verifyOnInstall = false,
+  ) {}
 
   list(): ModelState[] {
     return [...this.installed].map(([name, versions]) => ({
@@ -39,6 +43,9 @@ export class FileModels implements ReceiverModels {
     }));
   }
   async install(manifest: Manifest, stagedFile: string): Promise<void> {
+    if (this.verifyOnInstall && sha256Hex(await readFile(stagedFile)) !== manifest.sha256) {
+      throw new FleetError('corrupt_chunk', `${manifest.name}@${manifest.version} does not match its sha256; send it again`);
+    }
     const dir = join(this.dir, manifest.name, String(manifest.version));
     await mkdir(dir, { recursive: true });
     const file = join(dir, 'model.onnx');
@@ -97,6 +104,7 @@ export async function startInProcessDevice(opts: {
   models: ReceiverModels;
   diskSpace?: (dir: string) => Promise<DiskSpace>;
   now?: () => Date;
+  verifyFromDisk?: boolean;
 }): Promise<InProcessDevice> {
   const groups = opts.groups ?? [];
   const client = await mqtt.connectAsync(opts.brokerUrl, {
@@ -119,6 +127,7 @@ export async function startInProcessDevice(opts: {
     progressIntervalMs: 50,
     ...(opts.diskSpace ? { diskSpace: opts.diskSpace } : {}),
     ...(opts.now ? { now: opts.now } : {}),
+    ...(opts.verifyFromDisk ? { verifyFromDisk: true } : {}),
   });
   const device: InProcessDevice = {
     id: opts.id,

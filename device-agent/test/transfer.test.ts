@@ -69,7 +69,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function device(id: string, opts: { models?: FileModels; groups?: string[]; diskFree?: number; dataDir?: string } = {}) {
+async function device(id: string, opts: { models?: FileModels; groups?: string[]; diskFree?: number; dataDir?: string; verifyFromDisk?: boolean } = {}) {
   const dataDir = opts.dataDir ?? join(dir, 'dev', id);
   const d = await startInProcessDevice({
     brokerUrl: broker.url,
@@ -80,6 +80,7 @@ async function device(id: string, opts: { models?: FileModels; groups?: string[]
     publicKeyPem: keys.publicKeyPem,
     models: opts.models ?? new FileModels(join(dataDir, 'models')),
     ...(opts.diskFree !== undefined ? { diskSpace: async () => ({ freeBytes: opts.diskFree! }) } : {}),
+    ...(opts.verifyFromDisk ? { verifyFromDisk: true } : {}),
   });
   started.push(d);
   return d;
@@ -327,19 +328,51 @@ describe('refusals (each with its reason; nothing installed, the active model un
     untouched();
   });
 
-  it('bytes changed on disk after the chunks were verified: the commit refuses with corrupt_chunk and asks for them again', async () => {
-    const transferId = 'tdisk';
-    const signed = signManifest(manifestFor(bytes2, { version: 2 }), keys.privateKeyPem);
-    const { total } = await offer('x1', transferId, signed);
-    for (let i = 0; i < total; i++) await publishChunk('x1', transferId, i, bytes2.subarray(i * CHUNK, (i + 1) * CHUNK));
-    expect((await requester.request('x1', 'transfer.status', { transferId })).missing).toEqual([]);
-    const part = join(dir, 'dev', 'x1', 'transfers', transferId, 'data.part');
-    const content = await readFile(part);
-    content[3 * CHUNK + 7] = (content[3 * CHUNK + 7]! + 1) % 256;
-    await writeFile(part, content);
-    const e = await refusal(requester.request('x1', 'transfer.commit', { transferId }, 5000));
+  async function stageAll(to: string, transferId: string, bytes: Buffer, version = 2) {
+    const signed = signManifest(manifestFor(bytes, { version, target: { devices: [to] } }), keys.privateKeyPem);
+    const { total } = await offer(to, transferId, signed);
+    for (let i = 0; i < total; i++) await publishChunk(to, transferId, i, bytes.subarray(i * CHUNK, (i + 1) * CHUNK));
+    expect((await requester.request(to, 'transfer.status', { transferId })).missing).toEqual([]);
+    return join(dir, 'dev', to, 'transfers', transferId, 'data.part');
+  }
+  async function flipByte(file: string, at: number) {
+    const content = await readFile(file);
+    content[at] = (content[at]! + 1) % 256;
+    await writeFile(file, content);
+  }
+
+  it('bytes changed on disk after the chunks were verified (receiver reading the file back): corrupt_chunk, and those chunks are asked for again', async () => {
+    const models6 = new FileModels(join(dir, 'dev', 'd6', 'models'));
+    await device('d6', { models: models6, verifyFromDisk: true });
+    const part = await stageAll('d6', 'tdisk', bytes2);
+    await flipByte(part, 3 * CHUNK + 7);
+    const e = await refusal(requester.request('d6', 'transfer.commit', { transferId: 'tdisk' }, 5000));
     expect(e.code).toBe('corrupt_chunk');
-    expect((await requester.request('x1', 'transfer.status', { transferId })).missing).toEqual([3]);
+    expect((await requester.request('d6', 'transfer.status', { transferId: 'tdisk' })).missing).toEqual([3]);
+    expect(models6.list()).toEqual([]);
+  });
+
+  it('bytes changed on disk, caught by a store that re-verifies what it installs (as the agent\'s does): the changed chunk is asked for again and the retry installs the right bytes', async () => {
+    const models7 = new FileModels(join(dir, 'dev', 'd7', 'models'), true);
+    await device('d7', { models: models7 });
+    const part = await stageAll('d7', transferIdFor(v2, CHUNK), bytes2);
+    await flipByte(part, 5 * CHUNK + 1);
+    const e = await refusal(requester.request('d7', 'transfer.commit', { transferId: transferIdFor(v2, CHUNK) }, 5000));
+    expect(e.code).toBe('corrupt_chunk');
+    expect((await requester.request('d7', 'transfer.status', { transferId: transferIdFor(v2, CHUNK) })).missing).toEqual([5]);
+    const { run, sent } = deliver(v2, blob2, { devices: ['d7'] });
+    expect((await run).d7).toMatchObject({ ok: true, version: 2 });
+    expect(sent.map((x) => x.index)).toEqual([5]);
+    expect(sha256Hex(await models7.bytesOf('big', 2))).toBe(v2.sha256);
+  });
+
+  it('a manifest whose whole-file sha256 disagrees with its chunk hashes is refused at commit (whole-file check from the chunks as they came)', async () => {
+    const signed = signManifest(manifestFor(bytes2, { version: 2, sha256: sha256Hex(bytes1) }), keys.privateKeyPem);
+    const { total } = await offer('x1', 'tinconsistent', signed);
+    for (let i = 0; i < total; i++) await publishChunk('x1', 'tinconsistent', i, bytes2.subarray(i * CHUNK, (i + 1) * CHUNK));
+    const e = await refusal(requester.request('x1', 'transfer.commit', { transferId: 'tinconsistent' }, 5000));
+    expect(e.code).toBe('corrupt_chunk');
+    expect(e.message).toMatch(/inconsistent/);
     untouched();
   });
 
