@@ -77,6 +77,8 @@ export interface ModelServiceOptions {
 }
 
 interface Loaded {
+  /** Time to build the session (onnxruntime does it synchronously on this thread), including waiting for its turn. */
+  loadMs: number;
   name: string;
   version: number;
   key: string;
@@ -417,7 +419,9 @@ class OnnxModelService implements ModelService {
     const next = await this.load(name, version, stored.manifest);
     try {
       await this.opts.onStep?.('activate:loaded');
+      const smokeStart = performance.now();
       await this.smokeTest(next, stored.manifest);
+      const smokeMs = performance.now() - smokeStart;
       const previous = current?.version ?? record.active;
       const t0 = performance.now();
       const updated = await this.store.updateRecord(
@@ -436,7 +440,11 @@ class OnnxModelService implements ModelService {
       await this.opts.onStep?.('activate:state-saved');
       // The switch: every request from here on takes the new session.
       this.serving.set(name, next);
-      this.logger.info({ model: name, version, previous, mode, stateWriteMs: Math.round((performance.now() - t0) * 100) / 100 }, 'model activated');
+      const ms = (v: number) => Math.round(v * 100) / 100;
+      this.logger.info(
+        { model: name, version, previous, mode, loadMs: ms(next.loadMs), smokeMs: ms(smokeMs), stateWriteMs: ms(performance.now() - t0) },
+        'model activated',
+      );
       if (current) {
         this.draining.add(current);
         await this.drain(current);
@@ -488,6 +496,7 @@ class OnnxModelService implements ModelService {
     }
     inspectOnnx(bytes, key);
     let session: ort.InferenceSession;
+    const loadStart = performance.now();
     try {
       session = await ort.InferenceSession.create(bytes, this.sessionOptions);
     } catch (error) {
@@ -503,7 +512,8 @@ class OnnxModelService implements ModelService {
         throw error;
       }
     }
-    return { name, version, key, session, inputs, outputs, outputNames: session.outputNames, processing: manifest.processing, inflight: 0, idle: undefined };
+    const loadMs = performance.now() - loadStart;
+    return { name, version, key, session, inputs, outputs, outputNames: session.outputNames, processing: manifest.processing, inflight: 0, idle: undefined, loadMs };
   }
 
   /** Runs the manifest's sample input (or zeros, symbolic dims = 1); any error or NaN output fails it. */
