@@ -54,6 +54,20 @@ function model(seed) {
   return Buffer.from(onnx.ModelProto.encode(m).finish());
 }
 
+/** PROFILE=<dir>: a CPU profile of the controller process during each timed rollout only. */
+async function startProfile() {
+  const { Session } = await import('node:inspector/promises');
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.start');
+  return async (file) => {
+    const { profile } = await session.post('Profiler.stop');
+    await writeFile(file, JSON.stringify(profile));
+    session.disconnect();
+  };
+}
+
 const work = await mkdtemp(join(tmpdir(), 'bench-rollout-'));
 const logger = pino({ level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination(2));
 const manager = await createManager({
@@ -83,7 +97,12 @@ try {
   const per = Math.ceil(DEVICES / WORKERS);
   await Promise.all(
     Array.from({ length: WORKERS }, (_, w) => {
-      const child = fork(fileURLToPath(new URL('./rollout-devices.js', import.meta.url)), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      // Each real device has its own libuv thread pool for its file system calls (fsync of the staging
+      // file...); a process simulating 250 devices gets a larger pool so their fsyncs do not queue behind 4 threads.
+      const child = fork(fileURLToPath(new URL('./rollout-devices.js', import.meta.url)), [], {
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+        env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '64' },
+      });
       workers.push(child);
       return new Promise((resolve, reject) => {
         child.once('message', (m) => (m.type === 'ready' ? resolve(m) : reject(new Error(JSON.stringify(m)))));
@@ -123,6 +142,7 @@ try {
     await writeFile(file, model(seed));
     const rec = await manager.registry.add(file, { name: 'benchmodel' });
     manager.metrics.deliveryPhase.reset();
+    const profiler = process.env.PROFILE ? await startProfile() : null;
     const start = process.hrtime.bigint();
     const rollout = await manager.ops.deploy({
       model: 'benchmodel',
@@ -133,6 +153,7 @@ try {
     });
     const done = await manager.rollouts.settled(rollout.id);
     const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+    if (profiler) await profiler(join(process.env.PROFILE, `controller-${label}.cpuprofile`));
     const states = Object.values(done.devices).map((d) => d.state);
     const acknowledged = states.filter((s) => s === 'switched').length;
     const check = await verify('benchmodel', rec.version, rec.sha256);
@@ -164,7 +185,7 @@ try {
       bench: 'rollout',
       summary: `${DEVICES} devices, ${SIZE_MB} MB: group fan-out ${fan.seconds} s vs per-device unicast ${uni.seconds} s`,
       fanoutSpeedup: Number((uni.seconds / fan.seconds).toFixed(2)),
-      setup: { provisionS, connectS, layout: `controller+embedded broker in one process, ${WORKERS} device processes, one MQTT connection and credential per device` },
+      setup: { provisionS, connectS, layout: `controller+embedded broker in one process, ${WORKERS} device processes (libuv pool 64 each), one MQTT connection and credential per device` },
     }),
   );
 } finally {
