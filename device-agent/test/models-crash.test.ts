@@ -9,13 +9,15 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, readdir, rm, writeFile, cp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import pino from 'pino';
 import { sha256Hex } from '@edgefleet/protocol';
 import { createModelService } from '../src/models/index.js';
 import { allClose, linearModel, stageFile, testManifest } from '../../test/support/onnx-models.js';
 
-const DIST = fileURLToPath(new URL('../dist/src/models/index.js', import.meta.url));
+const DIST = pathToFileURL(fileURLToPath(new URL('../dist/src/models/index.js', import.meta.url))).href;
+const PINO = pathToFileURL(createRequire(import.meta.url).resolve('pino')).href;
 const logger = pino({ level: 'silent' });
 const v1 = linearModel({ seed: 101 });
 const v2 = linearModel({ seed: 202 });
@@ -23,7 +25,7 @@ const v2 = linearModel({ seed: 202 });
 /** The child: install v2 and activate it, SIGKILLing itself when the named step is reached. */
 const CHILD = `
 import { readFile } from 'node:fs/promises';
-import pino from 'pino';
+import pino from ${JSON.stringify(PINO)};
 import { createModelService } from ${JSON.stringify(DIST)};
 const [dataDir, manifestFile, stagedFile, crashAt] = process.argv.slice(2);
 const models = await createModelService({
@@ -39,7 +41,7 @@ console.log('completed');
 
 function run(script: string, args: string[]): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: fileURLToPath(new URL('.', import.meta.url)) });
+    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d));
@@ -76,11 +78,10 @@ describe('kill -9 during install and activation', () => {
     await models.install(testManifest('m', 1, v1.bytes), await stageFile(join(pristine, 'staging'), v1.bytes));
     await models.activate('m', 1);
     await models.close();
-    script = join(fileURLToPath(new URL('.', import.meta.url)), `.crash-child-${process.pid}.mjs`);
+    script = join(base, 'crash-child.mjs');
     await writeFile(script, CHILD);
   });
   afterAll(async () => {
-    await rm(script, { force: true });
     await rm(base, { recursive: true, force: true });
   });
 
