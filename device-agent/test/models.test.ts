@@ -274,6 +274,14 @@ describe('activation, rollback, removal', () => {
     const r = await inferLinear(models, 'm', x);
     expect(r.version).toBe(8);
     expect(allClose(r.outputs.y?.data as number[], v2.expected(x))).toBe(true);
+    // Failed versions below the active one were pruned; v1, kept for rollback, is described from its file.
+    expect(models.list()[0]?.versions).toEqual([1, 8]);
+    expect(models.describe('m', 1)).toEqual({
+      name: 'm',
+      version: 1,
+      inputs: [{ name: 'x', dtype: 'float32', shape: ['batch', 4] }],
+      outputs: [{ name: 'y', dtype: 'float32', shape: ['batch', 3] }],
+    });
     await models.close();
   });
 
