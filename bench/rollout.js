@@ -185,7 +185,7 @@ try {
       bench: 'rollout',
       summary: `${DEVICES} devices, ${SIZE_MB} MB: group fan-out ${fan.seconds} s vs per-device unicast ${uni.seconds} s`,
       fanoutSpeedup: Number((uni.seconds / fan.seconds).toFixed(2)),
-      setup: { provisionS, connectS, layout: `controller+embedded broker in one process, ${WORKERS} device processes (libuv pool 64 each), one MQTT connection and credential per device` },
+      setup: { provisionS, connectS, layout: `controller+embedded broker in one process, ${WORKERS} device processes (libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 64} each), one MQTT connection and credential per device` },
     }),
   );
 } finally {
