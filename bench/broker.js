@@ -8,7 +8,8 @@
  * process; both clients run in this one. Every message carries its sequence number and
  * the subscriber checks that each arrived exactly once before a run counts.
  *
- * Env: BENCH_QOS0 (default 100000), BENCH_QOS1 (50000), BENCH_ROUNDS (3), BENCH_PAYLOAD (256).
+ * Env: BENCH_QOS0 (default 100000), BENCH_QOS1 (50000), BENCH_ROUNDS (3), BENCH_PAYLOAD (256),
+ *      BENCH_ONLY (e.g. embedded,bare).
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -244,6 +245,9 @@ async function main() {
     mosquitto: 'max_queued_messages 1000000 (default 1000 drops QoS 1 from a fast publisher)',
   };
   const results = {};
+  // BENCH_ONLY=embedded,bare narrows the comparison (the summary then omits the missing ratios)
+  const only = process.env.BENCH_ONLY?.split(',');
+  if (only) brokers.splice(0, brokers.length, ...brokers.filter((b) => only.includes(b.name)));
   try {
     for (const b of brokers) for (const qos of [0, 1]) await measure(b, qos, WARMUP);
     for (let round = 0; round < ROUNDS; round++) {
