@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cleanupAgents, spawnAgent } from './support/agent-process.js';
+import { AGENT_BIN, cleanupAgents, spawnAgent } from './support/agent-process.js';
 import type { AgentProcess } from './support/agent-process.js';
 import { MANAGER_BIN, api, eventually, runCli, startManager } from './support/manager-process.js';
 import type { ManagerProcess } from './support/manager-process.js';
@@ -235,6 +235,32 @@ describe('provision → connect → deploy → infer → roll back', () => {
       return got.trim() === 'done' ? true : undefined;
     }, 20_000, 200);
     expect(await subExit).toBe(0);
+  });
+
+  it('prints a one-line start command that works as printed, and a removed device is cut off', async () => {
+    const added = (await runCli(m, ['devices', 'add', 'pi-2', '--json'])).json<{ token: string; commandInline: string }>();
+    expect(added.commandInline).toMatch(/^EDGEFLEET_TOKEN=\S+ deviceAgent --broker mqtt:\/\/\S+ --device pi-2 --fleet-public-key=\$'-----BEGIN PUBLIC KEY-----\\n/);
+    expect(added.commandInline).not.toContain('--token');
+    // Run it through a real shell, only pointing "deviceAgent" at the built bin and the broker at loopback.
+    const line = added.commandInline
+      .replace('deviceAgent', `'${process.execPath}' '${AGENT_BIN}' --data-dir '${join(work, 'agent-pi-2')}' --no-http`)
+      .replace(/--broker \S+/, `--broker ${m.broker}`);
+    const shell = spawn('bash', ['-c', line], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const shellExit = new Promise<number | null>((resolve) => shell.on('exit', (code) => resolve(code)));
+    try {
+      await eventually('pi-2 online', async () => ((await api<{ online: boolean }>(m, 'GET', '/api/devices/pi-2')).body.online ? true : undefined));
+      expect((await runCli(m, ['devices', 'remove', 'pi-2'])).code).toBe(0);
+      expect((await api(m, 'GET', '/api/devices/pi-2')).status).toBe(404);
+      // Its credential is gone: the broker dropped it and will not let it back in.
+      const status = await eventually('pi-2 stays out', async () => {
+        const list = (await api<{ id: string }[]>(m, 'GET', '/api/devices')).body;
+        return list.some((d) => d.id === 'pi-2') ? undefined : true;
+      });
+      expect(status).toBe(true);
+    } finally {
+      shell.kill('SIGKILL');
+      await shellExit;
+    }
   });
 
   it('stops cleanly on SIGTERM and withdraws its announcement', async () => {

@@ -63,6 +63,13 @@ export interface FleetOptions {
   logger: Logger;
   metrics?: Metrics;
   flushMs?: number;
+  /**
+   * Record devices that were never provisioned here when they show up (an external broker
+   * authenticates them itself). Off with the embedded broker: there only provisioned
+   * devices can connect, so a message from an unknown id is a stale retained message or
+   * the last will of a device just removed.
+   */
+  discover?: boolean;
 }
 
 export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
@@ -72,6 +79,9 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   readonly #log: Logger;
   readonly #metrics: Metrics | undefined;
   readonly #flushMs: number;
+  readonly #discover: boolean;
+  /** Devices removed by the operator: their last will and stale messages must not bring them back. */
+  readonly #removed = new Set<string>();
   #dirty = false;
   #flushTimer: NodeJS.Timeout | null = null;
   readonly #onMessage = (topic: string, payload: Buffer): void => this.handle(topic, payload);
@@ -84,6 +94,18 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     this.#log = opts.logger;
     this.#metrics = opts.metrics;
     this.#flushMs = opts.flushMs ?? 2000;
+    this.#discover = opts.discover ?? true;
+  }
+
+  /** The operator removed this device: forget what we know and ignore its last words. */
+  forgetDevice(device: string): void {
+    this.history.forget(device);
+    this.#removed.add(device);
+  }
+
+  /** The device was provisioned (again). */
+  admitDevice(device: string): void {
+    this.#removed.delete(device);
   }
 
   async start(): Promise<void> {
@@ -124,6 +146,10 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     if (channel !== 'status' && channel !== 'telemetry' && channel !== 'events') return;
     this.#metrics?.messages.inc({ channel });
     if (payload.length === 0) return; // a cleared retained message
+    if (this.#removed.has(device) || (!this.#discover && !this.#db.data.devices[device])) {
+      this.#log.debug({ device, channel }, 'ignored a message from a device that is not in the fleet');
+      return;
+    }
     try {
       if (channel === 'status') this.#onStatus(device, parseMessage(StatusMessageSchema, payload));
       else if (channel === 'telemetry') this.#onTelemetry(device, parseMessage(TelemetryMessageSchema, payload));

@@ -158,7 +158,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   log.info({ clientId }, 'Connected');
 
   const requester = await createRequester(client);
-  const fleet = new Fleet({ mqtt: client, db, logger: log.child({ component: 'fleet' }), metrics });
+  const fleet = new Fleet({ mqtt: client, db, logger: log.child({ component: 'fleet' }), metrics, discover: broker === null });
   await fleet.start();
   const registry = createRegistry(db, dataDir);
   const timeoutMs = options.requestTimeoutMs ?? 10_000;
@@ -314,13 +314,14 @@ function createOperations(ctx: {
         if (error instanceof TypeError) throw new FleetError('invalid_params', error.message);
         throw error;
       }
+      fleet.admitDevice(args.id);
       await audit({ actor: args.actor, action: 'device.add', target: args.id, result: 'ok', detail: { groups: result.device.groups } });
       return result;
     },
     async removeDevice(args: { id: string; actor: string }) {
       device(args.id);
       delete db.data.devices[args.id];
-      fleet.history.forget(args.id);
+      fleet.forgetDevice(args.id);
       await audit({ actor: args.actor, action: 'device.remove', target: args.id, result: 'ok' });
       // Its credential is gone: disconnect it now and clear its retained presence.
       const aedesClients = (ctx.broker?.aedes as unknown as { clients?: Record<string, { close(): void } | undefined> } | undefined)?.clients;

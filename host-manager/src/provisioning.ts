@@ -152,7 +152,8 @@ export async function provisionDevice(
     config,
     command: `deviceAgent --config /etc/edgefleet/${id}.json`,
     commandInline:
-      `deviceAgent --broker ${args.brokerUrl} --device ${id} --token ${token} --fleet-public-key ${keyInline}${groupsFlag}` +
+      // The token goes in the environment, not a flag: flags are visible to every user in `ps`.
+      `EDGEFLEET_TOKEN=${token} deviceAgent --broker ${args.brokerUrl} --device ${id} --fleet-public-key=${keyInline}${groupsFlag}` +
       (args.legacyTopic ? ` --legacy-topic ${args.legacyTopic}` : ''),
   };
 }
