@@ -65,7 +65,8 @@ if (!isMainThread) {
 } else if (process.argv[2] === '--serve-bare') {
   const { Aedes } = await import('aedes');
   const aedes = await Aedes.createBroker();
-  const server = createServer(aedes.handle);
+  // the same TCP_NODELAY the embedded broker sets on its sockets, so only hooks and the guard differ
+  const server = createServer({ noDelay: true }, aedes.handle);
   server.listen(0, '127.0.0.1', () => {
     process.stdout.write(`${JSON.stringify({ url: `mqtt://127.0.0.1:${server.address().port}` })}\n`);
   });
@@ -125,7 +126,7 @@ async function startBrokers(dir) {
   const conf = join(dir, 'mosquitto.conf');
   // max_queued_messages: the default (1000) makes Mosquitto drop QoS 1 messages from a fast
   // publisher once the subscriber's queue is full; raised so every message is delivered and counted.
-  writeFileSync(conf, [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'max_queued_messages 1000000', 'persistence false', 'log_dest stderr', 'log_type error', ''].join('\n'));
+  writeFileSync(conf, [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'max_queued_messages 1000000', 'set_tcp_nodelay true', 'persistence false', 'log_dest stderr', 'log_type error', ''].join('\n'));
   const mosquittoProc = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', 'ignore', 'inherit'] });
   const [embedded, bare] = await Promise.all([firstLine(embeddedProc, 'embedded broker'), firstLine(bareProc, 'bare Aedes')]);
   await waitForPort(port, 10_000);
@@ -242,7 +243,8 @@ async function main() {
     warmupMessages: WARMUP,
     cpus: cpus().length,
     node: process.version,
-    mosquitto: 'max_queued_messages 1000000 (default 1000 drops QoS 1 from a fast publisher)',
+    mosquitto: 'max_queued_messages 1000000 (default 1000 drops QoS 1 from a fast publisher), set_tcp_nodelay true',
+    tcpNoDelay: 'on for all three brokers (the embedded broker sets it for request/reply latency)',
   };
   const results = {};
   // BENCH_ONLY=embedded,bare narrows the comparison (the summary then omits the missing ratios)
