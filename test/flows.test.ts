@@ -184,6 +184,18 @@ describe('provision → connect → deploy → infer → roll back', () => {
     expect(devices.map((d) => d.id)).toEqual(['pi-1']);
     const models = (await runCli(m, ['models', 'list', '--json'])).json<{ version: number }[]>();
     expect(models.map((v) => v.version)).toEqual([1, 2, 3]);
+
+    // A model can also be added from a path on the controller's host (JSON); a missing file is a 404.
+    expect((await api(m, 'POST', '/api/models', { path: join(work, 'nope.onnx'), name: 'byPath' })).status).toBe(404);
+    const notOnnx = await api<{ error: { code: string } }>(m, 'POST', '/api/models', { path: join(work, 'input.json'), name: 'byPath' });
+    expect(notOnnx.status).toBe(400);
+    const byPath = await api<{ name: string; version: number; sha256: string }>(m, 'POST', '/api/models', { path: join(work, 'lin-v1.onnx'), name: 'byPath', lineage: { notes: 'from a path' } });
+    expect(byPath.status).toBe(201);
+    expect(byPath.body).toMatchObject({ name: 'byPath', version: 1 });
+    const shown = await api<{ lineage: { notes: string }; versions: number[] }>(m, 'GET', '/api/models/byPath');
+    expect(shown.body).toMatchObject({ lineage: { notes: 'from a path' }, versions: [1] });
+    expect((await runCli(m, ['models', 'remove', 'byPath@1'])).code).toBe(0);
+    expect((await api(m, 'GET', '/api/models/byPath')).status).toBe(404);
   });
 
   it('serves health, Prometheus metrics, the dashboard and the live feed', async () => {

@@ -56,6 +56,9 @@ const STATUS_OF: Partial<Record<ErrorCode, number>> = {
   incompatible: 422,
   deadline_exceeded: 504,
   unavailable: 503,
+  not_onnx: 400,
+  too_long: 413,
+  disk_full: 507,
 };
 
 const TargetSchema = z
