@@ -319,7 +319,12 @@ export class Rollouts {
         return;
       case 'finish':
         r.status = step.status;
-        r.reason = step.status === 'failed' && r.reason ? `${r.reason}` + (r.policy.rollbackOnFailure ? '; switched devices rolled back' : '') : step.reason;
+        if (step.status === 'failed' && r.reason) {
+          const rolledBack = Object.values(r.devices).filter((d) => d.state === 'rolled-back').length;
+          if (rolledBack > 0) r.reason += `; ${rolledBack} switched device(s) rolled back`;
+        } else {
+          r.reason = step.reason;
+        }
         r.finishedAt = now.toISOString();
         appendAudit(this.#db.data, { actor: 'controller', action: `rollout.${step.status}`, target: r.id, result: step.status === 'succeeded' ? 'ok' : 'error', detail: { reason: r.reason } });
         this.#log.info({ rollout: r.id, status: r.status, reason: r.reason }, 'rollout finished');
