@@ -7,7 +7,7 @@ export default {
   testEnvironment: '<rootDir>/test/support/jest-environment.cjs',
   extensionsToTreatAsEsm: ['.ts'],
   transform: {
-    '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: { isolatedModules: true, module: 'ESNext', target: 'ES2022', moduleResolution: 'Bundler', verbatimModuleSyntax: false } }],
+    '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: { isolatedModules: true, esModuleInterop: true, module: 'ESNext', target: 'ES2022', moduleResolution: 'Bundler', verbatimModuleSyntax: false } }],
   },
   moduleNameMapper: { '^(\\.{1,2}/.*)\\.js$': '$1' },
   testMatch: ['<rootDir>/**/test/**/*.test.ts'],
