@@ -4,7 +4,7 @@
  * configuration.
  */
 import { describe, it, expect, beforeAll, afterAll } from '@jest/globals';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import type { MqttClient } from 'mqtt';
 import { ReplySchema, StatusMessageSchema, makeRequest, topics } from '@edgefleet/protocol';
 import type { Reply } from '@edgefleet/protocol';
@@ -19,6 +19,7 @@ const OPERATOR = { id: 'op', token: 'operator-token-1' };
 const D1 = { id: 'pi-001', token: 'device-token-1', groups: ['kitchen'] };
 const D2 = { id: 'pi-002', token: 'device-token-2', groups: ['kitchen'] };
 const D3 = { id: 'jetson-003', token: 'device-token-3', groups: [] };
+const D4 = { id: 'jetson-004', token: 'device-token-4', groups: [] };
 
 let broker: RunningBroker;
 let operator: MqttClient;
@@ -29,7 +30,7 @@ let a2: AgentProcess | undefined;
 const replies: { device: string; reply: Reply }[] = [];
 
 beforeAll(async () => {
-  broker = await startTestBroker({ devices: [D1, D2, D3], operators: [OPERATOR] });
+  broker = await startTestBroker({ devices: [D1, D2, D3, D4], operators: [OPERATOR] });
   operator = await connectOperator(broker.url, OPERATOR);
   watcher = await watchStatus(operator);
   requester = await createRequester(operator);
@@ -82,6 +83,32 @@ describe('device agent process', () => {
       expect(typeof status.device.docker).toBe('boolean');
     } finally {
       await late.endAsync();
+    }
+  });
+
+  it('reports whether a Docker engine answers: the real engine (CI starts dockerd), then a socket that is not there', async () => {
+    // The engine must be up for this test: `.ci/run` starts dockerd and waits for `docker info`.
+    const engine = spawnSync('docker', ['info', '--format', '{{.ServerVersion}}'], { encoding: 'utf8' });
+    expect(engine.status).toBe(0);
+    // the agent pings the engine while it starts and republishes its status when the answer differs
+    const announced = async (device: string, docker: boolean): Promise<boolean> => {
+      for (const deadline = Date.now() + 5000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
+        if (watcher.history.get(device)?.some((m) => m.online && m.device.docker === docker)) return true;
+      }
+      return false;
+    };
+    expect(await announced(D1.id, true)).toBe(true);
+    expect((await requester.request(D1.id, 'info', {})).docker).toBe(true);
+
+    const seen = watcher.history.get(D4.id)?.length ?? 0;
+    const noEngine = await startAgent({ broker: broker.url, ...D4, env: { DOCKER_HOST: 'unix:///nonexistent/docker.sock' } }, watcher);
+    try {
+      expect((await requester.request(D4.id, 'info', {})).docker).toBe(false);
+      const first = await watcher.waitFor(D4.id, true, 5000, seen);
+      expect(first.online && first.device.docker).toBe(false);
+      expect(watcher.history.get(D4.id)?.some((m) => m.online && m.device.docker)).toBe(false);
+    } finally {
+      await cleanupAgents(noEngine);
     }
   });
 
