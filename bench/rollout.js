@@ -15,7 +15,8 @@
  *   unicast  target all, every chunk published to each device (the baseline)
  * Published anchor: Greengrass notifies at most 1,000 devices per minute.
  *
- * Env: DEVICES (1000), WORKERS (4), SIZE_MB (1), CHUNK_KB (256: the transfer default).
+ * Env: DEVICES (1000), WORKERS (4), SIZE_MB (1), CHUNK_KB (256: the transfer default),
+ * DEVICE_DATA_ROOT (where the simulated devices keep their files; default the temp dir).
  */
 import { fork } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -113,7 +114,7 @@ try {
           broker: manager.brokerUrl,
           group: GROUP,
           publicKeyPem: manager.keys.publicKeyPem,
-          dataRoot: join(work, `devices-${w}`),
+          dataRoot: join(process.env.DEVICE_DATA_ROOT ?? work, `devices-${w}`),
         });
       });
     }),
@@ -185,7 +186,7 @@ try {
       bench: 'rollout',
       summary: `${DEVICES} devices, ${SIZE_MB} MB: group fan-out ${fan.seconds} s vs per-device unicast ${uni.seconds} s`,
       fanoutSpeedup: Number((uni.seconds / fan.seconds).toFixed(2)),
-      setup: { provisionS, connectS, layout: `controller+embedded broker in one process, ${WORKERS} device processes (libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 64} each), one MQTT connection and credential per device` },
+      setup: { provisionS, connectS, layout: `controller+embedded broker in one process, ${WORKERS} device processes (libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 64} each), one MQTT connection and credential per device`, deviceDataRoot: process.env.DEVICE_DATA_ROOT ?? 'temp dir (disk)' },
     }),
   );
 } finally {
@@ -202,4 +203,5 @@ try {
   );
   await manager.close();
   await rm(work, { recursive: true, force: true });
+  if (process.env.DEVICE_DATA_ROOT) for (let w = 0; w < WORKERS; w++) await rm(join(process.env.DEVICE_DATA_ROOT, `devices-${w}`), { recursive: true, force: true });
 }
