@@ -92,6 +92,7 @@ const schemas = {
     .strict(),
   exec: z.object({ to: TargetSchema, command: z.string().min(1), via: z.enum(['command', 'topic']).optional() }).strict(),
   rollback: z.object({ rollout: z.string().min(1).optional() }).strict(),
+  enrol: z.object({ id: z.string().min(1).max(64) }).strict(),
 };
 
 function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.output<S> {
@@ -161,6 +162,13 @@ export async function startApi(opts: {
   };
 
   route('GET', '/health', () => ops.health(), { auth: false });
+  // Enrolment: authenticated by the fleet provisioning key instead of the operator token (404 when off).
+  route('POST', '/enrol', async (req, _p, c) => {
+    const body = parseBody(schemas.enrol, await c.body());
+    const result = await ops.enrol({ id: body.id, key: bearer(req) });
+    if (!result) throw new ApiError(401, 'unauthorized', 'wrong or missing provisioning key: send Authorization: Bearer <enrolment key>');
+    return result;
+  }, { auth: false, created: true });
   route('GET', '/api/devices', () => ops.listDevices());
   route('POST', '/api/devices', async (_req, _p, c) => {
     const body = parseBody(schemas.addDevice, await c.body());

@@ -228,6 +228,8 @@ export async function runCli(argv: readonly string[], io: CliIO = processIO, opt
           .option('advertise', { type: 'string', describe: 'broker URL devices are told to use (default: this host\'s address)' })
           .option('log-level', { type: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] })
           .option('console', { type: 'boolean', describe: 'interactive console (default: when stdin is a terminal)' })
+          .option('enrolment', { type: 'boolean', default: false, describe: 'let new devices exchange the fleet provisioning key for their own credential (POST /enrol)' })
+          .option('enrolment-group', { type: 'string', array: true, default: [], describe: 'group(s) enrolled devices join' })
           .option('request-timeout', { type: 'number', default: 10_000, describe: 'ms to wait for a device to answer a command' }),
       async (a) => {
         if (opts.inConsole) {

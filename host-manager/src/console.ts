@@ -36,6 +36,8 @@ export interface ControllerArgs {
   'log-level'?: string;
   console?: boolean;
   'request-timeout'?: number;
+  enrolment?: boolean;
+  'enrolment-group'?: string[];
 }
 
 /** Splits a typed line into words, honouring double and single quotes. */
@@ -74,6 +76,7 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
       advertiseUrl: args.advertise,
       logger,
       requestTimeoutMs: args['request-timeout'] ?? 10_000,
+      enrolment: args.enrolment ? { groups: (args['enrolment-group'] ?? []).flatMap((g) => g.split(',')).filter(Boolean) } : false,
     });
   } catch (error) {
     io.err(`hostManager: ${(error as Error).message}`);
@@ -85,6 +88,12 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
     io.out(
       `Operator token (shown once; the local CLI reads it from ${operatorTokenPath(manager.dataDir)}, mode 0600):\n  ${manager.operator.token}`,
     );
+  }
+  if (manager.enrolment?.created) {
+    io.out(`Fleet provisioning key (shown once; also in ${join(manager.dataDir, 'enrolment.key')}, mode 0600):\n  ${manager.enrolment.key}`);
+  }
+  if (manager.enrolment) {
+    io.out(`Enrolment is on: a new device runs  curl -s -X POST -H 'Authorization: Bearer <key>' -H 'content-type: application/json' -d '{"id":"<id>"}' ${manager.url}/enrol`);
   }
   io.out(`API and dashboard at ${manager.url}  (devices connect to ${manager.advertisedBrokerUrl})`);
 

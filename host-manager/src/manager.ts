@@ -30,7 +30,8 @@ import { createMetrics } from './metrics.js';
 import type { Metrics } from './metrics.js';
 import { Rollouts } from './rollout.js';
 import type { CreateRolloutInput, DeliverFn, RollbackFn } from './rollout.js';
-import { ensureOperator, provisionDevice, stateCredentials, DEFAULT_OPERATOR } from './provisioning.js';
+import { ensureEnrolmentKey, ensureOperator, provisionDevice, stateCredentials, DEFAULT_OPERATOR } from './provisioning.js';
+import { verifySecretAsync } from '@edgefleet/broker';
 import type { ProvisionResult } from './provisioning.js';
 import { makeDeliver, makeRollback } from './delivery.js';
 import { startApi } from './api.js';
@@ -69,6 +70,8 @@ export interface ManagerOptions {
   tickMs?: number;
   /** Default request timeout in ms for commands sent to devices. */
   requestTimeoutMs?: number;
+  /** Enrolment with a fleet provisioning key (POST /enrol); off by default. Enrolled devices join `groups`. */
+  enrolment?: { groups?: string[] } | false;
   /** Transfer tuning passed to deliverModel. */
   chunkSize?: number;
   window?: number;
@@ -84,6 +87,8 @@ export interface Manager {
   advertisedBrokerUrl: string;
   broker: RunningBroker | null;
   operator: { id: string; token: string; created: boolean };
+  /** The provisioning key when enrolment is on (`created`: made now, print it once). */
+  enrolment: { key: string; created: boolean } | null;
   keys: FleetKeys;
   db: FleetDb;
   fleet: Fleet;
@@ -115,6 +120,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const db = await openState(join(dataDir, 'state.json'));
   const keys = await loadOrCreateFleetKeys(dataDir);
   const operator = await ensureOperator(db, dataDir, options.operatorId ?? DEFAULT_OPERATOR);
+  const enrolment = options.enrolment ? await ensureEnrolmentKey(db, dataDir, options.enrolment.groups ?? []) : null;
   const legacyTopic = options.legacyTopic ?? 'hello';
   const metrics = createMetrics();
 
@@ -174,7 +180,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   });
   const rollback: RollbackFn = makeRollback({ requester, registry, keys, timeoutMs });
   const rollouts = new Rollouts({ db, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
-  const ops = createOperations({ db, fleet, registry, rollouts, requester, client, keys, log, legacyTopic, advertised, broker, dataDir, timeoutMs });
+  const ops = createOperations({ db, fleet, registry, rollouts, requester, client, keys, log, legacyTopic, advertised, broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null });
 
   const api = await startApi({
     ops,
@@ -201,6 +207,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     advertisedBrokerUrl: advertised,
     broker,
     operator,
+    enrolment,
     keys,
     db,
     fleet,
@@ -257,6 +264,7 @@ function createOperations(ctx: {
   broker: RunningBroker | null;
   dataDir: string;
   timeoutMs: number;
+  enrolmentOn: boolean;
 }) {
   const { db, fleet, registry, rollouts, requester } = ctx;
 
@@ -316,6 +324,36 @@ function createOperations(ctx: {
       }
       fleet.admitDevice(args.id);
       await audit({ actor: args.actor, action: 'device.add', target: args.id, result: 'ok', detail: { groups: result.device.groups } });
+      return result;
+    },
+    /**
+     * A new device exchanges the fleet provisioning key for its own credential.
+     * Returns undefined when the key is wrong (the API answers 401 without saying more).
+     */
+    async enrol(args: { id: string; key: string | undefined }): Promise<ProvisionResult | undefined> {
+      const enrolment = db.data.enrolment;
+      if (!ctx.enrolmentOn || !enrolment) throw new FleetError('not_found', 'enrolment is off on this controller; ask the operator to provision the device (devices add)');
+      if (!args.key || args.key.length > 512 || !(await verifySecretAsync(args.key, enrolment.keyHash))) {
+        appendAudit(db.data, { actor: 'enrolment', action: 'device.enrol', target: args.id, result: 'error', detail: { reason: 'wrong provisioning key' } });
+        await db.write();
+        return undefined;
+      }
+      let result: ProvisionResult;
+      try {
+        result = await provisionDevice(db, {
+          id: args.id,
+          groups: enrolment.groups,
+          brokerUrl: ctx.advertised,
+          fleetPublicKeyPem: ctx.keys.publicKeyPem,
+          legacyTopic: ctx.legacyTopic || undefined,
+        });
+      } catch (error) {
+        if (error instanceof TypeError) throw new FleetError('invalid_params', error.message);
+        throw error;
+      }
+      result.device.enrolled = true;
+      fleet.admitDevice(args.id);
+      await audit({ actor: 'enrolment', action: 'device.enrol', target: args.id, result: 'ok', detail: { groups: result.device.groups } });
       return result;
     },
     async removeDevice(args: { id: string; actor: string }) {

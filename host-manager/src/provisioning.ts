@@ -11,6 +11,7 @@ import { FleetError, assertName } from '@edgefleet/protocol';
 import type { DeviceRecord, FleetDb } from './state.js';
 
 export const OPERATOR_TOKEN_FILE = 'operator.token';
+export const ENROLMENT_KEY_FILE = 'enrolment.key';
 export const DEFAULT_OPERATOR = 'admin';
 
 /** 32 random bytes, base64url: the form of every token this controller creates. */
@@ -58,6 +59,31 @@ export async function ensureOperator(db: FleetDb, dataDir: string, id = DEFAULT_
   await writeSecretFile(operatorTokenPath(dataDir), token);
   await db.write();
   return { id, token, created: true };
+}
+
+/**
+ * The fleet provisioning key a new device exchanges for its own credential
+ * (POST /enrol). Created on first use like the operator token: the key in
+ * `<dataDir>/enrolment.key` (0600) and returned once; only its hash in the state.
+ * Devices enrolled with it join `groups`.
+ */
+export async function ensureEnrolmentKey(db: FleetDb, dataDir: string, groups: string[] = []): Promise<{ key: string; created: boolean }> {
+  for (const g of groups) assertName('group', g);
+  const file = join(dataDir, ENROLMENT_KEY_FILE);
+  const onDisk = await readFile(file, 'utf8').then((t) => t.trim(), () => undefined);
+  const existing = db.data.enrolment;
+  if (existing && onDisk && (await verifySecretAsync(onDisk, existing.keyHash))) {
+    if (groups.length > 0 && groups.join(',') !== existing.groups.join(',')) {
+      existing.groups = [...groups];
+      await db.write();
+    }
+    return { key: onDisk, created: false };
+  }
+  const key = newToken();
+  db.data.enrolment = { keyHash: hashSecret(key), createdAt: new Date().toISOString(), groups: [...groups] };
+  await writeSecretFile(file, key);
+  await db.write();
+  return { key, created: true };
 }
 
 /**

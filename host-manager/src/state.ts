@@ -26,6 +26,8 @@ export interface DeviceRecord {
   offlineReason?: string | null;
   /** False for a device the controller saw on an external broker without provisioning it. */
   provisioned?: boolean;
+  /** Provisioned by itself with the fleet provisioning key (POST /enrol). */
+  enrolled?: boolean;
 }
 
 export interface ModelVersionRecord {
@@ -175,6 +177,8 @@ export interface FleetState {
   models: Record<string, ModelVersionRecord[]>;
   rollouts: Record<string, RolloutRecord>;
   operators: Record<string, OperatorRecord>;
+  /** Enrolment with the fleet provisioning key (off unless the controller runs with --enrolment). */
+  enrolment?: { keyHash: string; createdAt: string; groups: string[] };
   /** Newest last; capped at AUDIT_LIMIT entries (oldest dropped). */
   audit: AuditEntry[];
 }
