@@ -206,6 +206,10 @@ describe('provision → connect → deploy → infer → roll back', () => {
     expect(metrics).toMatch(/edgefleet_messages_total\{channel="telemetry"\} \d+/);
     const page = await (await fetch(`${m.url}/`)).text();
     expect(page).toContain('<title>edgefleet</title>');
+    // The page's script at least parses (no browser here to run it; the feed it reads is checked below).
+    const script = page.split('<script>')[1]!.split('</script>')[0]!;
+    expect(() => new Function(script)).not.toThrow();
+    expect(page).not.toContain(m.token);
 
     const { WebSocket } = await import('ws');
     const ws = new WebSocket(`${m.url.replace('http', 'ws')}/ws`);
