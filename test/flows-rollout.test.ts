@@ -131,7 +131,8 @@ describe('a model that answers, but slowly', () => {
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'slow-'));
     await writeFile(join(work, 'fast.onnx'), slowModel({ matmuls: 1, size: 256 }).bytes);
-    await writeFile(join(work, 'slow.onnx'), slowModel({ matmuls: 400, size: 256 }).bytes);
+    // 1,500 chained MatMuls: slow enough that a loaded machine's noise in the baseline cannot mask it (400 could)
+    await writeFile(join(work, 'slow.onnx'), slowModel({ matmuls: 1500, size: 256 }).bytes);
     m = await startManager();
     agents = await provision(m, ['lat-1', 'lat-2'], 'lat');
   });
