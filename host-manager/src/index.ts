@@ -4,8 +4,6 @@ export { createRequester, DEFAULT_TIMEOUT_MS } from './requester.js';
 export type { Requester, RequestFn } from './requester.js';
 export { loadOrCreateFleetKeys, fleetKeyPaths } from './keys.js';
 export type { FleetKeys } from './keys.js';
-export { readOnnxMetadata } from './onnx-meta.js';
-export type { OnnxMetadata } from './onnx-meta.js';
 export { createRegistry, checkCompatibility, compareVersions, minOnnxruntimeForOpset, estimatedMemoryBytes, hashFile } from './registry.js';
 export type { Registry, AddOptions, AddedModel } from './registry.js';
 export { deliverModel, transferIdFor, hashChunks, buildManifest, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW, DEFAULT_EXPIRY_MS, DEFAULT_DEADLINE_MS } from './transfer.js';

@@ -11,7 +11,7 @@ import { join, relative, resolve, sep } from 'node:path';
 import { FleetError, ProcessingSchema, assertName, chunkHashes, sha256Hex } from '@edgefleet/protocol';
 import type { DeviceInfo, Processing } from '@edgefleet/protocol';
 import type { FleetDb, FleetState, ModelVersionRecord } from './state.js';
-import { readOnnxMetadata } from './onnx-meta.js';
+import { readOnnxMetadata } from '@edgefleet/onnx';
 import { DEFAULT_CHUNK_SIZE, writeChunkTable } from './chunk-table.js';
 
 export interface AddOptions {

@@ -8,7 +8,7 @@ import type { DeviceInfo } from '@edgefleet/protocol';
 import { openState } from '../src/state.js';
 import { checkCompatibility, compareVersions, createRegistry, minOnnxruntimeForOpset } from '../src/registry.js';
 import { loadOrCreateFleetKeys, fleetKeyPaths } from '../src/keys.js';
-import { readOnnxMetadata } from '../src/onnx-meta.js';
+import { readOnnxMetadata } from '@edgefleet/onnx';
 import { linearModel, multiInputModel, opsetModel } from '../../test/support/onnx-models.js';
 
 let dir: string;

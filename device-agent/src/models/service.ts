@@ -27,10 +27,10 @@ import type {
   TensorInfo,
 } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
+import { readOnnxMetadata } from '@edgefleet/onnx';
 import { checkProcessing, postprocess, preprocess } from '../processing/index.js';
 import type { RawInput } from '../processing/index.js';
 import { HealthCounters } from './health.js';
-import { inspectOnnx } from './onnx-file.js';
 import { ModelStore } from './store.js';
 import type { StepHook } from './store.js';
 import { decodeInputs, encodeTensor, tensorInfo, zerosFor } from './tensors.js';
@@ -298,7 +298,7 @@ class OnnxModelService implements ModelService {
       if (sha256 !== manifest.sha256) {
         throw new FleetError('corrupt_chunk', `${name}@${version} has sha256 ${sha256}, the manifest says ${manifest.sha256}; send it again`);
       }
-      const onnxInfo = inspectOnnx(bytes, `${name}@${version}`);
+      const onnxInfo = readOnnxMetadata(bytes, `${name}@${version}`);
       const existing = this.store.get(name, version);
       if (existing) {
         if (existing.info.sha256 === sha256) {
@@ -494,7 +494,7 @@ class OnnxModelService implements ModelService {
     } catch {
       throw new FleetError('not_found', `${key}: its model file is missing from the store; send it again`);
     }
-    inspectOnnx(bytes, key);
+    readOnnxMetadata(bytes, key);
     let session: ort.InferenceSession;
     const loadStart = performance.now();
     try {

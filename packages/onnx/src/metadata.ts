@@ -1,5 +1,5 @@
 /**
- * What the registry reads from an ONNX file: inputs, outputs (names, dtypes,
+ * What the registry and the agent read from an ONNX file: inputs, outputs (names, dtypes,
  * shapes with symbolic dimensions) and the opset. Anything that does not parse
  * as a ModelProto with a graph is refused as 'not_onnx'.
  */
@@ -56,7 +56,7 @@ function tensorInfo(v: onnxProto.onnx.IValueInfoProto): TensorInfo {
 
 export function readOnnxMetadata(bytes: Uint8Array, label = 'the file'): OnnxMetadata {
   const notOnnx = (why: string): FleetError =>
-    new FleetError('not_onnx', `${label} is not an ONNX model (${why}); export the model to .onnx and add that file`);
+    new FleetError('not_onnx', `${label} is not an ONNX model (${why}); export the model to .onnx and send that file`);
   if (bytes.length === 0) throw notOnnx('it is empty');
   let model: onnxProto.onnx.ModelProto;
   try {

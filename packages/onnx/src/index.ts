@@ -1,0 +1,2 @@
+export { readOnnxMetadata } from './metadata.js';
+export type { OnnxMetadata } from './metadata.js';
