@@ -14,11 +14,13 @@ export const DASHBOARD_HTML = `<!doctype html>
  h1{font-size:1.3rem} h2{font-size:1.05rem;margin-top:1.5rem}
  table{border-collapse:collapse;width:100%} th,td{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #ddd}
  .on{color:#080;font-weight:600} .off{color:#a00} .muted{color:#777}
+ .err{color:#a00;font-weight:600}
  #login{margin:1rem 0} #status{float:right}
 </style>
 </head>
 <body>
 <h1>edgefleet <span id="status" class="muted">disconnected</span></h1>
+<p id="error" class="err" role="alert" hidden></p>
 <form id="login" hidden><label>Operator token <input id="token" type="password" size="50" autocomplete="off"></label> <button>Connect</button></form>
 <h2>Devices <span id="count" class="muted"></span></h2>
 <table><thead><tr><th>device</th><th>state</th><th>groups</th><th>models</th><th>cpu</th><th>memory</th><th>temp</th><th>last seen</th></tr></thead><tbody id="devices"></tbody></table>
@@ -46,10 +48,11 @@ function render() {
 }
 function connect(token) {
   const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
+  $('status').textContent = 'connecting'; $('status').className = 'muted';
   ws.onopen = () => ws.send(JSON.stringify({ token }));
   ws.onmessage = (m) => {
     const e = JSON.parse(m.data);
-    $('status').textContent = 'live';
+    $('status').textContent = 'live'; $('status').className = 'on'; $('error').hidden = true;
     if (e.type === 'snapshot') { devices.clear(); rollouts.clear(); e.devices.forEach((d) => devices.set(d.id, d)); e.rollouts.forEach((r) => rollouts.set(r.id, r)); }
     else if (e.type === 'device') devices.set(e.device, Object.assign(devices.get(e.device) || {}, e.record));
     else if (e.type === 'telemetry') { const d = devices.get(e.device); if (d) d.telemetry = e.sample; }
@@ -57,8 +60,13 @@ function connect(token) {
     render();
   };
   ws.onclose = (e) => {
-    $('status').textContent = e.code === 4401 ? 'wrong token' : 'disconnected';
-    if (e.code === 4401) { sessionStorage.removeItem('edgefleet-token'); $('login').hidden = false; }
+    $('status').textContent = e.code === 4401 ? 'wrong token' : 'disconnected'; $('status').className = 'err';
+    if (e.code === 4401) {
+      sessionStorage.removeItem('edgefleet-token'); $('login').hidden = false;
+      devices.clear(); rollouts.clear(); render(); $('count').textContent = '';
+      $('error').textContent = 'Wrong operator token: the controller refused it. Paste the token from <data dir>/operator.token on the controller.';
+      $('error').hidden = false; $('token').select();
+    }
     else setTimeout(() => connect(token), 2000);
   };
 }
