@@ -92,6 +92,19 @@ const schemas = {
     .strict(),
   exec: z.object({ to: TargetSchema, command: z.string().min(1), via: z.enum(['command', 'topic']).optional() }).strict(),
   rollback: z.object({ rollout: z.string().min(1).optional() }).strict(),
+  sshDeliver: z
+    .object({
+      model: NameSchema,
+      version: VersionSchema.optional(),
+      host: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$|^[0-9A-Fa-f:.]{2,45}$/, 'expected a host name, an IPv4 or an IPv6 address (without brackets)'),
+      port: z.number().int().min(1).max(65535).optional(),
+      username: z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$/, 'expected a user name of letters, digits, ".", "_" or "-"'),
+      /** A private key file on the controller host (absolute). The key itself is never sent. */
+      keyPath: z.string().min(1).max(4096),
+      remotePath: z.string().min(1).max(4096).optional(),
+      hostKeyFingerprint: z.string().regex(/^SHA256:[A-Za-z0-9+/]{43}$/, 'expected SHA256:<43 base64 characters>, as `ssh-keygen -lf <host key>.pub` prints it').optional(),
+    })
+    .strict(),
   enrol: z.object({ id: z.string().min(1).max(64) }).strict(),
 };
 
@@ -196,6 +209,17 @@ export async function startApi(opts: {
   route('GET', '/api/models/:name', (_r, p) => ops.showModel(p['name']!));
   route('GET', '/api/models/:name/:version', (_r, p) => ops.showModel(p['name']!, version(p['version'])));
   route('DELETE', '/api/models/:name/:version', (_r, p, c) => ops.removeModel({ name: p['name']!, version: version(p['version']), actor: c.actor }));
+  route('POST', '/api/deliveries/ssh', async (_r, _p, c) => {
+    const { version: v, port, remotePath, hostKeyFingerprint, ...body } = parseBody(schemas.sshDeliver, await c.body());
+    return ops.deliverSsh({
+      ...body,
+      ...(v !== undefined ? { version: v } : {}),
+      ...(port !== undefined ? { port } : {}),
+      ...(remotePath !== undefined ? { remotePath } : {}),
+      ...(hostKeyFingerprint !== undefined ? { hostKeyFingerprint } : {}),
+      actor: c.actor,
+    });
+  });
   route('GET', '/api/rollouts', () => ops.listRollouts().map(summarize));
   route('POST', '/api/rollouts', async (_r, _p, c) => {
     const body = parseBody(schemas.deploy, await c.body());

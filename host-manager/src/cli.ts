@@ -62,6 +62,22 @@ export function parseModelRef(text: string): { model: string; version?: number }
 
 class UsageError extends Error {}
 
+/** `user@host`, `user@host:2222`, `user@[fe80::1]:2222` → its parts (for `deploy --via ssh`). */
+export function parseSshTarget(text: string): { username: string; host: string; port?: number } {
+  const m = /^([^@\s]+)@(?:\[([0-9A-Fa-f:.]+)\]|([^:@\s[\]]+))(?::(\d{1,5}))?$/.exec(text);
+  const port = m?.[4] === undefined ? undefined : Number(m[4]);
+  if (!m || (port !== undefined && (port < 1 || port > 65535))) {
+    throw new UsageError(`"${text}" is not an SSH target; with --via ssh, --to takes USER@HOST[:PORT] (IPv6: USER@[ADDR]:PORT)`);
+  }
+  return { username: m[1]!, host: (m[2] ?? m[3])!, ...(port !== undefined ? { port } : {}) };
+}
+
+/** Flags that only make sense for a rollout over MQTT. */
+const ROLLOUT_ONLY_FLAGS = ['waves', 'canary', 'max-failures', 'soak', 'max-latency-ratio', 'max-error-rate', 'min-requests', 'offline-deadline'] as const;
+const SSH_ONLY_FLAGS = ['ssh-key', 'remote-path', 'host-key'] as const;
+/** An SSH copy of a large model over a slow link can take long; the controller answers when it is verified. */
+const SSH_DELIVERY_TIMEOUT_MS = 3_600_000;
+
 interface Common {
   url?: string;
   token?: string;
@@ -129,6 +145,27 @@ export async function runCli(argv: readonly string[], io: CliIO = processIO, opt
     client = createClient(conn.url, conn.token);
     return client;
   }
+
+  /** `deploy --via ssh`: the controller copies the registry blob to the device and checks its sha256 there. */
+  const deployViaSsh = async (a: Record<string, unknown> & Common, ref: string): Promise<{ json: unknown; text?: string; code?: number }> => {
+    for (const flag of [...ROLLOUT_ONLY_FLAGS, 'wait']) {
+      if (a[flag] !== undefined && a[flag] !== false) throw new UsageError(`--${flag} is for rollouts over MQTT; --via ssh copies to one device and always waits`);
+    }
+    const { model, version } = parseModelRef(ref);
+    const target = parseSshTarget(String(a['to']));
+    const key = a['ssh-key'];
+    if (typeof key !== 'string' || key === '') throw new UsageError('--via ssh needs --ssh-key FILE: a private key the device accepts (read by the controller, on its host)');
+    const body: Record<string, unknown> = { model, ...(version ? { version } : {}), ...target, keyPath: resolve(key) };
+    if (typeof a['remote-path'] === 'string') body['remotePath'] = a['remote-path'];
+    if (typeof a['host-key'] === 'string') body['hostKeyFingerprint'] = a['host-key'];
+    const conn = await resolveConnection({ url: a.url, token: a.token, dataDir: a['data-dir'], env });
+    const r = await createClient(conn.url, conn.token, SSH_DELIVERY_TIMEOUT_MS).call<{ model: string; version: number; remotePath: string; sha256: string; bytes: number; seconds: number; hostKeyPinned: boolean }>('POST', '/api/deliveries/ssh', body);
+    const where = `${target.username}@${target.host.includes(':') ? `[${target.host}]` : target.host}${target.port ? `:${target.port}` : ''}`;
+    return {
+      json: r,
+      text: `${r.model}@${r.version} → ${where}:${r.remotePath}\n  sha256 ${r.sha256} verified on the device, ${r.bytes} bytes in ${r.seconds.toFixed(2)} s${r.hostKeyPinned ? '' : ' (host key not pinned: pass --host-key SHA256:… to check it)'}`,
+    };
+  };
 
   /** Wraps a command: prints results (JSON or text), maps errors to exit codes. */
   const run =
@@ -342,8 +379,19 @@ export async function runCli(argv: readonly string[], io: CliIO = processIO, opt
     .command(
       'deploy <model>',
       'roll a model version out: canary first, then waves, each gated on install results and inference health',
-      (y) => deployOptions(y.positional('model', { type: 'string', demandOption: true, describe: 'NAME or NAME@VERSION (default: newest)' })).option('wait', { type: 'boolean', default: false, describe: 'follow it to the end (exit 1 unless it succeeds)' }),
-      run<{ model: string; wait: boolean }>(async (a, c) => deploy(c, a.model, a as unknown as Record<string, unknown>, a.wait, a.json)),
+      (y) =>
+        deployOptions(y.positional('model', { type: 'string', demandOption: true, describe: 'NAME or NAME@VERSION (default: newest)' }))
+          .option('wait', { type: 'boolean', describe: 'follow it to the end (exit 1 unless it succeeds)' })
+          .option('via', { choices: ['mqtt', 'ssh'] as const, default: 'mqtt' as const, describe: 'mqtt: a rollout to agents; ssh: copy to one device without an agent (--to USER@HOST[:PORT])' })
+          .option('ssh-key', { type: 'string', describe: 'with --via ssh: private key file the device accepts; read by the controller on its host' })
+          .option('remote-path', { type: 'string', describe: 'with --via ssh: where the model goes on the device (default ~/models/NAME/VERSION/model.onnx; quote a ~)' })
+          .option('host-key', { type: 'string', describe: 'with --via ssh: pin the device host key, SHA256:… as `ssh-keygen -lf` prints it' }),
+      run<{ model: string; wait?: boolean; via: 'mqtt' | 'ssh' }>(async (a, c) => {
+        const flags = a as unknown as Record<string, unknown> & Common;
+        if (a.via === 'ssh') return deployViaSsh(flags, a.model);
+        for (const flag of SSH_ONLY_FLAGS) if (flags[flag] !== undefined) throw new UsageError(`--${flag} needs --via ssh`);
+        return deploy(c, a.model, flags, a.wait ?? false, a.json);
+      }),
     )
     .command('rollback [rollout]', 'switch the devices a rollout switched back to their previous version (default: the newest such rollout)', (y) => y.positional('rollout', { type: 'string' }), run<{ rollout?: string }>(async (a, c) => {
       const r = await c.call<RolloutView>('POST', '/api/rollback', a.rollout ? { rollout: a.rollout } : {});

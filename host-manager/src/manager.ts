@@ -5,9 +5,9 @@
  * goes through one of the operations below; the HTTP API, the CLI and the
  * console are only ways of calling them.
  */
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, realpath, rm, writeFile } from 'node:fs/promises';
 import { homedir, networkInterfaces } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join, resolve, sep } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import mqtt from 'mqtt';
 import type { MqttClient } from 'mqtt';
@@ -35,6 +35,7 @@ import { verifySecretAsync } from '@edgefleet/broker';
 import type { ProvisionResult } from './provisioning.js';
 import { makeDeliver, makeRollback } from './delivery.js';
 import { startApi } from './api.js';
+import { deliverViaSsh, readPrivateKeyFile } from './ssh.js';
 import type { RunningApi } from './api.js';
 
 export const DEFAULT_MQTT_PORT = 1883;
@@ -234,6 +235,23 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
 
 export type Operations = ReturnType<typeof createOperations>;
 
+/** A model copied to a device over SSH (`deploy --via ssh`). */
+export interface SshDeliveryView {
+  model: string;
+  version: number;
+  target: { username: string; host: string; port: number };
+  remotePath: string;
+  sha256: string;
+  bytes: number;
+  seconds: number;
+  hostKeyPinned: boolean;
+}
+
+/** Where `deploy --via ssh` puts a model when no remote path is given (home of the login user on the device). */
+export function defaultSshRemotePath(model: string, version: number): string {
+  return `~/models/${model}/${version}/model.onnx`;
+}
+
 export interface ExecResult {
   device: string;
   ok: boolean;
@@ -409,6 +427,65 @@ function createOperations(ctx: {
       const result = await registry.remove(args.name, args.version);
       await audit({ actor: args.actor, action: 'model.remove', target: `${args.name}@${args.version}`, result: 'ok' });
       return result;
+    },
+
+    /**
+     * Copies a registry version to a device that runs no agent, over SSH: upload,
+     * sha256 checked on the device, atomic rename (ssh.ts). The private key is read
+     * here, on the controller host, from `keyPath`; it is never logged, audited or
+     * returned.
+     */
+    async deliverSsh(args: {
+      model: string;
+      version?: number;
+      host: string;
+      port?: number;
+      username: string;
+      keyPath: string;
+      remotePath?: string;
+      hostKeyFingerprint?: string;
+      actor: string;
+    }): Promise<SshDeliveryView> {
+      const port = args.port ?? 22;
+      const target = `ssh:${args.username}@${args.host.includes(':') ? `[${args.host}]` : args.host}:${port}`;
+      const rec = registry.require(args.model, args.version);
+      const remotePath = args.remotePath ?? defaultSshRemotePath(rec.name, rec.version);
+      const detail = { model: rec.name, version: rec.version, remotePath, hostKeyPinned: args.hostKeyFingerprint !== undefined };
+      try {
+        // The controller's own secrets are never used as SSH keys.
+        const keysDir = resolve(ctx.dataDir, 'keys');
+        const real = await realpath(args.keyPath).catch(() => resolve(args.keyPath));
+        const realKeysDir = await realpath(keysDir).catch(() => keysDir);
+        if (real === realKeysDir || real.startsWith(realKeysDir + sep)) {
+          throw new FleetError('invalid_params', `${args.keyPath} is one of the controller's own keys; give an SSH key made for the device (ssh-keygen -t ed25519)`);
+        }
+        const privateKey = await readPrivateKeyFile(args.keyPath);
+        const r = await deliverViaSsh({
+          host: args.host,
+          port,
+          username: args.username,
+          privateKey,
+          file: registry.blobPath(rec),
+          remotePath,
+          sha256: rec.sha256,
+          ...(args.hostKeyFingerprint ? { hostKeyFingerprint: args.hostKeyFingerprint } : {}),
+        });
+        const view: SshDeliveryView = {
+          model: rec.name,
+          version: rec.version,
+          target: { username: args.username, host: args.host, port },
+          remotePath: r.remotePath,
+          sha256: r.sha256,
+          bytes: r.bytes,
+          seconds: r.ms / 1000,
+          hostKeyPinned: detail.hostKeyPinned,
+        };
+        await audit({ actor: args.actor, action: 'model.deliver.ssh', target, result: 'ok', detail: { ...detail, remotePath: r.remotePath, sha256: r.sha256, bytes: r.bytes, seconds: view.seconds } });
+        return view;
+      } catch (error) {
+        await audit({ actor: args.actor, action: 'model.deliver.ssh', target, result: 'error', detail: { ...detail, error: errorBody(error) } });
+        throw error;
+      }
     },
 
     async deploy(input: CreateRolloutInput) {

@@ -66,11 +66,37 @@ describe('delivery over SSH to a real sshd', () => {
 
   it('refuses a key the device does not authorize, and a relative or traversing remote path', async () => {
     const { generateKeyPairSync } = await import('node:crypto');
-    const stranger = generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    const { execFile } = await import('node:child_process');
+    const { promisify } = await import('node:util');
+    // A well-formed OpenSSH key the device does not list in authorized_keys.
+    await promisify(execFile)('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(sshd.dir, 'stranger')]);
+    const stranger = await readFile(join(sshd.dir, 'stranger'), 'utf8');
     const e = await refusal(deliverViaSsh({ ...base(), privateKey: stranger, remotePath: join(target, 'x.onnx'), sha256: sha256Hex(bytes) }));
     expect(e.code).toBe('unavailable');
+    expect(e.message).toMatch(/refused the SSH key/);
+    // A key ssh2 cannot use at all (PKCS#8 ed25519) is a usage problem, not an unreachable device.
+    const unusable = generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    const u = await refusal(deliverViaSsh({ ...base(), privateKey: unusable, remotePath: join(target, 'x.onnx'), sha256: sha256Hex(bytes) }));
+    expect(u.code).toBe('invalid_params');
+    expect(u.message).toMatch(/cannot be used/);
     expect((await refusal(deliverViaSsh({ ...base(), remotePath: 'models/x.onnx', sha256: sha256Hex(bytes) }))).code).toBe('invalid_params');
     expect((await refusal(deliverViaSsh({ ...base(), remotePath: `${target}/../x.onnx`, sha256: sha256Hex(bytes) }))).code).toBe('invalid_params');
+  });
+
+  it('a remote path under ~/ is resolved against the login user\'s home on the device', async () => {
+    const { userInfo } = await import('node:os');
+    const { rm } = await import('node:fs/promises');
+    const dir = `ssh-unit-${Date.now().toString(36)}`;
+    const home = userInfo().homedir;
+    try {
+      const result = await deliverViaSsh({ ...base(), remotePath: `~/${dir}/m.onnx`, sha256: sha256Hex(bytes) });
+      expect(result.remotePath).toBe(join(home, dir, 'm.onnx'));
+      expect(sha256Hex(await readFile(result.remotePath))).toBe(sha256Hex(bytes));
+    } finally {
+      await rm(join(home, dir), { recursive: true, force: true });
+    }
+    expect((await refusal(deliverViaSsh({ ...base(), remotePath: '~/../x.onnx', sha256: sha256Hex(bytes) }))).code).toBe('invalid_params');
+    expect((await refusal(deliverViaSsh({ ...base(), remotePath: '~other/x.onnx', sha256: sha256Hex(bytes) }))).code).toBe('invalid_params');
   });
 
   it('quotes shell arguments', () => {
