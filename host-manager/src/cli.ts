@@ -378,7 +378,7 @@ export async function runCli(argv: readonly string[], io: CliIO = processIO, opt
     )
     .command(
       'deploy <model>',
-      'roll a model version out: canary first, then waves, each gated on install results and inference health',
+      'roll a model version out: canary first, then waves, each gated on install results and inference health; with --via ssh, copy it to one device that runs no agent (--to USER@HOST[:PORT])',
       (y) =>
         deployOptions(y.positional('model', { type: 'string', demandOption: true, describe: 'NAME or NAME@VERSION (default: newest)' }))
           .option('wait', { type: 'boolean', describe: 'follow it to the end (exit 1 unless it succeeds)' })
