@@ -292,6 +292,22 @@ function createOperations(ctx: {
     await db.write();
   }
 
+  /** Creates a device's credential (by the operator or by enrolment); a bad id or group is the caller's error. */
+  async function provision(id: string, groups: string[]): Promise<ProvisionResult> {
+    try {
+      return await provisionDevice(db, {
+        id,
+        groups,
+        brokerUrl: ctx.advertised,
+        fleetPublicKeyPem: ctx.keys.publicKeyPem,
+        legacyTopic: ctx.legacyTopic || undefined,
+      });
+    } catch (error) {
+      if (error instanceof TypeError) throw new FleetError('invalid_params', error.message);
+      throw error;
+    }
+  }
+
   function device(id: string): DeviceRecord {
     const d = db.data.devices[id];
     if (!d) throw new FleetError('not_found', `no device ${id}; see \`hostManager devices list\``);
@@ -327,19 +343,7 @@ function createOperations(ctx: {
       return publicDevice(device(id));
     },
     async addDevice(args: { id: string; groups: string[]; actor: string }): Promise<ProvisionResult> {
-      let result: ProvisionResult;
-      try {
-        result = await provisionDevice(db, {
-          id: args.id,
-          groups: args.groups,
-          brokerUrl: ctx.advertised,
-          fleetPublicKeyPem: ctx.keys.publicKeyPem,
-          legacyTopic: ctx.legacyTopic || undefined,
-        });
-      } catch (error) {
-        if (error instanceof TypeError) throw new FleetError('invalid_params', error.message);
-        throw error;
-      }
+      const result = await provision(args.id, args.groups);
       fleet.admitDevice(args.id);
       await audit({ actor: args.actor, action: 'device.add', target: args.id, result: 'ok', detail: { groups: result.device.groups } });
       return result;
@@ -356,19 +360,7 @@ function createOperations(ctx: {
         await db.write();
         return undefined;
       }
-      let result: ProvisionResult;
-      try {
-        result = await provisionDevice(db, {
-          id: args.id,
-          groups: enrolment.groups,
-          brokerUrl: ctx.advertised,
-          fleetPublicKeyPem: ctx.keys.publicKeyPem,
-          legacyTopic: ctx.legacyTopic || undefined,
-        });
-      } catch (error) {
-        if (error instanceof TypeError) throw new FleetError('invalid_params', error.message);
-        throw error;
-      }
+      const result = await provision(args.id, enrolment.groups);
       result.device.enrolled = true;
       fleet.admitDevice(args.id);
       await audit({ actor: 'enrolment', action: 'device.enrol', target: args.id, result: 'ok', detail: { groups: result.device.groups } });
