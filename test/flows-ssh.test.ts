@@ -200,7 +200,7 @@ describe('deploy --via ssh to a device without an agent (real sshd)', () => {
     const rec = (await api<{ sha256: string }>(m, 'GET', '/api/models/rot/1')).body;
     const blob = join(m.dataDir, 'blobs', 'sha256', rec.sha256);
     const bytes = await readFile(blob);
-    bytes[bytes.length - 1] ^= 0xff; // same length, one bit pattern changed: bit rot on the controller's disk
+    bytes.writeUInt8(bytes.readUInt8(bytes.length - 1) ^ 0xff, bytes.length - 1); // same length, one bit pattern changed: bit rot on the controller's disk
     await chmod(blob, 0o600);
     await writeFile(blob, bytes);
     const remotePath = join(target, 'rot', 'model.onnx');

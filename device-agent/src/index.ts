@@ -1,14 +1,9 @@
+// The agent's public API: the factory, its configuration, and the types its parts meet at.
 export { createAgent } from './agent.js';
 export type { Agent, AgentDeps } from './agent.js';
-export { loadConfig, parseFlags, makeConfig, redactConfig, ConfigError, ConfigSchema, CONFIG_KEYS, envName, flagName, splitCommandLine } from './config.js';
-export type { AgentConfig, ConfigKey, LoadedConfig } from './config.js';
-export { Backoff, backoffDelay, backoffCeiling } from './backoff.js';
-export { Dispatcher, toErrorBody } from './commands.js';
-export type { HandlerTable, Handler, CommandContext } from './commands.js';
-export { LegacyChannel, LEGACY_LINES } from './legacy.js';
-export { TelemetryBuffer } from './telemetry-buffer.js';
-export { createSampler, cpuPercent, readTemperature } from './telemetry.js';
-export { createAgentLogger, tailFile, logPath } from './logs.js';
+export { loadConfig, parseFlags, redactConfig, ConfigError } from './config.js';
+export type { AgentConfig, LoadedConfig } from './config.js';
+export { createAgentLogger } from './logs.js';
 export type { ModelService } from './models/index.js';
 export type { TransferReceiver } from './transfer.js';
 export type { InferenceServer } from './http.js';

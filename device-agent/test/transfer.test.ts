@@ -99,7 +99,9 @@ function deliver(record: ModelVersionRecord, blobPath: string, target: DeliverOp
     window: 4,
     requestTimeoutMs: 5000,
     deadlineMs: 20_000,
-    onChunk: (via, index) => sent.push({ via, index }),
+    onChunk: (via, index) => {
+      sent.push({ via, index });
+    },
     ...extra,
   });
   return { run, sent };

@@ -9,7 +9,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
 import { FleetError, ProcessingSchema, assertName, chunkHashes, sha256Hex } from '@edgefleet/protocol';
-import type { DeviceInfo, Processing } from '@edgefleet/protocol';
+import type { DeviceInfo, Processing, ProcessingInput } from '@edgefleet/protocol';
 import type { FleetDb, FleetState, ModelVersionRecord } from './state.js';
 import { readOnnxMetadata } from '@edgefleet/onnx';
 import { DEFAULT_CHUNK_SIZE, writeChunkTable } from './chunk-table.js';
@@ -17,7 +17,8 @@ import { DEFAULT_CHUNK_SIZE, writeChunkTable } from './chunk-table.js';
 export interface AddOptions {
   name: string;
   lineage?: ModelVersionRecord['lineage'];
-  processing?: Processing | null;
+  /** A processing manifest as written (defaults are filled in when it is checked). */
+  processing?: ProcessingInput | null;
   /** The lowest onnxruntime version the model needs; derived from the opset when omitted. */
   minOnnxruntime?: string | null;
 }

@@ -78,7 +78,8 @@ export async function startManager(opts: { dataDir?: string; mqttPort?: number; 
     child.on('exit', (code, signal) => resolve((exitInfo = { code, signal }))),
   );
   const deadline = Date.now() + (opts.timeoutMs ?? 20_000);
-  let info: { pid: number; url: string; broker: string; mqtt: { tcp: number } | null } | undefined;
+  type Announcement = { pid: number; url: string; broker: string; mqtt: { tcp: number } | null };
+  let info: Announcement | undefined;
   while (!info) {
     if (exitInfo) throw new Error(`hostManager exited (${JSON.stringify(exitInfo)}) before it was ready: ${err.slice(-3000)}`);
     if (Date.now() > deadline) {
@@ -86,8 +87,8 @@ export async function startManager(opts: { dataDir?: string; mqttPort?: number; 
       throw new Error(`hostManager not ready within the deadline: ${err.slice(-3000)}`);
     }
     try {
-      const parsed = JSON.parse(await readFile(join(dataDir, 'controller.json'), 'utf8')) as typeof info;
-      if (parsed?.pid === child.pid) info = parsed;
+      const parsed = JSON.parse(await readFile(join(dataDir, 'controller.json'), 'utf8')) as Announcement;
+      if (parsed.pid === child.pid) info = parsed;
     } catch {
       // not written yet (or being written): look again shortly
     }

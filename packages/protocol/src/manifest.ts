@@ -48,6 +48,7 @@ export const TextBagOfWordsSchema = z.object({
 
 export const ProcessingSchema = z.discriminatedUnion('kind', [ImageClassificationSchema, TextBagOfWordsSchema]);
 export type Processing = z.infer<typeof ProcessingSchema>;
+export type ProcessingInput = z.input<typeof ProcessingSchema>;
 
 /** Same shape as the protocol's Tensor (messages.ts imports this file, so it is repeated here). */
 const SampleTensorSchema = z.object({
