@@ -16,19 +16,10 @@ import type { CliResult, ManagerProcess } from './support/manager-process.js';
 import { startSshd } from './support/sshd.js';
 import type { TestSshd } from './support/sshd.js';
 import { largeModel, linearModel } from './support/onnx-models.js';
+import type { SshDeliveryView } from '@edgefleet/host-manager';
 
 const run = promisify(execFile);
 
-interface Delivered {
-  model: string;
-  version: number;
-  target: { username: string; host: string; port: number };
-  remotePath: string;
-  sha256: string;
-  bytes: number;
-  seconds: number;
-  hostKeyPinned: boolean;
-}
 interface AuditView {
   actor: string;
   action: string;
@@ -86,7 +77,7 @@ describe('deploy --via ssh to a device without an agent (real sshd)', () => {
     const remotePath = join(target, 'big', 'model.onnx');
     const r = await runCli(m, ['deploy', 'big@1', '--via', 'ssh', '--to', to, '--ssh-key', sshd.privateKeyPath, '--remote-path', remotePath, '--host-key', sshd.hostKeyFingerprint, '--json']);
     expect(r.code).toBe(0);
-    const out = r.json<Delivered>();
+    const out = r.json<SshDeliveryView>();
     expect(out).toMatchObject({ model: 'big', version: 1, remotePath, sha256: rec.sha256, bytes: large.bytes.length, hostKeyPinned: true, target: { username: sshd.username, host: sshd.host, port: sshd.port } });
     expect(out.seconds).toBeGreaterThan(0);
     expect(sha256Hex(await readFile(remotePath))).toBe(rec.sha256);

@@ -29,6 +29,7 @@ import { createRegistry } from '../host-manager/src/registry.js';
 import type { Registry } from '../host-manager/src/registry.js';
 import { loadOrCreateFleetKeys } from '../host-manager/src/keys.js';
 import type { FleetKeys } from '../host-manager/src/keys.js';
+import { refusal } from './support/refusal.js';
 
 const IDS = ['k1', 'k2', 't1', 'f1', 'f2', 'f3', 'df'];
 const GROUP_OF: Record<string, string[]> = { f1: ['floor'], f2: ['floor'], f3: ['floor'] };
@@ -139,14 +140,6 @@ async function activeVersion(device: string, name = 'm'): Promise<number | null 
   return list.models.find((s) => s.name === name)?.active;
 }
 
-async function refusal(promise: Promise<unknown>): Promise<FleetError> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as FleetError;
-  }
-  throw new Error('expected a refusal');
-}
 
 describe('kill -9 of the agent', () => {
   it('in the middle of a transfer: after a restart only the missing chunks are sent again', async () => {

@@ -23,6 +23,7 @@ import { createRegistry } from '../../host-manager/src/registry.js';
 import type { ModelVersionRecord } from '../../host-manager/src/state.js';
 import { FileModels, startInProcessDevice } from './transfer-harness.js';
 import type { InProcessDevice } from './transfer-harness.js';
+import { refusal } from '../../test/support/refusal.js';
 
 const DEVICES = ['d1', 'd2', 'd3', 'd4', 'd5', 'd6', 'd7', 'd8', 'd9', 'g1', 'g2', 'g3', 'r1', 'x1'];
 const CHUNK = 16 * 1024;
@@ -123,14 +124,6 @@ function manifestFor(bytes: Buffer, overrides: Partial<ManifestInput> = {}): Man
   };
 }
 
-async function refusal(promise: Promise<unknown>): Promise<FleetError> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as FleetError;
-  }
-  throw new Error('expected a refusal');
-}
 
 const offer = (to: string, transferId: string, manifest: SignedManifest, via: TransferTarget = { kind: 'device', name: to }) =>
   requester.request(to, 'transfer.offer', { transferId, manifest, via }, 5000);

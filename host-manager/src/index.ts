@@ -1,7 +1,7 @@
 // The host manager's public API: the controller factory, and the pieces a script or
 // benchmark composes without a controller (state, requests, registry, keys, delivery).
 export { createManager, defaultDataDir, DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, DEFAULT_MQTT_WS_PORT } from './manager.js';
-export type { Manager, ManagerOptions } from './manager.js';
+export type { Manager, ManagerOptions, SshDeliveryView } from './manager.js';
 export { openState } from './state.js';
 export type { FleetState, FleetDb, DeviceRecord, ModelVersionRecord, AuditEntry, RolloutRecord, RolloutPolicy } from './state.js';
 export { createRequester, DEFAULT_TIMEOUT_MS } from './requester.js';

@@ -10,6 +10,7 @@ import { checkCompatibility, compareVersions, createRegistry, minOnnxruntimeForO
 import { loadOrCreateFleetKeys, fleetKeyPaths } from '../src/keys.js';
 import { readOnnxMetadata } from '@edgefleet/onnx';
 import { linearModel, multiInputModel, opsetModel } from '../../test/support/onnx-models.js';
+import { refusal as rejection } from '../../test/support/refusal.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -31,14 +32,6 @@ async function modelFile(name: string, bytes: Uint8Array): Promise<string> {
   return file;
 }
 
-async function rejection(promise: Promise<unknown>): Promise<FleetError> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as FleetError;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('ONNX metadata', () => {
   it('reads inputs, outputs with symbolic dims, dtypes and the opset', () => {

@@ -6,6 +6,7 @@ import { FleetError, sha256Hex } from '@edgefleet/protocol';
 import { startSshd } from '../../test/support/sshd.js';
 import type { TestSshd } from '../../test/support/sshd.js';
 import { deliverViaSsh, shellQuote } from '../src/ssh.js';
+import { refusal } from '../../test/support/refusal.js';
 
 let sshd: TestSshd;
 let target: string;
@@ -26,14 +27,6 @@ afterAll(async () => {
 
 const base = () => ({ host: sshd.host, port: sshd.port, username: sshd.username, privateKey: sshd.privateKey, file: source });
 
-async function refusal(promise: Promise<unknown>): Promise<FleetError> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as FleetError;
-  }
-  throw new Error('expected a refusal');
-}
 
 describe('delivery over SSH to a real sshd', () => {
   it('uploads, verifies the sha256 on the device and renames into place (pinned host key)', async () => {

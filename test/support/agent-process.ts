@@ -12,8 +12,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt from 'mqtt';
 import type { MqttClient } from 'mqtt';
-import { ManifestSchema, StatusMessageSchema, chunkHashes, parseTopic, sha256Hex, topics } from '@edgefleet/protocol';
-import type { Manifest, StatusMessage } from '@edgefleet/protocol';
+import { StatusMessageSchema, parseTopic, topics } from '@edgefleet/protocol';
+import type { StatusMessage } from '@edgefleet/protocol';
+import { testManifest } from './onnx-models.js';
 
 export const AGENT_BIN = fileURLToPath(new URL('../../device-agent/dist/bin/deviceAgent.js', import.meta.url));
 
@@ -291,22 +292,6 @@ export interface PreinstalledModel {
   activate?: boolean;
 }
 
-/** The unsigned manifest the model store keeps beside a model (what a verified transfer would hand over). */
-export function testManifest(device: string, name: string, version: number, bytes: Uint8Array): Manifest {
-  const chunk = 256 * 1024;
-  return ManifestSchema.parse({
-    kind: 'model',
-    name,
-    version,
-    sha256: sha256Hex(bytes),
-    length: bytes.length,
-    issuedAt: new Date().toISOString(),
-    expiresAt: new Date(Date.now() + 86_400_000).toISOString(),
-    target: { devices: [device] },
-    chunking: { size: chunk, sha256: chunkHashes(bytes, chunk) },
-  });
-}
-
 /**
  * Installs (and activates) models into a data directory through the agent's own model service,
  * as a finished transfer would, so an agent started on that directory serves them.
@@ -319,7 +304,7 @@ export async function preinstallModels(dataDir: string, device: string, list: Pr
     for (const m of list) {
       const staged = join(dataDir, `staged-${m.name}-${m.version}.onnx`);
       await writeFile(staged, m.bytes);
-      await service.install(testManifest(device, m.name, m.version, m.bytes), staged);
+      await service.install(testManifest(m.name, m.version, m.bytes, { target: { devices: [device] } }), staged);
       if (m.activate !== false) await service.activate(m.name, m.version);
     }
   } finally {
