@@ -294,30 +294,20 @@ export function decodeInputs(model: string, inputs: Record<string, unknown>, spe
 export function zerosFor(spec: TensorInfo): OrtTensor {
   const dims = spec.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : 1));
   const size = dims.reduce((a, b) => a * b, 1);
-  const dtype = spec.dtype as DType;
-  switch (dtype) {
-    case 'float32':
-      return new ort.Tensor(dtype, new Float32Array(size), dims);
-    case 'float64':
-      return new ort.Tensor(dtype, new Float64Array(size), dims);
-    case 'float16':
-      return new ort.Tensor(dtype, new Uint16Array(size), dims);
-    case 'int64':
-      return new ort.Tensor(dtype, new BigInt64Array(size), dims);
-    case 'uint64':
-      return new ort.Tensor(dtype, new BigUint64Array(size), dims);
-    case 'bool':
-      return new ort.Tensor(dtype, new Uint8Array(size), dims);
-    case 'string':
-      return new ort.Tensor(dtype, new Array<string>(size).fill(''), dims);
-    case 'int8':
-    case 'int16':
-    case 'int32':
-    case 'uint8':
-    case 'uint16':
-    case 'uint32':
-      return new ort.Tensor(dtype, new INT_ARRAYS[dtype](size), dims);
-    default:
-      throw new FleetError('smoke_test_failed', `input ${spec.name} has dtype ${spec.dtype}, which a smoke test cannot fill`);
-  }
+  if (spec.dtype === 'string') return new ort.Tensor('string', new Array<string>(size).fill(''), dims);
+  const dtype = spec.dtype as Exclude<DType, 'string'>;
+  const Zeros = ZERO_ARRAYS[dtype];
+  if (!Zeros) throw new FleetError('smoke_test_failed', `input ${spec.name} has dtype ${spec.dtype}, which a smoke test cannot fill`);
+  return new ort.Tensor(dtype, new Zeros(size), dims);
 }
+
+/** The typed array onnxruntime-node takes for each numeric dtype (float16 as its raw bits, bool as bytes). */
+const ZERO_ARRAYS: Partial<Record<Exclude<DType, 'string'>, new (size: number) => ort.Tensor['data']>> = {
+  ...INT_ARRAYS,
+  float32: Float32Array,
+  float64: Float64Array,
+  float16: Uint16Array,
+  int64: BigInt64Array,
+  uint64: BigUint64Array,
+  bool: Uint8Array,
+};
