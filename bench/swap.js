@@ -3,10 +3,10 @@
  *
  * Sustained concurrent inference load while model versions are swapped several times, through
  *   1. the ModelService in this process (IN_FLIGHT workers calling infer in a loop), and
- *   2. the agent's local HTTP API (keep-alive clients in this process, server in this process),
- * for a small model and a >5 MB one. Every answer is checked against the output of the version it
- * reports (computed in plain JS) and, once an activation has returned, no later request may be
- * answered by an older version.
+ *   2. the agent's local HTTP API of a device in its own process (swap-server.js), as a real client sees it,
+ * for a small model, a 6.3 MB one and a 25 MB one (the last on a worker thread, see session.ts). Every
+ * answer is checked against the output of the version it reports (computed in plain JS) and, once an
+ * activation has returned, no later request may be answered by an older version.
  *
  * Reported per setup, as one JSON object each: requests answered, failed requests (target 0), wrong
  * answers (target 0), per swap the activation time and the longest gap between two answered requests
@@ -16,19 +16,19 @@
  * Env: IN_FLIGHT (concurrent requests, default 64), SWAPS (default 6), THREADS (intra-op threads, default 1),
  * WINDOW_MS (half-width of the window around a switch, default 50), STEADY_MS (load between swaps, at least, default 400).
  */
-import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
+import { fork } from 'node:child_process';
+import { mkdtemp, rm, mkdir } from 'node:fs/promises';
 import http from 'node:http';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import onnxProto from 'onnx-proto';
 import ort from 'onnxruntime-node';
 import { pino } from 'pino';
-import { ManifestSchema, chunkHashes, sha256Hex } from '@edgefleet/protocol';
+import { linear, openDevice } from './swap-models.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const { createModelService, createInferenceServer } = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
+const { createModelService } = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
 
 const IN_FLIGHT = Number(process.env.IN_FLIGHT ?? 64);
 const SWAPS = Number(process.env.SWAPS ?? 6);
@@ -37,89 +37,48 @@ const WINDOW_MS = Number(process.env.WINDOW_MS ?? 50);
 const STEADY_MS = Number(process.env.STEADY_MS ?? 400);
 const logger = pino({ level: 'silent' });
 
-// ------------------------------------------------------------------ models: y = x·W + b, x [batch, IN]
-
-function seeded(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32 - 0.5;
-  };
-}
-
-function linear(inF, outF, seed) {
-  const { onnx } = onnxProto;
-  const T = onnx.TensorProto.DataType;
-  const rnd = seeded(seed);
-  const w = Float32Array.from({ length: inF * outF }, rnd);
-  const b = Float32Array.from({ length: outF }, rnd);
-  const raw = (a) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-  const vi = (name, dims) => ({ name, type: { tensorType: { elemType: T.FLOAT, shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) } } } });
-  const model = onnx.ModelProto.create({
-    irVersion: 8,
-    opsetImport: [{ domain: '', version: 13 }],
-    graph: {
-      name: 'linear',
-      node: [
-        { opType: 'MatMul', input: ['x', 'W'], output: ['xw'] },
-        { opType: 'Add', input: ['xw', 'b'], output: ['y'] },
-      ],
-      input: [vi('x', ['batch', inF])],
-      output: [vi('y', ['batch', outF])],
-      initializer: [
-        { name: 'W', dims: [inF, outF], dataType: T.FLOAT, rawData: raw(w) },
-        { name: 'b', dims: [outF], dataType: T.FLOAT, rawData: raw(b) },
-      ],
-    },
-  });
-  const bytes = Buffer.from(onnx.ModelProto.encode(model).finish());
-  const expected = (x) => {
-    const y = new Array(outF).fill(0);
-    for (let c = 0; c < outF; c++) {
-      let s = b[c];
-      for (let k = 0; k < inF; k++) s += x[k] * w[k * outF + c];
-      y[c] = s;
-    }
-    return y;
-  };
-  return { bytes, expected };
-}
-
-function manifest(name, version, bytes) {
-  const now = Date.now();
-  return ManifestSchema.parse({
-    kind: 'model',
-    name,
-    version,
-    sha256: sha256Hex(bytes),
-    length: bytes.length,
-    issuedAt: new Date(now).toISOString(),
-    expiresAt: new Date(now + 3600_000).toISOString(),
-    target: { devices: ['bench'] },
-    chunking: { size: bytes.length, sha256: chunkHashes(bytes, bytes.length) },
-  });
-}
-
 const close = (a, b) => a.length === b.length && a.every((v, i) => Math.abs(v - b[i]) <= 1e-3 * (1 + Math.abs(b[i])));
 
 // ------------------------------------------------------------------ one setup
 
 async function runSetup({ modelName, inF, outF, via }) {
-  const dataDir = await mkdtemp(join(tmpdir(), 'edgefleet-bench-swap-'));
-  const models = await createModelService({ dataDir, logger, threads: THREADS });
-  const versions = new Map();
-  const installMs = [];
-  for (let v = 1; v <= SWAPS + 1; v++) {
-    const m = linear(inF, outF, v);
-    versions.set(v, m);
-    const staged = join(dataDir, `staged-${v}.onnx`);
-    await writeFile(staged, m.bytes);
-    const t0 = performance.now();
-    await models.install(manifest('m', v, m.bytes), staged);
-    installMs.push(performance.now() - t0);
+  const versions = new Map(Array.from({ length: SWAPS + 1 }, (_, i) => [i + 1, linear(inF, outF, i + 1)]));
+  // The device: in this process (service), or its own process serving the local HTTP API (http).
+  let device;
+  if (via === 'http') {
+    const child = fork(join(ROOT, 'bench/swap-server.js'), [inF, outF, SWAPS + 1, THREADS].map(String), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const ready = await new Promise((resolve, reject) => {
+      child.once('message', resolve);
+      child.once('exit', (code) => reject(new Error(`swap server exited ${code}`)));
+    });
+    const activations = [];
+    child.on('message', (m) => activations.shift()?.(m));
+    device = {
+      port: ready.port,
+      installMs: ready.installMs,
+      activate: (v) => new Promise((resolve) => {
+        activations.push(resolve);
+        child.send({ activate: v });
+      }),
+      close: () => new Promise((resolve) => {
+        child.once('exit', resolve);
+        child.send({ exit: true });
+      }),
+    };
+  } else {
+    const dir = await mkdtemp(join(tmpdir(), 'edgefleet-bench-swap-'));
+    const opened = await openDevice({ inF, outF, count: SWAPS + 1, threads: THREADS, createModelService, logger, dir });
+    device = {
+      models: opened.models,
+      installMs: opened.installMs,
+      activate: (v) => opened.models.activate('m', v),
+      close: async () => {
+        await opened.models.close();
+        await rm(dir, { recursive: true, force: true });
+      },
+    };
   }
-  await models.activate('m', 1);
-  // The part of a switch that blocks request handling: onnxruntime builds a session synchronously.
+  // For reference: the time onnxruntime takes to build one session of this model (on whichever thread).
   const createMs = [];
   for (let i = 0; i < 7; i++) {
     const t = performance.now();
@@ -134,17 +93,12 @@ async function runSetup({ modelName, inF, outF, via }) {
   const x = Array.from({ length: inF }, (_, i) => Math.sin(i));
   const expected = new Map([...versions].map(([v, m]) => [v, m.expected(x)]));
   const body = JSON.stringify({ inputs: { x: { dtype: 'float32', shape: [1, inF], data: x } } });
+  const agent = via === 'http' ? new http.Agent({ keepAlive: true, maxSockets: IN_FLIGHT }) : undefined;
 
-  let server;
-  let agent;
-  if (via === 'http') {
-    server = await createInferenceServer(models, { port: 0, logger });
-    agent = new http.Agent({ keepAlive: true, maxSockets: IN_FLIGHT });
-  }
   const post = () =>
     new Promise((resolve, reject) => {
       const req = http.request(
-        { host: '127.0.0.1', port: server.port, method: 'POST', path: '/models/m', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+        { host: '127.0.0.1', port: device.port, method: 'POST', path: '/models/m', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
         (res) => {
           const chunks = [];
           res.on('data', (c) => chunks.push(c));
@@ -158,7 +112,7 @@ async function runSetup({ modelName, inF, outF, via }) {
       req.on('error', reject);
       req.end(body);
     });
-  const infer = via === 'http' ? post : () => models.infer({ model: 'm', inputs: { x: { dtype: 'float32', shape: [1, inF], data: x } } });
+  const infer = via === 'http' ? post : () => device.models.infer({ model: 'm', inputs: { x: { dtype: 'float32', shape: [1, inF], data: x } } });
 
   let running = true;
   let floor = 1;
@@ -188,7 +142,7 @@ async function runSetup({ modelName, inF, outF, via }) {
   const swaps = [];
   for (let v = 2; v <= SWAPS + 1; v++) {
     const start = performance.now();
-    await models.activate('m', v);
+    await device.activate(v);
     const end = performance.now();
     floor = v;
     swaps.push({ to: v, start, end });
@@ -198,10 +152,8 @@ async function runSetup({ modelName, inF, outF, via }) {
   running = false;
   await Promise.all(workers);
   const elapsedS = (performance.now() - t0) / 1000;
-  if (server) await server.close();
   agent?.destroy();
-  await models.close();
-  await rm(dataDir, { recursive: true, force: true });
+  await device.close();
 
   const maxGap = (from, to) => {
     let prev;
@@ -230,7 +182,7 @@ async function runSetup({ modelName, inF, outF, via }) {
   const result = {
     bench: 'swap',
     setup: {
-      via: via === 'http' ? 'HTTP API (keep-alive, client and server in one process)' : 'ModelService.infer in process',
+      via: via === 'http' ? 'HTTP API of a device process (keep-alive clients in the bench process)' : 'ModelService.infer in process',
       model: modelName,
       modelBytes: versions.get(1).bytes.length,
       inFlight: IN_FLIGHT,
@@ -252,7 +204,7 @@ async function runSetup({ modelName, inF, outF, via }) {
     medianBaselineGapMs: round(median(baselineGaps)),
     targetGapMs: 10,
     met: failed === 0 && wrong === 0 && stale === 0 && Math.max(...perSwap.map((s) => s.maxGapMs)) < 10,
-    installMs: round(installMs.reduce((a, b) => a + b, 0) / installMs.length),
+    installMs: round(device.installMs),
     sessionCreateMedianMs: round(median(createMs)),
     perSwap,
     ...(failures.length ? { failures } : {}),
@@ -270,11 +222,14 @@ function round(v) {
   return Math.round(v * 100) / 100;
 }
 
+// The 25 MB model is above the agent's default workerSessionMb (8), so its sessions live on worker threads.
 const setups = [
   { modelName: 'linear 64→32 (small)', inF: 64, outF: 32, via: 'service' },
   { modelName: 'linear 64→32 (small)', inF: 64, outF: 32, via: 'http' },
   { modelName: 'linear 1024→1536 (6.3 MB)', inF: 1024, outF: 1536, via: 'service' },
   { modelName: 'linear 1024→1536 (6.3 MB)', inF: 1024, outF: 1536, via: 'http' },
+  { modelName: 'linear 2048→3072 (25 MB, worker thread)', inF: 2048, outF: 3072, via: 'service' },
+  { modelName: 'linear 2048→3072 (25 MB, worker thread)', inF: 2048, outF: 3072, via: 'http' },
 ];
 await mkdir(tmpdir(), { recursive: true });
 const results = [];

@@ -346,6 +346,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
         models = await createModelService({
           dataDir: config.dataDir,
           threads: config.inferenceThreads,
+          workerSessionBytes: config.workerSessionMb * 1024 * 1024,
           keepVersions: config.keepVersions,
           logger,
           identity,

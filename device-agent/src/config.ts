@@ -60,6 +60,11 @@ export const CONFIG_KEYS = {
     describe: 'onnxruntime intra-op threads (default: cores - 1, at least 1)',
     schema: z.number().int().min(1).max(256).default(Math.max(1, availableParallelism() - 1)),
   },
+  workerSessionMb: {
+    kind: 'number',
+    describe: 'models of at least this many MB (MiB) are loaded and run on a worker thread of their own, so loading one does not pause the agent (0 = every model)',
+    schema: z.number().min(0).max(1_048_576).default(8),
+  },
   keepVersions: {
     kind: 'number',
     describe: 'model versions kept on disk per model (the active one included)',

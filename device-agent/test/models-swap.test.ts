@@ -25,11 +25,15 @@ async function until(condition: () => boolean, what: string, timeoutMs = 10_000)
   }
 }
 
-describe('hot swap under load', () => {
+// Small models are served on the agent's thread, large ones on a worker thread each (session.ts): both ways.
+describe.each([
+  ['sessions on the agent thread', Infinity],
+  ['sessions on worker threads', 0],
+])('hot swap under load, %s', (_placement, workerSessionBytes) => {
   it('drops no request and switches answers from one version to the next', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'edgefleet-swap-'));
     dirs.push(dataDir);
-    const models = await createModelService({ dataDir, logger: pino({ level: 'silent' }), threads: 1 });
+    const models = await createModelService({ dataDir, logger: pino({ level: 'silent' }), threads: 1, workerSessionBytes });
     const versions = new Map<number, LinearModel>([1, 2, 3, 4].map((v) => [v, linearModel({ seed: v * 10 })]));
     for (const [v, m] of versions) await models.install(testManifest('m', v, m.bytes), await stageFile(join(dataDir, 'staging'), m.bytes));
     const broken = alwaysFailingModel().bytes;

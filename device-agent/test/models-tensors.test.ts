@@ -56,6 +56,28 @@ describe('tensor codec', () => {
     expect(result.outputs.out).toEqual({ dtype, shape: [data.length], data });
   });
 
+  // Large models run on a worker thread (session.ts); every dtype must cross the thread boundary intact too.
+  describe('with every session on a worker thread', () => {
+    let onWorker: ModelService;
+    beforeAll(async () => {
+      const dataDir = await mkdtemp(join(tmpdir(), 'edgefleet-tensors-worker-'));
+      dirs.push(dataDir);
+      onWorker = await createModelService({ dataDir, logger: pino({ level: 'silent' }), threads: 1, workerSessionBytes: 0 });
+      for (const dtype of Object.keys(SAMPLES) as ElemType[]) {
+        const bytes = identityModel(dtype, ['n']).bytes;
+        await onWorker.install(testManifest(`id-${dtype}`, 1, bytes), await stageFile(join(dataDir, 'staging'), bytes));
+        await onWorker.activate(`id-${dtype}`, 1);
+      }
+    });
+    afterAll(() => onWorker.close());
+
+    it.each(Object.keys(SAMPLES) as ElemType[])('%s round-trips unchanged', async (dtype) => {
+      const data = SAMPLES[dtype];
+      const result = await onWorker.infer({ model: `id-${dtype}`, inputs: { in: { dtype, shape: [data.length], data } } });
+      expect(result.outputs.out).toEqual({ dtype, shape: [data.length], data });
+    });
+  });
+
   it('sends small int64 values as numbers and accepts both forms', async () => {
     const result = await models.infer({ model: 'id-int64', inputs: { in: { dtype: 'int64', shape: [3], data: [1, '-2', 3] } } });
     expect(result.outputs.out?.data).toEqual([1, -2, 3]);

@@ -2,6 +2,9 @@
  * ModelService: one onnxruntime session per active model, activation with hot swap, rollback, removal,
  * anti-rollback bookkeeping, health counters. See the contract in notes/contracts.md.
  *
+ * A large model's session lives on a worker thread of its own (session.ts), so building a new version
+ * of it and running it do not pause this thread's MQTT and HTTP traffic or the other models.
+ *
  * Hot swap: the new version is loaded beside the old one and smoke-tested, state.json is written, then
  * `serving.set(name, next)` switches every later request in one step. A request takes its session
  * reference and counts itself in-flight in the same synchronous step, so the old session is released only
@@ -33,6 +36,8 @@ import type { RawInput } from '../processing/index.js';
 import { HealthCounters } from './health.js';
 import { ModelStore } from './store.js';
 import type { StepHook } from './store.js';
+import { openSession } from './session.js';
+import type { Session } from './session.js';
 import { decodeInputs, encodeTensor, tensorInfo, zerosFor } from './tensors.js';
 import type { OrtTensor } from './tensors.js';
 
@@ -61,6 +66,8 @@ export interface ModelServiceOptions {
   dataDir: string;
   /** Intra-op threads per session; default max(1, cores - 1). Spinning is always off. */
   threads?: number;
+  /** Models of at least this many bytes are built and run on a worker thread of their own (session.ts); default 8 MiB. */
+  workerSessionBytes?: number;
   /** Previously active versions kept on disk for instant rollback; default 2. */
   keepVersions?: number;
   logger: Logger;
@@ -77,12 +84,12 @@ export interface ModelServiceOptions {
 }
 
 interface Loaded {
-  /** Time to build the session (onnxruntime does it synchronously on this thread), including waiting for its turn. */
+  /** Time to build the session (on a worker: including starting it; inline: this thread was blocked meanwhile). */
   loadMs: number;
   name: string;
   version: number;
   key: string;
-  session: ort.InferenceSession;
+  session: Session;
   inputs: TensorInfo[];
   outputs: TensorInfo[];
   outputNames: readonly string[];
@@ -250,7 +257,7 @@ class OnnxModelService implements ModelService {
       } else {
         throw new FleetError('invalid_input', `send "inputs": {name: {dtype, shape, data}}; ${loaded.key} expects ${loaded.inputs.map((i) => i.name).join(', ')}`);
       }
-      let results: ort.InferenceSession.ReturnType;
+      let results: Record<string, OrtTensor>;
       try {
         results = await loaded.session.run(feeds);
       } catch (error) {
@@ -259,9 +266,9 @@ class OnnxModelService implements ModelService {
       const outputs: CommandResult<'infer'>['outputs'] = {};
       for (const name of loaded.outputNames) {
         const tensor = results[name];
-        if (tensor) outputs[name] = encodeTensor(tensor as OrtTensor);
+        if (tensor) outputs[name] = encodeTensor(tensor);
       }
-      const answer = loaded.processing ? postprocess(loaded.processing, results as Record<string, OrtTensor>, loaded.outputNames) : undefined;
+      const answer = loaded.processing ? postprocess(loaded.processing, results, loaded.outputNames) : undefined;
       ok = true;
       const latencyMs = performance.now() - t0;
       return answer === undefined
@@ -495,10 +502,10 @@ class OnnxModelService implements ModelService {
       throw new FleetError('not_found', `${key}: its model file is missing from the store; send it again`);
     }
     readOnnxMetadata(bytes, key);
-    let session: ort.InferenceSession;
+    let session: Session;
     const loadStart = performance.now();
     try {
-      session = await ort.InferenceSession.create(bytes, this.sessionOptions);
+      session = await openSession(bytes, this.sessionOptions, bytes.length >= (this.opts.workerSessionBytes ?? 8 * 1024 * 1024) ? 'worker' : 'inline');
     } catch (error) {
       throw new FleetError('load_failed', `${key} does not load in onnxruntime ${this.runtime().version}: ${firstLine(error)}`);
     }
