@@ -11,7 +11,8 @@
  * Reported per setup, as one JSON object each: requests answered, failed requests (target 0), wrong
  * answers (target 0), per swap the activation time and the longest gap between two answered requests
  * in a window around the switch (target < 10 ms), and as the baseline the longest gap in equally long
- * windows of the same run without a swap.
+ * windows of the same run without a swap. Then, without load, the longest stall of this thread during an
+ * activation with the session built inline and on a worker thread (swap-activation-stall).
  *
  * Env: IN_FLIGHT (concurrent requests, default 64), SWAPS (default 6), THREADS (intra-op threads, default 1),
  * WINDOW_MS (half-width of the window around a switch, default 50), STEADY_MS (load between swaps, at least, default 400).
@@ -232,8 +233,40 @@ const setups = [
   { modelName: 'linear 2048→3072 (25 MB, worker thread)', inF: 2048, outF: 3072, via: 'http' },
 ];
 await mkdir(tmpdir(), { recursive: true });
+/**
+ * Without load: the longest this thread goes without running a timer while one activation runs, with the
+ * session built here (inline) and on a worker thread, side by side. This is the stall every other
+ * request, MQTT keepalive and telemetry tick of the agent waits out.
+ */
+async function activationStall({ modelName, inF, outF }) {
+  const row = { bench: 'swap-activation-stall', model: modelName, swaps: SWAPS };
+  for (const [placement, workerSessionBytes] of [['inline', Infinity], ['worker', 0]]) {
+    const dir = await mkdtemp(join(tmpdir(), 'edgefleet-bench-stall-'));
+    const { models } = await openDevice({ inF, outF, count: SWAPS + 1, threads: THREADS, createModelService: (o) => createModelService({ ...o, workerSessionBytes }), logger, dir });
+    const stalls = [];
+    for (let v = 2; v <= SWAPS + 1; v++) {
+      let last = performance.now();
+      let longest = 0;
+      const timer = setInterval(() => {
+        const now = performance.now();
+        longest = Math.max(longest, now - last);
+        last = now;
+      }, 0);
+      await models.activate('m', v);
+      clearInterval(timer);
+      stalls.push(Math.max(longest, performance.now() - last));
+    }
+    await models.close();
+    await rm(dir, { recursive: true, force: true });
+    row[placement] = { medianStallMs: round(median(stalls)), maxStallMs: round(Math.max(...stalls)) };
+  }
+  console.log(JSON.stringify(row));
+  return row;
+}
+
 const results = [];
 for (const s of setups) results.push(await runSetup(s));
+for (const s of setups.filter((x) => x.via === 'service' && x.inF >= 1024)) await activationStall(s);
 console.log(
   JSON.stringify({
     bench: 'swap-summary',
