@@ -46,7 +46,6 @@ const ortPath = createRequire(import.meta.url).resolve('onnxruntime-node');
  * this module: only require() and workerData.
  */
 function sessionWorker(): void {
-  /* eslint-disable @typescript-eslint/no-require-imports */
   const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
   const ortw = require(workerData.ortPath as string) as typeof import('onnxruntime-node');
   const port = parentPort!;
@@ -54,7 +53,12 @@ function sessionWorker(): void {
   ortw.InferenceSession.create(new Uint8Array(workerData.model as ArrayBuffer), workerData.options).then(
     (session) => {
       port.postMessage({ kind: 'ready', inputMetadata: session.inputMetadata, outputMetadata: session.outputMetadata, outputNames: session.outputNames });
-      port.on('message', async (m: { kind: 'run'; id: number; feeds: Record<string, WireTensor> } | { kind: 'release' }) => {
+      // One message at a time, in order: a release never overtakes a run sent before it.
+      let queue: Promise<void> = Promise.resolve();
+      port.on('message', (m: { kind: 'run'; id: number; feeds: Record<string, WireTensor> } | { kind: 'release' }) => {
+        queue = queue.then(() => handle(m));
+      });
+      const handle = async (m: { kind: 'run'; id: number; feeds: Record<string, WireTensor> } | { kind: 'release' }): Promise<void> => {
         if (m.kind === 'release') {
           await session.release();
           port.close();
@@ -78,7 +82,7 @@ function sessionWorker(): void {
         } catch (error) {
           port.postMessage({ kind: 'result', id: m.id, error: message(error) });
         }
-      });
+      };
     },
     (error: unknown) => {
       port.postMessage({ kind: 'failed', error: message(error) });
