@@ -382,8 +382,15 @@ async function createPersistence(
   log.info({ redis: redactUrl(kind.url) }, 'persistence and message routing shared through Redis');
   return {
     aedesOptions: { persistence, mq },
-    // aedes.close() closes the emitter (both of its connections); the persistence is ours to end
-    close: () => persistence.destroy().catch((err: Error) => log.warn({ err: err.message }, 'closing redis persistence')),
+    // aedes.close() closes the emitter (both of its connections); the persistence is ours to end. Its
+    // destroy() drops the connection at once, failing any command still in flight (a client's last
+    // session update, say) with an unhandled "Connection is closed": let those finish first (≤ 1 s).
+    close: async () => {
+      for (const deadline = Date.now() + 1000; (conn.commandQueue?.length ?? 0) > 0 && Date.now() < deadline; ) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      await persistence.destroy().catch((err: Error) => log.warn({ err: err.message }, 'closing redis persistence'));
+    },
   };
 }
 
@@ -411,6 +418,8 @@ function streamsAsReadables<T extends object>(persistence: T): T {
 
 interface RedisConnection {
   status: string;
+  /** ioredis: commands sent and not yet answered. */
+  commandQueue?: { length: number };
   connect(): Promise<void>;
   quit(): Promise<unknown>;
   disconnect(): void;
