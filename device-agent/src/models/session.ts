@@ -34,6 +34,8 @@ interface WireTensor {
   dims: readonly number[];
 }
 
+type ToWorker = { kind: 'run'; id: number; feeds: Record<string, WireTensor> } | { kind: 'release' };
+
 type FromWorker =
   | { kind: 'ready'; inputMetadata: ort.InferenceSession.ValueMetadata[]; outputMetadata: ort.InferenceSession.ValueMetadata[]; outputNames: string[] }
   | { kind: 'failed'; error: string }
@@ -55,10 +57,10 @@ function sessionWorker(): void {
       port.postMessage({ kind: 'ready', inputMetadata: session.inputMetadata, outputMetadata: session.outputMetadata, outputNames: session.outputNames });
       // One message at a time, in order: a release never overtakes a run sent before it.
       let queue: Promise<void> = Promise.resolve();
-      port.on('message', (m: { kind: 'run'; id: number; feeds: Record<string, WireTensor> } | { kind: 'release' }) => {
+      port.on('message', (m: ToWorker) => {
         queue = queue.then(() => handle(m));
       });
-      const handle = async (m: { kind: 'run'; id: number; feeds: Record<string, WireTensor> } | { kind: 'release' }): Promise<void> => {
+      const handle = async (m: ToWorker): Promise<void> => {
         if (m.kind === 'release') {
           await session.release();
           port.close();
