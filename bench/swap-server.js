@@ -10,7 +10,9 @@ import { pino } from 'pino';
 import { openDevice } from './swap-models.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const { createModelService, createInferenceServer } = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
+const { createModelService: create, createInferenceServer } = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
+const workerSessionBytes = process.env.WORKER_SESSION_MB === undefined ? undefined : Number(process.env.WORKER_SESSION_MB) * 1024 * 1024;
+const createModelService = (o) => create({ workerSessionBytes, ...o });
 const [inF, outF, count, threads] = process.argv.slice(2).map(Number);
 const logger = pino({ level: 'silent' });
 const dir = await mkdtemp(join(tmpdir(), 'edgefleet-bench-swap-'));

@@ -29,7 +29,10 @@ import { pino } from 'pino';
 import { linear, openDevice } from './swap-models.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const { createModelService } = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
+const models = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
+// WORKER_SESSION_MB moves the threshold between inline and worker sessions (the agent's workerSessionMb; default 8).
+const workerSessionBytes = process.env.WORKER_SESSION_MB === undefined ? undefined : Number(process.env.WORKER_SESSION_MB) * 1024 * 1024;
+const createModelService = (o) => models.createModelService({ workerSessionBytes, ...o });
 
 const IN_FLIGHT = Number(process.env.IN_FLIGHT ?? 64);
 const SWAPS = Number(process.env.SWAPS ?? 6);
@@ -264,9 +267,11 @@ async function activationStall({ modelName, inF, outF }) {
   return row;
 }
 
+// BENCH_ONLY=<text> runs only the setups whose model name contains it (for tuning runs).
+const only = (s) => !process.env.BENCH_ONLY || s.modelName.includes(process.env.BENCH_ONLY);
 const results = [];
-for (const s of setups) results.push(await runSetup(s));
-for (const s of setups.filter((x) => x.via === 'service' && x.inF >= 1024)) await activationStall(s);
+for (const s of setups.filter(only)) results.push(await runSetup(s));
+for (const s of setups.filter((x) => only(x) && x.via === 'service' && x.inF >= 1024)) await activationStall(s);
 console.log(
   JSON.stringify({
     bench: 'swap-summary',

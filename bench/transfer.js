@@ -36,12 +36,14 @@ const KiB = 1024;
 
 const out = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
 const seconds = (ms) => Math.round(ms) / 1000;
+const round2 = (x) => Math.round(x * 100) / 100;
 
-/** CPU seconds (user + system) a process has used so far, from /proc (Linux). */
-async function cpuSeconds(pid) {
+/** CPU seconds (user + system) a process has used so far, from /proc (Linux); with `reaped`, only its waited-for children's. */
+async function cpuSeconds(pid, { reaped = false } = {}) {
   try {
     const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1].split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
+    const [user, system] = reaped ? [fields[13], fields[14]] : [fields[11], fields[12]];
+    return (Number(user) + Number(system)) / 100;
   } catch {
     return 0;
   }
@@ -133,19 +135,24 @@ async function startSshd(dir) {
 async function scpLoop(sshd, file, n, targetDir, sha) {
   await rm(targetDir, { recursive: true, force: true });
   await mkdir(targetDir, { recursive: true });
+  // CPU of the scp clients (this process reaps them) and of sshd with its per-connection processes (it reaps those)
+  const cpu = async () => ({ client: await cpuSeconds(process.pid, { reaped: true }), sshd: (await cpuSeconds(sshd.child.pid)) + (await cpuSeconds(sshd.child.pid, { reaped: true })) });
+  const cpu0 = await cpu();
   const t0 = performance.now();
   for (let i = 0; i < n; i++) {
     await run('scp', ['-q', '-i', sshd.key, '-P', String(sshd.port), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
       '-o', 'LogLevel=ERROR', file, `${userInfo().username}@127.0.0.1:${join(targetDir, `copy-${i}.onnx`)}`]);
   }
   const ms = performance.now() - t0;
+  const cpu1 = await cpu();
+  const cpuS = { client: round2(cpu1.client - cpu0.client), sshd: round2(cpu1.sshd - cpu0.sshd) };
   const v0 = performance.now();
   for (let i = 0; i < n; i++) {
     if ((await sha256File(join(targetDir, `copy-${i}.onnx`))) !== sha) throw new Error(`scp copy ${i} does not match`);
   }
   const verifyMs = performance.now() - v0;
   await rm(targetDir, { recursive: true, force: true });
-  return { ms, verifyMs };
+  return { ms, verifyMs, cpuS };
 }
 
 const work = await mkdtemp(join(tmpdir(), 'bench-transfer-'));
@@ -207,8 +214,8 @@ try {
   for (const n of DEVICE_COUNTS) {
     const devices = Array.from({ length: n }, (_, i) => `d${i}`);
     // BENCH_SKIP_SCP=1 is for tuning runs only: no ratio is meaningful without the baseline beside it
-    const scp = process.env.BENCH_SKIP_SCP ? { ms: NaN, verifyMs: NaN } : await scpLoop(sshd, blob, n, join(work, 'scp-target'), record.sha256);
-    out({ bench: 'transfer', method: 'scp-loop', devices: n, seconds: seconds(scp.ms), verifySeconds: seconds(scp.verifyMs), MBps: Math.round((record.length * n) / 1e6 / (scp.ms / 1000)) });
+    const scp = process.env.BENCH_SKIP_SCP ? { ms: NaN, verifyMs: NaN, cpuS: {} } : await scpLoop(sshd, blob, n, join(work, 'scp-target'), record.sha256);
+    out({ bench: 'transfer', method: 'scp-loop', devices: n, seconds: seconds(scp.ms), verifySeconds: seconds(scp.verifyMs), cpuS: scp.cpuS, cpuSPerDevice: round2((scp.cpuS.client + scp.cpuS.sshd) / n), MBps: Math.round((record.length * n) / 1e6 / (scp.ms / 1000)) });
     let best;
     for (const [chunkSize, window] of n === 50 && SWEEP !== 'none' ? sweeps.filter(([c]) => c >= 256 * KiB) : sweeps) {
       await Promise.all(devices.map((_, i) => ipc(receivers[i], { type: 'reset' }, 'reset-done')));
@@ -225,7 +232,7 @@ try {
       const hashes = await Promise.all(devices.map((_, i) => ipc(receivers[i], { type: 'hash', name: 'bench', version: record.version }, 'hash')));
       const verified = hashes.every((h) => h.sha === record.sha256);
       if (!verified) throw new Error('an installed copy does not match the registry sha256');
-      const r = { bench: 'transfer', method: 'mqtt', devices: n, chunkKiB: chunkSize / KiB, window, seconds: seconds(ms), MBps: Math.round((record.length * n) / 1e6 / (ms / 1000)), verified, phases, cpuS, vsScp: Math.round((scp.ms / ms) * 100) / 100 };
+      const r = { bench: 'transfer', method: 'mqtt', devices: n, chunkKiB: chunkSize / KiB, window, seconds: seconds(ms), MBps: Math.round((record.length * n) / 1e6 / (ms / 1000)), verified, phases, cpuS, cpuSPerDevice: round2((cpuS.broker + cpuS.host + cpuS.receivers) / n), vsScp: Math.round((scp.ms / ms) * 100) / 100 };
       out(r);
       if (!best || ms < best.ms) best = { ms, chunkKiB: r.chunkKiB, window };
     }
