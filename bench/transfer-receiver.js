@@ -5,7 +5,7 @@
 // its data directory; reports the sha256 of what it installed on IPC 'hash'.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { pino } from 'pino';
@@ -75,8 +75,17 @@ client.on('message', (topic, payload) => {
 await client.subscribeAsync([topics.device(id, 'commands')], { qos: 1 });
 await client.subscribeAsync([topics.transferFilter({ kind: 'device', name: id }), ...groups.map((g) => topics.transferFilter({ kind: 'group', name: g }))], { qos: chunkQos });
 
+// BENCH_PROFILE_DIR: a CPU profile of each delivery alone (from reset to the hash check), without start-up.
+const profiler = process.env.BENCH_PROFILE_DIR ? await import('node:inspector/promises').then(({ Session }) => new Session()) : null;
+profiler?.connect();
+let deliveries = 0;
+
 process.on('message', async (msg) => {
   if (msg.type === 'reset') {
+    if (profiler) {
+      await profiler.post('Profiler.enable');
+      await profiler.post('Profiler.start');
+    }
     await receiver.close();
     installed.clear();
     await rm(dataDir, { recursive: true, force: true });
@@ -84,6 +93,10 @@ process.on('message', async (msg) => {
     newReceiver();
     process.send({ type: 'reset-done' });
   } else if (msg.type === 'hash') {
+    if (profiler) {
+      const { profile } = await profiler.post('Profiler.stop');
+      await writeFile(join(process.env.BENCH_PROFILE_DIR, `${id}-${++deliveries}.cpuprofile`), JSON.stringify(profile));
+    }
     const file = installed.get(msg.name)?.get(msg.version);
     let sha = null;
     if (file) {

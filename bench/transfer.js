@@ -12,6 +12,7 @@
 // the point of this bench on 2 cores.
 //
 // Options (env): BENCH_DEVICES=1,10,50  BENCH_MB=50  BENCH_SWEEP=full|quick|none|<KiB>:<window>,...  BENCH_CHUNK_QOS=0
+// Tuning only: BENCH_SKIP_SCP=1 (no baseline, no ratio)  BENCH_PROFILE=<dir> (a CPU profile of device d0 per delivery)
 import { execFile, fork, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -183,8 +184,8 @@ try {
   const receivers = [];
   for (let i = 0; i < MAX; i++) {
     const child = fork(join(here, 'transfer-receiver.js'), [`d${i}`, url, join(work, 'devices', `d${i}`), String(CHUNK_QOS), DEVICE_COUNTS.filter((k) => i < k).map((k) => `upto${k}`).join(',')], {
-      env: { ...process.env, FLEET_PUBLIC_KEY: keys.publicKeyPem },
-      ...(process.env.BENCH_PROFILE && i === 0 ? { execArgv: ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] } : {}),
+      // BENCH_PROFILE=<dir>: CPU profiles of device d0, one per delivery
+      env: { ...process.env, FLEET_PUBLIC_KEY: keys.publicKeyPem, ...(process.env.BENCH_PROFILE && i === 0 ? { BENCH_PROFILE_DIR: process.env.BENCH_PROFILE } : {}) },
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
     });
     children.push(child);
