@@ -6,6 +6,9 @@ import { performance } from 'node:perf_hooks';
 import onnxProto from 'onnx-proto';
 import { ManifestSchema, chunkHashes, sha256Hex } from '@edgefleet/protocol';
 
+/** WORKER_SESSION_MB moves the threshold between inline and worker sessions (the agent's workerSessionMb; default 8). */
+export const workerSessionBytes = process.env.WORKER_SESSION_MB === undefined ? undefined : Number(process.env.WORKER_SESSION_MB) * 1024 * 1024;
+
 function seeded(seed) {
   let s = seed >>> 0;
   return () => {

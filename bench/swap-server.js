@@ -7,11 +7,10 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { openDevice } from './swap-models.js';
+import { openDevice, workerSessionBytes } from './swap-models.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const { createModelService: create, createInferenceServer } = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
-const workerSessionBytes = process.env.WORKER_SESSION_MB === undefined ? undefined : Number(process.env.WORKER_SESSION_MB) * 1024 * 1024;
 const createModelService = (o) => create({ workerSessionBytes, ...o });
 const [inF, outF, count, threads] = process.argv.slice(2).map(Number);
 const logger = pino({ level: 'silent' });

@@ -26,12 +26,10 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import ort from 'onnxruntime-node';
 import { pino } from 'pino';
-import { linear, openDevice } from './swap-models.js';
+import { linear, openDevice, workerSessionBytes } from './swap-models.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const models = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
-// WORKER_SESSION_MB moves the threshold between inline and worker sessions (the agent's workerSessionMb; default 8).
-const workerSessionBytes = process.env.WORKER_SESSION_MB === undefined ? undefined : Number(process.env.WORKER_SESSION_MB) * 1024 * 1024;
 const createModelService = (o) => models.createModelService({ workerSessionBytes, ...o });
 
 const IN_FLIGHT = Number(process.env.IN_FLIGHT ?? 64);
