@@ -241,9 +241,9 @@ await mkdir(tmpdir(), { recursive: true });
  */
 async function activationStall({ modelName, inF, outF }) {
   const row = { bench: 'swap-activation-stall', model: modelName, swaps: SWAPS };
-  for (const [placement, workerSessionBytes] of [['inline', Infinity], ['worker', 0]]) {
+  for (const [placement, threshold] of [['inline', Infinity], ['worker', 0]]) {
     const dir = await mkdtemp(join(tmpdir(), 'edgefleet-bench-stall-'));
-    const { models } = await openDevice({ inF, outF, count: SWAPS + 1, threads: THREADS, createModelService: (o) => createModelService({ ...o, workerSessionBytes }), logger, dir });
+    const { models } = await openDevice({ inF, outF, count: SWAPS + 1, threads: THREADS, createModelService: (o) => createModelService({ ...o, workerSessionBytes: threshold }), logger, dir });
     const stalls = [];
     for (let v = 2; v <= SWAPS + 1; v++) {
       let last = performance.now();
