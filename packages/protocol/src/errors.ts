@@ -17,7 +17,8 @@ export const ERROR_CODES = [
   'corrupt_chunk',
   'missing_chunk',
   'truncated',
-  'too_long',
+  'too_long', // over a byte limit (a chunk, a file, a body, a message of its kind)
+  'too_deep', // JSON nested deeper than the protocol allows
   'not_onnx',
   'load_failed',
   'smoke_test_failed',
