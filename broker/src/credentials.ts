@@ -3,7 +3,7 @@
  * constant time. A credential's id is the MQTT username; the password is its token.
  */
 import { randomBytes, scrypt, scryptSync, timingSafeEqual } from 'node:crypto';
-import { isValidName } from '@edgefleet/protocol';
+import { deviceIdProblem, isValidName } from '@edgefleet/protocol';
 
 export interface Credential {
   role: 'device' | 'operator';
@@ -113,12 +113,18 @@ export function assertCredential(c: Credential): Credential {
   return c;
 }
 
-/** An in-memory store; ids are unique across devices and operators (the id is the MQTT username). */
+/**
+ * An in-memory store. Devices and operators share one namespace of ids (the id is the MQTT
+ * username): ids are unique, and no device id is reserved or inside an operator's client ids.
+ */
 export function staticCredentials(list: Credential[]): CredentialStore {
   const byId = new Map<string, Credential>();
+  const operators = list.filter((c) => c.role === 'operator').map((c) => c.id);
   for (const c of list) {
     assertCredential(c);
     if (byId.has(c.id)) throw new TypeError(`duplicate credential id "${c.id}": ids are MQTT usernames and must be unique`);
+    const problem = c.role === 'device' ? deviceIdProblem(c.id, { operators }) : undefined;
+    if (problem) throw new TypeError(`credential "${c.id}": ${problem}`);
     byId.set(c.id, { ...c, groups: [...c.groups] });
   }
   return { find: (username) => byId.get(username) };

@@ -62,21 +62,23 @@ export function mayPublish(who: Principal, topic: string, options?: AccessOption
   return publishGrants(who, options).some((grant) => filterCovers(grant, topic));
 }
 
-export function maySubscribe(who: Principal, filter: string, options?: AccessOptions): boolean {
-  return subscribeQos(who, filter, options) !== undefined;
+/**
+ * Whether `who` may subscribe to `filter` at `qos`. A device's transfer filters allow QoS 0
+ * only (see maxSubscribeQos); a higher request is refused rather than quietly downgraded,
+ * because Aedes would still acknowledge the QoS that was asked for.
+ */
+export function maySubscribe(who: Principal, filter: string, options?: AccessOptions, qos: Qos = 0): boolean {
+  const max = maxSubscribeQos(who, filter, options);
+  return max !== undefined && qos <= max;
 }
 
-/**
- * The QoS the broker grants for a subscription (at most `requested`), or undefined when the
- * filter is refused. A server may grant less than was asked [MQTT-3.9.3]: a device's transfer
- * filters get QoS 0, so nothing is queued for it while it is away.
- */
-export function subscribeQos(who: Principal, filter: string, options: AccessOptions = {}, requested: Qos = 2): Qos | undefined {
-  let granted: Qos | undefined;
+/** The highest QoS `who` may subscribe to `filter` with, or undefined when the filter is not granted at all. */
+export function maxSubscribeQos(who: Principal, filter: string, options: AccessOptions = {}): Qos | undefined {
+  let max: Qos | undefined;
   for (const grant of subscribeGrantList(who, options)) {
-    if (filterCovers(grant.filter, filter) && (granted === undefined || grant.maxQos > granted)) granted = grant.maxQos;
+    if (filterCovers(grant.filter, filter) && (max === undefined || grant.maxQos > max)) max = grant.maxQos;
   }
-  return granted === undefined ? undefined : (Math.min(granted, requested) as Qos);
+  return max;
 }
 
 /**
