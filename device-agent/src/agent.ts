@@ -200,10 +200,10 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     return list;
   }
 
-  function onMessage(topic: string, payload: Buffer): void {
+  function onMessage(topic: string, payload: Buffer, packet?: { retain?: boolean }): void {
     if (config.legacyTopic !== undefined && topic === config.legacyTopic) {
       if (!acceptingCommands || !legacy) return;
-      legacy.onMessage(topic, payload).catch((error: unknown) => logger.error({ err: error }, 'legacy command failed'));
+      legacy.onMessage(topic, payload, packet?.retain === true).catch((error: unknown) => logger.error({ err: error }, 'legacy command failed'));
       return;
     }
     const parsed = parseTopic(topic);
