@@ -7,7 +7,7 @@ import { chmod, open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashSecret, verifySecretAsync } from '@edgefleet/broker';
 import type { Credential, CredentialStore } from '@edgefleet/broker';
-import { FleetError, assertName } from '@edgefleet/protocol';
+import { FleetError, assertDeviceId, assertName } from '@edgefleet/protocol';
 import type { DeviceRecord, FleetDb } from './state.js';
 
 export const OPERATOR_TOKEN_FILE = 'operator.token';
@@ -114,10 +114,12 @@ export function createTokenChecker(db: FleetDb): (token: string | undefined) => 
 export function stateCredentials(db: FleetDb): CredentialStore {
   return {
     find(username: string): Credential | undefined {
-      const device = db.data.devices[username];
-      if (device && device.tokenHash) return { role: 'device', id: device.id, groups: [...device.groups], secretHash: device.tokenHash };
-      const op = db.data.operators[username];
+      // operators first: a device that shares an operator's id (a state from before the rule) never shadows it;
+      // own properties only, or a device named "constructor" would find Object's
+      const op = Object.hasOwn(db.data.operators, username) ? db.data.operators[username] : undefined;
       if (op) return { role: 'operator', id: op.id, groups: [], secretHash: op.tokenHash };
+      const device = Object.hasOwn(db.data.devices, username) ? db.data.devices[username] : undefined;
+      if (device && device.tokenHash) return { role: 'device', id: device.id, groups: [...device.groups], secretHash: device.tokenHash };
       return undefined;
     },
   };
@@ -139,7 +141,7 @@ export async function provisionDevice(
   db: FleetDb,
   args: { id: string; groups: string[]; brokerUrl: string; fleetPublicKeyPem: string; legacyTopic?: string | undefined },
 ): Promise<ProvisionResult> {
-  const id = assertName('device id', args.id);
+  const id = assertDeviceId(args.id, { operators: Object.keys(db.data.operators) }); // one namespace with operators; reserved ids refused
   for (const g of args.groups) assertName('group', g);
   const existing = db.data.devices[id];
   if (existing?.tokenHash) {
