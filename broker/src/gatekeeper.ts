@@ -17,9 +17,17 @@ interface Session {
   key: string;
   /** mayPublish answers for this principal, by topic (bounded). */
   publishDecisions: Map<string, boolean>;
+  /** Subscriptions refused on this connection so far. */
+  refusedFilters: number;
 }
 
 const PUBLISH_CACHE_LIMIT = 256;
+/**
+ * Refused subscriptions one connection may collect before it is closed: an agent whose groups
+ * do not match the broker's gets a handful at each connect; thousands are an attack on the
+ * shared thread (each is an ACL decision and a log line).
+ */
+export const MAX_REFUSED_SUBSCRIPTIONS = 64;
 
 // Aedes' connect return codes (AuthErrorCode is a const enum, unusable with isolatedModules)
 const IDENTIFIER_REJECTED = 2;
@@ -92,8 +100,15 @@ export function createGatekeeper(options: GatekeeperOptions): Gatekeeper {
 
     authorizeSubscribe(client, subscription, done) {
       const session = sessions.get(client);
-      if (session && maySubscribe(session.principal, subscription.topic, access, subscription.qos as Qos)) return done(null, subscription);
-      log.warn({ clientId: client.id, who: session?.key, filter: subscription.topic, qos: subscription.qos }, 'subscription refused by ACL');
+      if (!session) return done(new Error('not authenticated'));
+      if (maySubscribe(session.principal, subscription.topic, access, subscription.qos as Qos)) return done(null, subscription);
+      if (++session.refusedFilters > MAX_REFUSED_SUBSCRIPTIONS) {
+        if (session.refusedFilters === MAX_REFUSED_SUBSCRIPTIONS + 1) {
+          log.warn({ clientId: client.id, who: session.key }, `more than ${MAX_REFUSED_SUBSCRIPTIONS} subscriptions refused on one connection; closing it`);
+        }
+        return done(new Error('too many refused subscriptions')); // Aedes closes the connection
+      }
+      log.warn({ clientId: client.id, who: session.key, filter: subscription.topic, qos: subscription.qos }, 'subscription refused by ACL');
       done(null, null); // SUBACK return code 0x80 for this filter
     },
   };
@@ -166,13 +181,13 @@ async function authenticateClient(args: AuthenticateArgs): Promise<Session> {
     if (!args.assigned && (await options.store.find(client.id))) {
       throw authError(IDENTIFIER_REJECTED, `client id "${client.id}" is the id of a credential: connect with that credential`);
     }
-    session = { principal: { role: 'operator', id: 'anonymous' }, key: 'anonymous', publishDecisions: new Map() };
+    session = { principal: { role: 'operator', id: 'anonymous' }, key: 'anonymous', publishDecisions: new Map(), refusedFilters: 0 };
   } else {
     const credential = await options.store.find(username);
     const ok = await verifySecretAsync(args.password ?? Buffer.alloc(0), credential?.secretHash ?? decoySecretHash());
     if (!ok || !credential) throw authError(BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
     await settleClientId(client, credential, args.assigned, options.store);
-    session = { principal: principalOf(credential), key: `${credential.role}:${credential.id}`, publishDecisions: new Map() };
+    session = { principal: principalOf(credential), key: `${credential.role}:${credential.id}`, publishDecisions: new Map(), refusedFilters: 0 };
   }
   // A will is published on the client's behalf later: authorize it now.
   const will = (client as unknown as { _will?: { topic: string; retain?: boolean } | null })._will;
