@@ -6,12 +6,7 @@
  * nothing stops the plant) an agent started after a retained `exit` keeps running.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { execFile, spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import mqtt from 'mqtt';
 import type { MqttClient } from 'mqtt';
@@ -19,7 +14,8 @@ import type { RunningBroker } from '@edgefleet/broker';
 import { startTestBroker } from './support/broker.js';
 import { cleanupAgents, connectOperator, startAgent, watchStatus } from './support/agent-process.js';
 import type { AgentProcess, StatusWatcher } from './support/agent-process.js';
-import { eventually, freePort } from './support/manager-process.js';
+import { startMosquitto } from './support/mosquitto.js';
+import type { MosquittoProcess } from './support/mosquitto.js';
 
 const run = promisify(execFile);
 const OPERATOR = { id: 'op', token: 'operator-token-legacy' };
@@ -110,34 +106,21 @@ describe('a device publishing `exit` on the legacy topic, through the embedded b
 });
 
 describe('a retained `exit` planted on a third-party broker (Mosquitto 2, anonymous)', () => {
-  let work: string;
-  let mosquitto: ChildProcess | undefined;
+  let mosquitto: MosquittoProcess | undefined;
   let port: number;
   let watcherClient: MqttClient | undefined;
   const agents: AgentProcess[] = [];
 
   beforeAll(async () => {
-    work = await mkdtemp(join(tmpdir(), 'legacy-mosquitto-'));
-    port = await freePort();
     // no ACL at all: anyone may publish anything, retained, which is the case the agent must survive alone
-    await writeFile(join(work, 'mosquitto.conf'), `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\n`);
-    mosquitto = spawn('mosquitto', ['-c', join(work, 'mosquitto.conf')], { stdio: 'ignore' });
-    await eventually('mosquitto listening', () =>
-      new Promise<true | undefined>((resolve) => {
-        const s = connect(port, '127.0.0.1', () => {
-          s.destroy();
-          resolve(true);
-        });
-        s.on('error', () => resolve(undefined));
-      }),
-    );
+    mosquitto = await startMosquitto(['allow_anonymous true', 'persistence false']);
+    port = mosquitto.port;
   });
 
   afterAll(async () => {
     await cleanupAgents(...agents);
     await watcherClient?.endAsync();
-    mosquitto?.kill('SIGKILL');
-    await rm(work, { recursive: true, force: true });
+    await mosquitto?.stop();
   });
 
   it('an agent started afterwards ignores it, keeps running and still obeys live commands', async () => {

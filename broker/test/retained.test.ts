@@ -67,12 +67,13 @@ describe('the legacy topic and retained messages, against a device holding its o
     await broker.close();
   });
 
-  it.each([
+  const variants: [string, { qos: 0 | 1; retain: boolean }][] = [
     ['QoS 0', { qos: 0, retain: false }],
     ['QoS 1', { qos: 1, retain: false }],
     ['QoS 0, retained', { qos: 0, retain: true }],
     ['QoS 1, retained', { qos: 1, retain: true }],
-  ] as const)('a device publishing `exit` on the legacy topic (%s) is dropped; nobody receives it; nothing is retained', async (_name, opts) => {
+  ];
+  it.each(variants)('a device publishing `exit` on the legacy topic (%s) is dropped; nobody receives it; nothing is retained', async (_name, opts) => {
     await expectDropped(await device('evil'), 'hello', 'exit', opts);
     await markerRoundTrip();
     expect(listenerInbox.messages.map((m) => m.payload.toString())).toEqual(Array.from({ length: marker }, (_, i) => `done ${i + 1}`));

@@ -31,7 +31,9 @@ function codeOf(fn: () => unknown): string | undefined {
 }
 
 describe('JSON size and depth, before JSON.parse', () => {
-  afterEach(() => jest.restoreAllMocks());
+  afterEach(() => {
+    jest.restoreAllMocks();
+  });
 
   it('refuses the 3.8 MB [[[[…]]]] payload at every boundary without ever calling JSON.parse', () => {
     const parse = jest.spyOn(JSON, 'parse');
