@@ -86,7 +86,7 @@ export class Violation extends Error {
   }
 }
 
-/** CONNACK return code 0x01: unacceptable protocol level [MQTT-3.2.2-5]. */
+/** CONNACK return code 0x01: unacceptable protocol level (MQTT 3.1.1, table 3.1). */
 export const UNACCEPTABLE_PROTOCOL_LEVEL = 1;
 
 /** MQTT 3.1.1 ("MQTT", level 4) and MQTT 3.1 ("MQIsdp", level 3): the versions without MQTT 5's properties. */
