@@ -4,15 +4,17 @@
  * and every PUBLISH and SUBSCRIBE decided by the protocol's access rules.
  */
 import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Aedes, AedesOptions } from 'aedes';
 import { pino, type Logger } from 'pino';
 import { mayRetain, type AccessOptions } from '@edgefleet/protocol';
-import { BrokerConfigError, validateLimits } from './config.js';
+import { BrokerConfigError, validateLimits, validateOutbound } from './config.js';
 import type { CredentialStore } from './credentials.js';
 import { createGatekeeper } from './gatekeeper.js';
 import { DEFAULT_LIMITS, MAX_CLIENT_ID_BYTES, PacketGuard, guardStream, type GuardLimits, type Violation } from './guard.js';
 import { startListeners, type Accept, type Listeners } from './listeners.js';
+import { DEFAULT_OUTBOUND_LIMITS, watchOutbound, type OutboundLimits, type OutboundOptions, type OutboundStats, type Transport } from './outbound.js';
 import { createPersistence, type PersistenceOption, type PersistenceSetup } from './persistence.js';
 
 export { BrokerConfigError };
@@ -35,15 +37,28 @@ export interface BrokerOptions {
   maxTopicLevels?: number;
   /** The original plain-text channel (e.g. 'hello'): operators publish, devices subscribe; never retained. */
   legacyTopic?: string;
+  /**
+   * Bytes queued for one connection (written, not yet taken by the peer) from which its QoS 0
+   * deliveries are dropped; twice this with QoS 1 still coming closes it. Default 64 MiB.
+   */
+  maxQueuedBytes?: number;
+  /** A delivery waits at most this long for a subscriber that takes no byte; then nothing waits for it until it catches up. Default 2 s. */
+  stallMs?: number;
+  /** A stalled connection that takes no byte for this long is closed. Default 30 s. */
+  stallTimeoutMs?: number;
   persistence?: PersistenceOption;
   logger?: Logger;
 }
+
+/** Counters since the broker started. */
+export interface BrokerStats extends OutboundStats {}
 
 export interface RunningBroker {
   aedes: Aedes;
   ports: { tcp?: number; tls?: number; ws?: number };
   /** mqtt://127.0.0.1:<tcp> (or the TCP listener's host when it is not a wildcard address). */
   url: string;
+  stats(): BrokerStats;
   close(): Promise<void>;
 }
 
@@ -61,9 +76,21 @@ function limitsOf(options: BrokerOptions): GuardLimits {
   return limits;
 }
 
+function outboundOf(options: BrokerOptions): OutboundLimits {
+  const limits: OutboundLimits = {
+    maxQueuedBytes: options.maxQueuedBytes ?? DEFAULT_OUTBOUND_LIMITS.maxQueuedBytes,
+    stallMs: options.stallMs ?? DEFAULT_OUTBOUND_LIMITS.stallMs,
+    stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_OUTBOUND_LIMITS.stallTimeoutMs,
+  };
+  validateOutbound(limits);
+  return limits;
+}
+
 export async function createBroker(options: BrokerOptions): Promise<RunningBroker> {
   const log = (options.logger ?? defaultLogger()).child({ component: 'broker' });
   const limits = limitsOf(options);
+  const outbound = outboundOf(options);
+  const stats: BrokerStats = { droppedQos0: 0, stalled: 0, closedBehind: 0 };
   const access: AccessOptions = { legacyTopic: options.legacyTopic };
   const allowAnonymous = options.allowAnonymous === true;
   if (allowAnonymous) {
@@ -82,6 +109,9 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
     // a socket that has not sent CONNECT after 10 s is closed (Aedes' default is 30 s)
     connectTimeout: 10_000,
     maxTopicLevels: Math.min(limits.maxTopicLevels, 100),
+    // slow and frozen subscribers are handled per connection (outbound.ts), by progress rather than
+    // by "drained within 60 s", which a live device on a slow link fails with a window of 1 MiB chunks
+    drainTimeout: 0,
   };
   const aedes = await Aedes.createBroker(aedesOptions);
   gatekeeper.attach(aedes);
@@ -94,20 +124,21 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
     await sweepRetained(aedes, access, log);
     listeners = await startListeners(
       { tcp: options.tcp === undefined ? { host: '0.0.0.0', port: 1883 } : options.tcp, tls: options.tls, ws: options.ws, maxPacketSize: limits.maxPacketSize },
-      guardedAccept(aedes, limits, connections, log),
+      guardedAccept(aedes, { limits, outbound: { limits: outbound, pace: persistence.paced, stats, log } }, connections, log),
       log,
     );
   } catch (err) {
     await closeAedes(aedes, persistence);
     throw err;
   }
-  log.info({ ports: listeners.ports, persistence: options.persistence?.kind ?? 'memory', limits }, 'broker listening');
+  log.info({ ports: listeners.ports, persistence: options.persistence?.kind ?? 'memory', limits, outbound }, 'broker listening');
 
   let closing: Promise<void> | undefined;
   return {
     aedes,
     ports: listeners.ports,
     url: listeners.url,
+    stats: () => ({ ...stats }),
     close() {
       closing ??= (async () => {
         const closed = listeners.close();
@@ -122,9 +153,15 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
   };
 }
 
-/** Every connection gets its own PacketGuard in front of Aedes. */
-function guardedAccept(aedes: Aedes, limits: GuardLimits, connections: Set<Duplex>, log: Logger): Accept {
-  return (stream: Duplex, remote: string, req?: IncomingMessage) => {
+interface ConnectionRules {
+  limits: GuardLimits;
+  outbound: OutboundOptions;
+}
+
+/** Every connection gets its own PacketGuard in front of Aedes, and its own bound on what is queued for it. */
+function guardedAccept(aedes: Aedes, rules: ConnectionRules, connections: Set<Duplex>, log: Logger): Accept {
+  const { limits } = rules;
+  return (stream: Duplex, remote: string, req?: IncomingMessage, transport?: Socket) => {
     connections.add(stream);
     stream.once('close', () => connections.delete(stream));
     stream.on('error', () => {
@@ -134,7 +171,8 @@ function guardedAccept(aedes: Aedes, limits: GuardLimits, connections: Set<Duple
     const onViolation = (v: Violation) => {
       log.warn({ remote, clientId: guard.clientId, username: guard.username, packet: v.packetType, reason: v.reason }, v.connack === undefined ? 'closing connection: invalid packet' : 'refusing connection');
     };
-    aedes.handle(guardStream(stream, guard, onViolation), req);
+    const client = aedes.handle(guardStream(stream, guard, onViolation), req as IncomingMessage);
+    watchOutbound(client, stream, transport as Transport | undefined, rules.outbound);
   };
 }
 

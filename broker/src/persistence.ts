@@ -12,6 +12,11 @@ export type PersistenceOption = { kind: 'memory' } | { kind: 'redis'; url: strin
 
 export interface PersistenceSetup {
   aedesOptions: Pick<AedesOptions, 'persistence' | 'mq'>;
+  /**
+   * Whether a publish waits for its local deliveries (Aedes' own emitter). mqemitter-redis
+   * finishes a publish once Redis has it, and delivers what arrives from Redis without waiting.
+   */
+  paced: boolean;
   close(): Promise<void>;
 }
 
@@ -19,7 +24,7 @@ export async function createPersistence(
   kind: PersistenceOption,
   log: Logger,
 ): Promise<PersistenceSetup> {
-  if (kind.kind === 'memory') return { aedesOptions: {}, close: async () => {} };
+  if (kind.kind === 'memory') return { aedesOptions: {}, paced: true, close: async () => {} };
   if (kind.kind !== 'redis') throw new Error(`unknown persistence "${(kind as { kind: string }).kind}": use "memory" or "redis"`);
   // Aedes 1.x calls persistence methods as promises: use the package's async class, not its callback wrapper.
   const requireHere = createRequire(import.meta.url);
@@ -56,6 +61,7 @@ export async function createPersistence(
   log.info({ redis: redactUrl(kind.url) }, 'persistence and message routing shared through Redis');
   return {
     aedesOptions: { persistence, mq },
+    paced: false,
     // aedes.close() closes the emitter (both of its connections); the persistence is ours to end. Its
     // destroy() drops the connection at once, failing any command still in flight (a client's last
     // session update, say) with an unhandled "Connection is closed": let those finish first (≤ 1 s).
