@@ -6,11 +6,12 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { Aedes, AedesOptions } from 'aedes';
+import type { Aedes, AedesOptions, Client } from 'aedes';
 import { pino, type Logger } from 'pino';
 import { mayRetain, type AccessOptions } from '@edgefleet/protocol';
-import { BrokerConfigError, validateLimits, validateOutbound } from './config.js';
+import { BrokerConfigError, validateAdmission, validateLimits, validateOutbound } from './config.js';
 import type { CredentialStore } from './credentials.js';
+import { Admission, DEFAULT_ADMISSION_LIMITS, type AdmissionLimits, type AdmissionStats } from './admission.js';
 import { createGatekeeper } from './gatekeeper.js';
 import { DEFAULT_LIMITS, MAX_CLIENT_ID_BYTES, PacketGuard, guardStream, type GuardLimits, type Violation } from './guard.js';
 import { startListeners, type Accept, type Listeners } from './listeners.js';
@@ -46,12 +47,14 @@ export interface BrokerOptions {
   stallMs?: number;
   /** A stalled connection that takes no byte for this long is closed. Default 30 s. */
   stallTimeoutMs?: number;
+  /** What a CONNECT's token check may cost (concurrency, per-address backoff, cache of verified tokens); see admission.ts. */
+  admission?: Partial<AdmissionLimits>;
   persistence?: PersistenceOption;
   logger?: Logger;
 }
 
 /** Counters since the broker started. */
-export interface BrokerStats extends OutboundStats {}
+export interface BrokerStats extends OutboundStats, AdmissionStats {}
 
 export interface RunningBroker {
   aedes: Aedes;
@@ -90,7 +93,7 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
   const log = (options.logger ?? defaultLogger()).child({ component: 'broker' });
   const limits = limitsOf(options);
   const outbound = outboundOf(options);
-  const stats: BrokerStats = { droppedQos0: 0, stalled: 0, closedBehind: 0 };
+  const stats: OutboundStats = { droppedQos0: 0, stalled: 0, closedBehind: 0 };
   const access: AccessOptions = { legacyTopic: options.legacyTopic };
   const allowAnonymous = options.allowAnonymous === true;
   if (allowAnonymous) {
@@ -99,7 +102,15 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
         'Development only; never expose this broker beyond localhost.',
     );
   }
-  const gatekeeper = createGatekeeper({ store: options.credentials, allowAnonymous, access, log });
+  const admissionLimits: AdmissionLimits = { ...DEFAULT_ADMISSION_LIMITS, ...options.admission };
+  validateAdmission(admissionLimits);
+  const admission = new Admission(admissionLimits, {
+    limited: (address, failures, backoffMs) =>
+      log.warn({ address, failures, backoffMs }, 'too many failed logins from one address: refusing its CONNECTs without a token check for a while'),
+    busy: (waiting) => log.warn({ waiting, limit: admissionLimits.maxWaiting }, 'too many token checks waiting: refusing new CONNECTs with "server unavailable" until they are done'),
+  });
+  const addresses = new WeakMap<Client, string | undefined>();
+  const gatekeeper = createGatekeeper({ store: options.credentials, allowAnonymous, access, admission, addressOf: (c) => addresses.get(c), log });
   const persistence = await createPersistence(options.persistence ?? { kind: 'memory' }, log);
   const { Aedes } = await import('aedes');
   const aedesOptions: AedesOptions = {
@@ -124,7 +135,7 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
     await sweepRetained(aedes, access, log);
     listeners = await startListeners(
       { tcp: options.tcp === undefined ? { host: '0.0.0.0', port: 1883 } : options.tcp, tls: options.tls, ws: options.ws, maxPacketSize: limits.maxPacketSize },
-      guardedAccept(aedes, { limits, outbound: { limits: outbound, pace: persistence.paced, stats, log } }, connections, log),
+      guardedAccept(aedes, { limits, outbound: { limits: outbound, pace: persistence.paced, stats, log }, addresses }, connections, log),
       log,
     );
   } catch (err) {
@@ -138,7 +149,7 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
     aedes,
     ports: listeners.ports,
     url: listeners.url,
-    stats: () => ({ ...stats }),
+    stats: () => ({ ...stats, ...admission.stats }),
     close() {
       closing ??= (async () => {
         const closed = listeners.close();
@@ -156,6 +167,8 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
 interface ConnectionRules {
   limits: GuardLimits;
   outbound: OutboundOptions;
+  /** Each client's peer address, for the gatekeeper. */
+  addresses: WeakMap<Client, string | undefined>;
 }
 
 /** Every connection gets its own PacketGuard in front of Aedes, and its own bound on what is queued for it. */
@@ -172,6 +185,7 @@ function guardedAccept(aedes: Aedes, rules: ConnectionRules, connections: Set<Du
       log.warn({ remote, clientId: guard.clientId, username: guard.username, packet: v.packetType, reason: v.reason }, v.connack === undefined ? 'closing connection: invalid packet' : 'refusing connection');
     };
     const client = aedes.handle(guardStream(stream, guard, onViolation), req as IncomingMessage);
+    rules.addresses.set(client, transport?.remoteAddress);
     watchOutbound(client, stream, transport as Transport | undefined, rules.outbound);
   };
 }
