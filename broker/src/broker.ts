@@ -3,6 +3,7 @@
  * wrapped by a PacketGuard, every CONNECT authenticated against a CredentialStore,
  * and every PUBLISH and SUBSCRIBE decided by the protocol's access rules.
  */
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -47,6 +48,12 @@ export interface BrokerOptions {
   stallMs?: number;
   /** A stalled connection that takes no byte for this long is closed. Default 30 s. */
   stallTimeoutMs?: number;
+  /**
+   * Redis: how often this instance tells the others it is alive. An instance not heard from for
+   * 3 heartbeats is dead; every 4 heartbeats the others publish the wills of its clients that
+   * have not connected again. Default 10 s (Aedes' own default is 60 s).
+   */
+  heartbeatMs?: number;
   /** What a CONNECT's token check may cost (concurrency, per-address backoff, cache of verified tokens); see admission.ts. */
   admission?: Partial<AdmissionLimits>;
   persistence?: PersistenceOption;
@@ -89,6 +96,12 @@ function outboundOf(options: BrokerOptions): OutboundLimits {
   return limits;
 }
 
+function heartbeatOf(options: BrokerOptions): number {
+  const ms = options.heartbeatMs ?? 10_000;
+  if (!Number.isInteger(ms) || ms < 100 || ms > 3_600_000) throw new BrokerConfigError(`heartbeatMs must be an integer from 100 to 3600000, got ${ms}`);
+  return ms;
+}
+
 export async function createBroker(options: BrokerOptions): Promise<RunningBroker> {
   const log = (options.logger ?? defaultLogger()).child({ component: 'broker' });
   const limits = limitsOf(options);
@@ -111,11 +124,15 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
   });
   const addresses = new WeakMap<Client, string | undefined>();
   const gatekeeper = createGatekeeper({ store: options.credentials, allowAnonymous, access, admission, addressOf: (c) => addresses.get(c), log });
-  const persistence = await createPersistence(options.persistence ?? { kind: 'memory' }, log);
+  const brokerId = randomUUID();
+  const persistence = await createPersistence(options.persistence ?? { kind: 'memory' }, log, brokerId);
   const { Aedes } = await import('aedes');
   const aedesOptions: AedesOptions = {
+    id: brokerId,
+    ...(options.persistence?.kind === 'redis' ? { heartbeatInterval: heartbeatOf(options) } : {}),
     ...persistence.aedesOptions,
     ...gatekeeper.hooks,
+    ...persistence.cluster?.hooks(gatekeeper.hooks.authorizePublish),
     maxClientsIdLength: MAX_CLIENT_ID_BYTES,
     // a socket that has not sent CONNECT after 10 s is closed (Aedes' default is 30 s)
     connectTimeout: 10_000,
@@ -126,6 +143,9 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
   };
   const aedes = await Aedes.createBroker(aedesOptions);
   gatekeeper.attach(aedes);
+  persistence.cluster?.attach(aedes);
+  // Aedes reports failures of its persistence here (a Redis command that failed, the will sweep); unheard, they would end the process
+  (aedes as unknown as NodeJS.EventEmitter).on('error', (err: Error) => log.error({ err: err.message }, 'broker error'));
   aedes.on('clientError', (client, err) => log.debug({ clientId: client.id, err: err.message }, 'client error'));
   aedes.on('connectionError', (_client, err) => log.debug({ err: err.message }, 'connection error'));
 

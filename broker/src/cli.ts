@@ -80,6 +80,7 @@ export function brokerCli(argv: string[]) {
     .option('stall-timeout-ms', { type: 'number', describe: 'close a stalled connection that takes no byte for this long (default 30000)' })
     .option('legacy-topic', { type: 'string', describe: "plain-text channel granted to everyone (e.g. 'hello')" })
     .option('redis', { type: 'string', describe: 'redis://host:port: share sessions and messages with other broker instances' })
+    .option('heartbeat-ms', { type: 'number', describe: 'with --redis: how often this instance tells the others it is alive (default 10000)' })
     .option('log-level', { type: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] })
     .strict()
     .exitProcess(false)
@@ -149,6 +150,11 @@ export async function parseBrokerArgs(argv: string[]): Promise<BrokerCliConfig> 
   if (a.redis !== undefined) {
     if (!/^rediss?:\/\//.test(a.redis)) throw new BrokerConfigError(`--redis must be a redis:// or rediss:// URL, got "${a.redis}"`);
     options.persistence = { kind: 'redis', url: a.redis };
+  }
+  const heartbeatMs = positive('heartbeat-ms', a['heartbeat-ms']);
+  if (heartbeatMs !== undefined) {
+    if (a.redis === undefined) throw new BrokerConfigError('--heartbeat-ms is for a cluster: give --redis <url> too');
+    options.heartbeatMs = heartbeatMs;
   }
   return { options, logLevel: a['log-level'], warnings };
 }

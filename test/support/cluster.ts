@@ -20,6 +20,8 @@ export interface RedisProcess {
   /** redis://127.0.0.1:<port> */
   url: string;
   child: ChildProcess;
+  /** Empties every database (between tests that share one server). */
+  flush(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -45,7 +47,13 @@ export async function startRedis(): Promise<RedisProcess> {
     await stop();
     throw error;
   }
-  return { port, url: `redis://127.0.0.1:${port}`, child, stop };
+  const flush = () =>
+    new Promise<void>((resolve, reject) => {
+      const cli = spawn('redis-cli', ['-p', String(port), 'flushall'], { stdio: 'ignore' });
+      cli.once('error', reject);
+      cli.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`redis-cli flushall exited with ${code}`))));
+    });
+  return { port, url: `redis://127.0.0.1:${port}`, child, flush, stop };
 }
 
 function portOpen(port: number): Promise<true | undefined> {
@@ -93,7 +101,7 @@ export interface BrokerProcess {
 export async function startBrokerProcess(opts: { credentials: string; port?: number; args?: string[]; logLevel?: string }): Promise<BrokerProcess> {
   const child = spawn(
     process.execPath,
-    [BROKER_BIN, '--credentials', opts.credentials, '--host', '127.0.0.1', '--port', String(opts.port ?? 0), '--log-level', opts.logLevel ?? 'info', ...(opts.args ?? [])],
+    [BROKER_BIN, '--credentials', opts.credentials, '--host', '127.0.0.1', '--port', String(opts.port ?? 0), '--log-level', opts.logLevel ?? process.env.TEST_BROKER_LOG_LEVEL ?? 'info', ...(opts.args ?? [])],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const logs: Record<string, unknown>[] = [];
