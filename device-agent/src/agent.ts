@@ -9,11 +9,11 @@ import { hostname, arch, platform, cpus, totalmem } from 'node:os';
 import mqtt from 'mqtt';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
-import { FleetError, makeOffline, makeStatus, parseTopic, topics } from '@edgefleet/protocol';
+import { FleetError, encodePayload, makeOffline, makeStatus, parseTopic, topics } from '@edgefleet/protocol';
 import type { CommandName, DeviceIdentity, DeviceInfo, FleetEvent, Reply, TelemetrySample } from '@edgefleet/protocol';
 import type { AgentConfig } from './config.js';
 import { Backoff } from './backoff.js';
-import { Dispatcher } from './commands.js';
+import { BinaryReply, Dispatcher } from './commands.js';
 import type { HandlerTable } from './commands.js';
 import { LegacyChannel } from './legacy.js';
 import { logPath, tailFile } from './logs.js';
@@ -128,9 +128,10 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     };
   }
 
-  function publishJson(topic: string, body: unknown, retain = false): Promise<void> {
+  /** Publishes a message as JSON, or framed with its binary parts (packages/protocol frames.ts). */
+  function publishJson(topic: string, body: unknown, retain = false, binary?: readonly Uint8Array[]): Promise<void> {
     if (!client) return Promise.reject(new FleetError('unavailable', 'the agent has no MQTT connection'));
-    return client.publishAsync(topic, JSON.stringify(body), { qos: 1, retain }).then(() => undefined);
+    return client.publishAsync(topic, encodePayload(body, binary), { qos: 1, retain }).then(() => undefined);
   }
 
   async function publishStatus(): Promise<void> {
@@ -165,7 +166,11 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   const handlers: HandlerTable = {
     ping: async () => ({ pong: true, uptimeS: Math.round((Date.now() - STARTED) / 1000) }),
     info: async () => info(),
-    infer: async (params) => requireModels().infer(params),
+    infer: async (params, ctx) => {
+      const answer = await requireModels().answer(params, ctx.request.binary);
+      return new BinaryReply(answer.result, answer.binary);
+    },
+    'models.sample': async (p, ctx) => requireModels().receiveSample(p.model, p.version, p.offset, ctx.request.binary),
     'models.list': async () => ({ models: requireModels().list() }),
     'models.activate': async (p) => requireModels().activate(p.model, p.version),
     'models.rollback': async (p) => requireModels().rollback(p.model, p.manifest),
@@ -184,7 +189,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   const dispatcher = new Dispatcher({
     handlers,
     logger,
-    send: (reply: Reply) => publishJson(topics.device(id, 'replies'), reply),
+    send: (reply: Reply, binary) => publishJson(topics.device(id, 'replies'), reply, false, binary),
     onSuccess: (command) => {
       if (STATUS_CHANGING.has(command)) void publishStatus();
     },
@@ -369,7 +374,13 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
         });
       }
       if (config.http) {
-        http = await createInferenceServer(service, { host: config.httpHost, port: config.httpPort, logger });
+        http = await createInferenceServer(service, {
+          host: config.httpHost,
+          port: config.httpPort,
+          logger,
+          maxBodyBytes: Math.round(config.httpMaxBodyMb * 1024 * 1024),
+          serverVersion: version,
+        });
         logger.info({ host: config.httpHost, port: http.port }, 'HTTP inference API listening');
       }
       legacy = new LegacyChannel({

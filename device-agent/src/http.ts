@@ -1,21 +1,33 @@
 /**
- * The agent's local HTTP inference API (node:http, no framework), shaped like an inference server:
+ * The agent's local HTTP inference API (node:http, no framework), in two route families on one codec:
  *
- *   GET  /models                      every model: active version, stored versions, inputs, outputs
- *   GET  /models/{name}               the active version's inputs and outputs (names, dtypes, shapes)
- *   GET  /models/{name}/v{version}    one stored version's inputs and outputs
- *   POST /models/{name}               infer on the active version: {inputs: {name: {dtype, shape, data}}} or {raw: {...}}
- *   POST /models/{name}/v{version}    the same, refused unless that version is the one being served
+ * The Open Inference Protocol (KServe V2 REST), with the binary tensor data extension:
+ *   GET  /v2                                             server metadata (name, version, extensions)
+ *   GET  /v2/health/live, /v2/health/ready               liveness, readiness
+ *   GET  /v2/models/{name}[/versions/{version}]          model metadata (datatypes, shapes with -1)
+ *   GET  /v2/models/{name}[/versions/{version}]/ready    model readiness
+ *   POST /v2/models/{name}[/versions/{version}]/infer    inference
+ *   errors: {"error": "..."}
  *
- * Errors are `{error: {code, message}}` with 400 (bad JSON, invalid input), 404 (unknown model or route),
- * 405, 413 (body over the limit), 409, 503, 500. Binds 127.0.0.1 unless told otherwise.
+ * The original inference-server routes:
+ *   GET  /models, /models/{name}, /models/{name}/v{version}
+ *   POST /models/{name}[/v{version}]
+ *   errors: {"error": {"code", "message"}}
+ *
+ * Every POST takes either body form (infer.ts) and is answered in that form. A binary body is read into
+ * one buffer allocated from its Content-Length, placed so its binary part starts 8-byte aligned, and
+ * input tensors are views into it; binary outputs are written straight from their tensors' buffers.
+ * Statuses: 400 bad input, 404 unknown model/version/route, 405, 413 over the body limit, 415 a content
+ * type or encoding other than JSON / octet-stream, 500 a run that failed, 503 shutting down or not ready.
+ * Binds 127.0.0.1 unless told otherwise.
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { FleetError, isValidName } from '@edgefleet/protocol';
-import type { ErrorCode, ParsedParams } from '@edgefleet/protocol';
+import { FleetError, OIP_EXTENSIONS, OIP_PLATFORM, isValidName, oipTensorMetadata, parseInferBody, splitInferBody } from '@edgefleet/protocol';
+import type { ErrorCode } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
+import type { InferAnswer, InferParams } from './models/infer.js';
 import type { ModelService } from './models/service.js';
 
 export interface InferenceServerOptions {
@@ -23,8 +35,10 @@ export interface InferenceServerOptions {
   /** 0 picks a free port; the bound one is returned. */
   port: number;
   logger: Logger;
-  /** Largest request body accepted, in bytes; default 16 MiB. */
+  /** Largest request body accepted, in bytes; default 64 MiB (the agent's httpMaxBodyMb). */
   maxBodyBytes?: number;
+  /** Reported by GET /v2. */
+  serverVersion?: string;
 }
 
 export interface InferenceServer {
@@ -34,6 +48,9 @@ export interface InferenceServer {
   /** Stops accepting connections, lets requests in flight finish, then closes every connection. */
   close(): Promise<void>;
 }
+
+export const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024;
+export const SERVER_NAME = 'edgefleet-device-agent';
 
 const STATUS: Partial<Record<ErrorCode, number>> = {
   bad_request: 400,
@@ -57,11 +74,132 @@ class HttpError extends FleetError {
   }
 }
 
-const ROUTE = /^\/models(?:\/([^/]+)(?:\/v(\d{1,9}))?)?\/?$/;
+// ---------------------------------------------------------------- routes (pure)
+
+export type Route =
+  | { api: 'v2'; kind: 'server' | 'live' | 'ready' }
+  | { api: 'v2'; kind: 'model' | 'model-ready' | 'infer'; name: string; version: number | undefined }
+  | { api: 'models'; name: string | undefined; version: number | undefined };
+
+const LEGACY = /^\/models(?:\/([^/]+)(?:\/v(\d{1,9}))?)?\/?$/;
+const V2_MODEL = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(?:\/(ready|infer))?\/?$/;
+
+function modelName(raw: string, api: Route['api']): string {
+  let name: string;
+  try {
+    name = decodeURIComponent(raw);
+  } catch {
+    throw new HttpError(404, 'not_found', `"${raw}" is not a valid model name`); // malformed %-escape
+  }
+  if (!isValidName(name)) throw new HttpError(404, 'not_found', `"${name}" is not a valid model name${api === 'v2' ? '' : '; try GET /models'}`);
+  return name;
+}
+
+/** The route of a path; throws 404 for a path that is none. */
+export function parseRoute(path: string): Route {
+  if (path === '/v2' || path === '/v2/') return { api: 'v2', kind: 'server' };
+  if (path === '/v2/health/live') return { api: 'v2', kind: 'live' };
+  if (path === '/v2/health/ready') return { api: 'v2', kind: 'ready' };
+  const v2 = V2_MODEL.exec(path);
+  if (v2) {
+    const name = modelName(v2[1]!, 'v2');
+    let version: number | undefined;
+    if (v2[2] !== undefined) {
+      const m = /^v?(\d{1,9})$/.exec(v2[2]);
+      if (!m || Number(m[1]) < 1) throw new HttpError(404, 'not_found', `model ${name} has no version "${v2[2]}"; versions are positive integers (GET /v2/models/${name} lists them)`);
+      version = Number(m[1]);
+    }
+    const kind = v2[3] === 'ready' ? 'model-ready' : v2[3] === 'infer' ? 'infer' : 'model';
+    return { api: 'v2', kind, name, version };
+  }
+  if (path.startsWith('/v2')) throw new HttpError(404, 'not_found', `no route ${path}; see GET /v2 and GET /v2/models/{name}`);
+  const legacy = LEGACY.exec(path);
+  if (!legacy) throw new HttpError(404, 'not_found', `no route ${path}; try GET /models or GET /v2`);
+  return {
+    api: 'models',
+    name: legacy[1] === undefined ? undefined : modelName(legacy[1], 'models'),
+    version: legacy[2] === undefined ? undefined : Number(legacy[2]),
+  };
+}
+
+// ---------------------------------------------------------------- bodies
+
+const MiB = 1024 * 1024;
+const ACCEPTED = 'send application/json (tensors in JSON) or application/octet-stream (a JSON header, then the binary tensors; its length in Inference-Header-Content-Length)';
+
+function limitText(maxBody: number): string {
+  const size = maxBody % MiB === 0 ? `${maxBody / MiB} MiB` : `${maxBody} bytes`;
+  return `the ${size} limit (${maxBody} bytes; the agent's httpMaxBodyMb, raised with --http-max-body-mb or EDGEFLEET_HTTP_MAX_BODY_MB)`;
+}
+
+/** Checks the body's declared form before reading it: content type, encoding, and the JSON header's length. */
+export function bodyFormat(headers: IncomingMessage['headers']): { headerLength: number | undefined } {
+  const type = headers['content-type']?.split(';')[0]?.trim().toLowerCase();
+  if (type !== undefined && type !== '' && type !== 'application/json' && type !== 'application/octet-stream' && !/^application\/[\w.+-]+\+json$/.test(type)) {
+    throw new HttpError(415, 'bad_request', `content-type ${type} is not accepted; ${ACCEPTED}`);
+  }
+  const encoding = headers['content-encoding']?.trim().toLowerCase();
+  if (encoding && encoding !== 'identity') throw new HttpError(415, 'bad_request', `content-encoding ${encoding} is not accepted; send the body uncompressed`);
+  const header = headers['inference-header-content-length'];
+  if (header === undefined) {
+    if (type === 'application/octet-stream') {
+      throw new HttpError(400, 'bad_request', 'an application/octet-stream body needs Inference-Header-Content-Length: the length of the JSON header before the binary tensors');
+    }
+    return { headerLength: undefined };
+  }
+  const headerLength = Number(header);
+  if (!/^\d{1,10}$/.test(String(header).trim())) {
+    throw new HttpError(400, 'bad_request', `Inference-Header-Content-Length must be the byte length of the JSON header, got ${JSON.stringify(header)}`);
+  }
+  if (headerLength === 0) {
+    throw new HttpError(400, 'bad_request', 'a body that is only binary data (Inference-Header-Content-Length: 0) is not supported; send a JSON header that describes the inputs');
+  }
+  return { headerLength };
+}
+
+/**
+ * Reads the whole body into one buffer: sized by Content-Length up front (each chunk copied in once), or
+ * gathered and joined once for a chunked body. With a binary part, the buffer starts `pad` bytes early so
+ * the binary part lands 8-byte aligned and typed arrays can view it in place.
+ */
+function readBody(req: IncomingMessage, maxBody: number, headerLength: number | undefined): Promise<Uint8Array> {
+  const declared = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+  if (declared !== undefined && declared > maxBody) {
+    return Promise.reject(new HttpError(413, 'too_long', `the request body of ${declared} bytes is over ${limitText(maxBody)}`));
+  }
+  const pad = headerLength === undefined ? 0 : (8 - (headerLength % 8)) % 8;
+  return new Promise((resolve, reject) => {
+    let body = declared === undefined ? undefined : Buffer.allocUnsafeSlow(pad + declared);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      if (size + chunk.length > maxBody || (body && size + chunk.length > declared!)) {
+        req.removeAllListeners('data');
+        req.pause();
+        reject(new HttpError(413, 'too_long', `the request body is over ${limitText(maxBody)}`));
+        return;
+      }
+      if (body) chunk.copy(body, pad + size);
+      else chunks.push(chunk);
+      size += chunk.length;
+    });
+    req.on('end', () => {
+      if (!body) {
+        body = Buffer.allocUnsafeSlow(pad + size);
+        let offset = pad;
+        for (const c of chunks) offset += c.copy(body, offset);
+      }
+      resolve(body.subarray(pad, pad + size));
+    });
+    req.on('error', reject);
+  });
+}
+
+// ---------------------------------------------------------------- the server
 
 export async function createInferenceServer(models: ModelService, opts: InferenceServerOptions): Promise<InferenceServer> {
   const logger = opts.logger;
-  const maxBody = opts.maxBodyBytes ?? 16 * 1024 * 1024;
+  const maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   let inflight = 0;
   let closing = false;
   let idle: (() => void) | undefined;
@@ -77,100 +215,114 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
     res.end(json);
   }
 
-  function sendError(res: ServerResponse, error: unknown): void {
-    if (error instanceof FleetError) {
-      const status = error instanceof HttpError ? error.status : (STATUS[error.code] ?? 500);
-      send(res, status, { error: error.toJSON() });
-      return;
-    }
-    logger.error({ err: error }, 'inference API request failed');
-    send(res, 500, { error: { code: 'internal', message: 'internal error; see the agent log' } });
-  }
-
-  function readBody(req: IncomingMessage): Promise<Buffer> {
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > maxBody) {
-      return Promise.reject(new HttpError(413, 'too_long', `request body of ${declared} bytes is over the ${maxBody}-byte limit`));
-    }
-    return new Promise((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      req.on('data', (chunk: Buffer) => {
-        size += chunk.length;
-        if (size > maxBody) {
-          req.removeAllListeners('data');
-          req.pause();
-          reject(new HttpError(413, 'too_long', `request body is over the ${maxBody}-byte limit`));
-          return;
-        }
-        chunks.push(chunk);
-      });
-      req.on('end', () => resolve(Buffer.concat(chunks, size)));
-      req.on('error', reject);
+  /** The answer in JSON, or its JSON header followed by the binary outputs (each written from its tensor's buffer). */
+  function sendAnswer(res: ServerResponse, answer: InferAnswer): void {
+    if (answer.binary.length === 0) return send(res, 200, answer.result);
+    if (res.headersSent || res.destroyed) return;
+    const header = Buffer.from(JSON.stringify(answer.result), 'utf8');
+    res.writeHead(200, {
+      'content-type': 'application/octet-stream',
+      'inference-header-content-length': header.byteLength,
+      'content-length': header.byteLength + answer.binary.reduce((sum, b) => sum + b.byteLength, 0),
+      ...(closing ? { connection: 'close' } : {}),
     });
+    res.cork();
+    res.write(header);
+    for (const b of answer.binary) res.write(b);
+    res.end();
+    res.uncork();
   }
 
-  function parseInferBody(raw: Buffer, model: string, version: number | undefined): ParsedParams<'infer'> {
-    let body: unknown;
-    try {
-      body = JSON.parse(raw.toString('utf8'));
-    } catch {
-      throw new HttpError(400, 'bad_request', 'the request body is not JSON; send {"inputs": {...}} or {"raw": {...}}');
+  function sendError(res: ServerResponse, api: Route['api'], error: unknown): void {
+    let fleetError: FleetError;
+    if (error instanceof FleetError) fleetError = error;
+    else {
+      logger.error({ err: error }, 'inference API request failed');
+      fleetError = new FleetError('internal', 'internal error; see the agent log');
     }
-    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-      throw new HttpError(400, 'bad_request', 'the request body must be a JSON object: {"inputs": {...}} or {"raw": {...}}');
-    }
-    const { inputs, raw: rawInput, ...rest } = body as Record<string, unknown>;
-    const unknown = Object.keys(rest);
-    if (unknown.length > 0) throw new HttpError(400, 'invalid_params', `unknown field(s) ${unknown.join(', ')}; send "inputs" or "raw"`);
-    if (inputs !== undefined && (inputs === null || typeof inputs !== 'object' || Array.isArray(inputs))) {
-      throw new HttpError(400, 'invalid_input', '"inputs" must be an object of {name: {dtype, shape, data}}');
-    }
-    let parsedRaw: ParsedParams<'infer'>['raw'];
-    if (rawInput !== undefined) {
-      const r = rawInput as Record<string, unknown> | null;
-      if (r !== null && typeof r === 'object' && typeof r.text === 'string') parsedRaw = { text: r.text };
-      else if (r !== null && typeof r === 'object' && typeof r.imageBase64 === 'string') parsedRaw = { imageBase64: r.imageBase64 };
-      else throw new HttpError(400, 'invalid_input', '"raw" must be {"text": "..."} or {"imageBase64": "..."}');
-    }
-    const params: ParsedParams<'infer'> = { model };
-    if (version !== undefined) params.version = version;
-    if (inputs !== undefined) params.inputs = inputs as ParsedParams<'infer'>['inputs'];
-    if (parsedRaw !== undefined) params.raw = parsedRaw;
-    return params;
+    const status = fleetError instanceof HttpError ? fleetError.status : (STATUS[fleetError.code] ?? 500);
+    send(res, status, api === 'v2' ? { error: fleetError.message } : { error: fleetError.toJSON() });
   }
 
-  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const path = (req.url ?? '/').split('?')[0] ?? '/';
-    const match = ROUTE.exec(path);
-    if (!match) throw new HttpError(404, 'not_found', `no route ${path}; try GET /models`);
-    let name: string | undefined;
-    try {
-      name = match[1] === undefined ? undefined : decodeURIComponent(match[1]);
-    } catch {
-      throw new HttpError(404, 'not_found', `"${match[1]}" is not a valid model name`); // malformed %-escape
+  async function infer(req: IncomingMessage, res: ServerResponse, name: string, version: number | undefined): Promise<void> {
+    const { headerLength } = bodyFormat(req.headers);
+    const bytes = await readBody(req, maxBody, headerLength);
+    const { json, binary } = splitInferBody(bytes, headerLength);
+    const body = parseInferBody(json);
+    const params = { ...body, model: name, ...(version !== undefined ? { version } : {}) } as InferParams;
+    sendAnswer(res, await models.answer(params, binary));
+  }
+
+  function modelState(name: string) {
+    const state = models.list().find((m) => m.name === name);
+    if (!state) throw new HttpError(404, 'not_found', `model "${name}" is not on this device`);
+    return state;
+  }
+
+  async function handleV2(req: IncomingMessage, res: ServerResponse, route: Extract<Route, { api: 'v2' }>): Promise<void> {
+    const method = req.method === 'HEAD' ? 'GET' : req.method;
+    const wanted = route.kind === 'infer' ? 'POST' : 'GET';
+    if (method !== wanted) {
+      res.setHeader('allow', wanted === 'GET' ? 'GET, HEAD' : 'POST');
+      throw new HttpError(405, 'bad_request', `${req.method} is not supported here; use ${wanted}`);
     }
-    const version = match[2] === undefined ? undefined : Number(match[2]);
-    if (name !== undefined && !isValidName(name)) throw new HttpError(404, 'not_found', `"${name}" is not a valid model name`);
-    if (req.method === 'GET' || req.method === 'HEAD') {
-      if (name === undefined) {
-        send(res, 200, { models: models.list() });
-        return;
+    switch (route.kind) {
+      case 'server':
+        return send(res, 200, { name: SERVER_NAME, version: opts.serverVersion ?? '0.0.0', extensions: [...OIP_EXTENSIONS] });
+      case 'live':
+        return send(res, 200, { live: true });
+      case 'ready':
+        return closing ? send(res, 503, { ready: false, error: 'the agent is shutting down' }) : send(res, 200, { ready: true });
+      case 'model': {
+        const state = modelState(route.name);
+        const described = models.describe(route.name, route.version);
+        return send(res, 200, {
+          name: route.name,
+          versions: state.versions.map(String),
+          platform: OIP_PLATFORM,
+          inputs: described.inputs.map(oipTensorMetadata),
+          outputs: described.outputs.map(oipTensorMetadata),
+        });
       }
-      const state = models.list().find((m) => m.name === name);
-      if (!state) throw new HttpError(404, 'not_found', `model "${name}" is not on this device`);
+      case 'model-ready': {
+        const state = modelState(route.name);
+        if (route.version !== undefined && !state.versions.includes(route.version)) {
+          throw new HttpError(404, 'not_found', `${route.name}@${route.version} is not on this device (versions: ${state.versions.join(', ') || 'none'})`);
+        }
+        const ready = !closing && state.active !== null && (route.version === undefined || state.active === route.version);
+        if (ready) return send(res, 200, { name: route.name, ready: true });
+        const why = closing ? 'the agent is shutting down' : state.active === null ? `no version of ${route.name} is active` : `the active version is ${state.active}`;
+        return send(res, 503, { name: route.name, ready: false, error: `${route.name}${route.version ? `@${route.version}` : ''} is not ready: ${why}` });
+      }
+      case 'infer':
+        return infer(req, res, route.name, route.version);
+    }
+  }
+
+  async function handleModels(req: IncomingMessage, res: ServerResponse, route: Extract<Route, { api: 'models' }>): Promise<void> {
+    const { name, version } = route;
+    if (req.method === 'GET' || req.method === 'HEAD') {
+      if (name === undefined) return send(res, 200, { models: models.list() });
+      const state = modelState(name);
       const described = models.describe(name, version);
-      send(res, 200, { ...described, active: state.active, versions: state.versions });
-      return;
+      return send(res, 200, { ...described, active: state.active, versions: state.versions });
     }
-    if (req.method === 'POST' && name !== undefined) {
-      const body = await readBody(req);
-      const result = await models.infer(parseInferBody(body, name, version));
-      send(res, 200, result);
-      return;
-    }
+    if (req.method === 'POST' && name !== undefined) return infer(req, res, name, version);
     res.setHeader('allow', name === undefined ? 'GET' : 'GET, POST');
-    throw new HttpError(405, 'bad_request', `${req.method} is not supported on ${path}`);
+    throw new HttpError(405, 'bad_request', `${req.method} is not supported on ${req.url?.split('?')[0]}`);
+  }
+
+  /** After an answer given before the body was read: close, and discard (not buffer) what still comes, up to a bound. */
+  function discardRest(req: IncomingMessage, res: ServerResponse): void {
+    if (req.complete) return;
+    res.setHeader('connection', 'close');
+    let discarded = 0;
+    req.removeAllListeners('data');
+    req.on('data', (chunk: Buffer) => {
+      discarded += chunk.length;
+      if (discarded > 4 * maxBody) req.socket.destroy();
+    });
+    req.resume();
   }
 
   const server = createServer({ keepAliveTimeout: 5000 }, (req, res) => {
@@ -178,20 +330,16 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
     res.on('close', () => {
       if (--inflight === 0) idle?.();
     });
-    handle(req, res).catch((error: unknown) => {
-      if (error instanceof HttpError && error.status === 413) {
-        // Answer at once and close the connection; discard (not buffer) what the client still sends,
-        // up to a bound, so it reads the 413 instead of a reset.
-        res.setHeader('connection', 'close');
-        let discarded = 0;
-        req.removeAllListeners('data');
-        req.on('data', (chunk: Buffer) => {
-          discarded += chunk.length;
-          if (discarded > 4 * maxBody) req.socket.destroy();
-        });
-        req.resume();
-      }
-      sendError(res, error);
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    let api: Route['api'] = path.startsWith('/v2') ? 'v2' : 'models';
+    const handled = (async () => {
+      const route = parseRoute(path);
+      api = route.api;
+      return route.api === 'v2' ? handleV2(req, res, route) : handleModels(req, res, route);
+    })();
+    handled.catch((error: unknown) => {
+      discardRest(req, res);
+      sendError(res, api, error);
     });
   });
 
@@ -203,7 +351,7 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
     });
   });
   const port = (server.address() as AddressInfo).port;
-  logger.info({ host: opts.host ?? '127.0.0.1', port }, 'inference API listening');
+  logger.info({ host: opts.host ?? '127.0.0.1', port, maxBodyBytes: maxBody }, 'inference API listening');
 
   return {
     port,

@@ -10,9 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { FleetError, generateFleetKeys, signManifest } from '@edgefleet/protocol';
-import type { CommandResult, Manifest, ParsedParams } from '@edgefleet/protocol';
+import type { Manifest } from '@edgefleet/protocol';
 import { createModelService } from '../src/models/index.js';
-import type { ModelService } from '../src/models/index.js';
+import type { ModelService, TensorMapParams, TensorMapResult } from '../src/models/index.js';
 import {
   allClose,
   alwaysFailingModel,
@@ -64,8 +64,8 @@ function x4(batch: number, seed = 0): number[] {
   return Array.from({ length: batch * 4 }, (_, i) => ((i * 7 + seed) % 11) / 5 - 1);
 }
 
-function inferLinear(models: ModelService, name: string, x: number[], batch = x.length / 4, version?: number): Promise<CommandResult<'infer'>> {
-  const params: ParsedParams<'infer'> = { model: name, inputs: { x: { dtype: 'float32', shape: [batch, 4], data: x } } };
+function inferLinear(models: ModelService, name: string, x: number[], batch = x.length / 4, version?: number): Promise<TensorMapResult> {
+  const params: TensorMapParams = { model: name, inputs: { x: { dtype: 'float32', shape: [batch, 4], data: x } } };
   if (version !== undefined) params.version = version;
   return models.infer(params);
 }
@@ -178,7 +178,7 @@ describe('inference on real models', () => {
   });
 
   it('refuses each kind of bad input with invalid_input and a sentence saying what was expected', async () => {
-    const cases: [ParsedParams<'infer'>['inputs'], RegExp][] = [
+    const cases: [TensorMapParams['inputs'], RegExp][] = [
       [{ z: { dtype: 'float32', shape: [1, 4], data: x4(1) } }, /no input "z".*x \(float32 \[batch, 4\]\)/],
       [{}, /missing input x \(float32 \[batch, 4\]\)/],
       [{ x: { dtype: 'float64', shape: [1, 4], data: x4(1) } }, /"x" must be float32, got float64/],
