@@ -128,8 +128,8 @@ const MiB = 1024 * 1024;
 const ACCEPTED = 'send application/json (tensors in JSON) or application/octet-stream (a JSON header, then the binary tensors; its length in Inference-Header-Content-Length)';
 
 function limitText(maxBody: number): string {
-  const size = maxBody % MiB === 0 ? `${maxBody / MiB} MiB` : `${maxBody} bytes`;
-  return `the ${size} limit (${maxBody} bytes; the agent's httpMaxBodyMb, raised with --http-max-body-mb or EDGEFLEET_HTTP_MAX_BODY_MB)`;
+  const size = maxBody % MiB === 0 ? `${maxBody / MiB} MiB (${maxBody}-byte)` : `${maxBody}-byte`;
+  return `the ${size} limit; raise it with the agent's httpMaxBodyMb (--http-max-body-mb, EDGEFLEET_HTTP_MAX_BODY_MB)`;
 }
 
 /** Checks the body's declared form before reading it: content type, encoding, and the JSON header's length. */

@@ -247,14 +247,14 @@ describe('activation, rollback, removal', () => {
     await answersV1();
     // Loads, but fails at run time on zeros; then one that answers NaN.
     await install(models, dataDir, 'm', 4, alwaysFailingModel().bytes);
-    await expectCode(models.activate('m', 4), 'smoke_test_failed', /m@4 failed its smoke test on zeros/);
+    await expectCode(models.activate('m', 4), 'smoke_test_failed', /m@4 failed its activation check \(zeros\): fed zeros of the declared input shapes.*\(x: float32 \[1, 4\]\); onnxruntime failed on it: .*--sample.*--check load.*The previous version, m@1, keeps serving\./);
     await answersV1();
     await install(models, dataDir, 'm', 5, nanModel().bytes);
     await expectCode(models.activate('m', 5), 'smoke_test_failed', /contains NaN/);
     await answersV1();
     // A sample input in the manifest that does not fit the model fails the smoke test too.
     await install(models, dataDir, 'm', 6, v2.bytes, { sample: { x: { dtype: 'float32', shape: [1, 3], data: [1, 2, 3] } } });
-    await expectCode(models.activate('m', 6), 'smoke_test_failed', /sample input/);
+    await expectCode(models.activate('m', 6), 'smoke_test_failed', /fed the manifest's sample request; it does not fit the model/);
     await answersV1();
     // Missing version; missing file on disk.
     await expectCode(models.activate('m', 99), 'not_found', /m@99 is not installed/);

@@ -478,7 +478,7 @@ class OnnxModelService implements ModelService {
         await next.session.release().catch(() => undefined); // it never served; the original error is what matters
       }
       const serving = this.serving.get(name);
-      const outcome = serving ? `${serving.key} keeps serving` : `no version of ${name} was serving before, so none is now`;
+      const outcome = serving ? `the previous version, ${serving.key}, keeps serving` : `no version of ${name} was serving before, so none is serving now`;
       this.logger.warn({ err: error, model: name, version, serving: serving?.version ?? null }, `activation failed; ${outcome}`);
       if (error instanceof FleetError && (error.code === 'load_failed' || error.code === 'smoke_test_failed')) {
         throw new FleetError(error.code, `${error.message.replace(/\.?$/, '.')} ${outcome[0]!.toUpperCase()}${outcome.slice(1)}.`);
