@@ -295,3 +295,12 @@ export function splitInferBody(body: Uint8Array, headerLength: number | undefine
   }
   return { json, binary: headerLength === undefined ? undefined : body.subarray(length) };
 }
+
+/**
+ * A body in the binary tensor data extension's layout: the JSON header, then the binary parts back to back;
+ * `headerLength` goes in Inference-Header-Content-Length.
+ */
+export function encodeInferBody(header: unknown, binary: readonly Uint8Array[]): { body: Buffer; headerLength: number } {
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  return { body: Buffer.concat([json, ...binary]), headerLength: json.byteLength };
+}
