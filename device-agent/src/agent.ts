@@ -166,10 +166,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   const handlers: HandlerTable = {
     ping: async () => ({ pong: true, uptimeS: Math.round((Date.now() - STARTED) / 1000) }),
     info: async () => info(),
-    infer: async (params, ctx) => {
-      const answer = await requireModels().answer(params, ctx.request.binary);
-      return new BinaryReply(answer.result, answer.binary);
-    },
+    infer: async (params, ctx) => BinaryReply.of(await requireModels().answer(params, ctx.request.binary)),
     'models.sample': async (p, ctx) => requireModels().receiveSample(p.model, p.version, p.offset, ctx.request.binary),
     'models.list': async () => ({ models: requireModels().list() }),
     'models.activate': async (p) => requireModels().activate(p.model, p.version),
@@ -374,13 +371,8 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
         });
       }
       if (config.http) {
-        http = await createInferenceServer(service, {
-          host: config.httpHost,
-          port: config.httpPort,
-          logger,
-          maxBodyBytes: Math.round(config.httpMaxBodyMb * 1024 * 1024),
-          serverVersion: version,
-        });
+        const maxBodyBytes = Math.round(config.httpMaxBodyMb * 1024 * 1024);
+        http = await createInferenceServer(service, { host: config.httpHost, port: config.httpPort, logger, maxBodyBytes, serverVersion: version });
         logger.info({ host: config.httpHost, port: http.port }, 'HTTP inference API listening');
       }
       legacy = new LegacyChannel({

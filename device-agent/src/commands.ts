@@ -21,6 +21,11 @@ export class BinaryReply<T> {
     readonly data: T,
     readonly binary: readonly Uint8Array[],
   ) {}
+
+  /** From an answer that carries its binary parts beside its result (e.g. an inference's). */
+  static of<T>(answer: { result: T; binary: readonly Uint8Array[] }): BinaryReply<T> {
+    return new BinaryReply(answer.result, answer.binary);
+  }
 }
 
 export type Handler<C extends CommandName> = (params: ParsedParams<C>, ctx: CommandContext) => Promise<CommandResult<C> | BinaryReply<CommandResult<C>>>;

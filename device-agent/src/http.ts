@@ -25,7 +25,7 @@ import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { FleetError, OIP_EXTENSIONS, OIP_PLATFORM, isValidName, oipTensorMetadata, parseInferBody, splitInferBody } from '@edgefleet/protocol';
-import type { ErrorCode } from '@edgefleet/protocol';
+import type { ErrorCode, ModelState } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
 import type { InferAnswer, InferParams } from './models/infer.js';
 import type { ModelService } from './models/service.js';
@@ -231,142 +231,152 @@ function readBody(req: IncomingMessage, maxBody: number, headerLength: number | 
   });
 }
 
-// ---------------------------------------------------------------- the server
+// ---------------------------------------------------------------- handlers
+
+/** What the request handlers share. */
+interface Context {
+  models: ModelService;
+  logger: Logger;
+  maxBody: number;
+  pool: BodyPool;
+  serverVersion: string;
+  closing(): boolean;
+}
+
+function send(ctx: Context, res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent || res.destroyed) return;
+  const json = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(json),
+    ...(ctx.closing() ? { connection: 'close' } : {}),
+  });
+  res.end(json);
+}
+
+/** The answer in JSON, or its JSON header followed by the binary outputs (each written from its tensor's buffer). */
+function sendAnswer(ctx: Context, res: ServerResponse, answer: InferAnswer): void {
+  if (answer.binary.length === 0) return send(ctx, res, 200, answer.result);
+  if (res.headersSent || res.destroyed) return;
+  const header = Buffer.from(JSON.stringify(answer.result), 'utf8');
+  res.writeHead(200, {
+    'content-type': 'application/octet-stream',
+    'inference-header-content-length': header.byteLength,
+    'content-length': header.byteLength + answer.binary.reduce((sum, b) => sum + b.byteLength, 0),
+    ...(ctx.closing() ? { connection: 'close' } : {}),
+  });
+  res.cork();
+  res.write(header);
+  for (const b of answer.binary) res.write(b);
+  res.end();
+  res.uncork();
+}
+
+function sendError(ctx: Context, res: ServerResponse, api: Route['api'], error: unknown): void {
+  let fleetError: FleetError;
+  if (error instanceof FleetError) fleetError = error;
+  else {
+    ctx.logger.error({ err: error }, 'inference API request failed');
+    fleetError = new FleetError('internal', 'internal error; see the agent log');
+  }
+  const status = fleetError instanceof HttpError ? fleetError.status : (STATUS[fleetError.code] ?? 500);
+  send(ctx, res, status, api === 'v2' ? { error: fleetError.message } : { error: fleetError.toJSON() });
+}
+
+async function infer(ctx: Context, req: IncomingMessage, res: ServerResponse, name: string, version: number | undefined): Promise<void> {
+  const { headerLength } = bodyFormat(req.headers);
+  const held: Buffer[] = [];
+  try {
+    const bytes = await readBody(req, ctx.maxBody, headerLength, ctx.pool, held);
+    const { json, binary } = splitInferBody(bytes, headerLength);
+    const body = parseInferBody(json);
+    const params = { ...body, model: name, ...(version !== undefined ? { version } : {}) } as InferParams;
+    sendAnswer(ctx, res, await ctx.models.answer(params, binary));
+  } finally {
+    // the run is over (answered or failed): nothing views the body any more
+    for (const buffer of held) ctx.pool.give(buffer);
+  }
+}
+
+function modelState(ctx: Context, name: string): ModelState {
+  const state = ctx.models.list().find((m) => m.name === name);
+  if (!state) throw new HttpError(404, 'not_found', `model "${name}" is not on this device`);
+  return state;
+}
+
+async function handleV2(ctx: Context, req: IncomingMessage, res: ServerResponse, route: Extract<Route, { api: 'v2' }>): Promise<void> {
+  const method = req.method === 'HEAD' ? 'GET' : req.method;
+  const wanted = route.kind === 'infer' ? 'POST' : 'GET';
+  if (method !== wanted) {
+    res.setHeader('allow', wanted === 'GET' ? 'GET, HEAD' : 'POST');
+    throw new HttpError(405, 'bad_request', `${req.method} is not supported here; use ${wanted}`);
+  }
+  switch (route.kind) {
+    case 'server':
+      return send(ctx, res, 200, { name: SERVER_NAME, version: ctx.serverVersion ?? '0.0.0', extensions: [...OIP_EXTENSIONS] });
+    case 'live':
+      return send(ctx, res, 200, { live: true });
+    case 'ready':
+      return ctx.closing() ? send(ctx, res, 503, { ready: false, error: 'the agent is shutting down' }) : send(ctx, res, 200, { ready: true });
+    case 'model': {
+      const state = modelState(ctx, route.name);
+      const described = ctx.models.describe(route.name, route.version);
+      return send(ctx, res, 200, {
+        name: route.name,
+        versions: state.versions.map(String),
+        platform: OIP_PLATFORM,
+        inputs: described.inputs.map(oipTensorMetadata),
+        outputs: described.outputs.map(oipTensorMetadata),
+      });
+    }
+    case 'model-ready': {
+      const state = modelState(ctx, route.name);
+      if (route.version !== undefined && !state.versions.includes(route.version)) {
+        throw new HttpError(404, 'not_found', `${route.name}@${route.version} is not on this device (versions: ${state.versions.join(', ') || 'none'})`);
+      }
+      const ready = !ctx.closing() && state.active !== null && (route.version === undefined || state.active === route.version);
+      if (ready) return send(ctx, res, 200, { name: route.name, ready: true });
+      const why = ctx.closing() ? 'the agent is shutting down' : state.active === null ? `no version of ${route.name} is active` : `the active version is ${state.active}`;
+      return send(ctx, res, 503, { name: route.name, ready: false, error: `${route.name}${route.version ? `@${route.version}` : ''} is not ready: ${why}` });
+    }
+    case 'infer':
+      return infer(ctx, req, res, route.name, route.version);
+  }
+}
+
+async function handleModels(ctx: Context, req: IncomingMessage, res: ServerResponse, route: Extract<Route, { api: 'models' }>): Promise<void> {
+  const { name, version } = route;
+  if (req.method === 'GET' || req.method === 'HEAD') {
+    if (name === undefined) return send(ctx, res, 200, { models: ctx.models.list() });
+    const state = modelState(ctx, name);
+    const described = ctx.models.describe(name, version);
+    return send(ctx, res, 200, { ...described, active: state.active, versions: state.versions });
+  }
+  if (req.method === 'POST' && name !== undefined) return infer(ctx, req, res, name, version);
+  res.setHeader('allow', name === undefined ? 'GET' : 'GET, POST');
+  throw new HttpError(405, 'bad_request', `${req.method} is not supported on ${req.url?.split('?')[0]}`);
+}
+
+/** After an answer given before the body was read: close, and discard (not buffer) what still comes, up to a bound. */
+function discardRest(req: IncomingMessage, res: ServerResponse, maxBody: number): void {
+  if (req.complete) return;
+  res.setHeader('connection', 'close');
+  let discarded = 0;
+  req.removeAllListeners('data');
+  req.on('data', (chunk: Buffer) => {
+    discarded += chunk.length;
+    if (discarded > 4 * maxBody) req.socket.destroy();
+  });
+  req.resume();
+}
 
 export async function createInferenceServer(models: ModelService, opts: InferenceServerOptions): Promise<InferenceServer> {
   const logger = opts.logger;
   const maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
-  const pool = new BodyPool();
   let inflight = 0;
   let closing = false;
   let idle: (() => void) | undefined;
-
-  function send(res: ServerResponse, status: number, body: unknown): void {
-    if (res.headersSent || res.destroyed) return;
-    const json = JSON.stringify(body);
-    res.writeHead(status, {
-      'content-type': 'application/json; charset=utf-8',
-      'content-length': Buffer.byteLength(json),
-      ...(closing ? { connection: 'close' } : {}),
-    });
-    res.end(json);
-  }
-
-  /** The answer in JSON, or its JSON header followed by the binary outputs (each written from its tensor's buffer). */
-  function sendAnswer(res: ServerResponse, answer: InferAnswer): void {
-    if (answer.binary.length === 0) return send(res, 200, answer.result);
-    if (res.headersSent || res.destroyed) return;
-    const header = Buffer.from(JSON.stringify(answer.result), 'utf8');
-    res.writeHead(200, {
-      'content-type': 'application/octet-stream',
-      'inference-header-content-length': header.byteLength,
-      'content-length': header.byteLength + answer.binary.reduce((sum, b) => sum + b.byteLength, 0),
-      ...(closing ? { connection: 'close' } : {}),
-    });
-    res.cork();
-    res.write(header);
-    for (const b of answer.binary) res.write(b);
-    res.end();
-    res.uncork();
-  }
-
-  function sendError(res: ServerResponse, api: Route['api'], error: unknown): void {
-    let fleetError: FleetError;
-    if (error instanceof FleetError) fleetError = error;
-    else {
-      logger.error({ err: error }, 'inference API request failed');
-      fleetError = new FleetError('internal', 'internal error; see the agent log');
-    }
-    const status = fleetError instanceof HttpError ? fleetError.status : (STATUS[fleetError.code] ?? 500);
-    send(res, status, api === 'v2' ? { error: fleetError.message } : { error: fleetError.toJSON() });
-  }
-
-  async function infer(req: IncomingMessage, res: ServerResponse, name: string, version: number | undefined): Promise<void> {
-    const { headerLength } = bodyFormat(req.headers);
-    const held: Buffer[] = [];
-    try {
-      const bytes = await readBody(req, maxBody, headerLength, pool, held);
-      const { json, binary } = splitInferBody(bytes, headerLength);
-      const body = parseInferBody(json);
-      const params = { ...body, model: name, ...(version !== undefined ? { version } : {}) } as InferParams;
-      sendAnswer(res, await models.answer(params, binary));
-    } finally {
-      // the run is over (answered or failed): nothing views the body any more
-      for (const buffer of held) pool.give(buffer);
-    }
-  }
-
-  function modelState(name: string) {
-    const state = models.list().find((m) => m.name === name);
-    if (!state) throw new HttpError(404, 'not_found', `model "${name}" is not on this device`);
-    return state;
-  }
-
-  async function handleV2(req: IncomingMessage, res: ServerResponse, route: Extract<Route, { api: 'v2' }>): Promise<void> {
-    const method = req.method === 'HEAD' ? 'GET' : req.method;
-    const wanted = route.kind === 'infer' ? 'POST' : 'GET';
-    if (method !== wanted) {
-      res.setHeader('allow', wanted === 'GET' ? 'GET, HEAD' : 'POST');
-      throw new HttpError(405, 'bad_request', `${req.method} is not supported here; use ${wanted}`);
-    }
-    switch (route.kind) {
-      case 'server':
-        return send(res, 200, { name: SERVER_NAME, version: opts.serverVersion ?? '0.0.0', extensions: [...OIP_EXTENSIONS] });
-      case 'live':
-        return send(res, 200, { live: true });
-      case 'ready':
-        return closing ? send(res, 503, { ready: false, error: 'the agent is shutting down' }) : send(res, 200, { ready: true });
-      case 'model': {
-        const state = modelState(route.name);
-        const described = models.describe(route.name, route.version);
-        return send(res, 200, {
-          name: route.name,
-          versions: state.versions.map(String),
-          platform: OIP_PLATFORM,
-          inputs: described.inputs.map(oipTensorMetadata),
-          outputs: described.outputs.map(oipTensorMetadata),
-        });
-      }
-      case 'model-ready': {
-        const state = modelState(route.name);
-        if (route.version !== undefined && !state.versions.includes(route.version)) {
-          throw new HttpError(404, 'not_found', `${route.name}@${route.version} is not on this device (versions: ${state.versions.join(', ') || 'none'})`);
-        }
-        const ready = !closing && state.active !== null && (route.version === undefined || state.active === route.version);
-        if (ready) return send(res, 200, { name: route.name, ready: true });
-        const why = closing ? 'the agent is shutting down' : state.active === null ? `no version of ${route.name} is active` : `the active version is ${state.active}`;
-        return send(res, 503, { name: route.name, ready: false, error: `${route.name}${route.version ? `@${route.version}` : ''} is not ready: ${why}` });
-      }
-      case 'infer':
-        return infer(req, res, route.name, route.version);
-    }
-  }
-
-  async function handleModels(req: IncomingMessage, res: ServerResponse, route: Extract<Route, { api: 'models' }>): Promise<void> {
-    const { name, version } = route;
-    if (req.method === 'GET' || req.method === 'HEAD') {
-      if (name === undefined) return send(res, 200, { models: models.list() });
-      const state = modelState(name);
-      const described = models.describe(name, version);
-      return send(res, 200, { ...described, active: state.active, versions: state.versions });
-    }
-    if (req.method === 'POST' && name !== undefined) return infer(req, res, name, version);
-    res.setHeader('allow', name === undefined ? 'GET' : 'GET, POST');
-    throw new HttpError(405, 'bad_request', `${req.method} is not supported on ${req.url?.split('?')[0]}`);
-  }
-
-  /** After an answer given before the body was read: close, and discard (not buffer) what still comes, up to a bound. */
-  function discardRest(req: IncomingMessage, res: ServerResponse): void {
-    if (req.complete) return;
-    res.setHeader('connection', 'close');
-    let discarded = 0;
-    req.removeAllListeners('data');
-    req.on('data', (chunk: Buffer) => {
-      discarded += chunk.length;
-      if (discarded > 4 * maxBody) req.socket.destroy();
-    });
-    req.resume();
-  }
+  const ctx: Context = { models, logger, maxBody, pool: new BodyPool(), serverVersion: opts.serverVersion ?? '0.0.0', closing: () => closing };
 
   const server = createServer({ keepAliveTimeout: 5000 }, (req, res) => {
     inflight++;
@@ -378,11 +388,11 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
     const handled = (async () => {
       const route = parseRoute(path);
       api = route.api;
-      return route.api === 'v2' ? handleV2(req, res, route) : handleModels(req, res, route);
+      return route.api === 'v2' ? handleV2(ctx, req, res, route) : handleModels(ctx, req, res, route);
     })();
     handled.catch((error: unknown) => {
-      discardRest(req, res);
-      sendError(res, api, error);
+      discardRest(req, res, maxBody);
+      sendError(ctx, res, api, error);
     });
   });
 
