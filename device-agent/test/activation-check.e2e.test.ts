@@ -14,21 +14,21 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import type { MqttClient } from 'mqtt';
-import { FleetError, chunkHashes, encodeInferBody, generateFleetKeys, sha256Hex, signManifest, topics } from '@edgefleet/protocol';
+import { FleetError, encodeInferBody, generateFleetKeys, sha256Hex, signManifest, topics } from '@edgefleet/protocol';
 import type { DType, FleetKeyPair, ManifestInput } from '@edgefleet/protocol';
 import type { RunningBroker } from '@edgefleet/broker';
 import { createRequester } from '@edgefleet/host-manager';
 import type { Requester } from '@edgefleet/host-manager';
 import { decodeTensor, encodeTensor, tensorBytes } from '../src/models/index.js';
 import { startTestBroker } from '../../test/support/broker.js';
-import { nanModel, reshapeInputModel, resizeInputModel, streamingModel } from '../../test/support/onnx-models.js';
+import { nanModel, reshapeInputModel, resizeInputModel, streamingModel, testManifest } from '../../test/support/onnx-models.js';
 import { cleanupAgents, connectOperator, startAgent, watchStatus } from '../../test/support/agent-process.js';
 import type { AgentProcess, StatusWatcher } from '../../test/support/agent-process.js';
 import { binaryOutputs, mqttRequest, postBinary, postJson } from '../../test/support/oip-client.js';
 
 const OPERATOR = { id: 'op', token: 'operator-token-chk' };
 const DEVICE = { id: 'pi-check', token: 'device-token-chk' };
-const CHUNK = 256 * 1024;
+const CHUNK = 256 * 1024; // testManifest's chunk size
 
 let broker: RunningBroker;
 let operator: MqttClient;
@@ -61,22 +61,7 @@ afterAll(async () => {
 
 /** Signs a manifest for these bytes and sends it through a real transfer: offer, chunks, commit. */
 async function deliver(name: string, version: number, bytes: Buffer, extra: Partial<ManifestInput> = {}, activate = true) {
-  const now = Date.now();
-  const manifest = signManifest(
-    {
-      kind: 'model',
-      name,
-      version,
-      sha256: sha256Hex(bytes),
-      length: bytes.length,
-      issuedAt: new Date(now).toISOString(),
-      expiresAt: new Date(now + 600_000).toISOString(),
-      target: { devices: [DEVICE.id] },
-      chunking: { size: CHUNK, sha256: chunkHashes(bytes, CHUNK) },
-      ...extra,
-    },
-    keys.privateKeyPem,
-  );
+  const manifest = signManifest(testManifest(name, version, bytes, { target: { devices: [DEVICE.id] }, ...extra }), keys.privateKeyPem);
   const transferId = `${name}-${version}`;
   const via = { kind: 'device' as const, name: DEVICE.id };
   const offer = await requester.request(DEVICE.id, 'transfer.offer', { transferId, manifest, via });

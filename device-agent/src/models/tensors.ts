@@ -338,8 +338,10 @@ export function checkFeeds(model: string, feeds: Record<string, OrtTensor>, spec
 
 // ------------------------------------------------------------------ binary tensor data (little-endian, row-major)
 
-type TypedArrayClass = new (buffer: ArrayBufferLike, byteOffset?: number, length?: number) => Exclude<OrtTensor['data'], string[]>;
+type NumericData = Exclude<OrtTensor['data'], string[]>;
+type TypedArrayClass = { new (length: number): NumericData; new (buffer: ArrayBufferLike, byteOffset?: number, length?: number): NumericData };
 
+/** The typed array onnxruntime-node takes for each numeric dtype (float16 as its raw bits, bool as bytes). */
 const TYPED_ARRAYS: Record<Exclude<DType, 'string'>, TypedArrayClass> = {
   ...INT_ARRAYS,
   float32: Float32Array,
@@ -401,18 +403,7 @@ export function zerosFor(spec: TensorInfo): OrtTensor {
   const size = dims.reduce((a, b) => a * b, 1);
   if (spec.dtype === 'string') return new ort.Tensor('string', new Array<string>(size).fill(''), dims);
   const dtype = spec.dtype as Exclude<DType, 'string'>;
-  const Zeros = ZERO_ARRAYS[dtype];
+  const Zeros = (TYPED_ARRAYS as Partial<Record<string, TypedArrayClass>>)[dtype];
   if (!Zeros) throw new FleetError('smoke_test_failed', `input ${spec.name} has dtype ${spec.dtype}, which a smoke test cannot fill`);
-  return new ort.Tensor(dtype, new Zeros(size), dims);
+  return new ort.Tensor(dtype, new Zeros(size) as Float32Array, dims);
 }
-
-/** The typed array onnxruntime-node takes for each numeric dtype (float16 as its raw bits, bool as bytes). */
-const ZERO_ARRAYS: Partial<Record<Exclude<DType, 'string'>, new (size: number) => ort.Tensor['data']>> = {
-  ...INT_ARRAYS,
-  float32: Float32Array,
-  float64: Float64Array,
-  float16: Uint16Array,
-  int64: BigInt64Array,
-  uint64: BigUint64Array,
-  bool: Uint8Array,
-};
