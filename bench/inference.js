@@ -28,6 +28,7 @@
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -163,8 +164,12 @@ async function sequential(model, n, paths, collect = false) {
   for (let i = 0; i < n; i++) {
     for (const k of names) {
       // with megabytes of garbage per request, this process's collections would land in whichever path runs
-      // next; collect between requests instead (the agent's own collections stay in its paths' timings)
-      if (collect) gc();
+      // next; collect between requests instead (the agent's own collections during a request stay in its timing)
+      // and let the other processes finish what the previous request left them (acks, their collections)
+      if (collect) {
+        gc();
+        await sleep(10);
+      }
       const t0 = process.hrtime.bigint();
       await paths[k](i);
       times[k].push(Number(process.hrtime.bigint() - t0) / 1e6);
@@ -534,8 +539,10 @@ try {
         if (!answers.has(size)) answers.set(size, Buffer.alloc(size, 1));
         const json = Buffer.from(JSON.stringify({ received: offset }));
         res.writeHead(200, { 'content-type': 'application/octet-stream', 'inference-header-content-length': json.length, 'content-length': json.length + size });
+        res.cork();
         res.write(json);
         res.end(answers.get(size));
+        res.uncork();
       });
     });
     server.listen(0, '127.0.0.1', () => console.log(JSON.stringify({ port: server.address().port })));`;
