@@ -154,15 +154,18 @@ function percentile(sorted, p) {
 }
 
 /**
- * Sequential latency of every path, interleaved (bare, http, mqtt, bare, ...) so that a change in
- * machine load hits all of them alike.
+ * Sequential latency of every path, interleaved (bare, http, mqtt, http, mqtt, bare, ...) so that a
+ * change in machine load hits all of them alike.
  */
 async function sequential(model, n, paths, collect = false) {
   const names = Object.keys(paths);
   const times = Object.fromEntries(names.map((k) => [k, []]));
   for (let i = 0; i < Math.min(20, Math.ceil(n / 4)); i++) for (const k of names) await paths[k](i); // warm-up
   for (let i = 0; i < n; i++) {
-    for (const k of names) {
+    // the order rotates, so each path follows each other path equally often (what one leaves behind, e.g.
+    // the broker's work after a large MQTT reply, does not always land on the same next path)
+    const order = [...names.slice(i % names.length), ...names.slice(0, i % names.length)];
+    for (const k of order) {
       // with megabytes of garbage per request, this process's collections would land in whichever path runs
       // next; collect between requests instead (the agent's own collections during a request stay in its timing)
       // and let the other processes finish what the previous request left them (acks, their collections)
