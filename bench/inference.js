@@ -411,6 +411,10 @@ async function benchModel(m, clients) {
   }
   const result = { bareP50Ms: seq.bare.p50Ms };
   for (const path of Object.keys(paths).filter((p) => p !== 'bare' && seq[p])) {
+    if (path === 'transport-floor') {
+      result[path] = { p50Ms: seq[path].p50Ms, p99Ms: seq[path].p99Ms }; // not an inference: nothing to add to bare
+      continue;
+    }
     const base = seq[`bare-beside-${path}`] ?? seq.bare; // the bare runs interleaved with this path
     result[path] = { p50Ms: seq[path].p50Ms, addedP50Ms: round(seq[path].p50Ms - base.p50Ms), addedP99Ms: round(seq[path].p99Ms - base.p99Ms), p50VsBare: round(seq[path].p50Ms / base.p50Ms) };
   }
@@ -419,7 +423,7 @@ async function benchModel(m, clients) {
     // the baseline's best throughput: concurrent runs on one session can be slower than back-to-back ones
     const bareBest = Math.max(conc.bare.perSecond, Math.round(1000 / seq.bare.meanMs));
     result.barePerSecond = bareBest;
-    for (const path of Object.keys(paths).filter((p) => p !== 'bare')) {
+    for (const path of Object.keys(paths).filter((p) => p !== 'bare' && p !== 'transport-floor')) {
       Object.assign(result[path], { perSecond: conc[path].perSecond, throughputVsBestBare: round(conc[path].perSecond / bareBest) });
     }
   }
