@@ -6,6 +6,7 @@
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Docker from 'dockerode';
+import tarFs from 'tar-fs';
 import { FleetError } from '@edgefleet/protocol';
 import { ARCHES, parseBuildArch } from './arch.js';
 import type { BuildArch, ImagePlatform } from './arch.js';
@@ -141,7 +142,11 @@ export async function buildImage(plan: ImageBuildPlan, deps: BuildImageDeps = {}
   };
   if (plan.target) buildOptions.target = plan.target;
   try {
-    const stream = await docker.buildImage({ context: plan.contextDir, src: plan.contextFiles }, buildOptions);
+    // Packed here rather than by dockerode, so that modes arrive unmasked (a world-writable /tmp, say).
+    // (tar-fs reads `umask`; its type declarations leave it out.)
+    const packOptions: tarFs.PackOptions & { umask: number } = { entries: plan.contextFiles, umask: 0 };
+    const context = tarFs.pack(plan.contextDir, packOptions);
+    const stream = await docker.buildImage(context, buildOptions);
     await followEngineStream(docker, stream, remember);
   } catch (err) {
     throw new FleetError('internal', `building ${plan.reference} failed: ${(err as Error).message}\n${recent.join('\n')}`);

@@ -34,7 +34,9 @@ std::string refused(const std::vector<std::string>& args) {
 struct TempDir {
   TempDir() {
     std::string pattern = (fs::temp_directory_path() / "edgefleet-test-XXXXXX").string();
-    path = ::mkdtemp(pattern.data());
+    const char* made = ::mkdtemp(pattern.data());
+    if (!made) throw std::runtime_error("cannot make a folder under " + fs::temp_directory_path().string());
+    path = made;
   }
   ~TempDir() { fs::remove_all(path); }
   fs::path file(const std::string& name, const std::string& content = "") const {
