@@ -25,6 +25,7 @@ const INCLUDE_DIR = process.env.EDGEFLEET_ORT_INCLUDE_DIR;
 const LIBRARY = join(dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json')), 'bin', 'napi-v6', 'linux', 'x64', 'libonnxruntime.so.1');
 const ready = INCLUDE_DIR !== undefined && existsSync(join(INCLUDE_DIR, 'onnxruntime_cxx_api.h')) && existsSync(LIBRARY) && process.arch === 'x64';
 const describeWithOrt = ready ? describe : describe.skip;
+if (!ready) console.warn('toolchains/test/ort.test.ts: skipped: set EDGEFLEET_ORT_INCLUDE_DIR to a folder with onnxruntime_cxx_api.h (see toolchains/README.md)');
 const suiteName = ready
   ? 'edgefleet-infer on ONNX Runtime'
   : 'edgefleet-infer on ONNX Runtime (skipped: set EDGEFLEET_ORT_INCLUDE_DIR to a folder with onnxruntime_cxx_api.h; no package here ships the headers)';
