@@ -5,13 +5,14 @@
  * file system scripts/runtime-rootfs.sh assembles, exactly as the Dockerfile's last stages do.
  */
 import { afterAll, describe, expect, it } from '@jest/globals';
+import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
 import { validate } from 'dockerfile-utils';
 import { FleetError } from '@edgefleet/protocol';
-import { CONTEXT_FILES, DEFAULT_ORT_VERSION, PROGRAM_VERSION, buildImage, planImageBuild, toolchainsPath } from '@edgefleet/toolchains';
+import { ARCHES, BUILD_ARCHES, CONTEXT_FILES, DEFAULT_ORT_VERSION, PROGRAM_VERSION, buildImage, planImageBuild, toolchainsPath } from '@edgefleet/toolchains';
 import { checkDockerfile } from './support/dockerfile-check.js';
 import { buildNative, run } from './support/native-build.js';
 
@@ -116,6 +117,19 @@ describe('the Dockerfile, checked offline', () => {
       'line 7: RUN --mount and heredocs need BuildKit',
       'a # syntax= directive asks for BuildKit',
     ]);
+  });
+
+  it('picks the same toolchain file per architecture as the arch table, and refuses others', async () => {
+    for (const arch of BUILD_ARCHES) {
+      const r = await run(toolchainsPath('scripts', 'toolchain-file.sh'), [arch]);
+      expect(r.code).toBe(0);
+      const file = ARCHES[arch].toolchainFile;
+      expect(r.stdout.trim()).toBe(file ? toolchainsPath('cmake', file) : '');
+      if (file) expect(existsSync(toolchainsPath('cmake', file))).toBe(true);
+    }
+    const bad = await run(toolchainsPath('scripts', 'toolchain-file.sh'), ['armv6']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("unknown architecture 'armv6'");
   });
 
   it('runs the runtime-rootfs script only with an architecture it knows', async () => {
