@@ -238,7 +238,8 @@ try {
        syncBuiltinESMExports();`
     : '';
   const brokerScript = `${noDelayPatch}
-    const { createBroker, hashSecret, staticCredentials } = await import(${JSON.stringify(join(ROOT, 'broker/dist/src/index.js'))});
+    const { createBroker, staticCredentials } = await import(${JSON.stringify(import.meta.resolve('@edgefleet/broker'))});
+    const { hashSecret } = await import(${JSON.stringify(import.meta.resolve('@edgefleet/node-io'))});
     const b = await createBroker({ tcp: { host: '127.0.0.1', port: 0 }, credentials: staticCredentials([
       { role: 'device', id: ${JSON.stringify(DEVICE.id)}, groups: [], secretHash: hashSecret(process.env.DEVICE_TOKEN) },
       { role: 'operator', id: ${JSON.stringify(OPERATOR.id)}, groups: [], secretHash: hashSecret(process.env.OPERATOR_TOKEN) } ]) });

@@ -14,7 +14,8 @@ import type { Aedes, AedesOptions, AuthenticateError, Client } from 'aedes';
 import { pino, type Logger } from 'pino';
 import { WebSocketServer, createWebSocketStream } from 'ws';
 import { mayPublish, maySubscribe, type Principal } from '@edgefleet/protocol';
-import { decoySecretHash, verifySecretAsync, type Credential, type CredentialStore } from './credentials.js';
+import { decoySecretHash, verifySecretAsync } from '@edgefleet/node-io';
+import type { Credential, CredentialStore } from './credentials.js';
 import { DEFAULT_LIMITS, PacketGuard, guardStream, type GuardLimits, type Violation } from './guard.js';
 
 /** A bad option: the message says what to fix. */

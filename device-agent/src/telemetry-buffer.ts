@@ -12,7 +12,8 @@
  *   <dataDir>/telemetry/buffer.jsonl   pending messages, oldest first
  *   <dataDir>/telemetry/seq            next sequence number (when the buffer is empty)
  */
-import { mkdir, open, readFile, rename, writeFile, appendFile } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { TMP_MARK, writeFileAtomic } from '@edgefleet/node-io';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { TelemetryMessageSchema, makeTelemetry } from '@edgefleet/protocol';
@@ -46,6 +47,8 @@ export class TelemetryBuffer {
 
   private async load(): Promise<void> {
     await mkdir(this.dir, { recursive: true });
+    // a rewrite that a crash interrupted leaves its temporary file; the buffer itself is whole
+    for (const entry of await readdir(this.dir)) if (entry.includes(TMP_MARK)) await rm(join(this.dir, entry), { force: true });
     try {
       this.seq = Number((await readFile(this.seqFile, 'utf8')).trim()) || 0;
     } catch (error) {
@@ -95,17 +98,9 @@ export class TelemetryBuffer {
     return carried;
   }
 
-  /** Atomically replaces the file with the entries in memory (tmp + fsync + rename). */
+  /** Atomically replaces the file with the entries in memory (node-io's atomic write). */
   private async rewrite(): Promise<void> {
-    const tmp = `${this.file}.tmp`;
-    const handle = await open(tmp, 'w');
-    try {
-      await handle.writeFile(this.entries.map((m) => `${JSON.stringify(m)}\n`).join(''));
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(tmp, this.file);
+    await writeFileAtomic(this.file, this.entries.map((m) => `${JSON.stringify(m)}\n`).join(''));
     await writeFile(this.seqFile, String(this.seq));
   }
 

@@ -17,12 +17,12 @@
  */
 import { createHash } from 'node:crypto';
 import type { Hash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, readdir, rename, rm, statfs as fsStatfs } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rm, statfs as fsStatfs } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { FleetError, checkAcceptance, isValidName, makeEvent, verifyManifest } from '@edgefleet/protocol';
+import { hashFile, mib, writeFileAtomic } from '@edgefleet/node-io';
+import { FleetError, checkAcceptance, isValidName, makeEvent, sha256Hex, verifyManifest } from '@edgefleet/protocol';
 import type {
   CommandResult,
   DeviceIdentity,
@@ -268,22 +268,10 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
     if (refusal) throw refusal;
   }
 
-  async function writeAtomic(file: string, text: string | Buffer): Promise<void> {
-    const tmp = `${file}.tmp`;
-    const h = await open(tmp, 'w');
-    try {
-      await h.writeFile(text);
-      await h.sync();
-    } finally {
-      await h.close();
-    }
-    await rename(tmp, file);
-  }
-
   /** Opens the staging files of a transfer; re-hashes the chunks its log lists when it was on disk already. */
   async function openStaging(t: Transfer, resume: boolean): Promise<void> {
     await mkdir(t.dir, { recursive: true });
-    await writeAtomic(join(t.dir, 'manifest.json'), JSON.stringify(t.signed));
+    await writeFileAtomic(join(t.dir, 'manifest.json'), JSON.stringify(t.signed));
     const dataFile = join(t.dir, 'data.part');
     const logFile = join(t.dir, 'chunks.log');
     t.data = await open(dataFile, resume ? 'r+' : 'w+').catch(async (error: NodeJS.ErrnoException) => {
@@ -305,7 +293,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
         const len = chunkLength(t.manifest, index, t.total);
         const buf = Buffer.allocUnsafe(len);
         const { bytesRead } = await t.data.read(buf, 0, len, index * t.manifest.chunking.size);
-        if (bytesRead === len && sha256(buf) === t.manifest.chunking.sha256[index]) {
+        if (bytesRead === len && sha256Hex(buf) === t.manifest.chunking.sha256[index]) {
           t.have[index] = 2;
           t.received++;
         } else bad++;
@@ -316,7 +304,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
     const compact = Buffer.alloc(t.received * LOG_ENTRY);
     let pos = 0;
     for (let i = 0; i < t.total; i++) if (t.have[i] === 2) compact.writeUInt32LE(i, (pos++) * LOG_ENTRY);
-    await writeAtomic(logFile, compact);
+    await writeFileAtomic(logFile, compact);
     t.log = await open(logFile, 'a');
   }
 
@@ -422,7 +410,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       if (t) {
         t.signed = p.manifest; // a fresh signature (new expiry) for the same content
         t.manifest = manifest;
-        await writeAtomic(join(t.dir, 'manifest.json'), JSON.stringify(t.signed));
+        await writeFileAtomic(join(t.dir, 'manifest.json'), JSON.stringify(t.signed));
         return { missing: missingOf(t), total: t.total };
       }
       await mkdir(root, { recursive: true });
@@ -478,7 +466,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       stats.duplicates++;
       return;
     }
-    if (sha256(payload) !== t.manifest.chunking.sha256[index]) {
+    if (sha256Hex(payload) !== t.manifest.chunking.sha256[index]) {
       reject(transferId, index, 'corrupt_chunk', 'sha256 does not match the signed manifest; dropped, it stays missing');
       return;
     }
@@ -553,7 +541,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       const len = chunkLength(t.manifest, i, t.total);
       const buf = Buffer.allocUnsafe(len);
       const { bytesRead } = await data.read(buf, 0, len, i * t.manifest.chunking.size);
-      if (bytesRead !== len || sha256(buf) !== t.manifest.chunking.sha256[i]) {
+      if (bytesRead !== len || sha256Hex(buf) !== t.manifest.chunking.sha256[i]) {
         bad.push(i);
         if (t.have[i] === 2) t.received--;
         t.have[i] = 0;
@@ -646,18 +634,4 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       transfers.clear();
     },
   };
-}
-
-function sha256(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
-
-async function hashFile(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const part of createReadStream(file, { highWaterMark: 1 << 20 })) hash.update(part as Buffer);
-  return hash.digest('hex');
-}
-
-function mib(bytes: number): string {
-  return (bytes / (1024 * 1024)).toFixed(1);
 }

@@ -4,9 +4,10 @@
  * a rollout's later waves and repeated deliveries do not hash the file again. The registry
  * writes the table for the default chunk size when a version is added.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { writeFileAtomic } from '@edgefleet/node-io';
 import { FleetError } from '@edgefleet/protocol';
 
 /** Chosen by `npm run bench:transfer` (see README.registry.md). */
@@ -53,9 +54,7 @@ export async function hashChunks(file: string, chunkSize: number): Promise<{ sha
 
 export async function writeChunkTable(blobPath: string, table: ChunkTable): Promise<void> {
   const file = chunkTablePath(blobPath, table.size);
-  const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`;
-  await writeFile(tmp, JSON.stringify(table));
-  await rename(tmp, file);
+  await writeFileAtomic(file, JSON.stringify(table));
 }
 
 function valid(table: unknown, sha256: string, length: number, size: number): table is ChunkTable {

@@ -5,7 +5,7 @@
  * goes through one of the operations below; the HTTP API, the CLI and the
  * console are only ways of calling them.
  */
-import { mkdir, realpath, rm, writeFile } from 'node:fs/promises';
+import { mkdir, realpath, rm } from 'node:fs/promises';
 import { homedir, networkInterfaces } from 'node:os';
 import { join, resolve, sep } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -31,7 +31,7 @@ import type { Metrics } from './metrics.js';
 import { Rollouts } from './rollout.js';
 import type { CreateRolloutInput, DeliverFn, RollbackFn } from './rollout.js';
 import { ensureEnrolmentKey, ensureOperator, provisionDevice, stateCredentials, DEFAULT_OPERATOR } from './provisioning.js';
-import { verifySecretAsync } from '@edgefleet/broker';
+import { verifySecretAsync, writeFileAtomic } from '@edgefleet/node-io';
 import type { ProvisionResult } from './provisioning.js';
 import { makeDeliver, makeRollback } from './delivery.js';
 import { startApi } from './api.js';
@@ -193,7 +193,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     port: options.httpPort ?? DEFAULT_HTTP_PORT,
   });
   const controllerFile = join(dataDir, CONTROLLER_FILE);
-  await writeFile(
+  await writeFileAtomic(
     controllerFile,
     JSON.stringify({ pid: process.pid, url: api.url, broker: brokerUrl, advertisedBroker: advertised, mqtt: broker?.ports ?? null, startedAt: new Date().toISOString() }, null, 1),
   );

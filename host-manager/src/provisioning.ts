@@ -5,7 +5,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { chmod, open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { hashSecret, verifySecretAsync } from '@edgefleet/broker';
+import { hashSecret, verifySecretAsync } from '@edgefleet/node-io';
 import type { Credential, CredentialStore } from '@edgefleet/broker';
 import { FleetError, assertName } from '@edgefleet/protocol';
 import type { DeviceRecord, FleetDb } from './state.js';

@@ -4,9 +4,8 @@
  * the same name again returns the existing version; version numbers only go up and a
  * removed number is never handed out again.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { hashFile, mib, writeFileAtomic } from '@edgefleet/node-io';
 import { join, relative, resolve, sep } from 'node:path';
 import { FleetError, ProcessingSchema, assertName, chunkHashes, sha256Hex } from '@edgefleet/protocol';
 import type { DeviceInfo, Processing, ProcessingInput } from '@edgefleet/protocol';
@@ -74,16 +73,7 @@ export function createRegistry(db: FleetDb, dataDir: string): Registry {
     const target = join(blobDir, sha256);
     const present = await stat(target).catch(() => undefined);
     if (present?.size === bytes.length && (await hashFile(target)) === sha256) return target;
-    const tmp = join(blobDir, `.${sha256}.${randomBytes(6).toString('hex')}.tmp`);
-    const handle = await open(tmp, 'wx', 0o644);
-    try {
-      await handle.writeFile(bytes);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(tmp, target);
-    await fsyncDir(blobDir);
+    await writeFileAtomic(target, bytes);
     return target;
   }
 
@@ -206,21 +196,6 @@ function parseProcessing(value: unknown): Processing {
   return parsed.data;
 }
 
-export async function hashFile(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
 // ---------------------------------------------------------------- compatibility (pure)
 
 /**
@@ -296,11 +271,7 @@ export function checkCompatibility(
   }
   const needBytes = estimatedMemoryBytes(record.length);
   if (device.memoryBytes > 0 && device.memoryBytes < needBytes) {
-    return `${label} (${mib(record.length)} MiB) needs about ${mib(needBytes)} MiB of memory; the device has ${mib(device.memoryBytes)} MiB`;
+    return `${label} (${mib(record.length, 0)} MiB) needs about ${mib(needBytes, 0)} MiB of memory; the device has ${mib(device.memoryBytes, 0)} MiB`;
   }
   return undefined;
-}
-
-function mib(bytes: number): number {
-  return Math.round(bytes / (1024 * 1024));
 }

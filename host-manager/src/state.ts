@@ -6,8 +6,9 @@
  * a caller's `await db.write()` resolves only once a write that includes its
  * change is on disk.
  */
-import { mkdir, open, readFile, rename } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir, readFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { writeFileAtomic } from '@edgefleet/node-io';
 import { Low } from 'lowdb';
 import type { Adapter } from 'lowdb';
 import type { DeviceInfo, ErrorBody, Processing, TelemetrySample, TensorInfo } from '@edgefleet/protocol';
@@ -191,17 +192,15 @@ export function emptyState(): FleetState {
   return { devices: {}, groups: {}, models: {}, rollouts: {}, operators: {}, audit: [] };
 }
 
-/** A lowdb adapter that writes atomically and durably: tmp file, fsync, rename, fsync of the directory. */
+/** A lowdb adapter that writes atomically and durably (node-io's writeFileAtomic), coalescing bursts of writes. */
 export class DurableJsonFile<T> implements Adapter<T> {
   readonly #file: string;
-  readonly #tmp: string;
   #writing: Promise<void> | null = null;
   /** The next write: serialized only when it starts, so a burst of changes costs one JSON.stringify. */
   #queued: { data: T; waiters: { resolve(): void; reject(e: unknown): void }[] } | null = null;
 
   constructor(file: string) {
     this.#file = file;
-    this.#tmp = join(dirname(file), `.${basename(file)}.tmp`);
   }
 
   async read(): Promise<T | null> {
@@ -243,21 +242,8 @@ export class DurableJsonFile<T> implements Adapter<T> {
     this.#writing = null;
   }
 
-  async #writeNow(text: string): Promise<void> {
-    const handle = await open(this.#tmp, 'w', 0o600);
-    try {
-      await handle.writeFile(text, 'utf8');
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(this.#tmp, this.#file);
-    const dir = await open(dirname(this.#file), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+  #writeNow(text: string): Promise<void> {
+    return writeFileAtomic(this.#file, text, { mode: 0o600 });
   }
 }
 
