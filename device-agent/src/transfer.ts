@@ -22,7 +22,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { hashFile, mib, writeFileAtomic } from '@edgefleet/node-io';
-import { FleetError, checkAcceptance, isValidName, makeEvent, sha256Hex, verifyManifest } from '@edgefleet/protocol';
+import { FleetError, asFleetError, checkAcceptance, isValidName, makeEvent, sha256Hex, verifyManifest } from '@edgefleet/protocol';
 import type {
   CommandResult,
   DeviceIdentity,
@@ -580,10 +580,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
         event(makeEvent('model.activated', { model: m.name, version: m.version, previous: result.previous }));
         return { model: m.name, version: m.version, activated: true, previous: result.previous };
       } catch (error) {
-        const fleetError =
-          error instanceof FleetError
-            ? error
-            : new FleetError((error as NodeJS.ErrnoException).code === 'ENOSPC' ? 'disk_full' : 'internal', (error as Error).message);
+        const fleetError = asFleetError(error);
         event(makeEvent('model.failed', { model: m.name, version: m.version, error: fleetError.toJSON() }));
         if (t.installed && (fleetError.code === 'load_failed' || fleetError.code === 'smoke_test_failed' || fleetError.code === 'not_onnx')) {
           // The old version keeps serving; the one that failed is removed so it is not activated by accident later.

@@ -17,8 +17,7 @@ import { WebSocketServer } from 'ws';
 import type { WebSocket } from 'ws';
 import { z } from 'zod';
 import type { Logger } from 'pino';
-import { FleetError, LegacyCommandSchema, NameSchema, ProcessingSchema, TensorSchema, VersionSchema, describe } from '@edgefleet/protocol';
-import type { ErrorCode } from '@edgefleet/protocol';
+import { FleetError, LegacyCommandSchema, NameSchema, ProcessingSchema, TensorSchema, VersionSchema, describe, errorResponse } from '@edgefleet/protocol';
 import type { FleetDb } from './state.js';
 import type { Fleet, FeedEvent } from './fleet.js';
 import type { Metrics } from './metrics.js';
@@ -33,33 +32,6 @@ export interface RunningApi {
   port: number;
   close(): Promise<void>;
 }
-
-/** An error with an HTTP status; codes beyond the protocol's are API-only (unauthorized, method_not_allowed...). */
-export class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-const STATUS_OF: Partial<Record<ErrorCode, number>> = {
-  bad_request: 400,
-  invalid_params: 400,
-  invalid_input: 400,
-  unknown_command: 400,
-  not_found: 404,
-  conflict: 409,
-  busy: 409,
-  incompatible: 422,
-  deadline_exceeded: 504,
-  unavailable: 503,
-  not_onnx: 400,
-  too_long: 413,
-  disk_full: 507,
-};
 
 const TargetSchema = z
   .string()
@@ -110,7 +82,7 @@ const schemas = {
 
 function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.output<S> {
   const r = schema.safeParse(body);
-  if (!r.success) throw new ApiError(400, 'invalid_params', describe(r.error));
+  if (!r.success) throw new FleetError('invalid_params', describe(r.error));
   return r.data;
 }
 
@@ -129,12 +101,12 @@ const JSON_LIMIT = 8 * 1024 * 1024;
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
   const type = req.headers['content-type'] ?? '';
-  if (!type.includes('application/json')) throw new ApiError(415, 'bad_request', 'send the request body as application/json');
+  if (!type.includes('application/json')) throw new FleetError('unsupported_media_type', 'send the request body as application/json');
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > JSON_LIMIT) throw new ApiError(413, 'too_long', `request body over ${JSON_LIMIT} bytes`);
+    if (size > JSON_LIMIT) throw new FleetError('too_long', `request body over ${JSON_LIMIT} bytes`);
     chunks.push(chunk as Buffer);
   }
   const text = Buffer.concat(chunks).toString('utf8');
@@ -142,13 +114,13 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   try {
     return JSON.parse(text);
   } catch {
-    throw new ApiError(400, 'bad_request', 'the request body is not valid JSON');
+    throw new FleetError('bad_request', 'the request body is not valid JSON');
   }
 }
 
 function intParam(value: string | null, what: string, fallback: number): number {
   if (value === null) return fallback;
-  if (!/^\d+$/.test(value)) throw new ApiError(400, 'invalid_params', `${what} must be a whole number`);
+  if (!/^\d+$/.test(value)) throw new FleetError('invalid_params', `${what} must be a whole number`);
   return Number(value);
 }
 
@@ -164,7 +136,7 @@ export async function startApi(opts: {
   const { ops, fleet, metrics, logger: log } = opts;
   const checkToken = createTokenChecker(opts.db);
   const version = (s: string | undefined): number => {
-    if (!s || !/^\d+$/.test(s) || Number(s) < 1) throw new ApiError(400, 'invalid_params', `version must be a positive whole number, got "${s}"`);
+    if (!s || !/^\d+$/.test(s) || Number(s) < 1) throw new FleetError('invalid_params', `version must be a positive whole number, got "${s}"`);
     return Number(s);
   };
 
@@ -179,7 +151,7 @@ export async function startApi(opts: {
   route('POST', '/enrol', async (req, _p, c) => {
     const body = parseBody(schemas.enrol, await c.body());
     const result = await ops.enrol({ id: body.id, key: bearer(req) });
-    if (!result) throw new ApiError(401, 'unauthorized', 'wrong or missing provisioning key: send Authorization: Bearer <enrolment key>');
+    if (!result) throw new FleetError('unauthorized', 'wrong or missing provisioning key: send Authorization: Bearer <enrolment key>');
     return result;
   }, { auth: false, created: true });
   route('GET', '/api/devices', () => ops.listDevices());
@@ -239,7 +211,7 @@ export async function startApi(opts: {
   route('POST', '/api/exec', async (_r, _p, c) => {
     const body = parseBody(schemas.exec, await c.body());
     if (!LegacyCommandSchema.safeParse(body.command).success) {
-      throw new ApiError(400, 'invalid_params', `unknown command "${body.command}"; use one of start, stop, update, install, done, exit`);
+      throw new FleetError('invalid_params', `unknown command "${body.command}"; use one of start, stop, update, install, done, exit`);
     }
     return ops.exec({ to: parseTarget(body.to), command: body.command, actor: c.actor, ...(body.via ? { via: body.via } : {}) });
   });
@@ -248,14 +220,14 @@ export async function startApi(opts: {
 
   async function uploadModel(req: IncomingMessage, c: { actor: string; url: URL }): Promise<unknown> {
     const name = c.url.searchParams.get('name');
-    if (!name) throw new ApiError(400, 'invalid_params', 'give the model a name: POST /api/models?name=NAME');
+    if (!name) throw new FleetError('invalid_params', 'give the model a name: POST /api/models?name=NAME');
     const header = (h: string): unknown => {
       const v = req.headers[h];
       if (typeof v !== 'string') return undefined;
       try {
         return JSON.parse(Buffer.from(v, 'base64').toString('utf8'));
       } catch {
-        throw new ApiError(400, 'bad_request', `${h} must be base64 of JSON`);
+        throw new FleetError('bad_request', `${h} must be base64 of JSON`);
       }
     };
     const lineage = header('x-model-lineage');
@@ -305,14 +277,14 @@ export async function startApi(opts: {
           return finish(200, await metrics.registry.metrics(), metrics.registry.contentType);
         }
         const matches = routes.filter((r) => r.path.test(url.pathname));
-        if (matches.length === 0) throw new ApiError(404, 'not_found', `no such endpoint ${url.pathname}; see the API table in host-manager/README.md`);
+        if (matches.length === 0) throw new FleetError('not_found', `no such endpoint ${url.pathname}; see the API table in host-manager/README.md`);
         const matched = matches.find((r) => r.method === req.method);
-        if (!matched) throw new ApiError(405, 'method_not_allowed', `${req.method} is not allowed on ${url.pathname}; use ${matches.map((r) => r.method).join(', ')}`);
+        if (!matched) throw new FleetError('method_not_allowed', `${req.method} is not allowed on ${url.pathname}; use ${matches.map((r) => r.method).join(', ')}`);
         routeName = matched.name;
         let actor = 'anonymous';
         if (matched.auth) {
           const operator = await checkToken(bearer(req));
-          if (!operator) throw new ApiError(401, 'unauthorized', 'missing or wrong operator token: send Authorization: Bearer <token> (see <data dir>/operator.token)');
+          if (!operator) throw new FleetError('unauthorized', 'missing or wrong operator token: send Authorization: Bearer <token> (see <data dir>/operator.token)');
           actor = `operator:${operator}`;
         }
         const params = Object.fromEntries(
@@ -320,26 +292,16 @@ export async function startApi(opts: {
             try {
               return [k, decodeURIComponent(v)];
             } catch {
-              throw new ApiError(400, 'bad_request', `malformed percent-encoding in the path: ${v}`);
+              throw new FleetError('bad_request', `malformed percent-encoding in the path: ${v}`);
             }
           }),
         );
         const result = await matched.handler(req, params, { actor, url, body: () => readJson(req) });
         finish(matched.created ? 201 : 200, result ?? {});
       } catch (error) {
-        let status = 500;
-        let code = 'internal';
-        let message = (error as Error).message;
-        if (error instanceof ApiError) {
-          status = error.status;
-          code = error.code;
-        } else if (error instanceof FleetError) {
-          status = STATUS_OF[error.code] ?? 502;
-          code = error.code;
-        } else {
-          log.error({ err: error }, 'API handler failed');
-        }
-        finish(status, { error: { code, message } });
+        if (!(error instanceof FleetError)) log.error({ err: error }, 'API handler failed');
+        const { status, body } = errorResponse(error);
+        finish(status, body);
       }
     })();
   });

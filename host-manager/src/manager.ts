@@ -15,7 +15,7 @@ import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { createBroker } from '@edgefleet/broker';
 import type { RunningBroker } from '@edgefleet/broker';
-import { FleetError, LegacyCommandSchema, assertName, topics } from '@edgefleet/protocol';
+import { FleetError, LegacyCommandSchema, assertName, toErrorBody, topics } from '@edgefleet/protocol';
 import type { CommandParams, CommandResult, ErrorBody, LegacyCommand } from '@edgefleet/protocol';
 import { openState, appendAudit } from './state.js';
 import type { AuditEntry, DeviceRecord, FleetDb, ModelVersionRecord, RolloutTarget } from './state.js';
@@ -259,9 +259,6 @@ export interface ExecResult {
   error?: ErrorBody;
 }
 
-function errorBody(error: unknown): ErrorBody {
-  return error instanceof FleetError ? error.toJSON() : { code: 'internal', message: (error as Error).message };
-}
 
 function publicDevice(d: DeviceRecord): Omit<DeviceRecord, 'tokenHash'> & { provisioned: boolean } {
   const { tokenHash, ...rest } = d;
@@ -408,7 +405,7 @@ function createOperations(ctx: {
         await audit({ actor: args.actor, action: 'model.add', target: `${rec.name}@${rec.version}`, result: 'ok', detail: { sha256: rec.sha256, created: rec.created } });
         return rec;
       } catch (error) {
-        await audit({ actor: args.actor, action: 'model.add', target: args.opts.name, result: 'error', detail: errorBody(error) });
+        await audit({ actor: args.actor, action: 'model.add', target: args.opts.name, result: 'error', detail: toErrorBody(error) });
         throw error;
       }
     },
@@ -475,7 +472,7 @@ function createOperations(ctx: {
         await audit({ actor: args.actor, action: 'model.deliver.ssh', target, result: 'ok', detail: { ...detail, remotePath: r.remotePath, sha256: r.sha256, bytes: r.bytes, seconds: view.seconds } });
         return view;
       } catch (error) {
-        await audit({ actor: args.actor, action: 'model.deliver.ssh', target, result: 'error', detail: { ...detail, error: errorBody(error) } });
+        await audit({ actor: args.actor, action: 'model.deliver.ssh', target, result: 'error', detail: { ...detail, error: toErrorBody(error) } });
         throw error;
       }
     },
@@ -543,7 +540,7 @@ function createOperations(ctx: {
               const r = await requester.request(d.id, 'legacy', { command }, d.online || args.to.kind === 'device' ? ctx.timeoutMs : 1);
               results.push({ device: d.id, ok: true, message: r.message });
             } catch (error) {
-              results.push({ device: d.id, ok: false, error: errorBody(error) });
+              results.push({ device: d.id, ok: false, error: toErrorBody(error) });
             }
           }),
         );

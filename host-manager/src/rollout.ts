@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { FleetError, assertName } from '@edgefleet/protocol';
+import { FleetError, assertName, toErrorBody } from '@edgefleet/protocol';
 import type { ErrorBody } from '@edgefleet/protocol';
 import {
   combineHealth,
@@ -360,7 +360,7 @@ export class Rollouts {
         onProgress: (device, received, total) => progress.set(device, { received, total }),
       });
     } catch (error) {
-      const body: ErrorBody = error instanceof FleetError ? error.toJSON() : { code: 'internal', message: (error as Error).message };
+      const body = toErrorBody(error);
       outcomes = Object.fromEntries(ids.map((id) => [id, { ok: false, error: body } as DeliveryOutcome]));
     }
     const at = new Date().toISOString();
@@ -403,7 +403,7 @@ export class Rollouts {
           delete d.error;
           appendAudit(this.#db.data, { actor, action: 'model.rollback', target: `${id}: ${r.model}@${r.version} → ${res.version}`, result: 'ok', detail: { rollout: r.id } });
         } catch (error) {
-          const body: ErrorBody = error instanceof FleetError ? error.toJSON() : { code: 'internal', message: (error as Error).message };
+          const body = toErrorBody(error);
           d.error = { code: body.code, message: `rollback failed: ${body.message}` };
           if (this.#fleet.isOnline(id)) d.state = 'failed'; // it answered and refused: recorded, not retried forever
           appendAudit(this.#db.data, { actor, action: 'model.rollback', target: `${id}: ${r.model}`, result: 'error', detail: { rollout: r.id, error: body } });

@@ -18,7 +18,7 @@ import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import type { MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
-import { EventSchema, FleetError, parseTopic, signManifest, topics } from '@edgefleet/protocol';
+import { EventSchema, FleetError, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
 import type { DeviceInfo, ErrorBody, Manifest, ManifestInput, SignedManifest, TransferTarget } from '@edgefleet/protocol';
 import type { ModelVersionRecord } from './state.js';
 import type { RequestFn } from './requester.js';
@@ -107,10 +107,6 @@ export function buildManifest(
   };
 }
 
-function errorBody(error: unknown): ErrorBody {
-  if (error instanceof FleetError) return error.toJSON();
-  return { code: 'internal', message: error instanceof Error ? error.message : String(error) };
-}
 
 /** Runs `task` over `items` with at most `limit` at once. */
 async function eachLimited<T>(items: readonly T[], limit: number, task: (item: T) => Promise<void>): Promise<void> {
@@ -180,8 +176,8 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
   const missing = new Map<string, Set<number>>();
   const fail = (device: string, error: unknown): void => {
     missing.delete(device);
-    results[device] = { ok: false, error: errorBody(error) };
-    log?.warn({ device, transferId, error: errorBody(error) }, 'delivery to device failed');
+    results[device] = { ok: false, error: toErrorBody(error) };
+    log?.warn({ device, transferId, error: toErrorBody(error) }, 'delivery to device failed');
   };
   const report = (device: string): void => {
     const m = missing.get(device);

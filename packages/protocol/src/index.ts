@@ -3,3 +3,4 @@ export * from './errors.js';
 export * from './messages.js';
 export * from './manifest.js';
 export * from './acl.js';
+export * from './records.js';
