@@ -29,7 +29,7 @@ import { ManifestSchema, chunkHashes, sha256Hex } from '@edgefleet/protocol';
 import { createRequester } from '@edgefleet/host-manager';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const { createModelService, encodeTensor } = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
+const { createModelService, encodeTensor } = await import('@edgefleet/device-agent');
 
 const SEQ = Number(process.env.SEQ ?? 2000);
 const CONC = Number(process.env.CONC ?? 4000);

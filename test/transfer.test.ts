@@ -362,7 +362,7 @@ describe('disk full', () => {
   it(title, async () => {
     if (!tmpfsWorks) {
       // the same rule as the agent's, through the receiver it runs
-      const { createTransferReceiver } = await import('../device-agent/src/transfer.js');
+      const { createTransferReceiver } = await import('@edgefleet/device-agent');
       const { pino } = await import('pino');
       const receiver = createTransferReceiver({
         dataDir: join(work, 'df-injected'),

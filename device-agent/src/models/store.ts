@@ -14,7 +14,7 @@ import { copyFile, mkdir, readFile, readdir, rename, rm, stat, unlink } from 'no
 import { join } from 'node:path';
 import { z } from 'zod';
 import { TMP_MARK, fsyncDir, fsyncFile, tmpPathFor, writeFileAtomic } from '@edgefleet/node-io';
-import { FleetError, ManifestSchema, TensorInfoSchema, isValidName } from '@edgefleet/protocol';
+import { FleetError, ManifestSchema, TensorInfoSchema, isValidName, ownEntry } from '@edgefleet/protocol';
 import type { Manifest, TensorInfo } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
 
@@ -110,7 +110,7 @@ export class ModelStore {
   }
 
   record(name: string): ModelRecord {
-    return this.state.models[name] ?? { active: null, history: [], highestAccepted: 0 };
+    return ownEntry(this.state.models, name) ?? { active: null, history: [], highestAccepted: 0 };
   }
 
   versions(name: string): number[] {
