@@ -1,17 +1,11 @@
 import { describe, expect, it } from '@jest/globals';
-import {
-  DEFAULT_POLICY,
-  evaluateGate,
-  newRollout,
-  nextStep,
-  parseTarget,
-  planWaves,
-  resolvePolicy,
-  summarizeHealth,
-  targetDevices,
-} from '../src/rollout-plan.js';
-import type { PlanDevice } from '../src/rollout-plan.js';
-import type { HealthSummary, RolloutDevice, RolloutRecord } from '../src/state.js';
+import { evaluateGate } from '../src/rollouts/gate.js';
+import { summarizeHealth } from '../src/rollouts/health.js';
+import { newRollout, nextStep, planWaves } from '../src/rollouts/plan.js';
+import { DEFAULT_POLICY, resolvePolicy } from '../src/rollouts/policy.js';
+import { parseTarget, targetDevices } from '../src/rollouts/target.js';
+import type { PlanDevice } from '../src/rollouts/target.js';
+import type { HealthSummary, RolloutDevice, RolloutRecord } from '../src/state/schema.js';
 
 const fleet = (n: number, offline: string[] = [], group = 'lab'): PlanDevice[] =>
   Array.from({ length: n }, (_, i) => {

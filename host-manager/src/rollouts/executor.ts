@@ -1,29 +1,26 @@
 /**
- * The rollout executor: carries out the steps `nextStep` (rollout-plan.ts)
- * decides, one at a time, writing the rollout's record to the state file after
- * every step. A controller restarted after `kill -9` reads the records back and
- * continues each running rollout where it was.
+ * The rollout executor: carries out the steps `nextStep` (plan.ts) decides, one at a
+ * time, writing the rollout's record to the state file after every step. It does I/O
+ * only (deliveries, rollbacks, telemetry lookups, writes); every decision, the gate's
+ * included, is the plan's. A controller restarted after `kill -9` reads the records
+ * back and continues each running rollout where it was.
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { FleetError, assertName, toErrorBody } from '@edgefleet/protocol';
+import { FleetError, assertName, ownEntry, toErrorBody } from '@edgefleet/protocol';
 import type { ErrorBody } from '@edgefleet/protocol';
-import {
-  combineHealth,
-  evaluateGate,
-  formatTarget,
-  newRollout,
-  nextStep,
-  resolvePolicy,
-  summarizeHealth,
-  targetDevices,
-  EMPTY_HEALTH,
-} from './rollout-plan.js';
-import type { PolicyInput, RolloutStep } from './rollout-plan.js';
-import { appendAudit } from './state.js';
-import type { FleetDb, RolloutDevice, RolloutRecord, RolloutTarget } from './state.js';
-import type { Fleet } from './fleet.js';
-import type { Metrics } from './metrics.js';
+import type { FleetRepository } from '../state/repository.js';
+import type { RolloutDevice, RolloutRecord, RolloutTarget } from '../state/schema.js';
+import type { Fleet } from '../devices/presence.js';
+import type { Metrics } from '../api/metrics.js';
+import { EMPTY_HEALTH, combineHealth, summarizeHealth } from './health.js';
+import { evaluateGate, gateFailureReason } from './gate.js';
+import { newRollout, nextStep } from './plan.js';
+import type { RolloutStep } from './plan.js';
+import { resolvePolicy } from './policy.js';
+import type { PolicyInput } from './policy.js';
+import { summarize } from './summary.js';
+import { formatTarget, targetDevices } from './target.js';
 
 export type DeliveryOutcome = { ok: true; version: number; previous?: number | null } | { ok: false; error: ErrorBody };
 
@@ -40,7 +37,7 @@ export type DeliverFn = (args: {
 export type RollbackFn = (args: { device: string; model: string; previous: number | null }) => Promise<{ version: number }>;
 
 export interface RolloutsOptions {
-  db: FleetDb;
+  state: FleetRepository;
   fleet: Fleet;
   deliver: DeliverFn;
   rollback: RollbackFn;
@@ -59,7 +56,7 @@ export interface CreateRolloutInput {
 }
 
 export class Rollouts {
-  readonly #db: FleetDb;
+  readonly #state: FleetRepository;
   readonly #fleet: Fleet;
   readonly #deliver: DeliverFn;
   readonly #rollback: RollbackFn;
@@ -73,7 +70,7 @@ export class Rollouts {
   #closed = false;
 
   constructor(opts: RolloutsOptions) {
-    this.#db = opts.db;
+    this.#state = opts.state;
     this.#fleet = opts.fleet;
     this.#deliver = opts.deliver;
     this.#rollback = opts.rollback;
@@ -87,18 +84,18 @@ export class Rollouts {
   }
 
   list(): RolloutRecord[] {
-    return Object.values(this.#db.data.rollouts).sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
+    return this.#state.rollouts().sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
   }
 
   get(id: string): RolloutRecord {
-    const r = this.#db.data.rollouts[id];
+    const r = this.#state.rollout(id);
     if (!r) throw new FleetError('not_found', `no rollout ${id}; see \`hostManager rollouts list\``);
     return r;
   }
 
   /** Continues every rollout left running (after a restart). */
   resumeAll(): void {
-    for (const r of Object.values(this.#db.data.rollouts)) {
+    for (const r of this.#state.rollouts()) {
       if (r.status === 'running') {
         this.#log.info({ rollout: r.id }, 'continuing a rollout left running');
         this.#start(r.id);
@@ -110,18 +107,18 @@ export class Rollouts {
     assertName('model', input.model);
     const version = versionOf(input.model, input.version);
     const policy = resolvePolicy(input.policy);
-    const all = Object.values(this.#db.data.devices).filter((d) => d.provisioned !== false || d.info);
-    if (input.to.kind === 'device' && !this.#db.data.devices[input.to.name]) {
-      throw new FleetError('not_found', `no device ${input.to.name}; see \`hostManager devices list\``);
-    }
+    const all = this.#state.devices().filter((d) => d.provisioned !== false || d.info);
+    if (input.to.kind === 'device') this.#state.requireDevice(input.to.name);
     if (input.to.kind === 'group' && !all.some((d) => d.groups.includes(input.to.kind === 'group' ? input.to.name : ''))) {
       throw new FleetError('not_found', `group ${input.to.name} has no devices; see \`hostManager groups\``);
     }
     const chosen = targetDevices(all, input.to);
     if (chosen.length === 0) throw new FleetError('not_found', 'the fleet has no devices to roll out to; add one with `hostManager devices add`');
-    const busy = this.list().find(
-      (r) => r.status === 'running' && r.model === input.model && chosen.some((d) => r.devices[d.id] && r.devices[d.id]!.state !== 'switched'),
-    );
+    const unfinishedOn = (r: RolloutRecord, device: string): boolean => {
+      const was = ownEntry(r.devices, device);
+      return was !== undefined && was.state !== 'switched';
+    };
+    const busy = this.list().find((r) => r.status === 'running' && r.model === input.model && chosen.some((d) => unfinishedOn(r, d.id)));
     if (busy) {
       throw new FleetError('conflict', `rollout ${busy.id} of ${busy.model}@${busy.version} is still running on some of these devices; abort it or wait`);
     }
@@ -137,15 +134,15 @@ export class Rollouts {
       createdBy: input.actor,
       now: new Date(),
     });
-    this.#db.data.rollouts[id] = record;
-    appendAudit(this.#db.data, {
+    this.#state.putRollout(record);
+    this.#state.appendAudit({
       actor: input.actor,
       action: 'rollout.create',
       target: `${input.model}@${version} → ${formatTarget(input.to)}`,
       result: 'ok',
       detail: { rollout: id, waves: record.waves.map((w) => ({ label: w.label, devices: w.devices.length })), policy },
     });
-    await this.#db.write();
+    await this.#state.write();
     this.#emit(record);
     this.#start(id);
     return record;
@@ -157,8 +154,8 @@ export class Rollouts {
     r.status = 'aborted';
     r.reason = reason;
     r.updatedAt = new Date().toISOString();
-    appendAudit(this.#db.data, { actor, action: 'rollout.abort', target: id, result: 'ok' });
-    await this.#db.write();
+    this.#state.appendAudit({ actor, action: 'rollout.abort', target: id, result: 'ok' });
+    await this.#state.write();
     this.#emit(r);
     this.#wake();
     return r;
@@ -172,8 +169,8 @@ export class Rollouts {
     // A resumed rollout gets its offline allowance again from now.
     r.deadline = new Date(Date.now() + r.policy.offlineDeadlineS * 1000).toISOString();
     r.updatedAt = new Date().toISOString();
-    appendAudit(this.#db.data, { actor, action: 'rollout.resume', target: id, result: 'ok' });
-    await this.#db.write();
+    this.#state.appendAudit({ actor, action: 'rollout.resume', target: id, result: 'ok' });
+    await this.#state.write();
     this.#emit(r);
     this.#start(id);
     return r;
@@ -185,7 +182,7 @@ export class Rollouts {
     if (r.status === 'running') {
       r.status = 'aborted';
       r.reason = 'rolled back by the operator';
-      await this.#db.write();
+      await this.#state.write();
       await this.#running.get(id);
     }
     const switched = Object.values(r.devices).filter((d) => d.state === 'switched').map((d) => d.id);
@@ -195,8 +192,8 @@ export class Rollouts {
     r.reason = `rolled back by ${actor}` + (left ? `; ${left} device(s) could not be rolled back (see their errors)` : '');
     r.finishedAt = new Date().toISOString();
     r.updatedAt = r.finishedAt;
-    appendAudit(this.#db.data, { actor, action: 'rollout.rollback', target: id, result: left ? 'error' : 'ok', detail: { devices: switched } });
-    await this.#db.write();
+    this.#state.appendAudit({ actor, action: 'rollout.rollback', target: id, result: left ? 'error' : 'ok', detail: { devices: switched } });
+    await this.#state.write();
     this.#emit(r);
     return r;
   }
@@ -214,7 +211,7 @@ export class Rollouts {
   }
 
   #activeVersion(device: string, model: string): number | null {
-    return this.#db.data.devices[device]?.info?.models.find((m) => m.name === model)?.version ?? null;
+    return this.#state.device(device)?.info?.models.find((m) => m.name === model)?.version ?? null;
   }
 
   #start(id: string): void {
@@ -222,11 +219,11 @@ export class Rollouts {
     const run = this.#run(id)
       .catch((error: unknown) => {
         this.#log.error({ rollout: id, err: error }, 'rollout executor stopped on an unexpected error');
-        const r = this.#db.data.rollouts[id];
+        const r = this.#state.rollout(id);
         if (r && r.status === 'running') {
           r.status = 'failed';
           r.reason = `controller error: ${(error as Error).message}`;
-          return this.#db.write();
+          return this.#state.write();
         }
         return undefined;
       })
@@ -240,7 +237,7 @@ export class Rollouts {
 
   async #run(id: string): Promise<void> {
     while (!this.#closed) {
-      const r = this.#db.data.rollouts[id];
+      const r = this.#state.rollout(id);
       if (!r || r.status !== 'running') return;
       const step = nextStep(r, (d) => this.#fleet.isOnline(d), new Date());
       if (step.kind === 'idle') return;
@@ -251,7 +248,7 @@ export class Rollouts {
       this.#log.debug({ rollout: id, step: step.kind }, 'rollout step');
       await this.#apply(r, step);
       r.updatedAt = new Date().toISOString();
-      await this.#db.write();
+      await this.#state.write();
       this.#emit(r);
     }
   }
@@ -265,14 +262,14 @@ export class Rollouts {
       }
       case 'mark-waiting':
         for (const id of step.devices) {
-          const d = r.devices[id];
+          const d = ownEntry(r.devices, id);
           if (d) d.state = 'waiting';
         }
         this.#log.info({ rollout: r.id, devices: step.devices }, 'devices offline during their wave; retried when they return');
         return;
       case 'skip':
         for (const id of step.devices) {
-          const d = r.devices[id];
+          const d = ownEntry(r.devices, id);
           if (d) {
             d.state = 'skipped';
             d.error = { code: 'deadline_exceeded', message: `offline until the rollout's deadline ${r.deadline}` };
@@ -288,7 +285,7 @@ export class Rollouts {
       }
       case 'gate': {
         const wave = r.waves[step.wave]!;
-        const devices = wave.devices.map((id) => r.devices[id]).filter((d): d is RolloutDevice => d !== undefined);
+        const devices = wave.devices.map((id) => ownEntry(r.devices, id)).filter((d): d is RolloutDevice => d !== undefined);
         const switched = devices.filter((d) => d.state === 'switched');
         const before = combineHealth(switched.map((d) => d.before ?? EMPTY_HEALTH));
         const after = combineHealth(
@@ -300,7 +297,7 @@ export class Rollouts {
         wave.gate = gate;
         wave.state = gate.pass ? 'passed' : 'failed';
         wave.finishedAt = now.toISOString();
-        appendAudit(this.#db.data, {
+        this.#state.appendAudit({
           actor: 'controller',
           action: 'rollout.gate',
           target: `${r.id} wave ${wave.index} (${wave.label})`,
@@ -308,10 +305,7 @@ export class Rollouts {
           detail: gate,
         });
         this.#log.info({ rollout: r.id, wave: wave.index, pass: gate.pass, reasons: gate.reasons }, 'wave gate');
-        if (!gate.pass) {
-          const failures = gate.reasons.filter((x) => !x.startsWith('only ') && !x.startsWith('no traffic'));
-          r.reason = `wave ${wave.index} (${wave.label}) failed its gate: ${failures.join('; ')}`;
-        }
+        if (!gate.pass) r.reason = gateFailureReason(wave);
         return;
       }
       case 'rollback':
@@ -319,14 +313,9 @@ export class Rollouts {
         return;
       case 'finish':
         r.status = step.status;
-        if (step.status === 'failed' && r.reason) {
-          const rolledBack = Object.values(r.devices).filter((d) => d.state === 'rolled-back').length;
-          if (rolledBack > 0) r.reason += `; ${rolledBack} switched device(s) rolled back`;
-        } else {
-          r.reason = step.reason;
-        }
+        r.reason = step.reason;
         r.finishedAt = now.toISOString();
-        appendAudit(this.#db.data, { actor: 'controller', action: `rollout.${step.status}`, target: r.id, result: step.status === 'succeeded' ? 'ok' : 'error', detail: { reason: r.reason } });
+        this.#state.appendAudit({ actor: 'controller', action: `rollout.${step.status}`, target: r.id, result: step.status === 'succeeded' ? 'ok' : 'error', detail: { reason: r.reason } });
         this.#log.info({ rollout: r.id, status: r.status, reason: r.reason }, 'rollout finished');
         return;
     }
@@ -339,14 +328,14 @@ export class Rollouts {
     wave.startedAt ??= new Date(now).toISOString();
     const baselineFrom = now - Math.max(60, r.policy.soakS) * 1000;
     for (const id of ids) {
-      const d = r.devices[id]!;
+      const d = ownEntry(r.devices, id)!;
       d.state = 'delivering';
       d.attempts += 1;
       const active = this.#activeVersion(id, r.model);
       if (active !== r.version) d.previous = active;
       d.before = summarizeHealth(this.#fleet.history.health(id, `${r.model}@${d.previous}`, baselineFrom, now));
     }
-    await this.#db.write(); // "delivering" is on disk before anything is sent
+    await this.#state.write(); // "delivering" is on disk before anything is sent
     this.#emit(r);
     const progress = new Map<string, { received: number; total: number }>();
     this.progress.set(r.id, progress);
@@ -365,8 +354,8 @@ export class Rollouts {
     }
     const at = new Date().toISOString();
     for (const id of ids) {
-      const d = r.devices[id]!;
-      const outcome = outcomes[id] ?? { ok: false, error: { code: 'internal', message: 'the delivery reported nothing for this device' } };
+      const d = ownEntry(r.devices, id)!;
+      const outcome = ownEntry(outcomes, id) ?? { ok: false, error: { code: 'internal', message: 'the delivery reported nothing for this device' } };
       if (outcome.ok) {
         d.state = 'switched';
         d.switchedAt = at;
@@ -382,7 +371,7 @@ export class Rollouts {
         d.error = outcome.error;
         this.#metrics?.deliveries.inc({ result: 'error' });
       }
-      appendAudit(this.#db.data, {
+      this.#state.appendAudit({
         actor: `device:${id}`,
         action: 'model.deliver',
         target: `${r.model}@${r.version}`,
@@ -395,18 +384,18 @@ export class Rollouts {
   async #rollbackDevices(r: RolloutRecord, ids: string[], actor: string): Promise<void> {
     await Promise.all(
       ids.map(async (id) => {
-        const d = r.devices[id];
+        const d = ownEntry(r.devices, id);
         if (!d) return;
         try {
           const res = await this.#rollback({ device: id, model: r.model, previous: d.previous });
           d.state = 'rolled-back';
           delete d.error;
-          appendAudit(this.#db.data, { actor, action: 'model.rollback', target: `${id}: ${r.model}@${r.version} → ${res.version}`, result: 'ok', detail: { rollout: r.id } });
+          this.#state.appendAudit({ actor, action: 'model.rollback', target: `${id}: ${r.model}@${r.version} → ${res.version}`, result: 'ok', detail: { rollout: r.id } });
         } catch (error) {
           const body = toErrorBody(error);
           d.error = { code: body.code, message: `rollback failed: ${body.message}` };
           if (this.#fleet.isOnline(id)) d.state = 'failed'; // it answered and refused: recorded, not retried forever
-          appendAudit(this.#db.data, { actor, action: 'model.rollback', target: `${id}: ${r.model}`, result: 'error', detail: { rollout: r.id, error: body } });
+          this.#state.appendAudit({ actor, action: 'model.rollback', target: `${id}: ${r.model}`, result: 'error', detail: { rollout: r.id, error: body } });
         }
       }),
     );
@@ -437,34 +426,7 @@ export class Rollouts {
   #updateGauge(): void {
     if (!this.#metrics) return;
     const counts: Record<string, number> = { running: 0, aborted: 0, succeeded: 0, failed: 0, 'rolled-back': 0 };
-    for (const r of Object.values(this.#db.data.rollouts)) counts[r.status] = (counts[r.status] ?? 0) + 1;
+    for (const r of this.#state.rollouts()) counts[r.status] = (counts[r.status] ?? 0) + 1;
     for (const [status, n] of Object.entries(counts)) this.#metrics.rollouts.set({ status }, n);
   }
-}
-
-/** A short view of a rollout for lists, the live feed and progress bars. */
-export function summarize(r: RolloutRecord): Record<string, unknown> {
-  const devices = Object.values(r.devices);
-  const count = (s: string): number => devices.filter((d) => d.state === s).length;
-  return {
-    id: r.id,
-    model: r.model,
-    version: r.version,
-    target: formatTarget(r.target),
-    status: r.status,
-    reason: r.reason ?? null,
-    createdAt: r.createdAt,
-    finishedAt: r.finishedAt ?? null,
-    waves: r.waves.map((w) => ({ index: w.index, label: w.label, state: w.state, devices: w.devices.length })),
-    devices: {
-      total: devices.length,
-      pending: count('pending'),
-      delivering: count('delivering'),
-      switched: count('switched'),
-      failed: count('failed'),
-      waiting: count('waiting'),
-      skipped: count('skipped'),
-      rolledBack: count('rolled-back'),
-    },
-  };
 }

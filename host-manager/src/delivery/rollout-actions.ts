@@ -1,6 +1,6 @@
 /**
  * The two device-changing actions rollouts need, bound to this controller's
- * MQTT connection, registry and keys: deliver a version (helper C's
+ * MQTT connection, registry and keys: deliver a version (mqtt-sender.ts's
  * deliverModel: signed manifest, chunked fan-out, activation) and roll a device
  * back to its previous version (with an operator-signed rollback manifest,
  * since the previous version is lower than the highest the device accepted).
@@ -8,19 +8,21 @@
 import type { MqttClient } from 'mqtt';
 import { FleetError, signManifest } from '@edgefleet/protocol';
 import type { SignedManifest } from '@edgefleet/protocol';
-import type { FleetKeys } from './keys.js';
-import type { Registry } from './registry.js';
-import type { Requester } from './requester.js';
-import type { FleetDb } from './state.js';
-import { DEFAULT_CHUNK_SIZE, buildManifest, deliverModel, hashChunks } from './transfer.js';
-import type { DeliverFn, RollbackFn } from './rollout.js';
+import type { FleetKeys } from '../access/fleet-keys.js';
+import type { Registry } from '../models/registry.js';
+import type { Requester } from '../devices/requester.js';
+import type { FleetRepository } from '../state/repository.js';
+import type { DeliverFn, RollbackFn } from '../rollouts/executor.js';
+import { DEFAULT_CHUNK_SIZE, hashChunks } from './chunk-table.js';
+import { buildManifest } from './manifest.js';
+import { deliverModel } from './mqtt-sender.js';
 
 export function makeDeliver(ctx: {
   mqtt: MqttClient;
   requester: Requester;
   registry: Registry;
   keys: FleetKeys;
-  db: FleetDb;
+  state: FleetRepository;
   chunkSize?: number;
   window?: number;
   requestTimeoutMs?: number;
@@ -40,7 +42,7 @@ export function makeDeliver(ctx: {
       target: via,
       activate: true,
       subscribeEvents: false,
-      deviceInfo: (device) => ctx.db.data.devices[device]?.info ?? null,
+      deviceInfo: (device) => ctx.state.device(device)?.info ?? null,
       // A device busy writing the chunks of a large fan-out answers status late; that is not a failure.
       requestTimeoutMs: ctx.requestTimeoutMs ?? 60_000,
       // Offers, status and commits are small requests; a large wave is limited by the devices, not by these.

@@ -10,14 +10,14 @@ import { readFile } from 'node:fs/promises';
 import { basename, extname } from 'node:path';
 import { watch } from 'chokidar';
 import type { Client } from './client.js';
-import type { CliIO } from './cli.js';
+import type { CliIO, CommandOutput } from './io.js';
 
 export async function watchModels(opts: {
   dir: string;
   io: CliIO;
   json: boolean;
   client: Client;
-  deploy: (ref: string) => Promise<{ json: unknown; text?: string; code?: number }>;
+  deploy: (ref: string) => Promise<CommandOutput>;
   /** Resolves to stop watching (default: SIGINT or SIGTERM). */
   until?: Promise<void>;
 }): Promise<number> {

@@ -17,49 +17,22 @@ import {
   parseTopic,
   topics,
 } from '@edgefleet/protocol';
-import type { FleetEvent, ModelHealth, StatusMessage, TelemetryMessage, TelemetrySample } from '@edgefleet/protocol';
-import { appendAudit } from './state.js';
-import type { DeviceRecord, FleetDb } from './state.js';
-import type { Metrics } from './metrics.js';
-
-/** The last minutes of telemetry per device, in memory, for rollout gates. Times are the controller's clock. */
-export class TelemetryHistory {
-  readonly #byDevice = new Map<string, { at: number; sample: TelemetrySample }[]>();
-  constructor(
-    readonly keepMs = 30 * 60_000,
-    readonly maxPerDevice = 2000,
-  ) {}
-
-  push(device: string, sample: TelemetrySample, at = Date.now()): void {
-    let list = this.#byDevice.get(device);
-    if (!list) this.#byDevice.set(device, (list = []));
-    list.push({ at, sample });
-    while (list.length > this.maxPerDevice || (list[0] && list[0].at < at - this.keepMs)) list.shift();
-  }
-
-  /** Per-interval health of `model@version` on a device, received in [from, to). */
-  health(device: string, modelKey: string, from: number, to = Number.POSITIVE_INFINITY): ModelHealth[] {
-    return (this.#byDevice.get(device) ?? [])
-      .filter((e) => e.at >= from && e.at < to)
-      .map((e) => e.sample.models[modelKey])
-      .filter((h): h is ModelHealth => h !== undefined);
-  }
-
-  forget(device: string): void {
-    this.#byDevice.delete(device);
-  }
-}
+import type { FleetEvent, StatusMessage, TelemetryMessage, TelemetrySample } from '@edgefleet/protocol';
+import type { FleetRepository } from '../state/repository.js';
+import type { AuditEntry, DeviceRecord } from '../state/schema.js';
+import type { Metrics } from '../api/metrics.js';
+import { TelemetryHistory } from './telemetry-history.js';
 
 export type FeedEvent =
   | { type: 'device'; device: string; online: boolean; record: DeviceRecord }
   | { type: 'telemetry'; device: string; sample: TelemetrySample }
   | { type: 'event'; device: string; event: FleetEvent }
   | { type: 'rollout'; id: string; status: string; summary: unknown }
-  | { type: 'audit'; entry: unknown };
+  | { type: 'audit'; entry: AuditEntry };
 
 export interface FleetOptions {
   mqtt: MqttClient;
-  db: FleetDb;
+  state: FleetRepository;
   logger: Logger;
   metrics?: Metrics;
   flushMs?: number;
@@ -75,7 +48,7 @@ export interface FleetOptions {
 export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   readonly history = new TelemetryHistory();
   readonly #mqtt: MqttClient;
-  readonly #db: FleetDb;
+  readonly #state: FleetRepository;
   readonly #log: Logger;
   readonly #metrics: Metrics | undefined;
   readonly #flushMs: number;
@@ -90,7 +63,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     super();
     this.setMaxListeners(100);
     this.#mqtt = opts.mqtt;
-    this.#db = opts.db;
+    this.#state = opts.state;
     this.#log = opts.logger;
     this.#metrics = opts.metrics;
     this.#flushMs = opts.flushMs ?? 2000;
@@ -110,10 +83,10 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
 
   async start(): Promise<void> {
     // The controller's view after a restart comes from the retained status messages, not from the file.
-    for (const d of Object.values(this.#db.data.devices)) d.online = false;
+    for (const d of this.#state.devices()) d.online = false;
     this.#mqtt.on('message', this.#onMessage);
     this.#metrics?.onCollectDevices(() => {
-      const all = Object.values(this.#db.data.devices);
+      const all = this.#state.devices();
       const online = all.filter((d) => d.online).length;
       return { online, offline: all.length - online };
     });
@@ -127,11 +100,11 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     this.#mqtt.off('message', this.#onMessage);
     if (this.#flushTimer) clearTimeout(this.#flushTimer);
     this.#flushTimer = null;
-    if (this.#dirty) await this.#db.write();
+    if (this.#dirty) await this.#state.write();
   }
 
   isOnline(device: string): boolean {
-    return this.#db.data.devices[device]?.online === true;
+    return this.#state.device(device)?.online === true;
   }
 
   emitFeed(event: FeedEvent): void {
@@ -146,7 +119,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     if (channel !== 'status' && channel !== 'telemetry' && channel !== 'events') return;
     this.#metrics?.messages.inc({ channel });
     if (payload.length === 0) return; // a cleared retained message
-    if (this.#removed.has(device) || (!this.#discover && !this.#db.data.devices[device])) {
+    if (this.#removed.has(device) || (!this.#discover && !this.#state.device(device))) {
       this.#log.debug({ device, channel }, 'ignored a message from a device that is not in the fleet');
       return;
     }
@@ -161,7 +134,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   }
 
   #record(device: string): DeviceRecord {
-    let rec = this.#db.data.devices[device];
+    let rec = this.#state.device(device);
     if (!rec) {
       // Seen on an external broker without being provisioned here: recorded so the operator can see it.
       rec = {
@@ -175,7 +148,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
         telemetry: null,
         provisioned: false,
       };
-      this.#db.data.devices[device] = rec;
+      this.#state.putDevice(rec);
       this.#log.info({ device }, 'discovered a device that was not provisioned here');
     }
     return rec;
@@ -217,7 +190,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
 
   #onEvent(device: string, event: FleetEvent): void {
     if (event.event === 'model.activated' || event.event === 'model.failed') {
-      const entry = appendAudit(this.#db.data, {
+      const entry = this.#state.appendAudit({
         actor: `device:${device}`,
         action: event.event,
         target: `${event.data.model}@${event.data.version}`,
@@ -237,9 +210,8 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
       this.#flushTimer = null;
       if (!this.#dirty) return;
       this.#dirty = false;
-      void this.#db.write().catch((error: unknown) => this.#log.error({ err: error }, 'could not write the state file'));
+      void this.#state.write().catch((error: unknown) => this.#log.error({ err: error }, 'could not write the state file'));
     }, this.#flushMs);
     this.#flushTimer.unref();
   }
-
 }

@@ -6,8 +6,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CONTROLLER_FILE, DEFAULT_HTTP_PORT } from './manager.js';
-import { readOperatorToken } from './provisioning.js';
+import { CONTROLLER_FILE, DEFAULT_HTTP_PORT } from '../defaults.js';
+import { readOperatorToken } from '../access/tokens.js';
 
 export class ClientError extends Error {
   constructor(
@@ -72,6 +72,6 @@ export function createClient(url: string, token: string | undefined, timeoutMs =
     url,
     call: (method, path, body) =>
       send(method, path, body === undefined ? undefined : JSON.stringify(body), body === undefined ? {} : { 'content-type': 'application/json' }),
-    upload: (path, data, headers = {}) => send(path.startsWith('/') ? 'POST' : 'POST', path, new Uint8Array(data), { 'content-type': 'application/octet-stream', ...headers }),
+    upload: (path, data, headers = {}) => send('POST', path, new Uint8Array(data), { 'content-type': 'application/octet-stream', ...headers }),
   };
 }

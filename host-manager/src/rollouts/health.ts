@@ -1,0 +1,46 @@
+/** Inference health summed over telemetry intervals and devices, for the gates (pure). */
+import type { ModelHealth } from '@edgefleet/protocol';
+import type { HealthSummary } from '../state/schema.js';
+
+export const EMPTY_HEALTH: HealthSummary = { requests: 0, errors: 0, errorRate: null, p95Ms: null, samples: 0 };
+
+/** Sums per-interval model health; p95 is the request-weighted mean of the intervals' p95. */
+export function summarizeHealth(samples: readonly ModelHealth[]): HealthSummary {
+  let requests = 0;
+  let errors = 0;
+  let weighted = 0;
+  let weight = 0;
+  for (const s of samples) {
+    requests += s.requests;
+    errors += s.errors;
+    if (s.p95Ms !== null && s.requests > 0) {
+      weighted += s.p95Ms * s.requests;
+      weight += s.requests;
+    }
+  }
+  return {
+    requests,
+    errors,
+    errorRate: requests > 0 ? errors / requests : null,
+    p95Ms: weight > 0 ? weighted / weight : null,
+    samples: samples.length,
+  };
+}
+
+export function combineHealth(parts: readonly HealthSummary[]): HealthSummary {
+  let requests = 0;
+  let errors = 0;
+  let samples = 0;
+  let weighted = 0;
+  let weight = 0;
+  for (const p of parts) {
+    requests += p.requests;
+    errors += p.errors;
+    samples += p.samples;
+    if (p.p95Ms !== null && p.requests > 0) {
+      weighted += p.p95Ms * p.requests;
+      weight += p.requests;
+    }
+  }
+  return { requests, errors, errorRate: requests > 0 ? errors / requests : null, p95Ms: weight > 0 ? weighted / weight : null, samples };
+}
