@@ -68,7 +68,25 @@ export async function createRequester(mqtt: MqttClient): Promise<Requester> {
     mqtt.publish(topic, JSON.stringify(body), { qos: 1 });
   }
 
-  const request: RequestFn = (device, command, params, timeoutMs = DEFAULT_TIMEOUT_MS) =>
+  const request = directRequest(pending, publish);
+  const requestGroup = groupRequest(pending, publish);
+
+  return {
+    request,
+    requestGroup,
+    close() {
+      mqtt.off('message', onMessage);
+      for (const [id, entry] of pending) {
+        clearTimeout(entry.timer);
+        pending.delete(id);
+      }
+    },
+  };
+}
+
+/** A request to one device's command topic; resolves with its reply's data, rejects with its error or at the timeout. */
+function directRequest(pending: Map<string, Pending>, publish: (topic: string, body: unknown) => void): RequestFn {
+  return (device, command, params, timeoutMs = DEFAULT_TIMEOUT_MS) =>
     new Promise((resolve, reject) => {
       const req = makeRequest(command, params, timeoutMs);
       const timer = setTimeout(() => {
@@ -94,8 +112,11 @@ export async function createRequester(mqtt: MqttClient): Promise<Requester> {
       });
       publish(topics.device(device, 'commands'), req);
     });
+}
 
-  const requestGroup: Requester['requestGroup'] = (group, devices, command, params, timeoutMs = DEFAULT_TIMEOUT_MS) =>
+/** One request on a group's command topic, with one outcome per device (a timeout for those that did not answer). */
+function groupRequest(pending: Map<string, Pending>, publish: (topic: string, body: unknown) => void): Requester['requestGroup'] {
+  return (group, devices, command, params, timeoutMs = DEFAULT_TIMEOUT_MS) =>
     new Promise((resolve) => {
       type Outcome = { ok: true; data: CommandResult<typeof command> } | { ok: false; error: FleetError };
       const results = new Map<string, Outcome>();
@@ -138,16 +159,4 @@ export async function createRequester(mqtt: MqttClient): Promise<Requester> {
       }
       publish(topics.group(group, 'commands'), req);
     });
-
-  return {
-    request,
-    requestGroup,
-    close() {
-      mqtt.off('message', onMessage);
-      for (const [id, entry] of pending) {
-        clearTimeout(entry.timer);
-        pending.delete(id);
-      }
-    },
-  };
 }

@@ -10,6 +10,7 @@ import { join, relative, resolve, sep } from 'node:path';
 import { FleetError, ProcessingSchema, assertName, chunkHashes, describe, sha256Hex } from '@edgefleet/protocol';
 import type { Processing, ProcessingInput } from '@edgefleet/protocol';
 import { readOnnxMetadata } from '@edgefleet/onnx';
+import type { OnnxMetadata } from '@edgefleet/onnx';
 import type { FleetRepository } from '../state/repository.js';
 import type { ModelVersionRecord } from '../state/schema.js';
 import { DEFAULT_CHUNK_SIZE, writeChunkTable } from '../delivery/chunk-table.js';
@@ -43,9 +44,42 @@ function invalid(message: string): FleetError {
   return new FleetError('invalid_params', message);
 }
 
-export function createRegistry(state: FleetRepository, dataDir: string): Registry {
+/** The content-addressed blob store under `<dataDir>/blobs/sha256`. */
+interface BlobStore {
+  root: string;
+  dir: string;
+  /** Absolute path of a version's blob; refuses a record that points elsewhere. */
+  path(record: Pick<ModelVersionRecord, 'blob' | 'sha256'>): string;
+  /** Stores the bytes under their sha256 (atomically; kept when already there and whole). */
+  store(bytes: Uint8Array, sha256: string): Promise<string>;
+}
+
+function blobStore(dataDir: string): BlobStore {
   const root = resolve(dataDir);
-  const blobDir = join(root, 'blobs', 'sha256');
+  const dir = join(root, 'blobs', 'sha256');
+  return {
+    root,
+    dir,
+    path(record) {
+      const full = resolve(root, record.blob);
+      if (!/^[0-9a-f]{64}$/.test(record.sha256) || full !== join(dir, record.sha256)) {
+        throw new FleetError('internal', `registry record points outside the blob store (${record.blob}); the state file was edited by hand`);
+      }
+      return full;
+    },
+    async store(bytes, sha256) {
+      await mkdir(dir, { recursive: true });
+      const target = join(dir, sha256);
+      const present = await stat(target).catch(() => undefined); // not there yet: written below
+      if (present?.size === bytes.length && (await hashFile(target)) === sha256) return target;
+      await writeFileAtomic(target, bytes);
+      return target;
+    },
+  };
+}
+
+export function createRegistry(state: FleetRepository, dataDir: string): Registry {
+  const blobs = blobStore(dataDir);
   let queue: Promise<unknown> = Promise.resolve();
   /** add/remove run one at a time, so two adds of one name cannot take the same number. */
   function serial<T>(task: () => Promise<T>): Promise<T> {
@@ -53,86 +87,19 @@ export function createRegistry(state: FleetRepository, dataDir: string): Registr
     queue = run.catch(() => undefined);
     return run;
   }
-
-  function blobPath(record: Pick<ModelVersionRecord, 'blob' | 'sha256'>): string {
-    const full = resolve(root, record.blob);
-    if (!/^[0-9a-f]{64}$/.test(record.sha256) || full !== join(blobDir, record.sha256)) {
-      throw new FleetError('internal', `registry record points outside the blob store (${record.blob}); the state file was edited by hand`);
-    }
-    return full;
-  }
-
-  async function storeBlob(bytes: Uint8Array, sha256: string): Promise<string> {
-    await mkdir(blobDir, { recursive: true });
-    const target = join(blobDir, sha256);
-    const present = await stat(target).catch(() => undefined);
-    if (present?.size === bytes.length && (await hashFile(target)) === sha256) return target;
-    await writeFileAtomic(target, bytes);
-    return target;
-  }
-
   function get(name: string, version?: number): ModelVersionRecord | undefined {
     const versions = state.modelVersions(name);
     if (versions.length === 0) return undefined;
     if (version === undefined) return versions.reduce((a, b) => (b.version > a.version ? b : a));
     return versions.find((v) => v.version === version);
   }
-
   return {
-    add(file, opts) {
-      return serial(async () => {
-        const name = checkedName(opts.name);
-        const processing = opts.processing ? parseProcessing(opts.processing) : null;
-        let bytes: Buffer;
-        try {
-          bytes = await readFile(file);
-        } catch (error) {
-          throw new FleetError('not_found', `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
-        }
-        const meta = readOnnxMetadata(bytes, file);
-        if (processing) {
-          if (!meta.inputs.some((i) => i.name === processing.input)) {
-            throw invalid(`processing names input "${processing.input}", but the model's inputs are ${meta.inputs.map((i) => i.name).join(', ')}`);
-          }
-          if (processing.output !== undefined && !meta.outputs.some((o) => o.name === processing.output)) {
-            throw invalid(`processing names output "${processing.output}", but the model's outputs are ${meta.outputs.map((o) => o.name).join(', ')}`);
-          }
-        }
-        const sha256 = sha256Hex(bytes);
-        const versions = state.modelVersions(name);
-        const same = versions.find((v) => v.sha256 === sha256);
-        if (same) return { ...same, created: false };
-        const stored = await storeBlob(bytes, sha256);
-        // the manifest's chunk table for the default chunk size, so the first delivery need not hash the file
-        await writeChunkTable(stored, { sha256, length: bytes.length, size: DEFAULT_CHUNK_SIZE, chunks: chunkHashes(bytes, DEFAULT_CHUNK_SIZE) });
-        const version = Math.max(state.highestVersionEver(name), ...versions.map((v) => v.version)) + 1;
-        const record: ModelVersionRecord = {
-          name,
-          version,
-          sha256,
-          length: bytes.length,
-          addedAt: new Date().toISOString(),
-          blob: relative(root, join(blobDir, sha256)).split(sep).join('/'),
-          inputs: meta.inputs,
-          outputs: meta.outputs,
-          opset: meta.opset,
-          minOnnxruntime: opts.minOnnxruntime ?? (meta.opset === null ? null : minOnnxruntimeForOpset(meta.opset)),
-          lineage: opts.lineage ?? null,
-          processing,
-        };
-        state.setModelVersions(name, [...versions, record]);
-        state.recordVersionGiven(name, version);
-        await state.write();
-        return { ...record, created: true };
-      });
-    },
+    add: (file, opts) => serial(() => addVersion(state, blobs, file, opts)),
     list(name) {
       if (name !== undefined) return [...state.modelVersions(checkedName(name))];
       return state.allModelVersions();
     },
-    get(name, version) {
-      return get(checkedName(name), version);
-    },
+    get: (name, version) => get(checkedName(name), version),
     require(name, version) {
       const found = get(checkedName(name), version);
       if (!found) {
@@ -146,28 +113,80 @@ export function createRegistry(state: FleetRepository, dataDir: string): Registr
       }
       return found;
     },
-    remove(name, version) {
-      return serial(async () => {
-        checkedName(name);
-        const versions = state.modelVersions(name);
-        const record = versions.find((v) => v.version === version);
-        if (!record) return { removed: false, blobDeleted: false };
-        state.setModelVersions(name, versions.filter((v) => v !== record));
-        state.recordVersionGiven(name, version);
-        await state.write();
-        const stillUsed = state.allModelVersions().some((v) => v.sha256 === record.sha256);
-        if (stillUsed) return { removed: true, blobDeleted: false };
-        const blob = blobPath(record);
-        await rm(blob, { force: true });
-        const prefix = `${record.sha256}.chunks-`;
-        for (const entry of await readdir(blobDir).catch(() => [] as string[])) {
-          if (entry.startsWith(prefix)) await rm(join(blobDir, entry), { force: true });
-        }
-        return { removed: true, blobDeleted: true };
-      });
-    },
-    blobPath,
+    remove: (name, version) => serial(() => removeVersion(state, blobs, name, version)),
+    blobPath: (record) => blobs.path(record),
   };
+}
+
+/** Reads and checks an ONNX file (and the processing it declares) before anything is stored. */
+async function readModel(file: string, processing: Processing | null): Promise<{ bytes: Buffer; meta: OnnxMetadata }> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(file);
+  } catch (error) {
+    throw new FleetError('not_found', `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+  const meta = readOnnxMetadata(bytes, file);
+  if (processing) {
+    if (!meta.inputs.some((i) => i.name === processing.input)) {
+      throw invalid(`processing names input "${processing.input}", but the model's inputs are ${meta.inputs.map((i) => i.name).join(', ')}`);
+    }
+    if (processing.output !== undefined && !meta.outputs.some((o) => o.name === processing.output)) {
+      throw invalid(`processing names output "${processing.output}", but the model's outputs are ${meta.outputs.map((o) => o.name).join(', ')}`);
+    }
+  }
+  return { bytes, meta };
+}
+
+async function addVersion(state: FleetRepository, blobs: BlobStore, file: string, opts: AddOptions): Promise<AddedModel> {
+  const name = checkedName(opts.name);
+  const processing = opts.processing ? parseProcessing(opts.processing) : null;
+  const { bytes, meta } = await readModel(file, processing);
+  const sha256 = sha256Hex(bytes);
+  const versions = state.modelVersions(name);
+  const same = versions.find((v) => v.sha256 === sha256);
+  if (same) return { ...same, created: false };
+  const stored = await blobs.store(bytes, sha256);
+  // the manifest's chunk table for the default chunk size, so the first delivery need not hash the file
+  await writeChunkTable(stored, { sha256, length: bytes.length, size: DEFAULT_CHUNK_SIZE, chunks: chunkHashes(bytes, DEFAULT_CHUNK_SIZE) });
+  const version = Math.max(state.highestVersionEver(name), ...versions.map((v) => v.version)) + 1;
+  const record: ModelVersionRecord = {
+    name,
+    version,
+    sha256,
+    length: bytes.length,
+    addedAt: new Date().toISOString(),
+    blob: relative(blobs.root, join(blobs.dir, sha256)).split(sep).join('/'),
+    inputs: meta.inputs,
+    outputs: meta.outputs,
+    opset: meta.opset,
+    minOnnxruntime: opts.minOnnxruntime ?? (meta.opset === null ? null : minOnnxruntimeForOpset(meta.opset)),
+    lineage: opts.lineage ?? null,
+    processing,
+  };
+  state.setModelVersions(name, [...versions, record]);
+  state.recordVersionGiven(name, version);
+  await state.write();
+  return { ...record, created: true };
+}
+
+/** Removes a version; its number is never given again, and its blob goes when no other version has the same bytes. */
+async function removeVersion(state: FleetRepository, blobs: BlobStore, name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean }> {
+  checkedName(name);
+  const versions = state.modelVersions(name);
+  const record = versions.find((v) => v.version === version);
+  if (!record) return { removed: false, blobDeleted: false };
+  state.setModelVersions(name, versions.filter((v) => v !== record));
+  state.recordVersionGiven(name, version);
+  await state.write();
+  const stillUsed = state.allModelVersions().some((v) => v.sha256 === record.sha256);
+  if (stillUsed) return { removed: true, blobDeleted: false };
+  await rm(blobs.path(record), { force: true });
+  const prefix = `${record.sha256}.chunks-`;
+  for (const entry of await readdir(blobs.dir).catch(() => [] as string[])) {
+    if (entry.startsWith(prefix)) await rm(join(blobs.dir, entry), { force: true });
+  }
+  return { removed: true, blobDeleted: true };
 }
 
 function checkedName(name: string): string {

@@ -9,7 +9,9 @@ import { DeviceInfoSchema, ErrorBodySchema, NameSchema, ProcessingSchema, Teleme
 
 /** A record keyed by names, read back as a null-prototype object. */
 function byName<S extends z.ZodType>(value: S) {
-  return z.record(NameSchema, value).transform((r) => nameRecord(Object.entries(r) as [string, z.output<S>][]));
+  // zod's record drops a "__proto__" key without a word; refuse it instead, so nothing stored is lost silently
+  const noProtoKey = z.custom<unknown>((raw) => raw === null || typeof raw !== 'object' || !Object.hasOwn(raw, '__proto__'), { message: 'the key "__proto__" is not a valid name' });
+  return noProtoKey.pipe(z.record(NameSchema, value)).transform((r) => nameRecord(Object.entries(r) as [string, z.output<S>][]));
 }
 
 const Iso = z.string().min(1);
