@@ -13,6 +13,7 @@ import {
   topics,
 } from '@edgefleet/protocol';
 import type { CommandName, CommandParams, CommandResult, Reply } from '@edgefleet/protocol';
+import { DEFAULTS } from '../defaults.js';
 
 export type RequestFn = <C extends CommandName>(
   device: string,
@@ -41,7 +42,7 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
-export const DEFAULT_TIMEOUT_MS = 10_000;
+export const DEFAULT_TIMEOUT_MS = DEFAULTS.requestTimeoutMs;
 
 export async function createRequester(mqtt: MqttClient): Promise<Requester> {
   const pending = new Map<string, Pending>();

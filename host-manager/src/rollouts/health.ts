@@ -6,27 +6,10 @@ export const EMPTY_HEALTH: HealthSummary = { requests: 0, errors: 0, errorRate: 
 
 /** Sums per-interval model health; p95 is the request-weighted mean of the intervals' p95. */
 export function summarizeHealth(samples: readonly ModelHealth[]): HealthSummary {
-  let requests = 0;
-  let errors = 0;
-  let weighted = 0;
-  let weight = 0;
-  for (const s of samples) {
-    requests += s.requests;
-    errors += s.errors;
-    if (s.p95Ms !== null && s.requests > 0) {
-      weighted += s.p95Ms * s.requests;
-      weight += s.requests;
-    }
-  }
-  return {
-    requests,
-    errors,
-    errorRate: requests > 0 ? errors / requests : null,
-    p95Ms: weight > 0 ? weighted / weight : null,
-    samples: samples.length,
-  };
+  return combineHealth(samples.map((s) => ({ requests: s.requests, errors: s.errors, errorRate: null, p95Ms: s.p95Ms, samples: 1 })));
 }
 
+/** Sums summaries (of devices, or of intervals); p95 is weighted by requests, as above. */
 export function combineHealth(parts: readonly HealthSummary[]): HealthSummary {
   let requests = 0;
   let errors = 0;
