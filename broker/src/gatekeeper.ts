@@ -8,7 +8,8 @@ import { randomBytes } from 'node:crypto';
 import type { Aedes, AedesOptions, AuthenticateError, Client } from 'aedes';
 import type { Logger } from 'pino';
 import { mayPublish, mayRetain, maySubscribe, type AccessOptions, type Principal, type Qos } from '@edgefleet/protocol';
-import { decoySecretHash, verifySecretAsync, type Credential, type CredentialStore } from './credentials.js';
+import { decoySecretHash, verifySecretAsync } from '@edgefleet/node-io';
+import type { Credential, CredentialStore } from './credentials.js';
 
 /** What the broker knows about an authenticated connection. */
 interface Session {

@@ -5,3 +5,4 @@ export * from './manifest.js';
 export * from './acl.js';
 export * from './limits.js';
 export * from './ids.js';
+export * from './records.js';
