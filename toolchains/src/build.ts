@@ -3,6 +3,7 @@
  * arguments, what the build context holds) and an executor that drives the Docker engine
  * through dockerode and gives the image the architecture it was built for.
  */
+import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Docker from 'dockerode';
@@ -125,6 +126,8 @@ export interface BuildImageDeps {
 export async function buildImage(plan: ImageBuildPlan, deps: BuildImageDeps = {}): Promise<ImageBuildResult> {
   const docker = deps.docker ?? new Docker();
   const onProgress = deps.onProgress ?? (() => undefined);
+  const missing = plan.contextFiles.filter((f) => !existsSync(join(plan.contextDir, f)));
+  if (missing.length > 0) throw new FleetError('invalid_params', `the build context ${plan.contextDir} lacks ${missing.join(', ')}: give contextDir and contextFiles that exist`);
   await requireEngine(docker);
   const recent: string[] = [];
   const remember = (line: string): void => {

@@ -202,6 +202,13 @@ describe('buildImage against the Docker engine', () => {
     }
   });
 
+  it('refuses a build context that lacks its files before asking the engine', async () => {
+    const plan = planImageBuild({ arch: 'armv7', contextDir: '/nonexistent', contextFiles: ['Dockerfile'] });
+    const err = await buildImage(plan, { docker }).then(() => undefined, (e: unknown) => e);
+    expect((err as FleetError).code).toBe('invalid_params');
+    expect((err as FleetError).message).toBe('the build context /nonexistent lacks Dockerfile: give contextDir and contextFiles that exist');
+  });
+
   it('says so when no engine answers', async () => {
     const plan = planImageBuild({ arch: 'armv7' });
     const err = await buildImage(plan, { docker: new Docker({ socketPath: '/nonexistent/docker.sock' }) }).then(() => undefined, (e: unknown) => e);
