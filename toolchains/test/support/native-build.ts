@@ -77,6 +77,7 @@ async function withLock<T>(lockDir: string, fn: () => Promise<T>, deadlineMs = 6
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       // A lock older than the deadline was left by a killed run: take it over.
+      // (A lock that vanished meanwhile counts as fresh: the next mkdir takes it.)
       const age = Date.now() - (await stat(lockDir).catch(() => ({ mtimeMs: Date.now() }))).mtimeMs;
       if (age > deadlineMs) await rm(lockDir, { recursive: true, force: true });
       else if (Date.now() - started > deadlineMs) throw new Error(`gave up waiting for ${lockDir}`);
