@@ -24,8 +24,8 @@
 import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { FleetError, OIP_EXTENSIONS, OIP_PLATFORM, isValidName, oipTensorMetadata, parseInferBody, splitInferBody } from '@edgefleet/protocol';
-import type { ErrorCode, ModelState } from '@edgefleet/protocol';
+import { FleetError, OIP_EXTENSIONS, OIP_PLATFORM, errorResponse, isValidName, oipTensorMetadata, parseInferBody, splitInferBody } from '@edgefleet/protocol';
+import type { ModelState } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
 import type { InferAnswer, InferParams } from './models/infer.js';
 import type { ModelService } from './models/service.js';
@@ -52,28 +52,6 @@ export interface InferenceServer {
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024;
 export const SERVER_NAME = 'edgefleet-device-agent';
 
-const STATUS: Partial<Record<ErrorCode, number>> = {
-  bad_request: 400,
-  invalid_params: 400,
-  invalid_input: 400,
-  not_found: 404,
-  conflict: 409,
-  too_long: 413,
-  unavailable: 503,
-  busy: 503,
-  deadline_exceeded: 504,
-};
-
-class HttpError extends FleetError {
-  constructor(
-    readonly status: number,
-    code: ErrorCode,
-    message: string,
-  ) {
-    super(code, message);
-  }
-}
-
 // ---------------------------------------------------------------- routes (pure)
 
 export type Route =
@@ -89,9 +67,9 @@ function modelName(raw: string, api: Route['api']): string {
   try {
     name = decodeURIComponent(raw);
   } catch {
-    throw new HttpError(404, 'not_found', `"${raw}" is not a valid model name`); // malformed %-escape
+    throw new FleetError('not_found', `"${raw}" is not a valid model name`); // malformed %-escape
   }
-  if (!isValidName(name)) throw new HttpError(404, 'not_found', `"${name}" is not a valid model name${api === 'v2' ? '' : '; try GET /models'}`);
+  if (!isValidName(name)) throw new FleetError('not_found', `"${name}" is not a valid model name${api === 'v2' ? '' : '; try GET /models'}`);
   return name;
 }
 
@@ -106,15 +84,15 @@ export function parseRoute(path: string): Route {
     let version: number | undefined;
     if (v2[2] !== undefined) {
       const m = /^v?(\d{1,9})$/.exec(v2[2]);
-      if (!m || Number(m[1]) < 1) throw new HttpError(404, 'not_found', `model ${name} has no version "${v2[2]}"; versions are positive integers (GET /v2/models/${name} lists them)`);
+      if (!m || Number(m[1]) < 1) throw new FleetError('not_found', `model ${name} has no version "${v2[2]}"; versions are positive integers (GET /v2/models/${name} lists them)`);
       version = Number(m[1]);
     }
     const kind = v2[3] === 'ready' ? 'model-ready' : v2[3] === 'infer' ? 'infer' : 'model';
     return { api: 'v2', kind, name, version };
   }
-  if (path.startsWith('/v2')) throw new HttpError(404, 'not_found', `no route ${path}; see GET /v2 and GET /v2/models/{name}`);
+  if (path.startsWith('/v2')) throw new FleetError('not_found', `no route ${path}; see GET /v2 and GET /v2/models/{name}`);
   const legacy = LEGACY.exec(path);
-  if (!legacy) throw new HttpError(404, 'not_found', `no route ${path}; try GET /models or GET /v2`);
+  if (!legacy) throw new FleetError('not_found', `no route ${path}; try GET /models or GET /v2`);
   return {
     api: 'models',
     name: legacy[1] === undefined ? undefined : modelName(legacy[1], 'models'),
@@ -136,23 +114,23 @@ function limitText(maxBody: number): string {
 export function bodyFormat(headers: IncomingMessage['headers']): { headerLength: number | undefined } {
   const type = headers['content-type']?.split(';')[0]?.trim().toLowerCase();
   if (type !== undefined && type !== '' && type !== 'application/json' && type !== 'application/octet-stream' && !/^application\/[\w.+-]+\+json$/.test(type)) {
-    throw new HttpError(415, 'bad_request', `content-type ${type} is not accepted; ${ACCEPTED}`);
+    throw new FleetError('unsupported_media_type', `content-type ${type} is not accepted; ${ACCEPTED}`);
   }
   const encoding = headers['content-encoding']?.trim().toLowerCase();
-  if (encoding && encoding !== 'identity') throw new HttpError(415, 'bad_request', `content-encoding ${encoding} is not accepted; send the body uncompressed`);
+  if (encoding && encoding !== 'identity') throw new FleetError('unsupported_media_type', `content-encoding ${encoding} is not accepted; send the body uncompressed`);
   const header = headers['inference-header-content-length'];
   if (header === undefined) {
     if (type === 'application/octet-stream') {
-      throw new HttpError(400, 'bad_request', 'an application/octet-stream body needs Inference-Header-Content-Length: the length of the JSON header before the binary tensors');
+      throw new FleetError('bad_request', 'an application/octet-stream body needs Inference-Header-Content-Length: the length of the JSON header before the binary tensors');
     }
     return { headerLength: undefined };
   }
   const headerLength = Number(header);
   if (!/^\d{1,10}$/.test(String(header).trim())) {
-    throw new HttpError(400, 'bad_request', `Inference-Header-Content-Length must be the byte length of the JSON header, got ${JSON.stringify(header)}`);
+    throw new FleetError('bad_request', `Inference-Header-Content-Length must be the byte length of the JSON header, got ${JSON.stringify(header)}`);
   }
   if (headerLength === 0) {
-    throw new HttpError(400, 'bad_request', 'a body that is only binary data (Inference-Header-Content-Length: 0) is not supported; send a JSON header that describes the inputs');
+    throw new FleetError('bad_request', 'a body that is only binary data (Inference-Header-Content-Length: 0) is not supported; send a JSON header that describes the inputs');
   }
   return { headerLength };
 }
@@ -196,7 +174,7 @@ export class BodyPool {
 function readBody(req: IncomingMessage, maxBody: number, headerLength: number | undefined, pool: BodyPool, held: Buffer[]): Promise<Uint8Array> {
   const declared = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
   if (declared !== undefined && declared > maxBody) {
-    return Promise.reject(new HttpError(413, 'too_long', `the request body of ${declared} bytes is over ${limitText(maxBody)}`));
+    return Promise.reject(new FleetError('too_long', `the request body of ${declared} bytes is over ${limitText(maxBody)}`));
   }
   const pad = headerLength === undefined ? 0 : (8 - (headerLength % 8)) % 8;
   return new Promise((resolve, reject) => {
@@ -212,7 +190,7 @@ function readBody(req: IncomingMessage, maxBody: number, headerLength: number | 
       if (size + chunk.length > maxBody || (body && size + chunk.length > declared!)) {
         req.removeAllListeners('data');
         req.pause();
-        reject(new HttpError(413, 'too_long', `the request body is over ${limitText(maxBody)}`));
+        reject(new FleetError('too_long', `the request body is over ${limitText(maxBody)}`));
         return;
       }
       if (body) chunk.copy(body, pad + size);
@@ -273,14 +251,9 @@ function sendAnswer(ctx: Context, res: ServerResponse, answer: InferAnswer): voi
 }
 
 function sendError(ctx: Context, res: ServerResponse, api: Route['api'], error: unknown): void {
-  let fleetError: FleetError;
-  if (error instanceof FleetError) fleetError = error;
-  else {
-    ctx.logger.error({ err: error }, 'inference API request failed');
-    fleetError = new FleetError('internal', 'internal error; see the agent log');
-  }
-  const status = fleetError instanceof HttpError ? fleetError.status : (STATUS[fleetError.code] ?? 500);
-  send(ctx, res, status, api === 'v2' ? { error: fleetError.message } : { error: fleetError.toJSON() });
+  if (!(error instanceof FleetError)) ctx.logger.error({ err: error }, 'inference API request failed');
+  const { status, body } = errorResponse(error);
+  send(ctx, res, status, api === 'v2' ? { error: body.error.message } : body);
 }
 
 async function infer(ctx: Context, req: IncomingMessage, res: ServerResponse, name: string, version: number | undefined): Promise<void> {
@@ -300,7 +273,7 @@ async function infer(ctx: Context, req: IncomingMessage, res: ServerResponse, na
 
 function modelState(ctx: Context, name: string): ModelState {
   const state = ctx.models.list().find((m) => m.name === name);
-  if (!state) throw new HttpError(404, 'not_found', `model "${name}" is not on this device`);
+  if (!state) throw new FleetError('not_found', `model "${name}" is not on this device`);
   return state;
 }
 
@@ -309,7 +282,7 @@ async function handleV2(ctx: Context, req: IncomingMessage, res: ServerResponse,
   const wanted = route.kind === 'infer' ? 'POST' : 'GET';
   if (method !== wanted) {
     res.setHeader('allow', wanted === 'GET' ? 'GET, HEAD' : 'POST');
-    throw new HttpError(405, 'bad_request', `${req.method} is not supported here; use ${wanted}`);
+    throw new FleetError('method_not_allowed', `${req.method} is not supported here; use ${wanted}`);
   }
   switch (route.kind) {
     case 'server':
@@ -332,7 +305,7 @@ async function handleV2(ctx: Context, req: IncomingMessage, res: ServerResponse,
     case 'model-ready': {
       const state = modelState(ctx, route.name);
       if (route.version !== undefined && !state.versions.includes(route.version)) {
-        throw new HttpError(404, 'not_found', `${route.name}@${route.version} is not on this device (versions: ${state.versions.join(', ') || 'none'})`);
+        throw new FleetError('not_found', `${route.name}@${route.version} is not on this device (versions: ${state.versions.join(', ') || 'none'})`);
       }
       const ready = !ctx.closing() && state.active !== null && (route.version === undefined || state.active === route.version);
       if (ready) return send(ctx, res, 200, { name: route.name, ready: true });
@@ -354,7 +327,7 @@ async function handleModels(ctx: Context, req: IncomingMessage, res: ServerRespo
   }
   if (req.method === 'POST' && name !== undefined) return infer(ctx, req, res, name, version);
   res.setHeader('allow', name === undefined ? 'GET' : 'GET, POST');
-  throw new HttpError(405, 'bad_request', `${req.method} is not supported on ${req.url?.split('?')[0]}`);
+  throw new FleetError('method_not_allowed', `${req.method} is not supported on ${req.url?.split('?')[0]}`);
 }
 
 /** After an answer given before the body was read: close, and discard (not buffer) what still comes, up to a bound. */

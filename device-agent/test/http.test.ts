@@ -126,8 +126,8 @@ describe('HTTP inference API', () => {
       ['GET', '/models/..%2Fetc', undefined, 404, 'not_found', /not a valid model name/],
       ['GET', '/models/%E0%A4%A', undefined, 404, 'not_found', /not a valid model name/],
       ['GET', '/nothing-here', undefined, 404, 'not_found', /no route/],
-      ['DELETE', '/models/lin', undefined, 405, 'bad_request', /DELETE is not supported/],
-      ['POST', '/models', '{}', 405, 'bad_request', /POST is not supported/],
+      ['DELETE', '/models/lin', undefined, 405, 'method_not_allowed', /DELETE is not supported/],
+      ['POST', '/models', '{}', 405, 'method_not_allowed', /POST is not supported/],
     ];
     for (const [method, path, body, status, code, message] of cases) {
       const r = await call(server.port, method, path, body);

@@ -356,7 +356,7 @@ describe('refusals', () => {
     expect(text.json.error).toMatch(/content-type text\/plain is not accepted; send application\/json .* or application\/octet-stream/);
     const form = await httpCall(port, 'POST', '/models/linear', body, { 'content-type': 'application/x-www-form-urlencoded' });
     expect(form.status).toBe(415);
-    expect(form.json.error).toEqual({ code: 'bad_request', message: expect.stringMatching(/x-www-form-urlencoded is not accepted/) });
+    expect(form.json.error).toEqual({ code: 'unsupported_media_type', message: expect.stringMatching(/x-www-form-urlencoded is not accepted/) });
     const gzip = await httpCall(port, 'POST', '/v2/models/linear/infer', body, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
     expect(gzip.status).toBe(415);
     expect(gzip.json.error).toMatch(/send the body uncompressed/);

@@ -11,6 +11,8 @@
  * A payload that does not start with the magic is a plain JSON message, so JSON requests keep working.
  */
 import { FleetError } from './errors.js';
+import { DEFAULT_JSON_LIMITS, parseJson } from './limits.js';
+import type { JsonLimits } from './limits.js';
 
 export const FRAME_MAGIC = Uint8Array.of(0x00, 0x45, 0x46, 0x01);
 const PREFIX = 8;
@@ -44,28 +46,18 @@ export function encodePayload(message: unknown, binary?: readonly Uint8Array[]):
 }
 
 /**
- * Reads a payload: `{json, binary}` (binary undefined for a plain JSON payload). The binary part is a view
- * into the payload, not a copy. Throws bad_request when the payload is neither JSON nor a whole frame.
+ * Reads a payload: `{json, binary}` (binary undefined for a plain JSON payload). The JSON (the whole
+ * payload, or a frame's JSON part) is checked against `limits` before it is parsed; the binary part is a
+ * view into the payload, not a copy, bounded only by the broker's packet limit. Throws bad_request when the
+ * payload is neither JSON nor a whole frame (too_long / too_deep over the limits).
  */
-export function decodePayload(payload: Uint8Array | string): { json: unknown; binary: Uint8Array | undefined } {
-  if (typeof payload === 'string' || !isFramed(payload)) {
-    try {
-      const text = typeof payload === 'string' ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8');
-      return { json: JSON.parse(text), binary: undefined };
-    } catch {
-      throw new FleetError('bad_request', 'payload is not JSON');
-    }
-  }
+export function decodePayload(payload: Uint8Array | string, limits: JsonLimits = DEFAULT_JSON_LIMITS, what = 'payload'): { json: unknown; binary: Uint8Array | undefined } {
+  if (typeof payload === 'string' || !isFramed(payload)) return { json: parseJson(payload, limits, what), binary: undefined };
   if (payload.byteLength < PREFIX) throw new FleetError('bad_request', 'framed payload is cut off inside its 8-byte prefix');
   const length = new DataView(payload.buffer, payload.byteOffset, payload.byteLength).getUint32(4, true);
   if (PREFIX + length > payload.byteLength) {
     throw new FleetError('bad_request', `framed payload says its JSON part is ${length} bytes, but only ${payload.byteLength - PREFIX} follow the prefix`);
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(Buffer.from(payload.buffer, payload.byteOffset + PREFIX, length).toString('utf8'));
-  } catch {
-    throw new FleetError('bad_request', 'the JSON part of the framed payload is not JSON');
-  }
+  const json = parseJson(payload.subarray(PREFIX, PREFIX + length), limits, `the JSON part of the framed ${what}`);
   return { json, binary: payload.subarray(PREFIX + length) };
 }

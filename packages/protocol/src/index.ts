@@ -5,3 +5,6 @@ export * from './frames.js';
 export * from './messages.js';
 export * from './manifest.js';
 export * from './acl.js';
+export * from './limits.js';
+export * from './ids.js';
+export * from './records.js';

@@ -9,6 +9,8 @@ import type { ErrorBody } from './errors.js';
 import { decodePayload } from './frames.js';
 import { OipInferRequestSchema, OipInferResponseSchema, TensorInfoSchema, TensorMapRequestSchema, TensorSchema } from './inference.js';
 import type { InferBody } from './inference.js';
+import { MESSAGE_LIMITS, DEFAULT_JSON_LIMITS, parseJson } from './limits.js';
+import type { JsonLimits } from './limits.js';
 import { SignedManifestSchema } from './manifest.js';
 import { PROTOCOL_VERSION, NAME_PATTERN } from './topics.js';
 
@@ -126,16 +128,24 @@ export type LegacyCommand = z.infer<typeof LegacyCommandSchema>;
 const empty = z.object({}).strict();
 const modelRef = z.object({ model: NameSchema, version: VersionSchema });
 
+/**
+ * The infer command's params: either request body (tensor map or Open Inference Protocol) plus the model,
+ * its optional version and `extra` fields on both forms (e.g. the controller API's timeoutMs).
+ */
+export function inferParamsSchema<E extends z.ZodRawShape>(extra: E) {
+  return z.union([
+    TensorMapRequestSchema.extend({ model: NameSchema, version: VersionSchema.optional(), ...extra }),
+    OipInferRequestSchema.extend({ model: NameSchema, version: VersionSchema.optional(), ...extra }),
+  ]);
+}
+
 /** One entry per command: what the request carries and what an ok reply carries. */
 export const commands = {
   ping: { params: empty, result: z.object({ pong: z.literal(true), uptimeS: z.number() }) },
   info: { params: empty, result: DeviceInfoSchema },
   infer: {
     /** The same bodies as the agent's HTTP API (tensor map or Open Inference Protocol), plus the model. */
-    params: z.union([
-      TensorMapRequestSchema.extend({ model: NameSchema, version: VersionSchema.optional() }),
-      OipInferRequestSchema.extend({ model: NameSchema, version: VersionSchema.optional() }),
-    ]),
+    params: inferParamsSchema({}),
     /** In the form of the request: the tensor-map answer, or the protocol's `$inference_response`. */
     result: z.union([
       z.object({
@@ -283,12 +293,16 @@ export type ParsedRequest =
   | { ok: true; request: Request }
   | { ok: false; corr: string | undefined; error: FleetError };
 
-/** Validates a request payload (JSON, or framed with a binary part); on failure says why and, when it can, which request it was. */
+/**
+ * Validates a request payload (JSON, or framed with a binary part); on failure says why and, when it can,
+ * which request it was. JSON over MESSAGE_LIMITS.request (a frame's JSON part, for a framed payload) is
+ * refused before it is parsed (`too_long`, `too_deep`).
+ */
 export function parseRequest(payload: Buffer | string): ParsedRequest {
   let json: unknown;
   let binary: Uint8Array | undefined;
   try {
-    ({ json, binary } = decodePayload(payload));
+    ({ json, binary } = decodePayload(payload, MESSAGE_LIMITS.request, 'request'));
   } catch (error) {
     return { ok: false, corr: undefined, error: error as FleetError };
   }
@@ -317,7 +331,7 @@ export function parseRequest(payload: Buffer | string): ParsedRequest {
 
 /** Reads a reply payload (JSON, or framed with a binary part: the tensors of an inference answer). */
 export function parseReplyPayload(payload: Buffer | string): { reply: Reply; binary: Uint8Array | undefined } {
-  const { json, binary } = decodePayload(payload);
+  const { json, binary } = decodePayload(payload, MESSAGE_LIMITS.reply, 'reply');
   const result = ReplySchema.safeParse(json);
   if (!result.success) throw new FleetError('bad_request', describe(result.error));
   return { reply: result.data, binary };
@@ -357,14 +371,27 @@ export function errorReply(corr: string, error: ErrorBody): Reply {
   };
 }
 
-/** Parses any message with a schema, throwing a FleetError('bad_request') that says what is wrong. */
-export function parseMessage<S extends z.ZodType>(schema: S, payload: Buffer | string): z.infer<S> {
-  let json: unknown;
-  try {
-    json = JSON.parse(payload.toString());
-  } catch {
-    throw new FleetError('bad_request', 'payload is not JSON');
-  }
+/** The limits each message schema is parsed under (see MESSAGE_LIMITS); other schemas get DEFAULT_JSON_LIMITS. */
+const SCHEMA_LIMITS = new Map<z.ZodType, JsonLimits>([
+  [StatusMessageSchema, MESSAGE_LIMITS.status],
+  [TelemetryMessageSchema, MESSAGE_LIMITS.telemetry],
+  [EventSchema, MESSAGE_LIMITS.event],
+  [ReplySchema, MESSAGE_LIMITS.reply],
+  [RequestEnvelopeSchema, MESSAGE_LIMITS.request],
+]);
+
+/** The byte and depth limits parseMessage applies to payloads of `schema`. */
+export function limitsFor(schema: z.ZodType): JsonLimits {
+  return SCHEMA_LIMITS.get(schema) ?? DEFAULT_JSON_LIMITS;
+}
+
+/**
+ * Parses any message with a schema. Throws a FleetError that says what is wrong: `too_long` or
+ * `too_deep` when the payload is over the limits of its kind (limitsFor(schema), or `limits`),
+ * refused before JSON.parse; `bad_request` when it is not JSON or does not match the schema.
+ */
+export function parseMessage<S extends z.ZodType>(schema: S, payload: Buffer | string, limits: JsonLimits = limitsFor(schema)): z.infer<S> {
+  const json = parseJson(payload, limits);
   const result = schema.safeParse(json);
   if (!result.success) throw new FleetError('bad_request', describe(result.error));
   return result.data;
