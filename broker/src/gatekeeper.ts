@@ -8,8 +8,9 @@ import { randomBytes } from 'node:crypto';
 import type { Aedes, AedesOptions, AuthenticateError, Client } from 'aedes';
 import type { Logger } from 'pino';
 import { mayPublish, mayRetain, maySubscribe, type AccessOptions, type Principal, type Qos } from '@edgefleet/protocol';
+import { decoySecretHash, verifySecretAsync } from '@edgefleet/node-io';
 import type { Admission } from './admission.js';
-import { decoySecretHash, verifySecretAsync, type Credential, type CredentialStore } from './credentials.js';
+import type { Credential, CredentialStore } from './credentials.js';
 
 /** What the broker knows about an authenticated connection. */
 interface Session {

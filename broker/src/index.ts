@@ -2,10 +2,6 @@ export { createBroker, BrokerConfigError, type BrokerOptions, type BrokerStats, 
 export { DEFAULT_OUTBOUND_LIMITS, type OutboundLimits } from './outbound.js';
 export { DEFAULT_ADMISSION_LIMITS, addressKey, type AdmissionLimits } from './admission.js';
 export {
-  hashSecret,
-  verifySecret,
-  verifySecretAsync,
-  isSecretHash,
   assertCredential,
   staticCredentials,
   type Credential,

@@ -13,8 +13,8 @@ import type { MqttClient } from 'mqtt';
 import { pino } from 'pino';
 import { FleetError, errorReply, okReply, parseRequest, parseTopic, sha256Hex, topics } from '@edgefleet/protocol';
 import type { CommandName, FleetEvent, Manifest, ModelState, Reply } from '@edgefleet/protocol';
-import { createTransferReceiver } from '../src/transfer.js';
-import type { DiskSpace, ReceiverModels, TransferReceiver } from '../src/transfer.js';
+import { createTransferReceiver } from '../src/transfer/index.js';
+import type { DiskSpace, ReceiverModels, TransferReceiver } from '../src/transfer/index.js';
 
 export function quietLogger(name = 'test') {
   return pino({ name, level: process.env.TEST_LOG_LEVEL ?? 'silent' }, pino.destination(2));

@@ -1,0 +1,48 @@
+/** What the agent says about its device in its status: hardware, runtime, Docker, groups, active models. */
+import { readFile } from 'node:fs/promises';
+import { arch, cpus, hostname, platform, totalmem } from 'node:os';
+import type { DeviceInfo } from '@edgefleet/protocol';
+import type { ModelService } from './models/index.js';
+
+export async function agentVersion(): Promise<string> {
+  try {
+    const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? '0.0.0';
+  } catch {
+    return '0.0.0'; // running from an unusual layout; the version is informative only
+  }
+}
+
+export async function dockerReachable(timeoutMs = 1500): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    // imported on first use: dockerode takes ~0.6 s to load, which every start would pay
+    const { default: Docker } = await import('dockerode');
+    const docker = new Docker();
+    return await Promise.race([
+      docker.ping().then(() => true),
+      new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(false), timeoutMs);
+      }),
+    ]);
+  } catch {
+    return false; // no socket, no permission, no engine: all mean "not reachable"
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export function deviceInfo(args: { version: string; groups: readonly string[]; models: ModelService | undefined; docker: boolean }): DeviceInfo {
+  return {
+    agentVersion: args.version,
+    hostname: hostname(),
+    arch: arch(),
+    platform: platform(),
+    cpus: cpus().length,
+    memoryBytes: totalmem(),
+    onnxruntime: args.models ? args.models.runtime() : null,
+    docker: args.docker,
+    groups: [...args.groups],
+    models: args.models ? args.models.active() : [],
+  };
+}
