@@ -58,7 +58,7 @@ export async function createPersistence(kind: PersistenceOption, log: Logger, br
   const pubConn = conn.duplicate();
   for (const c of [subConn, pubConn]) c.on('error', (err: Error) => log.error({ err: err.message }, 'redis connection error'));
   const cluster = new ClusterMember(conn, brokerId, log);
-  const persistence = streamsAsReadables(new AsyncRedisPersistence({ conn }));
+  const persistence = oneStorePerSubscribe(streamsAsReadables(new AsyncRedisPersistence({ conn })));
   const mq = mqemitterRedis({ subConn, pubConn });
   log.info({ redis: redactUrl(kind.url), brokerId }, 'persistence and message routing shared through Redis');
   return {
@@ -97,6 +97,26 @@ function streamsAsReadables<T extends object>(persistence: T): T {
       };
     },
   });
+}
+
+/**
+ * Aedes 1.2 stores the subscriptions of a SUBSCRIBE once per filter, each time with the whole
+ * list, all at once; aedes-persistence-redis then waits for the echo of each broadcast under one
+ * key (client, first filter), so only one of those waits ever ends and a persistent client that
+ * subscribes to two filters in one packet never gets its SUBACK. One store per list instead.
+ */
+function oneStorePerSubscribe<T extends object>(persistence: T): T {
+  const add = (persistence as unknown as { addSubscriptions(client: unknown, subs: object): Promise<unknown> }).addSubscriptions.bind(persistence);
+  const inFlight = new WeakMap<object, Promise<unknown>>();
+  const addSubscriptions = (client: unknown, subs: object) => {
+    let stored = inFlight.get(subs);
+    if (!stored) {
+      stored = add(client, subs);
+      inFlight.set(subs, stored);
+    }
+    return stored;
+  };
+  return new Proxy(persistence, { get: (target, prop) => (prop === 'addSubscriptions' ? addSubscriptions : Reflect.get(target, prop, target)) });
 }
 
 interface RedisConnection extends ClusterRedis {

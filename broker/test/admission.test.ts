@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { pino } from 'pino';
-import { addressKey, createBroker, hashSecret, type Credential, type CredentialStore, type RunningBroker } from '@edgefleet/broker';
+import { hashSecret } from '@edgefleet/node-io';
+import { addressKey, createBroker, type Credential, type CredentialStore, type RunningBroker } from '@edgefleet/broker';
 import { Admission, DEFAULT_ADMISSION_LIMITS } from '../src/admission.js';
 import { TOKEN, connectClient, endClient } from './helpers.js';
 

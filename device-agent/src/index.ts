@@ -5,6 +5,7 @@ export type { Agent, AgentDeps } from './agent.js';
 export { loadConfig, parseFlags, redactConfig, ConfigError } from './config.js';
 export type { AgentConfig, LoadedConfig } from './config.js';
 export { createAgentLogger } from './logs.js';
+export { brokerOrder } from './connection.js';
 export { createModelService, createInferenceServer, encodeTensor, decodeInputs } from './models/index.js';
 export type { ModelService, ModelServiceOptions, InferenceServer, InferenceServerOptions } from './models/index.js';
 export { createTransferReceiver } from './transfer/index.js';

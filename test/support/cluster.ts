@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { hashSecret } from '@edgefleet/broker';
+import { hashSecret } from '@edgefleet/node-io';
 import { eventually, freePort } from './manager-process.js';
 
 export const BROKER_BIN = fileURLToPath(new URL('../../broker/dist/bin/broker.js', import.meta.url));
