@@ -13,7 +13,7 @@ import { brokerOrder } from '@edgefleet/device-agent';
 import { topics } from '@edgefleet/protocol';
 import { cleanupAgents, spawnAgent, type AgentProcess } from './support/agent-process.js';
 import { startBrokerProcess, startRedis, writeCredentials, type BrokerProcess, type RedisProcess } from './support/cluster.js';
-import { api, eventually, runCli, startManager, type ManagerProcess } from './support/manager-process.js';
+import { api, eventually, freePort, runCli, startManager, type ManagerProcess } from './support/manager-process.js';
 import { allClose, largeModel } from './support/onnx-models.js';
 
 const OPS = { id: 'ops', token: 'ops-token-0123456789abcdef0123' };
@@ -108,4 +108,12 @@ describe('broker instances clustered through Redis: one killed mid-transfer', ()
       expect(allClose(r.body.outputs.y.data, model.expected(x), 1e-3)).toBe(true);
     }
   }, 240_000);
+
+  it('a controller given a list whose first instance is down connects to the next one', async () => {
+    await m?.cleanup();
+    const down = `mqtt://127.0.0.1:${await freePort()}`;
+    m = await startManager({ args: [`${down},${b!.url}`, '--broker-username', OPS.id], env: { EDGEFLEET_BROKER_PASSWORD: OPS.token } });
+    const health = (await (await fetch(`${m.url}/health`)).json()) as { broker: { embedded: boolean; connected: boolean; url: string } };
+    expect(health.broker).toMatchObject({ embedded: false, connected: true, url: `${down},${b!.url}` });
+  }, 60_000);
 });
