@@ -16,7 +16,7 @@ import { Admission, DEFAULT_ADMISSION_LIMITS, type AdmissionLimits, type Admissi
 import { createGatekeeper } from './gatekeeper.js';
 import { DEFAULT_LIMITS, MAX_CLIENT_ID_BYTES, PacketGuard, guardStream, type GuardLimits, type Violation } from './guard.js';
 import { startListeners, type Accept, type Listeners } from './listeners.js';
-import { DEFAULT_OUTBOUND_LIMITS, watchOutbound, type OutboundLimits, type OutboundOptions, type OutboundStats, type Transport } from './outbound.js';
+import { DEFAULT_OUTBOUND_LIMITS, StallWatch, watchOutbound, type OutboundLimits, type OutboundOptions, type OutboundStats, type Transport } from './outbound.js';
 import { createPersistence, type PersistenceOption, type PersistenceSetup } from './persistence.js';
 
 export { BrokerConfigError };
@@ -107,6 +107,7 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
   const limits = limitsOf(options);
   const outbound = outboundOf(options);
   const stats: OutboundStats = { droppedQos0: 0, stalled: 0, closedBehind: 0 };
+  const stallWatch = new StallWatch(Math.max(10, Math.floor(outbound.stallMs / 4)));
   const access: AccessOptions = { legacyTopic: options.legacyTopic };
   const allowAnonymous = options.allowAnonymous === true;
   if (allowAnonymous) {
@@ -138,8 +139,9 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
     connectTimeout: 10_000,
     maxTopicLevels: Math.min(limits.maxTopicLevels, 100),
     // slow and frozen subscribers are handled per connection (outbound.ts), by progress rather than
-    // by "drained within 60 s", which a live device on a slow link fails with a window of 1 MiB chunks
-    drainTimeout: 0,
+    // by "drained within 60 s", which a live device on a slow link fails with a window of 1 MiB chunks;
+    // a day rather than 0 (no timeout) keeps Aedes' one coalesced drain listener per connection
+    drainTimeout: 86_400_000,
   };
   const aedes = await Aedes.createBroker(aedesOptions);
   gatekeeper.attach(aedes);
@@ -155,7 +157,7 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
     await sweepRetained(aedes, access, log);
     listeners = await startListeners(
       { tcp: options.tcp === undefined ? { host: '0.0.0.0', port: 1883 } : options.tcp, tls: options.tls, ws: options.ws, maxPacketSize: limits.maxPacketSize },
-      guardedAccept(aedes, { limits, outbound: { limits: outbound, pace: persistence.paced, stats, log }, addresses }, connections, log),
+      guardedAccept(aedes, { limits, outbound: { limits: outbound, watch: stallWatch, pace: persistence.paced, stats, log }, addresses }, connections, log),
       log,
     );
   } catch (err) {
@@ -174,6 +176,7 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
       closing ??= (async () => {
         const closed = listeners.close();
         for (const c of connections) c.destroy();
+        stallWatch.stop();
         await new Promise<void>((resolve) => aedes.close(() => resolve()));
         await closed;
         await persistence.close();

@@ -76,8 +76,37 @@ interface DeliveringClient {
 
 type Write = (chunk: unknown, encoding?: unknown, cb?: unknown) => boolean;
 
+/** One timer for all connections that are behind (a timer per connection would be made and cleared at every full socket). */
+export class StallWatch {
+  private readonly queues = new Set<{ check(now: number): void }>();
+  private timer: NodeJS.Timeout | undefined;
+  constructor(private readonly everyMs: number) {}
+
+  add(queue: { check(now: number): void }): void {
+    this.queues.add(queue);
+    if (this.timer) return;
+    this.timer = setInterval(() => {
+      const now = Date.now();
+      for (const q of this.queues) q.check(now); // a check may delete its queue: fine while iterating a Set
+      if (this.queues.size === 0) this.stop();
+    }, this.everyMs);
+    this.timer.unref();
+  }
+
+  delete(queue: { check(now: number): void }): void {
+    this.queues.delete(queue);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+}
+
 export interface OutboundOptions {
   limits: OutboundLimits;
+  /** Shared by the connections of one broker; ticks every stallMs / 4. */
+  watch: StallWatch;
   /** Keep Aedes' flow control (wait for subscribers that take bytes). False where nothing waits on deliveries anyway. */
   pace: boolean;
   stats: OutboundStats;
@@ -98,7 +127,7 @@ class OutboundQueue {
   /** Bytes handed to the stream so far. */
   private written = 0;
   private stalled: boolean;
-  private watch: { timer: NodeJS.Timeout; progress: string; progressAt: number; since: number; dropped: number } | undefined;
+  private watch: { progress: string; progressAt: number; since: number; dropped: number } | undefined;
   private readonly limits: OutboundLimits;
 
   constructor(
@@ -153,15 +182,13 @@ class OutboundQueue {
   private startWatching(): void {
     if (this.watch || this.stream.destroyed) return;
     const now = Date.now();
-    const timer = setInterval(() => this.check(), Math.max(10, Math.floor(this.limits.stallMs / 4)));
-    timer.unref();
-    this.watch = { timer, progress: this.progress(), progressAt: now, since: now, dropped: 0 };
+    this.watch = { progress: this.progress(), progressAt: now, since: now, dropped: 0 };
+    this.options.watch.add(this);
   }
 
-  private check(): void {
+  check(now: number): void {
     const watch = this.watch!;
     if (this.queued() === 0) return this.caughtUp();
-    const now = Date.now();
     const progress = this.progress();
     if (progress !== watch.progress) {
       watch.progress = progress;
@@ -185,7 +212,7 @@ class OutboundQueue {
       { clientId: this.client.id, queuedBytes: this.queued(), idleMs: idle, limit: this.limits.maxQueuedBytes },
       'client takes nothing: no longer waiting for it; its QoS 0 messages are dropped beyond the limit',
     );
-    // Aedes waits for a full socket with once('drain') (drainTimeout 0): release those waits now
+    // Aedes waits for a full socket with one once('drain') per connection: release those waits now
     this.stream.emit('drain');
   }
 
@@ -201,7 +228,7 @@ class OutboundQueue {
 
   private stopWatching(): void {
     if (!this.watch) return;
-    clearInterval(this.watch.timer);
+    this.options.watch.delete(this);
     this.watch = undefined;
   }
 
