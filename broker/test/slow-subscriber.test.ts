@@ -12,7 +12,7 @@ import { connect as connectPacket, subscribe as subscribePacket } from './packet
 
 const GROUP = 'lab';
 const CHUNK = 64 * 1024;
-const CHUNKS = 1600; // 100 MiB through the group
+const CHUNKS = 3200; // 200 MiB through the group
 // above what is in flight when the device freezes (Aedes' 100 messages, 6.4 MiB), so its queue then grows to the limit
 const LIMIT = 8 * 1024 * 1024;
 const COMMAND_EVERY = 100;
@@ -115,8 +115,8 @@ describe('a subscriber that stops reading', () => {
       expect(chunks.messages.map((m) => m.payload.readUInt32BE(0))).toEqual(Array.from({ length: CHUNKS }, (_, i) => i));
       expect(chunks.messages.every((m, i) => m.payload.equals(chunk(i)))).toBe(true);
       expect(commands.messages.map((m) => m.payload.toString())).toEqual(jobs.filter((j) => j.topic.endsWith('/commands')).map((j) => j.payload.toString()));
-      // the broker held about its limit for the frozen device, not the 100 MiB that went through
-      expect(rssPeak - rssBefore).toBeLessThan(48 * 1024 * 1024);
+      // the broker held about its limit for the frozen device (and its own garbage), not the 200 MiB that went through
+      expect(rssPeak - rssBefore).toBeLessThan(100 * 1024 * 1024);
       const stalled = broker.logs().filter((l) => l.msg === 'client takes nothing: no longer waiting for it; its QoS 0 messages are dropped beyond the limit');
       expect(stalled).toEqual([expect.objectContaining({ clientId: 'frozen', limit: LIMIT })]);
 
