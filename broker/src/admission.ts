@@ -132,8 +132,8 @@ export class Admission {
       return { refused: 'busy' };
     }
     const ok = await this.withSlot(args.check);
-    if (ok && key !== undefined) {
-      this.verified.set(key, args.secretHash);
+    if (ok) {
+      if (key !== undefined) this.verified.set(key, args.secretHash);
       return 'ok';
     }
     this.failed(where);

@@ -140,11 +140,12 @@ class OutboundQueue {
     this.stalled = !options.pace;
     const write = stream.write as Write;
     // Aedes waits for 'drain' when write() says the socket is full; a stalled connection never says so.
+    // A full socket is watched either way: with `pace: false` that is what closes a frozen peer under the limit.
     (stream as { write: Write }).write = (chunk, encoding, cb) => {
       this.written += byteLength(chunk, encoding);
-      if (write.call(stream, chunk, encoding, cb) || this.stalled) return true;
+      if (write.call(stream, chunk, encoding, cb)) return true;
       this.startWatching();
-      return false;
+      return this.stalled;
     };
     const deliver0 = client.deliver0;
     const deliverQoS = client.deliverQoS;

@@ -133,6 +133,17 @@ describe('Admission (unit)', () => {
     expect(admission.stats.tokenChecks).toBe(6);
   });
 
+  it('with the cache off (cacheTtlMs 0) admits a right token every time, each with a check, and counts no failure', async () => {
+    const admission = new Admission({ ...DEFAULT_ADMISSION_LIMITS, cacheTtlMs: 0, freeFailures: 1 });
+    const admit = (check: () => Promise<boolean>) => admission.admit({ address: '10.0.0.1', username: 'dev1', token: Buffer.from('tok'), secretHash: 'h', known: true, check });
+    for (let i = 0; i < 3; i++) expect(await admit(async () => true)).toBe('ok');
+    expect(admission.stats).toMatchObject({ tokenChecks: 3, tokenCacheHits: 0, refusedBackoff: 0 });
+    // one failure is free, the next starts the backoff: so the three above were not counted as failures
+    expect(await admit(async () => false)).toBe('wrong');
+    expect(await admit(async () => false)).toBe('wrong');
+    expect(await admit(async () => true)).toMatchObject({ refused: 'backoff' });
+  });
+
   it('groups addresses by who controls them: IPv4 addresses, IPv6 /64 networks', () => {
     expect(addressKey('192.0.2.7')).toBe('192.0.2.7');
     expect(addressKey('::ffff:192.0.2.7')).toBe('192.0.2.7');

@@ -6,7 +6,7 @@ import type { IClientOptions, MqttClient } from 'mqtt';
 import { topics } from '@edgefleet/protocol';
 import { startBrokerProcess, startRedis, writeCredentials, type BrokerProcess, type RedisProcess } from '../../test/support/cluster.js';
 import { eventually } from '../../test/support/manager-process.js';
-import { Inbox, TOKEN, connectClient, endClient, subscribe, withDeadline } from './helpers.js';
+import { Inbox, TOKEN, connectClient, endClient, frozenSubscriber, publishWindowed, subscribe, withDeadline } from './helpers.js';
 
 const DEVICES = ['dev1', 'dev2', 'dev3', 'dev4'];
 const HEARTBEAT_MS = 300;
@@ -34,8 +34,8 @@ describe('broker instances clustered through Redis (real processes)', () => {
   let credentials: string;
   const running: BrokerProcess[] = [];
   const clients: MqttClient[] = [];
-  const instance = async () => {
-    const b = await startBrokerProcess({ credentials, args: ['--redis', redis.url, '--heartbeat-ms', String(HEARTBEAT_MS)] });
+  const instance = async (extra: string[] = []) => {
+    const b = await startBrokerProcess({ credentials, args: ['--redis', redis.url, '--heartbeat-ms', String(HEARTBEAT_MS), ...extra] });
     running.push(b);
     return b;
   };
@@ -226,5 +226,35 @@ describe('broker instances clustered through Redis (real processes)', () => {
     await eventually('every acknowledged message at the subscriber', async () => (missing().length === 0 ? true : undefined), 15_000).catch(() => undefined);
     expect(missing()).toEqual([]);
     expect(acked.size).toBeGreaterThan(2000);
+  }, 60_000);
+
+  it('closes a frozen subscriber that takes nothing for stallTimeoutMs although it is under the queue limit, and its group gets everything meanwhile', async () => {
+    // in a cluster nothing waits on deliveries (mqemitter-redis), so only this timeout bounds how long a frozen device is held
+    const a = await instance(['--stall-ms', '500', '--stall-timeout-ms', '2000']);
+    const filter = topics.transferFilter({ kind: 'group', name: 'lab' });
+    const frozen = await frozenSubscriber(a.port, 'dev1', filter);
+    try {
+      const normal = await client(a.url, as('dev2'));
+      expect(await subscribe(normal, filter, 0)).toEqual([0]);
+      const chunks = new Inbox(normal);
+      const ops = await client(a.url, as('ops'));
+      // 16 MiB: more than loopback's socket buffers take, a quarter of the default 64 MiB limit
+      const count = 256;
+      const payload = (i: number) => Buffer.alloc(64 * 1024, i % 251);
+      const jobs = Array.from({ length: count }, (_, i) => ({ topic: topics.transferChunk({ kind: 'group', name: 'lab' }, 'tfrozen', i), payload: payload(i) }));
+      await withDeadline(publishWindowed(ops, jobs, 16), 30_000, 'every publish to be acknowledged');
+      await chunks.waitForCount(count, undefined, 30_000);
+      expect(chunks.messages.every((m, i) => m.payload.equals(payload(i)))).toBe(true);
+      const closing = await eventually('the instance to close the frozen device', async () => {
+        const lines = a.logs().filter((l) => l.msg === 'closing a connection that is too far behind');
+        return lines.length > 0 ? lines : undefined;
+      });
+      expect(closing).toEqual([expect.objectContaining({ clientId: 'dev1', reason: expect.not.stringContaining('over the limit'), droppedQos0: 0 })]);
+      frozen.socket.resume(); // it reads what the kernel holds for it, then the end of the connection
+      await withDeadline(frozen.closed, 10_000, 'the frozen device to see its connection end');
+      expect(normal.connected && ops.connected).toBe(true);
+    } finally {
+      frozen.socket.destroy();
+    }
   }, 60_000);
 });

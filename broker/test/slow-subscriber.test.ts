@@ -1,13 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { mkdtemp, rm } from 'node:fs/promises';
-import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { topics } from '@edgefleet/protocol';
 import { startBrokerProcess, writeCredentials, type BrokerProcess } from '../../test/support/cluster.js';
 import { eventually } from '../../test/support/manager-process.js';
-import { Inbox, TOKEN, connectClient, endClient, rawSocket, subscribe, withDeadline } from './helpers.js';
+import { Inbox, TOKEN, connectClient, endClient, frozenSubscriber, publishWindowed, rawSocket, subscribe, withDeadline } from './helpers.js';
 import { connect as connectPacket, subscribe as subscribePacket } from './packets.js';
 
 const GROUP = 'lab';
@@ -16,44 +15,6 @@ const CHUNKS = 3200; // 200 MiB through the group
 // above what is in flight when the device freezes (Aedes' 100 messages, 6.4 MiB), so its queue then grows to the limit
 const LIMIT = 8 * 1024 * 1024;
 const COMMAND_EVERY = 100;
-
-/** A device that connects, subscribes, reads its SUBACK and then never reads again (a frozen process). */
-async function frozenSubscriber(port: number, id: string, filter: string): Promise<{ socket: Socket; closed: Promise<void> }> {
-  const socket = await rawSocket(port);
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  socket.on('error', () => {
-    /* the broker resets it when it gives up on it: that is the point */
-  });
-  let seen = Buffer.alloc(0);
-  const subacked = new Promise<void>((resolve) => {
-    socket.on('data', function onData(d: Buffer) {
-      seen = Buffer.concat([seen, d]);
-      // CONNACK (4 bytes) then SUBACK 0x90 0x03 id id rc
-      if (seen.length >= 9 && seen[4] === 0x90) {
-        socket.off('data', onData);
-        socket.pause();
-        resolve();
-      }
-    });
-  });
-  socket.write(Buffer.concat([connectPacket({ clientId: id, username: id, password: TOKEN(id) }), subscribePacket(7, [filter], { qos: 0 })]));
-  await withDeadline(subacked, 5000, `${id}'s SUBACK`);
-  expect(seen[8]).toBe(0); // granted QoS 0
-  return { socket, closed };
-}
-
-/** Publishes like the transfer sender: QoS 1, at most `window` awaiting PUBACK. */
-async function publishWindowed(client: MqttClient, jobs: { topic: string; payload: Buffer }[], window: number): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: window }, async () => {
-      while (next < jobs.length) {
-        const job = jobs[next++]!;
-        await client.publishAsync(job.topic, job.payload, { qos: 1 });
-      }
-    }),
-  );
-}
 
 function chunk(index: number): Buffer {
   const b = Buffer.alloc(CHUNK, index % 251);
