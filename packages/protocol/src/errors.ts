@@ -22,6 +22,7 @@ export const ERROR_CODES = [
   'load_failed',
   'smoke_test_failed',
   'disk_full',
+  'digest_mismatch', // an artifact is not what its signed manifest pins (e.g. a Docker image ID)
   'invalid_input', // tensors that do not match the model
   'unavailable', // e.g. no Docker engine
   'internal',
