@@ -25,6 +25,8 @@ import { createInferenceServer } from './http.js';
 import type { InferenceServer } from './http.js';
 import { createTransferReceiver } from './transfer.js';
 import type { TransferReceiver } from './transfer.js';
+import { containerHandlers, createContainerService } from './containers/index.js';
+import type { ContainerService } from './containers/index.js';
 
 export interface AgentDeps {
   logger: Logger;
@@ -60,25 +62,6 @@ async function agentVersion(): Promise<string> {
   }
 }
 
-async function dockerReachable(timeoutMs = 1500): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    // imported on first use: dockerode takes ~0.6 s to load, which every start would pay
-    const { default: Docker } = await import('dockerode');
-    const docker = new Docker();
-    return await Promise.race([
-      docker.ping().then(() => true),
-      new Promise<boolean>((r) => {
-        timer = setTimeout(() => r(false), timeoutMs);
-      }),
-    ]);
-  } catch {
-    return false; // no socket, no permission, no engine: all mean "not reachable"
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 function withTimeout<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
@@ -102,6 +85,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   let http: InferenceServer | undefined;
   let transfer: TransferReceiver | undefined;
   let legacy: LegacyChannel | undefined;
+  let containers: ContainerService | undefined;
   let buffer: TelemetryBuffer | undefined;
   let telemetryTimer: NodeJS.Timeout | undefined;
   let reconnectTimer: NodeJS.Timeout | undefined;
@@ -125,6 +109,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
       docker: dockerOk,
       groups: [...config.groups],
       models: models ? models.active() : [],
+      containers: dockerOk && containers ? await containers.states().catch(() => []) : [],
     };
   }
 
@@ -174,13 +159,14 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     'transfer.offer': async (p) => requireTransfer().offer(p),
     'transfer.status': async (p) => requireTransfer().status(p),
     'transfer.commit': async (p) => requireTransfer().commit(p),
+    ...containerHandlers(() => containers),
     legacy: async (p) => {
       if (!legacy) throw new FleetError('unavailable', 'the legacy channel is not set up');
       return { message: await legacy.run(p.command) };
     },
   };
 
-  const STATUS_CHANGING: ReadonlySet<CommandName> = new Set(['models.activate', 'models.rollback', 'models.remove', 'transfer.commit', 'legacy']);
+  const STATUS_CHANGING: ReadonlySet<CommandName> = new Set(['models.activate', 'models.rollback', 'models.remove', 'transfer.commit', 'legacy', 'containers.stop', 'containers.start', 'containers.rollback']);
   const dispatcher = new Dispatcher({
     handlers,
     logger,
@@ -297,7 +283,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
           await publishStatus();
           const flushed = flushTelemetry();
           // the engine may have come or gone while we were away: say so when it changed
-          const docker = await dockerReachable();
+          const docker = containers ? (await containers.engineStatus()).available : false;
           if (docker !== dockerOk) {
             dockerOk = docker;
             await publishStatus();
@@ -340,8 +326,20 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
 
     async start() {
       version = await agentVersion();
-      void dockerReachable().then((ok) => (dockerOk = ok)); // warms the import while the rest starts
       await mkdir(config.dataDir, { recursive: true });
+      containers = await createContainerService({
+        device: id,
+        dataDir: config.dataDir,
+        logger,
+        socketPath: config.dockerSocket,
+        engineRoot: config.dockerRoot,
+        publishEvent: (e) => {
+          publishEvent(e);
+          void publishStatus();
+        },
+      });
+      // not awaited: the engine may be slow or absent (a runtime container waits for this clean-up itself)
+      void containers.start().then((status) => (dockerOk = status.available));
       if (!models) {
         models = await createModelService({
           dataDir: config.dataDir,
@@ -351,10 +349,12 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
           logger,
           identity,
           ...(config.fleetPublicKeyPem ? { publicKeyPem: config.fleetPublicKeyPem } : {}),
+          openRuntime: (request) => containers?.runtime.sessionFor(request),
         });
         ownModels = true;
       }
       const service = models;
+      containers.useModels((model) => service.active().find((m) => m.name === model)?.version);
       if (config.fleetPublicKeyPem) {
         transfer = createTransferReceiver({
           dataDir: config.dataDir,
@@ -384,7 +384,11 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
         },
       });
       buffer = await TelemetryBuffer.open(config.dataDir, config.telemetryBufferMax, logger);
-      const sampler = createSampler({ dataDir: config.dataDir, drainHealth: () => (models ? models.drainHealth() : {}) });
+      const sampler = createSampler({
+        dataDir: config.dataDir,
+        drainHealth: () => (models ? models.drainHealth() : {}),
+        containers: async () => (dockerOk && containers ? containers.states().catch(() => []) : []),
+      });
       telemetryTimer = setInterval(() => void takeSample(sampler), config.telemetryIntervalMs);
       client = connect();
       logger.info({ broker: config.broker, groups: config.groups, version }, 'agent started');
@@ -411,6 +415,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
         await legacy?.close();
         await transfer?.close().catch((error: unknown) => logger.warn({ err: error }, 'transfer close failed'));
         if (ownModels) await models?.close().catch((error: unknown) => logger.warn({ err: error }, 'model service close failed'));
+        await containers?.close().catch((error: unknown) => logger.warn({ err: error }, 'containers service close failed'));
         if (c) {
           if (c.connected) {
             await withTimeout(publishJson(statusTopic, makeOffline(reason), true), 3000, undefined).catch((error: unknown) =>

@@ -22,6 +22,7 @@ export interface ExecutorDeps {
   logger: Logger;
   modelDir: (model: string) => string | undefined;
   stopTimeoutS?: number;
+  signal?: AbortSignal;
 }
 
 /** A plan that failed and was undone: the error, and whether undoing it fully worked. */
@@ -61,7 +62,7 @@ export async function runStep(step: Step, deps: ExecutorDeps): Promise<void> {
     case 'stop':
       return engine.stop(step.container, deps.stopTimeoutS ?? 10);
     case 'waitHealthy':
-      return waitHealthy({ engine, container: step.container, health: step.release.spec.health, deadlineMs: step.release.spec.healthyWithinMs });
+      return waitHealthy({ engine, container: step.container, health: step.release.spec.health, deadlineMs: step.release.spec.healthyWithinMs, signal: deps.signal });
     case 'record':
       await store.update(step.app, (r) => ({ ...activated(r, step.version, step.mode, step.keepPrevious), lastFailure: null }));
       return;

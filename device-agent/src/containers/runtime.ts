@@ -73,6 +73,8 @@ export interface RuntimeOptions {
   engine: Engine;
   board: BoardPlatform;
   logger: Logger;
+  /** Awaited before the first container is created (the service's start-up clean-up). */
+  ready?: () => Promise<unknown>;
 }
 
 export interface ContainerRuntime {
@@ -92,6 +94,7 @@ export function createContainerRuntime(opts: RuntimeOptions): ContainerRuntime {
     const inference = spec.inference!;
     const image = manifest.image!.digest;
     const where = `${name}@${version}`;
+    await opts.ready?.();
     const info = await opts.engine.image(image);
     if (!info) throw new FleetError('not_found', `${where} is served by image ${image}, which is not installed on this device; deliver the image first`);
     const mismatch = platformMismatch(info, opts.board);

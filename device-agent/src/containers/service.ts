@@ -18,6 +18,7 @@ import { boardPlatform } from './platform.js';
 import type { BoardPlatform } from './platform.js';
 import { createContainerRuntime } from './runtime.js';
 import type { ContainerRuntime } from './runtime.js';
+import { modelVersionDir } from './spec.js';
 import { AppStore, failed, releaseOf } from './state.js';
 
 export interface ContainerServiceOptions {
@@ -44,8 +45,11 @@ export interface ContainerService {
   readonly engine: Engine;
   readonly runtime: ContainerRuntime;
   readonly board: BoardPlatform;
-  /** Removes inference containers of an earlier run and brings each app back to its recorded version. */
-  start(): Promise<void>;
+  /**
+   * Removes inference containers of an earlier run, then (in the background) brings each app back to its
+   * recorded version. Runs once; later calls share it. Resolves with the engine's status.
+   */
+  start(): Promise<EngineStatus>;
   engineStatus(): Promise<EngineStatus>;
   /** The manifest-only checks, for a transfer offer (before a byte of the image is sent). */
   checkManifest(manifest: Manifest): FleetError | undefined;
@@ -62,8 +66,8 @@ export interface ContainerService {
   states(): Promise<ContainerState[]>;
   highestAccepted(app: string): number;
   recordAccepted(app: string, version: number): Promise<void>;
-  /** How a `model` mount finds a model's active version directory (set by the agent once its model service runs). */
-  setModelDir(resolve: (model: string) => string | undefined): void;
+  /** How a `model` mount finds a model's active version (set by the agent once its model service runs). */
+  useModels(activeVersion: (model: string) => number | undefined): void;
   close(): Promise<void>;
 }
 
@@ -77,11 +81,16 @@ export async function createContainerService(opts: ContainerServiceOptions): Pro
   const engine = openEngine({ device: opts.device, socketPath: opts.socketPath });
   const board = opts.board ?? boardPlatform();
   const store = await AppStore.open(opts.dataDir);
-  const runtime = createContainerRuntime({ device: opts.device, dataDir: opts.dataDir, engine, board, logger: log });
+  // a runtime container is created only after start() removed those an earlier run left behind
+  const runtime = createContainerRuntime({ device: opts.device, dataDir: opts.dataDir, engine, board, logger: log, ready: () => service.start() });
   let modelDir: (model: string) => string | undefined = () => undefined;
   const locks = new Map<string, Promise<unknown>>();
   let closing = false;
-  const deps = (): ExecutorDeps => ({ device: opts.device, dataDir: opts.dataDir, engine, store, logger: log, modelDir });
+  let reconciling: Promise<void> = Promise.resolve();
+  let starting: Promise<EngineStatus> | undefined;
+  // aborted by close(): a deploy waiting for a health check gives up (and is undone) instead of holding up the shutdown
+  const shutdown = new AbortController();
+  const deps = (): ExecutorDeps => ({ device: opts.device, dataDir: opts.dataDir, engine, store, logger: log, modelDir, signal: shutdown.signal });
 
   /** One operation per app at a time (install, deploy, rollback, stop, start). */
   function exclusive<T>(app: string, fn: () => Promise<T>): Promise<T> {
@@ -142,18 +151,27 @@ export async function createContainerService(opts: ContainerServiceOptions): Pro
     engine,
     runtime,
     board,
-    async start() {
-      const status = await engine.status();
-      if (!status.available) {
-        log.warn({ reason: status.reason }, 'no Docker engine: containers are off until one answers');
-        return;
-      }
-      await runtime.removeStale();
-      for (const app of store.apps()) {
-        const r = store.record(app);
-        if (r.active === null || r.stopped) continue;
-        await exclusive(app, () => runDeploy(app, r.active!, 'activate')).catch((error: unknown) => log.error({ err: error, app }, 'could not bring the app back to its recorded version'));
-      }
+    start() {
+      starting ??= (async () => {
+        const status = await engine.status();
+        if (!status.available) {
+          log.warn({ reason: status.reason }, 'no Docker engine: containers are off until one answers');
+          starting = undefined; // the next call tries again
+          return status;
+        }
+        await runtime.removeStale();
+        // in the background: bringing an app back may wait for its health check, which must not hold up the agent
+        reconciling = (async () => {
+          for (const app of store.apps()) {
+            if (closing) break;
+            const r = store.record(app);
+            if (r.active === null || r.stopped) continue;
+            await exclusive(app, () => runDeploy(app, r.active!, 'activate')).catch((error: unknown) => log.error({ err: error, app }, 'could not bring the app back to its recorded version'));
+          }
+        })();
+        return status;
+      })();
+      return starting;
     },
     engineStatus: () => engine.status(),
     checkManifest: (manifest) => checkImageManifest(manifest, board),
@@ -217,11 +235,16 @@ export async function createContainerService(opts: ContainerServiceOptions): Pro
       if (version <= store.record(app).highestAccepted) return;
       await store.update(app, (r) => ({ ...r, highestAccepted: Math.max(r.highestAccepted, version) }));
     },
-    setModelDir(resolve) {
-      modelDir = resolve;
+    useModels(activeVersion) {
+      modelDir = (model) => {
+        const version = activeVersion(model);
+        return version === undefined ? undefined : modelVersionDir(opts.dataDir, model, version);
+      };
     },
     async close() {
       closing = true;
+      shutdown.abort();
+      await reconciling;
       await Promise.all([...locks.values()]);
     },
   };

@@ -41,6 +41,11 @@ export interface CreateContext {
   extraEnv?: Record<string, string>;
 }
 
+/** A model version's directory in the agent's model store (models/store.ts: <dataDir>/models/<name>/<version>/). */
+export function modelVersionDir(dataDir: string, model: string, version: number): string {
+  return join(dataDir, 'models', model, String(version));
+}
+
 /** Where the app's named volumes live. */
 export function volumeDir(dataDir: string, app: string, volume: string): string {
   return join(dataDir, 'containers', 'volumes', app, volume);
