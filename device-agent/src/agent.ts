@@ -283,7 +283,8 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
           await publishStatus();
           const flushed = flushTelemetry();
           // the engine may have come or gone while we were away: say so when it changed
-          const docker = containers ? (await containers.engineStatus()).available : false;
+          // start() again: it retries its clean-up if the engine was absent before
+          const docker = containers ? (await containers.start(), (await containers.engineStatus()).available) : false;
           if (docker !== dockerOk) {
             dockerOk = docker;
             await publishStatus();

@@ -9,7 +9,7 @@ import { FleetError } from '@edgefleet/protocol';
 import type { Engine } from './engine.js';
 import { waitHealthy } from './health.js';
 import { imageTag } from './labels.js';
-import type { Plan, Step } from './plan.js';
+import type { Plan, PlannedStep, Step } from './plan.js';
 import { createOptions, volumeDir } from './spec.js';
 import { activated } from './state.js';
 import type { AppStore } from './state.js';
@@ -83,14 +83,19 @@ export async function runStep(step: Step, deps: ExecutorDeps): Promise<void> {
   }
 }
 
+/** What undoes the completed steps, in the order to run it: the last step's undo first. Pure. */
+export function undoSteps(completed: readonly PlannedStep[]): Step[] {
+  return [...completed].reverse().flatMap((p) => p.undo);
+}
+
 /** Runs the plan; on a critical failure undoes what was done and throws PlanFailed. */
 export async function executePlan(plan: Plan, deps: ExecutorDeps): Promise<void> {
   const log = deps.logger.child({ app: plan.app, target: plan.target, strategy: plan.strategy });
-  const done: Step[][] = [];
+  const done: PlannedStep[] = [];
   for (const planned of plan.steps) {
     try {
       await runStep(planned.step, deps);
-      done.push(planned.undo);
+      done.push(planned);
     } catch (error) {
       const failure = asFleetError(error);
       if (!planned.critical) {
@@ -99,7 +104,7 @@ export async function executePlan(plan: Plan, deps: ExecutorDeps): Promise<void>
       }
       log.warn({ err: failure, step: planned.step.action }, 'step failed; undoing the plan');
       const undoErrors: string[] = [];
-      for (const undo of done.reverse().flat()) {
+      for (const undo of undoSteps(done)) {
         try {
           await runStep(undo, deps);
         } catch (undoError) {

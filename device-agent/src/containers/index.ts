@@ -10,7 +10,7 @@ export { installImage, verifyLoaded, checkImageManifest } from './install.js';
 export type { InstallResult } from './install.js';
 export { planDeploy, planStop, planMakeRoom, planPrune, sideBySide, describePlan } from './plan.js';
 export type { Plan, PlannedStep, Step, Strategy, ObservedContainer, DeployInput } from './plan.js';
-export { executePlan, PlanFailed } from './executor.js';
+export { executePlan, undoSteps, PlanFailed } from './executor.js';
 export { AppStore, activated, emptyRecord } from './state.js';
 export type { AppRecord } from './state.js';
 export { createOptions, resolveMounts, insideDataDir, fixedHostPorts } from './spec.js';
