@@ -58,7 +58,7 @@ describe('deploy plan', () => {
       { action: 'remove', container: name(2), reason: 'it did not become healthy' },
     ]);
     // recording fails after the switch: the old one is started again first
-    expect(undoSteps(plan.steps.slice(0, 4)).map((s) => `${s.action} ${'container' in s ? s.container : ''}`)).toEqual([`start ${name(1)}`, `stop ${name(2)}`, `remove ${name(2)}`]);
+    expect(undoSteps(plan.steps.slice(0, 4)).map((s) => `${s.action} ${'container' in s ? s.container : ''}`)).toEqual([`start ${name(1)}`, `waitHealthy ${name(1)}`, `stop ${name(2)}`, `remove ${name(2)}`]);
   });
 
   it('stop-then-start when both bind one fixed host port (any address), undone by starting the old one', () => {
@@ -67,7 +67,7 @@ describe('deploy plan', () => {
     const plan = deploy(release(2, next), recordWith(1, [1, 2], old), [running(1)]);
     expect(plan.strategy).toBe('stop-then-start');
     expect(actions(plan)).toEqual([`stop ${name(1)}`, `create ${name(2)}`, `start ${name(2)}`, `waitHealthy ${name(2)}`, 'record v2', `remove ${name(1)} (clean-up)`]);
-    expect(undoSteps(plan.steps.slice(0, 3)).map((s) => s.action)).toEqual(['stop', 'remove', 'start']);
+    expect(undoSteps(plan.steps.slice(0, 3)).map((s) => s.action)).toEqual(['stop', 'remove', 'start', 'waitHealthy']);
     // different fixed ports do not collide
     expect(deploy(release(2, { ports: [{ container: 80, host: 8081 }] }), recordWith(1, [1, 2], old), [running(1)]).strategy).toBe('blue-green');
   });
@@ -88,7 +88,7 @@ describe('deploy plan', () => {
   it('after stop-then-download stopped the old one, a failure starts it again', () => {
     const plan = deploy(release(2), recordWith(1, [1, 2], {}, { stoppedForUpdate: true }), [stopped(1)]);
     expect(plan.strategy).toBe('stop-then-start');
-    expect(plan.steps[0]).toMatchObject({ step: { action: 'stop', container: name(1) }, undo: [{ action: 'start', container: name(1) }] });
+    expect(plan.steps[0]).toMatchObject({ step: { action: 'stop', container: name(1) }, undo: [{ action: 'start', container: name(1) }, { action: 'waitHealthy', container: name(1) }] });
   });
 
   it('an app the operator stopped stays stopped when the new version fails', () => {

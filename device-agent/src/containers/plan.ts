@@ -113,7 +113,12 @@ export function planDeploy(input: DeployInput): Plan {
 
   const oldServing = currentContainer !== undefined && currentContainer !== existing && (currentContainer.running || record.stoppedForUpdate);
   const strategy: Strategy = !oldServing ? 'start' : currentContainer!.running && current && sideBySide(current.spec, target.spec) ? 'blue-green' : 'stop-then-start';
-  const stopOld = (): PlannedStep => critical({ action: 'stop', container: currentContainer!.name }, [{ action: 'start', container: currentContainer!.name }]);
+  // undone by starting it again and waiting until it serves, so "restored" means it answers again
+  const stopOld = (): PlannedStep =>
+    critical({ action: 'stop', container: currentContainer!.name }, [
+      { action: 'start', container: currentContainer!.name },
+      ...(current ? [{ action: 'waitHealthy' as const, container: currentContainer!.name, release: current }] : []),
+    ]);
 
   if (strategy === 'stop-then-start') steps.push(stopOld());
   if (existing && existing === currentContainer) {

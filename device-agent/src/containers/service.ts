@@ -109,10 +109,12 @@ export async function createContainerService(opts: ContainerServiceOptions): Pro
     return (await engine.listOwned(app)).filter((c) => c.role === 'app');
   }
 
-  /** Images that pruning this app must leave: other apps' releases and every container's image. */
+  /**
+   * Images that pruning this app leaves alone: those other containers run (inference containers, other apps).
+   * Images shared with other apps' releases need no care here: pruning removes only this app's own tag.
+   */
   async function imagesInUse(app: string): Promise<Set<string>> {
     const ids = new Set<string>();
-    for (const other of store.apps()) if (other !== app) for (const r of Object.values(store.record(other).releases)) ids.add(r.image);
     for (const c of await engine.listOwned()) if (c.app !== app || c.role !== 'app') ids.add(c.image);
     return ids;
   }
