@@ -241,6 +241,36 @@ describe('replace, roll back, prune', () => {
     expect((await getJson(await hostPortOf('api', 2), '/version')).body).toMatchObject({ version: 'v2' });
   });
 
+  it('prunes an image no other release names: with keepPrevious 0 the engine no longer has it', async () => {
+    const one = await oipImage(join(dir, 'images'), 'solo-1');
+    const two = await oipImage(join(dir, 'images'), 'solo-2');
+    await install('solo', 1, one, web({ update: { keepPrevious: 0 } }));
+    await install('solo', 2, two, web({ update: { keepPrevious: 0 } }));
+    await service.deploy('solo', 1);
+    await service.deploy('solo', 2);
+    expect(imageExists(one.id)).toBe(false);
+    expect(imageExists(two.id)).toBe(true);
+    expect((await service.list()).apps.find((a) => a.app === 'solo')?.images).toEqual([{ version: 2, image: two.id }]);
+    await expect(service.rollback('solo')).rejects.toMatchObject({ code: 'not_found', message: expect.stringMatching(/no previous version whose image is kept/) });
+  });
+
+  it('stop-then-download: the app stops and kept images go before the download; a failed update starts it again', async () => {
+    const slim = web({ update: { strategy: 'stop-then-download', keepPrevious: 1 } });
+    await install('slim', 1, images.v1!, slim);
+    await install('slim', 2, images.v2!, slim);
+    await service.deploy('slim', 1);
+    await service.deploy('slim', 2);
+    const next = imageManifest('slim', 3, images.v3!, { container: { ...slim, env: { MODE: 'exit' } } });
+    await service.prepareDownload(next);
+    expect(inspect(`edgefleet.${DEVICE}.slim.v2`)?.State.Running).toBe(false);
+    expect((await service.list()).apps.find((a) => a.app === 'slim')?.images.map((i) => i.version)).toEqual([2]);
+    await service.installImage(next, images.v3!.path);
+    const e = await refusal(service.deploy('slim', 3));
+    expect(e.message).toMatch(/version 2 was restored/);
+    expect(inspect(`edgefleet.${DEVICE}.slim.v2`)?.State.Running).toBe(true);
+    expect((await getJson(await hostPortOf('slim', 2), '/version')).body).toMatchObject({ version: 'v2' });
+  });
+
   it('stop, start, logs', async () => {
     expect(await service.stop('web')).toEqual({ app: 'web', version: 2, stopped: true });
     expect(inspect(`edgefleet.${DEVICE}.web.v2`)?.State.Running).toBe(false);
