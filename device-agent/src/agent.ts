@@ -98,6 +98,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   const identity: DeviceIdentity = { id, groups: config.groups, arch: arch() };
 
   async function info(): Promise<DeviceInfo> {
+    await containers?.start(); // the first engine probe (then cached): `docker` is known before it is reported
     return {
       agentVersion: version,
       hostname: hostname(),
