@@ -62,6 +62,10 @@ async function agentVersion(): Promise<string> {
   }
 }
 
+function openContainers(config: AgentConfig, logger: Logger, publishEvent: (event: FleetEvent) => void): Promise<ContainerService> {
+  return createContainerService({ device: config.device, dataDir: config.dataDir, logger, socketPath: config.dockerSocket, engineRoot: config.dockerRoot, publishEvent });
+}
+
 function withTimeout<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
@@ -110,9 +114,12 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
       docker: dockerOk,
       groups: [...config.groups],
       models: models ? models.active() : [],
-      containers: dockerOk && containers ? await containers.states().catch(() => []) : [],
+      containers: await containerStates(),
     };
   }
+
+  /** Empty without an engine; a failing engine call leaves them out of one status or sample, nothing more. */
+  const containerStates = async () => (dockerOk && containers ? containers.states().catch(() => []) : []);
 
   function publishJson(topic: string, body: unknown, retain = false): Promise<void> {
     if (!client) return Promise.reject(new FleetError('unavailable', 'the agent has no MQTT connection'));
@@ -329,16 +336,9 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     async start() {
       version = await agentVersion();
       await mkdir(config.dataDir, { recursive: true });
-      containers = await createContainerService({
-        device: id,
-        dataDir: config.dataDir,
-        logger,
-        socketPath: config.dockerSocket,
-        engineRoot: config.dockerRoot,
-        publishEvent: (e) => {
-          publishEvent(e);
-          void publishStatus();
-        },
+      containers = await openContainers(config, logger, (e) => {
+        publishEvent(e);
+        void publishStatus();
       });
       // not awaited: the engine may be slow or absent (a runtime container waits for this clean-up itself)
       void containers.start().then((status) => (dockerOk = status.available));
@@ -386,11 +386,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
         },
       });
       buffer = await TelemetryBuffer.open(config.dataDir, config.telemetryBufferMax, logger);
-      const sampler = createSampler({
-        dataDir: config.dataDir,
-        drainHealth: () => (models ? models.drainHealth() : {}),
-        containers: async () => (dockerOk && containers ? containers.states().catch(() => []) : []),
-      });
+      const sampler = createSampler({ dataDir: config.dataDir, drainHealth: () => (models ? models.drainHealth() : {}), containers: () => containerStates() });
       telemetryTimer = setInterval(() => void takeSample(sampler), config.telemetryIntervalMs);
       client = connect();
       logger.info({ broker: config.broker, groups: config.groups, version }, 'agent started');

@@ -117,203 +117,204 @@ export function demuxLogs(buffer: Buffer): string[] {
   return lines;
 }
 
-function engineError(error: unknown, what: string): FleetError {
-  if (error instanceof FleetError) return error;
-  const e = error as { statusCode?: number; json?: { message?: string }; message?: string };
-  const message = e.json?.message ?? e.message ?? String(error);
-  if (e.statusCode === 404) return new FleetError('not_found', `${what}: ${message}`);
-  if (e.statusCode === 409) return new FleetError('conflict', `${what}: ${message}`);
-  return new FleetError('internal', `${what}: the Docker engine answered: ${message}`);
+const SOCKET_ERRORS = new Set(['ENOENT', 'ECONNREFUSED', 'EACCES', 'EPERM', 'ECONNRESET', 'ETIMEDOUT']);
+
+const statusOf = (error: unknown): number | undefined => (error as { statusCode?: number }).statusCode;
+
+/** 404 as undefined, everything else thrown through engineError. */
+async function orAbsent<T>(call: Promise<T>, error: (e: unknown) => FleetError): Promise<T | undefined> {
+  try {
+    return await call;
+  } catch (e) {
+    if (statusOf(e) === 404) return undefined;
+    throw error(e);
+  }
 }
 
-export function openEngine(opts: EngineOptions): Engine {
-  const where = opts.socketPath ?? process.env.DOCKER_HOST ?? '/var/run/docker.sock';
-  let client: Promise<Docker> | undefined;
-  const docker = (): Promise<Docker> =>
-    // imported on first use: dockerode takes ~0.6 s to load, which an agent without containers need not pay
-    (client ??= import('dockerode').then(({ default: Dockerode }) => (opts.socketPath ? new Dockerode({ socketPath: opts.socketPath }) : new Dockerode())));
+/** Docker engine access for one device's agent (see the file comment). */
+export class DockerEngine implements Engine {
+  readonly where: string;
+  private client: Promise<Docker> | undefined;
 
-  async function status(): Promise<EngineStatus> {
+  constructor(private readonly opts: EngineOptions) {
+    this.where = opts.socketPath ?? process.env.DOCKER_HOST ?? '/var/run/docker.sock';
+  }
+
+  private docker(): Promise<Docker> {
+    // imported on first use: dockerode takes ~0.6 s to load, which an agent without containers need not pay
+    this.client ??= import('dockerode').then(({ default: Dockerode }) => (this.opts.socketPath ? new Dockerode({ socketPath: this.opts.socketPath }) : new Dockerode()));
+    return this.client;
+  }
+
+  /** An engine error as a FleetError; a socket that cannot be reached is `unavailable`, with what to do. */
+  private error(error: unknown, what: string): FleetError {
+    if (error instanceof FleetError) return error;
+    const e = error as { statusCode?: number; json?: { message?: string }; message?: string; code?: string };
+    const message = e.json?.message ?? e.message ?? String(error);
+    if (e.code && SOCKET_ERRORS.has(e.code)) {
+      return new FleetError('unavailable', `no Docker engine answers at ${this.where} (${message}); install and start the engine (docker.io) and give the agent access to its socket (SupplementaryGroups=docker)`);
+    }
+    if (e.statusCode === 404) return new FleetError('not_found', `${what}: ${message}`);
+    if (e.statusCode === 409) return new FleetError('conflict', `${what}: ${message}`);
+    return new FleetError('internal', `${what}: the Docker engine answered: ${message}`);
+  }
+
+  async status(): Promise<EngineStatus> {
+    const ms = this.opts.pingTimeoutMs ?? 1500;
     let timer: NodeJS.Timeout | undefined;
     try {
-      const d = await docker();
+      const d = await this.docker();
       const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no answer within ${opts.pingTimeoutMs ?? 1500} ms`)), opts.pingTimeoutMs ?? 1500);
+        timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
       });
       const info = (await Promise.race([d.info(), timeout])) as { ServerVersion?: string; DockerRootDir?: string };
       return { available: true, version: info.ServerVersion ?? null, reason: null, rootDir: info.DockerRootDir ?? null };
     } catch (error) {
-      const message = (error as Error).message ?? String(error);
-      return { available: false, version: null, reason: `no Docker engine answers at ${where} (${message})`, rootDir: null };
+      return { available: false, version: null, reason: `no Docker engine answers at ${this.where} (${(error as Error).message ?? String(error)})`, rootDir: null };
     } finally {
       clearTimeout(timer);
     }
   }
 
-  async function require(): Promise<Docker> {
-    const s = await status();
-    if (!s.available) {
-      throw new FleetError('unavailable', `${s.reason}; install and start the engine (docker.io) and give the agent access to its socket (SupplementaryGroups=docker)`);
-    }
-    return docker();
+  async require(): Promise<Docker> {
+    const s = await this.status();
+    if (!s.available) throw new FleetError('unavailable', `${s.reason}; install and start the engine (docker.io) and give the agent access to its socket (SupplementaryGroups=docker)`);
+    return this.docker();
   }
 
-  async function inspectOwned(idOrName: string): Promise<OwnedContainer | undefined> {
-    const d = await require();
-    let info: Docker.ContainerInspectInfo;
-    try {
-      info = await d.getContainer(idOrName).inspect();
-    } catch (error) {
-      if ((error as { statusCode?: number }).statusCode === 404) return undefined;
-      throw engineError(error, `inspecting container ${idOrName}`);
-    }
-    return isOwned(info.Config.Labels, opts.device) ? observed(info) : undefined;
+  async inspectOwned(idOrName: string): Promise<OwnedContainer | undefined> {
+    const d = await this.docker();
+    const info = await orAbsent(d.getContainer(idOrName).inspect(), (e) => this.error(e, `inspecting container ${idOrName}`));
+    return info && isOwned(info.Config.Labels, this.opts.device) ? observed(info) : undefined;
   }
 
   /** The container, if the fleet owns it on this device; anything else is refused before it is touched. */
-  async function owned(id: string, what: string): Promise<Docker.Container> {
-    const found = await inspectOwned(id);
+  private async owned(id: string, what: string): Promise<Docker.Container> {
+    const found = await this.inspectOwned(id);
     if (!found) throw new FleetError('not_found', `${what}: container ${id} is not one this device's agent owns; it is left alone`);
-    return (await docker()).getContainer(found.id);
+    return (await this.docker()).getContainer(found.id);
   }
 
-  return {
-    where,
-    status,
-    require,
-    inspectOwned,
+  async listOwned(app?: string): Promise<OwnedContainer[]> {
+    const d = await this.docker();
+    const list = await d.listContainers({ all: true, filters: ownedFilter(this.opts.device, app) }).catch((error: unknown) => {
+      throw this.error(error, 'listing containers');
+    });
+    const out: OwnedContainer[] = [];
+    for (const c of list) {
+      if (!isOwned(c.Labels, this.opts.device)) continue; // the filter is the engine's; this check is ours
+      const found = await this.inspectOwned(c.Id);
+      if (found && (app === undefined || found.app === app)) out.push(found);
+    }
+    return out.sort((a, b) => a.created - b.created || a.name.localeCompare(b.name));
+  }
 
-    async listOwned(app) {
-      const d = await require();
-      const list = await d.listContainers({ all: true, filters: ownedFilter(opts.device, app) }).catch((error: unknown) => {
-        throw engineError(error, 'listing containers');
+  async create(options: Docker.ContainerCreateOptions): Promise<string> {
+    if (!isOwned(options.Labels, this.opts.device)) throw new FleetError('internal', 'refusing to create a container without the fleet labels');
+    const d = await this.docker();
+    try {
+      return (await d.createContainer(options)).id;
+    } catch (error) {
+      throw this.error(error, `creating container ${options.name ?? ''}`);
+    }
+  }
+
+  async start(id: string): Promise<void> {
+    const c = await this.owned(id, 'start');
+    await c.start().catch((error: unknown) => {
+      if (statusOf(error) !== 304) throw this.error(error, `starting ${id}`); // 304: already running
+    });
+  }
+
+  async stop(id: string, timeoutS: number): Promise<void> {
+    const c = await this.owned(id, 'stop');
+    await c.stop({ t: timeoutS }).catch((error: unknown) => {
+      if (statusOf(error) !== 304) throw this.error(error, `stopping ${id}`); // 304: already stopped
+    });
+  }
+
+  async remove(id: string): Promise<void> {
+    const c = await this.owned(id, 'remove');
+    await orAbsent(c.remove({ force: true, v: false }), (e) => this.error(e, `removing ${id}`));
+  }
+
+  async logs(id: string, lines: number): Promise<string[]> {
+    const c = await this.owned(id, 'logs');
+    const buffer = (await c.logs({ stdout: true, stderr: true, tail: lines, follow: false })) as unknown as Buffer;
+    return demuxLogs(Buffer.isBuffer(buffer) ? buffer : Buffer.from(String(buffer))).slice(-lines);
+  }
+
+  async image(ref: string): Promise<ImageInfo | undefined> {
+    const d = await this.docker();
+    const info = (await orAbsent(d.getImage(ref).inspect(), (e) => this.error(e, `inspecting image ${ref}`))) as (Docker.ImageInspectInfo & { Variant?: string }) | undefined;
+    if (!info) return undefined;
+    return { id: info.Id, os: info.Os, architecture: info.Architecture, variant: info.Variant || undefined, tags: info.RepoTags ?? [], size: info.Size };
+  }
+
+  async imageIds(): Promise<Set<string>> {
+    const d = await this.docker();
+    const list = await d.listImages({ all: true }).catch((error: unknown) => {
+      throw this.error(error, 'listing images');
+    });
+    return new Set(list.map((i) => i.Id));
+  }
+
+  async load(archive: NodeJS.ReadableStream): Promise<string[]> {
+    const d = await this.docker();
+    const stream = await d.loadImage(archive, { quiet: true }).catch((error: unknown) => {
+      throw this.error(error, 'loading the image archive');
+    });
+    return readLoadAnswer(stream);
+  }
+
+  async tag(id: string, repo: string, tag: string): Promise<void> {
+    const d = await this.docker();
+    await d
+      .getImage(id)
+      .tag({ repo, tag })
+      .catch((error: unknown) => {
+        throw this.error(error, `tagging ${id} as ${repo}:${tag}`);
       });
-      const out: OwnedContainer[] = [];
-      for (const c of list) {
-        if (!isOwned(c.Labels, opts.device)) continue; // the filter is the engine's; this check is ours
-        const found = await inspectOwned(c.Id);
-        if (found && (app === undefined || found.app === app)) out.push(found);
-      }
-      return out.sort((a, b) => a.created - b.created || a.name.localeCompare(b.name));
-    },
+  }
 
-    async create(options) {
-      const d = await require();
-      if (!isOwned(options.Labels, opts.device)) throw new FleetError('internal', 'refusing to create a container without the fleet labels');
-      try {
-        return (await d.createContainer(options)).id;
-      } catch (error) {
-        throw engineError(error, `creating container ${options.name ?? ''}`);
-      }
-    },
+  async removeImage(ref: string): Promise<void> {
+    const d = await this.docker();
+    await orAbsent(d.getImage(ref).remove({ noprune: false }), (e) => this.error(e, `removing image ${ref}`));
+  }
+}
 
-    async start(id) {
-      const c = await owned(id, 'start');
-      await c.start().catch((error: { statusCode?: number }) => {
-        if (error.statusCode !== 304) throw engineError(error, `starting ${id}`); // 304: already running
-      });
-    },
-
-    async stop(id, timeoutS) {
-      const c = await owned(id, 'stop');
-      await c.stop({ t: timeoutS }).catch((error: { statusCode?: number }) => {
-        if (error.statusCode !== 304) throw engineError(error, `stopping ${id}`); // 304: already stopped
-      });
-    },
-
-    async remove(id) {
-      const c = await owned(id, 'remove');
-      await c.remove({ force: true, v: false }).catch((error: { statusCode?: number }) => {
-        if (error.statusCode !== 404) throw engineError(error, `removing ${id}`); // 404: already gone
-      });
-    },
-
-    async logs(id, lines) {
-      const c = await owned(id, 'logs');
-      const buffer = (await c.logs({ stdout: true, stderr: true, tail: lines, follow: false })) as unknown as Buffer;
-      return demuxLogs(Buffer.isBuffer(buffer) ? buffer : Buffer.from(String(buffer))).slice(-lines);
-    },
-
-    async image(ref) {
-      const d = await require();
-      try {
-        const info = (await d.getImage(ref).inspect()) as Docker.ImageInspectInfo & { Variant?: string };
-        return {
-          id: info.Id,
-          os: info.Os,
-          architecture: info.Architecture,
-          variant: info.Variant || undefined,
-          tags: info.RepoTags ?? [],
-          size: info.Size,
-        };
-      } catch (error) {
-        if ((error as { statusCode?: number }).statusCode === 404) return undefined;
-        throw engineError(error, `inspecting image ${ref}`);
-      }
-    },
-
-    async imageIds() {
-      const d = await require();
-      const list = await d.listImages({ all: true }).catch((error: unknown) => {
-        throw engineError(error, 'listing images');
-      });
-      return new Set(list.map((i) => i.Id));
-    },
-
-    async load(archive) {
-      const d = await require();
-      const stream = await d.loadImage(archive, { quiet: true }).catch((error: unknown) => {
-        throw engineError(error, 'loading the image archive');
-      });
-      // The answer is JSON lines: {"stream": "Loaded image ID: sha256:…"} per image, {"error": …} on failure.
-      const loaded: string[] = [];
-      let failure: string | undefined;
-      let rest = '';
-      const onLine = (line: string): void => {
-        if (line.trim() === '') return;
-        let event: { stream?: string; error?: string; errorDetail?: { message?: string } };
-        try {
-          event = JSON.parse(line) as typeof event;
-        } catch {
-          failure ??= `unexpected answer: ${line.slice(0, 200)}`;
-          return;
-        }
-        if (event.error !== undefined) failure ??= event.errorDetail?.message ?? event.error;
-        const m = /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(event.stream ?? '');
-        if (m) loaded.push(m[1]!);
-      };
-      try {
-        for await (const chunk of stream as AsyncIterable<Buffer>) {
-          const lines = (rest + chunk.toString('utf8')).split('\n');
-          rest = lines.pop() ?? '';
-          lines.forEach(onLine);
-        }
-        onLine(rest);
-      } catch (error) {
-        failure ??= (error as Error).message;
-      }
-      if (failure !== undefined) throw new FleetError('load_failed', `the engine refused the image archive: ${failure}`);
-      return loaded;
-    },
-
-    async tag(id, repo, tag) {
-      const d = await require();
-      await d
-        .getImage(id)
-        .tag({ repo, tag })
-        .catch((error: unknown) => {
-          throw engineError(error, `tagging ${id} as ${repo}:${tag}`);
-        });
-    },
-
-    async removeImage(ref) {
-      const d = await require();
-      await d
-        .getImage(ref)
-        .remove({ noprune: false })
-        .catch((error: { statusCode?: number }) => {
-          if (error.statusCode !== 404) throw engineError(error, `removing image ${ref}`);
-        });
-    },
+/** The answer to a load is JSON lines: {"stream": "Loaded image ID: sha256:…"} per image, {"error": …} on failure. */
+async function readLoadAnswer(stream: NodeJS.ReadableStream): Promise<string[]> {
+  const loaded: string[] = [];
+  let failure: string | undefined;
+  let rest = '';
+  const onLine = (line: string): void => {
+    if (line.trim() === '') return;
+    let event: { stream?: string; error?: string; errorDetail?: { message?: string } };
+    try {
+      event = JSON.parse(line) as typeof event;
+    } catch {
+      failure ??= `unexpected answer: ${line.slice(0, 200)}`;
+      return;
+    }
+    if (event.error !== undefined) failure ??= event.errorDetail?.message ?? event.error;
+    const m = /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(event.stream ?? '');
+    if (m) loaded.push(m[1]!);
   };
+  try {
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      const lines = (rest + chunk.toString('utf8')).split('\n');
+      rest = lines.pop() ?? '';
+      lines.forEach(onLine);
+    }
+    onLine(rest);
+  } catch (error) {
+    failure ??= (error as Error).message;
+  }
+  if (failure !== undefined) throw new FleetError('load_failed', `the engine refused the image archive: ${failure}`);
+  return loaded;
+}
+
+export function openEngine(opts: EngineOptions): Engine {
+  return new DockerEngine(opts);
 }

@@ -77,178 +77,226 @@ function publicState(c: OwnedContainer): ContainerState {
 }
 
 export async function createContainerService(opts: ContainerServiceOptions): Promise<ContainerService> {
-  const log = opts.logger.child({ part: 'containers' });
-  const engine = openEngine({ device: opts.device, socketPath: opts.socketPath });
-  const board = opts.board ?? boardPlatform();
-  const store = await AppStore.open(opts.dataDir);
-  // a runtime container is created only after start() removed those an earlier run left behind
-  const runtime = createContainerRuntime({ device: opts.device, dataDir: opts.dataDir, engine, board, logger: log, ready: () => service.start() });
-  let modelDir: (model: string) => string | undefined = () => undefined;
-  const locks = new Map<string, Promise<unknown>>();
-  let closing = false;
-  let reconciling: Promise<void> = Promise.resolve();
-  let starting: Promise<EngineStatus> | undefined;
-  // aborted by close(): a deploy waiting for a health check gives up (and is undone) instead of holding up the shutdown
-  const shutdown = new AbortController();
-  const deps = (): ExecutorDeps => ({ device: opts.device, dataDir: opts.dataDir, engine, store, logger: log, modelDir, signal: shutdown.signal });
+  return new Containers(opts, await AppStore.open(opts.dataDir));
+}
+
+class Containers implements ContainerService {
+  readonly engine: Engine;
+  readonly runtime: ContainerRuntime;
+  readonly board: BoardPlatform;
+  private readonly log: Logger;
+  private modelDir: (model: string) => string | undefined = () => undefined;
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private closing = false;
+  private reconciling: Promise<void> = Promise.resolve();
+  private starting: Promise<EngineStatus> | undefined;
+  /** Aborted by close(): a deploy waiting for a health check gives up (and is undone) instead of holding up the shutdown. */
+  private readonly shutdown = new AbortController();
+
+  constructor(
+    private readonly opts: ContainerServiceOptions,
+    private readonly store: AppStore,
+  ) {
+    this.log = opts.logger.child({ part: 'containers' });
+    this.engine = openEngine({ device: opts.device, socketPath: opts.socketPath });
+    this.board = opts.board ?? boardPlatform();
+    // a runtime container is created only after start() removed those an earlier run left behind
+    this.runtime = createContainerRuntime({ device: opts.device, dataDir: opts.dataDir, engine: this.engine, board: this.board, logger: this.log, ready: () => this.start() });
+  }
+
+  private deps(): ExecutorDeps {
+    return { device: this.opts.device, dataDir: this.opts.dataDir, engine: this.engine, store: this.store, logger: this.log, modelDir: this.modelDir, signal: this.shutdown.signal };
+  }
 
   /** One operation per app at a time (install, deploy, rollback, stop, start). */
-  function exclusive<T>(app: string, fn: () => Promise<T>): Promise<T> {
-    if (closing) return Promise.reject(new FleetError('unavailable', 'the agent is shutting down'));
-    const run = (locks.get(app) ?? Promise.resolve()).then(fn);
+  private exclusive<T>(app: string, fn: () => Promise<T>): Promise<T> {
+    if (this.closing) return Promise.reject(new FleetError('unavailable', 'the agent is shutting down'));
+    const run = (this.locks.get(app) ?? Promise.resolve()).then(fn);
     const tail = run.then(
       () => undefined,
       () => undefined,
     );
-    locks.set(app, tail);
-    void tail.then(() => locks.get(app) === tail && locks.delete(app));
+    this.locks.set(app, tail);
+    void tail.then(() => this.locks.get(app) === tail && this.locks.delete(app));
     return run;
   }
 
-  async function appContainers(app: string): Promise<OwnedContainer[]> {
-    return (await engine.listOwned(app)).filter((c) => c.role === 'app');
+  private async appContainers(app: string): Promise<OwnedContainer[]> {
+    return (await this.engine.listOwned(app)).filter((c) => c.role === 'app');
   }
 
   /**
    * Images that pruning this app leaves alone: those other containers run (inference containers, other apps).
    * Images shared with other apps' releases need no care here: pruning removes only this app's own tag.
    */
-  async function imagesInUse(app: string): Promise<Set<string>> {
+  private async imagesInUse(app: string): Promise<Set<string>> {
     const ids = new Set<string>();
-    for (const c of await engine.listOwned()) if (c.app !== app || c.role !== 'app') ids.add(c.image);
+    for (const c of await this.engine.listOwned()) if (c.app !== app || c.role !== 'app') ids.add(c.image);
     return ids;
   }
 
-  async function runDeploy(app: string, version: number, mode: 'activate' | 'rollback'): Promise<DeployResult> {
-    const record = store.record(app);
+  private async runDeploy(app: string, version: number, mode: 'activate' | 'rollback'): Promise<DeployResult> {
+    const record = this.store.record(app);
     const target = releaseOf(app, record, version);
     if (!target) {
       const installed = record.releases[String(version)];
       throw new FleetError('not_found', installed ? `${app}@${version} was installed without a container spec; nothing to run` : `${app}@${version} is not installed on this device; deliver the image first`);
     }
-    const plan: Plan = planDeploy({ device: opts.device, target, mode, record, observed: await appContainers(app), imagesInUse: await imagesInUse(app) });
-    log.info({ app, version, strategy: plan.strategy, steps: describePlan(plan) }, 'deploying');
+    const plan: Plan = planDeploy({ device: this.opts.device, target, mode, record, observed: await this.appContainers(app), imagesInUse: await this.imagesInUse(app) });
+    this.log.info({ app, version, strategy: plan.strategy, steps: describePlan(plan) }, 'deploying');
     try {
-      await executePlan(plan, deps());
+      await executePlan(plan, this.deps());
     } catch (error) {
-      const e = error instanceof FleetError ? error : new FleetError('internal', String(error));
-      const restored = error instanceof PlanFailed && error.restored && plan.strategy !== 'start' ? record.active : null;
-      await store.update(app, (r) => failed(r, version, e.toJSON(), Date.now())).catch((writeError: unknown) => log.warn({ err: writeError }, 'could not record the failure'));
-      opts.publishEvent?.(makeEvent('container.failed', { app, version, error: e.toJSON(), restored }));
-      const back = restored !== null ? `; version ${restored} was restored and keeps running` : plan.strategy === 'start' ? '' : '; the previous version could not be restored';
-      throw new FleetError(e.code, `${app}@${version}: ${e.message}${back}`);
+      throw await this.deployFailed(plan, version, record.active, error);
     }
-    if (plan.strategy !== 'none') opts.publishEvent?.(makeEvent('container.activated', { app, version, previous: plan.previous, strategy: plan.strategy }));
-    log.info({ app, version, previous: plan.previous, strategy: plan.strategy }, 'deployed');
+    if (plan.strategy !== 'none') this.opts.publishEvent?.(makeEvent('container.activated', { app, version, previous: plan.previous, strategy: plan.strategy }));
+    this.log.info({ app, version, previous: plan.previous, strategy: plan.strategy }, 'deployed');
     return { app, version, previous: plan.previous, strategy: plan.strategy };
   }
 
-  async function activeOrThrow(app: string): Promise<number> {
-    const active = store.record(app).active;
-    if (active === null) throw new FleetError('not_found', `app ${app} has no active version on this device${store.apps().length ? ` (apps: ${store.apps().join(', ')})` : ''}`);
+  /** Records and announces a failed deploy; the error to throw says which version runs now. */
+  private async deployFailed(plan: Plan, version: number, active: number | null, error: unknown): Promise<FleetError> {
+    const app = plan.app;
+    const e = error instanceof FleetError ? error : new FleetError('internal', String(error));
+    const restored = error instanceof PlanFailed && error.restored && plan.strategy !== 'start' ? active : null;
+    await this.store.update(app, (r) => failed(r, version, e.toJSON(), Date.now())).catch((writeError: unknown) => this.log.warn({ err: writeError }, 'could not record the failure'));
+    this.opts.publishEvent?.(makeEvent('container.failed', { app, version, error: e.toJSON(), restored }));
+    const back = restored !== null ? `; version ${restored} was restored and keeps running` : plan.strategy === 'start' ? '' : '; the previous version could not be restored';
+    return new FleetError(e.code, `${app}@${version}: ${e.message}${back}`);
+  }
+
+  private activeOrThrow(app: string): number {
+    const active = this.store.record(app).active;
+    if (active === null) throw new FleetError('not_found', `app ${app} has no active version on this device${this.store.apps().length ? ` (apps: ${this.store.apps().join(', ')})` : ''}`);
     return active;
   }
 
-  const service: ContainerService = {
-    engine,
-    runtime,
-    board,
-    start() {
-      starting ??= (async () => {
-        const status = await engine.status();
-        if (!status.available) {
-          log.warn({ reason: status.reason }, 'no Docker engine: containers are off until one answers');
-          starting = undefined; // the next call tries again
-          return status;
-        }
-        await runtime.removeStale();
-        // in the background: bringing an app back may wait for its health check, which must not hold up the agent
-        reconciling = (async () => {
-          for (const app of store.apps()) {
-            if (closing) break;
-            const r = store.record(app);
-            if (r.active === null || r.stopped) continue;
-            await exclusive(app, () => runDeploy(app, r.active!, 'activate')).catch((error: unknown) => log.error({ err: error, app }, 'could not bring the app back to its recorded version'));
-          }
-        })();
+  start(): Promise<EngineStatus> {
+    this.starting ??= (async () => {
+      const status = await this.engine.status();
+      if (!status.available) {
+        this.log.warn({ reason: status.reason }, 'no Docker engine: containers are off until one answers');
+        this.starting = undefined; // the next call tries again
         return status;
-      })();
-      return starting;
-    },
-    engineStatus: () => engine.status(),
-    checkManifest: (manifest) => checkImageManifest(manifest, board),
-    prepareDownload(manifest) {
-      if (manifest.container?.update.strategy !== 'stop-then-download') return Promise.resolve();
-      return exclusive(manifest.name, async () => {
-        const record = store.record(manifest.name);
-        const plan = planMakeRoom(manifest.name, record, await appContainers(manifest.name), await imagesInUse(manifest.name));
-        log.info({ app: manifest.name, steps: describePlan(plan) }, 'making room before the download');
-        await executePlan(plan, deps());
-      });
-    },
-    installImage: (manifest, archivePath) =>
-      exclusive(manifest.name, () => installImage(manifest, archivePath, { device: opts.device, board, engine, store, logger: log, engineRoot: opts.engineRoot })),
-    deploy: (app, version) => exclusive(app, () => runDeploy(app, version, 'activate')),
-    rollback: (app) =>
-      exclusive(app, async () => {
-        const record = store.record(app);
-        const previous = [...record.history].reverse().find((v) => releaseOf(app, record, v));
-        if (previous === undefined) throw new FleetError('not_found', `${app} has no previous version whose image is kept on this device`);
-        return runDeploy(app, previous, 'rollback');
-      }),
-    stop: (app) =>
-      exclusive(app, async () => {
-        const version = await activeOrThrow(app);
-        const observed = await appContainers(app);
-        const wasRunning = observed.some((c) => c.version === version && c.running);
-        await executePlan(planStop(opts.device, app, store.record(app), observed), deps());
-        return { app, version, stopped: wasRunning };
-      }),
-    startApp: (app) =>
-      exclusive(app, async () => {
-        const version = await activeOrThrow(app);
-        const wasRunning = (await appContainers(app)).some((c) => c.version === version && c.running);
-        await runDeploy(app, version, 'activate');
-        return { app, version, started: !wasRunning };
-      }),
-    async logs(app, lines) {
-      const active = store.record(app).active;
-      const mine = await engine.listOwned(app);
-      const c = mine.find((o) => o.role === 'app' && o.version === active) ?? mine.at(-1);
-      if (!c) throw new FleetError('not_found', `no container of ${app} runs on this device`);
-      return { app, container: c.name, lines: await engine.logs(c.id, lines) };
-    },
-    async list() {
-      const status = await engine.status();
-      const containers = status.available ? (await engine.listOwned()).map(publicState) : [];
-      const apps = store.apps().map((app) => {
-        const r = store.record(app);
-        const images = Object.entries(r.releases).map(([v, i]) => ({ version: Number(v), image: i.image })).sort((a, b) => a.version - b.version);
-        return { app, active: r.active, images, lastFailure: r.lastFailure };
-      });
-      return { engine: { available: status.available, version: status.version, reason: status.reason }, containers, apps };
-    },
-    async states() {
-      if (!(await engine.status()).available) return [];
-      return (await engine.listOwned()).map(publicState);
-    },
-    highestAccepted: (app) => store.record(app).highestAccepted,
-    async recordAccepted(app, version) {
-      if (version <= store.record(app).highestAccepted) return;
-      await store.update(app, (r) => ({ ...r, highestAccepted: Math.max(r.highestAccepted, version) }));
-    },
-    useModels(activeVersion) {
-      modelDir = (model) => {
-        const version = activeVersion(model);
-        return version === undefined ? undefined : modelVersionDir(opts.dataDir, model, version);
-      };
-    },
-    async close() {
-      closing = true;
-      shutdown.abort();
-      await reconciling;
-      await Promise.all([...locks.values()]);
-    },
-  };
-  return service;
+      }
+      await this.runtime.removeStale();
+      // in the background: bringing an app back may wait for its health check, which must not hold up the agent
+      this.reconciling = this.reconcile();
+      return status;
+    })();
+    return this.starting;
+  }
+
+  private async reconcile(): Promise<void> {
+    for (const app of this.store.apps()) {
+      if (this.closing) break;
+      const r = this.store.record(app);
+      if (r.active === null || r.stopped) continue;
+      const version = r.active;
+      await this.exclusive(app, () => this.runDeploy(app, version, 'activate')).catch((error: unknown) => this.log.error({ err: error, app }, 'could not bring the app back to its recorded version'));
+    }
+  }
+
+  engineStatus(): Promise<EngineStatus> {
+    return this.engine.status();
+  }
+
+  checkManifest(manifest: Manifest): FleetError | undefined {
+    return checkImageManifest(manifest, this.board);
+  }
+
+  prepareDownload(manifest: Manifest): Promise<void> {
+    if (manifest.container?.update.strategy !== 'stop-then-download') return Promise.resolve();
+    return this.exclusive(manifest.name, async () => {
+      const plan = planMakeRoom(manifest.name, this.store.record(manifest.name), await this.appContainers(manifest.name), await this.imagesInUse(manifest.name));
+      this.log.info({ app: manifest.name, steps: describePlan(plan) }, 'making room before the download');
+      await executePlan(plan, this.deps());
+    });
+  }
+
+  installImage(manifest: Manifest, archivePath: string): Promise<InstallResult> {
+    const deps = { device: this.opts.device, board: this.board, engine: this.engine, store: this.store, logger: this.log, engineRoot: this.opts.engineRoot };
+    return this.exclusive(manifest.name, () => installImage(manifest, archivePath, deps));
+  }
+
+  deploy(app: string, version: number): Promise<DeployResult> {
+    return this.exclusive(app, () => this.runDeploy(app, version, 'activate'));
+  }
+
+  rollback(app: string): Promise<DeployResult> {
+    return this.exclusive(app, async () => {
+      const record = this.store.record(app);
+      const previous = [...record.history].reverse().find((v) => releaseOf(app, record, v));
+      if (previous === undefined) throw new FleetError('not_found', `${app} has no previous version whose image is kept on this device`);
+      return this.runDeploy(app, previous, 'rollback');
+    });
+  }
+
+  stop(app: string): Promise<CommandResult<'containers.stop'>> {
+    return this.exclusive(app, async () => {
+      const version = this.activeOrThrow(app);
+      const observed = await this.appContainers(app);
+      const wasRunning = observed.some((c) => c.version === version && c.running);
+      await executePlan(planStop(this.opts.device, app, this.store.record(app), observed), this.deps());
+      return { app, version, stopped: wasRunning };
+    });
+  }
+
+  startApp(app: string): Promise<CommandResult<'containers.start'>> {
+    return this.exclusive(app, async () => {
+      const version = this.activeOrThrow(app);
+      const wasRunning = (await this.appContainers(app)).some((c) => c.version === version && c.running);
+      await this.runDeploy(app, version, 'activate');
+      return { app, version, started: !wasRunning };
+    });
+  }
+
+  async logs(app: string, lines: number): Promise<CommandResult<'containers.logs'>> {
+    const active = this.store.record(app).active;
+    const mine = await this.engine.listOwned(app);
+    const c = mine.find((o) => o.role === 'app' && o.version === active) ?? mine.at(-1);
+    if (!c) throw new FleetError('not_found', `no container of ${app} runs on this device`);
+    return { app, container: c.name, lines: await this.engine.logs(c.id, lines) };
+  }
+
+  async list(): Promise<CommandResult<'containers.list'>> {
+    const status = await this.engine.status();
+    const containers = status.available ? (await this.engine.listOwned()).map(publicState) : [];
+    const apps = this.store.apps().map((app) => {
+      const r = this.store.record(app);
+      const images = Object.entries(r.releases)
+        .map(([v, i]) => ({ version: Number(v), image: i.image }))
+        .sort((a, b) => a.version - b.version);
+      return { app, active: r.active, images, lastFailure: r.lastFailure };
+    });
+    return { engine: { available: status.available, version: status.version, reason: status.reason }, containers, apps };
+  }
+
+  async states(): Promise<ContainerState[]> {
+    if (!(await this.engine.status()).available) return [];
+    return (await this.engine.listOwned()).map(publicState);
+  }
+
+  highestAccepted(app: string): number {
+    return this.store.record(app).highestAccepted;
+  }
+
+  async recordAccepted(app: string, version: number): Promise<void> {
+    if (version <= this.store.record(app).highestAccepted) return;
+    await this.store.update(app, (r) => ({ ...r, highestAccepted: Math.max(r.highestAccepted, version) }));
+  }
+
+  useModels(activeVersion: (model: string) => number | undefined): void {
+    this.modelDir = (model) => {
+      const version = activeVersion(model);
+      return version === undefined ? undefined : modelVersionDir(this.opts.dataDir, model, version);
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    this.shutdown.abort();
+    await this.reconciling;
+    await Promise.all([...this.locks.values()]);
+  }
 }
