@@ -17,7 +17,8 @@ import { boardPlatform, createContainerService, untaggedArchive, verifyLoaded } 
 import type { ContainerService } from '../src/containers/index.js';
 import { imageManifest, oipImage, tinyImage } from '../../test/support/container-images.js';
 import type { ImageArchive } from '../../test/support/container-images.js';
-import { cleanupDevice, docker, freePort, getJson, imageExists, inspect, requireEngine } from '../../test/support/docker.js';
+import { cleanupDevice, docker, getJson, imageExists, inspect, requireEngine } from '../../test/support/docker.js';
+import { freePort } from '../../test/support/manager-process.js';
 import { refusal } from '../../test/support/refusal.js';
 
 const DEVICE = `ct-${process.pid}`;

@@ -1,11 +1,10 @@
 /**
  * Test fixture: the real Docker engine (CI's `.ci/run` starts dockerd). Containers and images that tests
- * make outside the agent, a free-port helper, HTTP GETs to published ports, and clean-up by label so a
+ * make outside the agent, HTTP GETs to published ports, and clean-up by label so a
  * failed run leaves nothing behind on a shared engine.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
 
 /** Throws with what to do when no engine answers (the docker suites need one; they are not skipped silently). */
 export function requireEngine(): void {
@@ -33,17 +32,6 @@ export function cleanupDevice(device: string): void {
   const repo = `edgefleet/${device.toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
   const tags = docker('images', repo, '--format', '{{.Repository}}:{{.Tag}}').split('\n').filter(Boolean);
   if (tags.length) spawnSync('docker', ['rmi', ...tags]);
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
 }
 
 export function getJson(port: number, path: string): Promise<{ status: number; body: unknown }> {
