@@ -213,6 +213,21 @@ describe('replace, roll back, prune', () => {
     stillRunning(before);
   });
 
+  it("a Docker HEALTHCHECK in the spec: the engine's verdict decides, healthy or rolled back", async () => {
+    // exec form (the test image has no shell): node asks the server itself
+    const probe = (path: string) => ['/usr/bin/node', '-e', `require('http').get('http://127.0.0.1:8000${path}', (r) => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1))`];
+    const check = (path: string): ContainerSpecInput => ({ health: { kind: 'docker', test: probe(path), intervalMs: 200, timeoutMs: 2000, retries: 2 }, healthyWithinMs: 20_000 });
+    await install('dhc', 1, images.v1!, check('/health'));
+    await install('dhc', 2, images.v2!, check('/v2/health/ready'));
+    await install('dhc', 3, images.v3!, { ...check('/v2/health/ready'), env: { MODE: 'never-ready' } });
+    await service.deploy('dhc', 1);
+    expect((await service.states()).find((c) => c.app === 'dhc')).toMatchObject({ version: 1, health: 'healthy' });
+    expect(await service.deploy('dhc', 2)).toMatchObject({ strategy: 'blue-green' });
+    const e = await refusal(service.deploy('dhc', 3));
+    expect(e.message).toMatch(/its Docker health check reports unhealthy.*version 2 was restored/);
+    expect((await service.states()).filter((c) => c.app === 'dhc').map((c) => [c.version, c.health])).toEqual([[2, 'healthy']]);
+  });
+
   it('stop-then-start on a fixed host port, and the old one started again when the new one fails', async () => {
     const port = await freePort();
     const fixed = web({ ports: [{ container: 8000, host: port }] });

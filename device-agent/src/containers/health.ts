@@ -48,9 +48,11 @@ async function probe(c: OwnedContainer, port: number, path: string): Promise<Ver
   return typeof status === 'number' && status >= 200 && status < 300 ? { done: true } : { done: false, waiting: `GET ${path} on port ${port}: ${status}` };
 }
 
-async function judge(c: OwnedContainer, w: HealthWait, runningSince: number): Promise<Verdict> {
+async function judge(c: OwnedContainer, w: HealthWait, runningSince: number, restartsBefore: number): Promise<Verdict> {
   if (c.state === 'exited' || c.state === 'dead') return { failed: `it exited with code ${c.exitCode ?? '?'}` };
-  if (c.restarts > 0 || c.state === 'restarting') return { failed: `it keeps exiting (restarted ${c.restarts} time(s), last exit code ${c.exitCode ?? '?'})` };
+  if (c.restarts > restartsBefore || c.state === 'restarting') {
+    return { failed: `it keeps exiting (restarted ${c.restarts - restartsBefore} time(s), last exit code ${c.exitCode ?? '?'})` };
+  }
   if (c.state !== 'running') return { done: false, waiting: `state ${c.state}` };
   if (c.health === 'unhealthy') return { failed: 'its Docker health check reports unhealthy' };
   const h = w.health;
@@ -75,13 +77,15 @@ async function tail(engine: Engine, container: string): Promise<string> {
 export async function waitHealthy(w: HealthWait): Promise<void> {
   const started = Date.now();
   let runningSince: number | undefined;
+  let restartsBefore: number | undefined; // restarts before this wait (a container started again) do not count
   let last = 'not started';
   while (true) {
     if (w.signal?.aborted) throw new FleetError('deadline_exceeded', `stopped waiting for ${w.container} to become healthy`);
     const c = await w.engine.inspectOwned(w.container);
     if (!c) throw new FleetError('smoke_test_failed', `${w.container} vanished while the agent waited for it to become healthy`);
     if (c.running) runningSince ??= c.startedAt ?? Date.now();
-    const verdict = await judge(c, w, runningSince ?? Date.now());
+    restartsBefore ??= c.restarts;
+    const verdict = await judge(c, w, runningSince ?? Date.now(), restartsBefore);
     if ('failed' in verdict) throw new FleetError('smoke_test_failed', `${w.container} did not become healthy: ${verdict.failed}${await tail(w.engine, w.container)}`);
     if (verdict.done) return;
     last = verdict.waiting;
