@@ -29,7 +29,7 @@ import { ManifestSchema, chunkHashes, sha256Hex } from '@edgefleet/protocol';
 import { createRequester } from '@edgefleet/host-manager';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const { createModelService, encodeTensor } = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
+const { createModelService, encodeTensor } = await import('@edgefleet/device-agent');
 
 const SEQ = Number(process.env.SEQ ?? 2000);
 const CONC = Number(process.env.CONC ?? 4000);
@@ -238,7 +238,8 @@ try {
        syncBuiltinESMExports();`
     : '';
   const brokerScript = `${noDelayPatch}
-    const { createBroker, hashSecret, staticCredentials } = await import(${JSON.stringify(join(ROOT, 'broker/dist/src/index.js'))});
+    const { createBroker, staticCredentials } = await import(${JSON.stringify(import.meta.resolve('@edgefleet/broker'))});
+    const { hashSecret } = await import(${JSON.stringify(import.meta.resolve('@edgefleet/node-io'))});
     const b = await createBroker({ tcp: { host: '127.0.0.1', port: 0 }, credentials: staticCredentials([
       { role: 'device', id: ${JSON.stringify(DEVICE.id)}, groups: [], secretHash: hashSecret(process.env.DEVICE_TOKEN) },
       { role: 'operator', id: ${JSON.stringify(OPERATOR.id)}, groups: [], secretHash: hashSecret(process.env.OPERATOR_TOKEN) } ]) });

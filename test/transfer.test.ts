@@ -19,16 +19,8 @@ import { cleanupAgents, connectOperator, startAgent, watchStatus } from './suppo
 import type { AgentProcess, AgentProcessOptions, StatusWatcher } from './support/agent-process.js';
 import { alwaysFailingModel, encodeModel, largeModel, linearModel, node, valueInfo } from './support/onnx-models.js';
 import type { LinearModel } from './support/onnx-models.js';
-import { createRequester } from '../host-manager/src/requester.js';
-import type { Requester } from '../host-manager/src/requester.js';
-import { deliverModel, transferIdFor } from '../host-manager/src/transfer.js';
-import type { DeliverOptions } from '../host-manager/src/transfer.js';
-import { openState } from '../host-manager/src/state.js';
-import type { ModelVersionRecord } from '../host-manager/src/state.js';
-import { createRegistry } from '../host-manager/src/registry.js';
-import type { Registry } from '../host-manager/src/registry.js';
-import { loadOrCreateFleetKeys } from '../host-manager/src/keys.js';
-import type { FleetKeys } from '../host-manager/src/keys.js';
+import { createRegistry, createRequester, deliverModel, loadOrCreateFleetKeys, openState, transferIdFor } from '@edgefleet/host-manager';
+import type { DeliverOptions, FleetKeys, ModelVersionRecord, Registry, Requester } from '@edgefleet/host-manager';
 import { refusal } from './support/refusal.js';
 
 const IDS = ['k1', 'k2', 't1', 'f1', 'f2', 'f3', 'df'];
@@ -362,7 +354,7 @@ describe('disk full', () => {
   it(title, async () => {
     if (!tmpfsWorks) {
       // the same rule as the agent's, through the receiver it runs
-      const { createTransferReceiver } = await import('../device-agent/src/transfer.js');
+      const { createTransferReceiver } = await import('@edgefleet/device-agent');
       const { pino } = await import('pino');
       const receiver = createTransferReceiver({
         dataDir: join(work, 'df-injected'),

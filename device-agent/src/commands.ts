@@ -6,8 +6,8 @@
  * turned into error replies, duplicates (QoS 1 redelivery) answered once.
  */
 import type { Logger } from 'pino';
-import { FleetError, errorReply, okReply, parseRequest } from '@edgefleet/protocol';
-import type { CommandName, CommandResult, ParsedParams, Reply, Request } from '@edgefleet/protocol';
+import { errorReply, okReply, parseRequest, toErrorBody } from '@edgefleet/protocol';
+import type { CommandName, CommandResult, ErrorBody, ParsedParams, Reply, Request } from '@edgefleet/protocol';
 
 export interface CommandContext {
   request: Request;
@@ -34,16 +34,6 @@ export interface DispatchStats {
   ok: number;
   errors: number;
   refused: number;
-}
-
-/** Converts anything thrown into the error a reply carries. */
-export function toErrorBody(error: unknown): { code: FleetError['code']; message: string } {
-  if (error instanceof FleetError) return { code: error.code, message: error.message };
-  if (error instanceof Error && 'code' in error && typeof (error as { code: unknown }).code === 'string') {
-    const code = (error as { code: string }).code;
-    if (code === 'ENOSPC') return { code: 'disk_full', message: `no space left on the device: ${error.message}` };
-  }
-  return { code: 'internal', message: `internal error: ${error instanceof Error ? error.message : String(error)}` };
 }
 
 const RECENT_IDS = 2048;
@@ -141,7 +131,7 @@ export class Dispatcher {
     const controller = new AbortController();
     let timer: NodeJS.Timeout | undefined;
     const started = now();
-    type Outcome = { ok: true; data: unknown } | { ok: false; error: { code: FleetError['code']; message: string } };
+    type Outcome = { ok: true; data: unknown } | { ok: false; error: ErrorBody };
     const work: Promise<Outcome> = (async () => handler(request.params as never, { request, signal: controller.signal }))().then(
       (data) => ({ ok: true as const, data }),
       (error: unknown) => ({ ok: false as const, error: toErrorBody(error) }),

@@ -8,12 +8,13 @@
  *   POST /models/{name}/v{version}    the same, refused unless that version is the one being served
  *
  * Errors are `{error: {code, message}}` with 400 (bad JSON, invalid input), 404 (unknown model or route),
- * 405, 413 (body over the limit), 409, 503, 500. Binds 127.0.0.1 unless told otherwise.
+ * 405, 413 (body over the limit), 409, 503, 500 (statuses from the protocol's error table). Binds 127.0.0.1
+ * unless told otherwise.
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { FleetError, isValidName } from '@edgefleet/protocol';
+import { FleetError, errorResponse, isValidName } from '@edgefleet/protocol';
 import type { ErrorCode, ParsedParams } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
 import type { ModelService } from './models/service.js';
@@ -34,18 +35,6 @@ export interface InferenceServer {
   /** Stops accepting connections, lets requests in flight finish, then closes every connection. */
   close(): Promise<void>;
 }
-
-const STATUS: Partial<Record<ErrorCode, number>> = {
-  bad_request: 400,
-  invalid_params: 400,
-  invalid_input: 400,
-  not_found: 404,
-  conflict: 409,
-  too_long: 413,
-  unavailable: 503,
-  busy: 503,
-  deadline_exceeded: 504,
-};
 
 class HttpError extends FleetError {
   constructor(
@@ -78,13 +67,9 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
   }
 
   function sendError(res: ServerResponse, error: unknown): void {
-    if (error instanceof FleetError) {
-      const status = error instanceof HttpError ? error.status : (STATUS[error.code] ?? 500);
-      send(res, status, { error: error.toJSON() });
-      return;
-    }
-    logger.error({ err: error }, 'inference API request failed');
-    send(res, 500, { error: { code: 'internal', message: 'internal error; see the agent log' } });
+    if (!(error instanceof FleetError)) logger.error({ err: error }, 'inference API request failed');
+    const { status, body } = errorResponse(error);
+    send(res, error instanceof HttpError ? error.status : status, body);
   }
 
   function readBody(req: IncomingMessage): Promise<Buffer> {

@@ -297,7 +297,7 @@ export interface PreinstalledModel {
  * as a finished transfer would, so an agent started on that directory serves them.
  */
 export async function preinstallModels(dataDir: string, device: string, list: PreinstalledModel[]): Promise<void> {
-  const { createModelService } = await import('../../device-agent/src/models/index.js');
+  const { createModelService } = await import('@edgefleet/device-agent');
   const { pino } = await import('pino');
   const service = await createModelService({ dataDir, threads: 1, logger: pino({ level: 'silent' }) });
   try {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { ContainerSpecSchema, ErrorBodySchema, ImageIdSchema } from '@edgefleet/protocol';
 import type { ErrorBody } from '@edgefleet/protocol';
-import { writeFileAtomic } from '../models/index.js';
+import { writeFileAtomic } from '@edgefleet/node-io';
 import type { Release } from './spec.js';
 
 const InstalledSchema = z.object({
@@ -122,7 +122,7 @@ export class AppStore {
   async update(app: string, change: (record: AppRecord) => AppRecord): Promise<AppRecord> {
     const next = change(this.record(app));
     const state: State = { ...this.state, apps: { ...this.state.apps, [app]: next } };
-    await writeFileAtomic(join(this.dir, 'state.json'), JSON.stringify(state, null, 1), this.dir);
+    await writeFileAtomic(join(this.dir, 'state.json'), JSON.stringify(state, null, 1));
     this.state = state;
     return next;
   }

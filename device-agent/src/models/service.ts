@@ -1,6 +1,6 @@
 /**
  * ModelService: one onnxruntime session per active model, activation with hot swap, rollback, removal,
- * anti-rollback bookkeeping, health counters. See the contract in notes/contracts.md.
+ * anti-rollback bookkeeping, health counters. The contract is the `ModelService` interface below.
  *
  * A large model's session lives on a worker thread of its own (session.ts), so building a new version
  * of it and running it do not pause this thread's MQTT and HTTP traffic or the other models.
@@ -17,7 +17,7 @@ import { performance } from 'node:perf_hooks';
 import ort from 'onnxruntime-node';
 import { createHash } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { FleetError, checkAcceptance, verifyManifest } from '@edgefleet/protocol';
+import { FleetError, checkAcceptance, verifiedManifest } from '@edgefleet/protocol';
 import type {
   CommandResult,
   DeviceIdentity,
@@ -74,9 +74,9 @@ export interface ModelServiceOptions {
   graphOptimizationLevel?: GraphOptimizationLevel;
   /** Default ['cpu']. */
   executionProviders?: string[];
-  /** The fleet public key: needed to accept an operator-signed rollback below the highest accepted version. */
+  /** The fleet public key: needed (with `identity`) to accept an operator-signed rollback below the highest accepted version. */
   publicKeyPem?: string;
-  /** This device, to check a signed rollback manifest's target. */
+  /** This device, to check a signed rollback manifest's target (checkAcceptance). */
   identity?: DeviceIdentity;
   /** Called at named points of installs and activations (crash tests kill the process from here). */
   onStep?: StepHook;
@@ -549,27 +549,17 @@ class OnnxModelService implements ModelService {
   }
 
   private verifyRollback(name: string, signed: SignedManifest, highestAccepted: number): Manifest {
-    if (!this.opts.publicKeyPem) {
-      throw new FleetError('bad_signature', 'this device has no fleet public key to verify a rollback manifest; provision it with the key');
+    const { publicKeyPem, identity } = this.opts;
+    if (!publicKeyPem || !identity) {
+      throw new FleetError('bad_signature', 'this device has no fleet public key (and identity) to verify a rollback manifest; provision it with the key');
     }
-    const check = verifyManifest(signed, this.opts.publicKeyPem);
-    if (!check.ok) throw new FleetError(check.code === 'bad_signature' ? 'bad_signature' : 'invalid_params', check.reason);
-    const manifest = check.manifest;
+    const manifest = verifiedManifest(signed, publicKeyPem);
     if (manifest.name !== name || manifest.kind !== 'model') {
       throw new FleetError('invalid_params', `the rollback manifest is for ${manifest.kind} ${manifest.name}, not model ${name}`);
     }
-    const now = this.opts.now?.() ?? new Date();
-    if (this.opts.identity) {
-      const refused = checkAcceptance(manifest, { device: this.opts.identity, highestAccepted, now });
-      if (refused) throw refused;
-    } else {
-      if (Date.parse(manifest.expiresAt) <= now.getTime()) {
-        throw new FleetError('expired', `the rollback manifest for ${name}@${manifest.version} expired at ${manifest.expiresAt}; sign a fresh one`);
-      }
-      if (manifest.version < highestAccepted && !manifest.rollback) {
-        throw new FleetError('lower_version', `the manifest for ${name}@${manifest.version} is not marked as a rollback; sign it with rollback: true`);
-      }
-    }
+    // the protocol's acceptance rules: target, expiry, and a version below the highest accepted only when signed as a rollback
+    const refused = checkAcceptance(manifest, { device: identity, highestAccepted, now: this.opts.now?.() ?? new Date() });
+    if (refused) throw refused;
     return manifest;
   }
 }

@@ -10,11 +10,11 @@
  * either the old or the new file, never half of one. Deleting a version renames its directory to a
  * `.trash-*` name first (atomic), then removes it; leftovers are cleaned on the next open.
  */
-import { constants as fsConstants } from 'node:fs';
-import { copyFile, mkdir, open, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { FleetError, ManifestSchema, TensorInfoSchema, isValidName } from '@edgefleet/protocol';
+import { TMP_MARK, fsyncDir, fsyncFile, tmpPathFor, writeFileAtomic } from '@edgefleet/node-io';
+import { FleetError, ManifestSchema, TensorInfoSchema, isValidName, ownEntry } from '@edgefleet/protocol';
 import type { Manifest, TensorInfo } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
 
@@ -47,7 +47,7 @@ export type VersionInfo = z.infer<typeof VersionInfoSchema>;
 /** Called at named points of the writes; a crash test kills the process from here. */
 export type StepHook = (step: string) => void | Promise<void>;
 
-let tmpCounter = 0;
+let trashCounter = 0;
 
 export function diskError(error: unknown, what: string): unknown {
   const code = (error as NodeJS.ErrnoException).code;
@@ -57,31 +57,11 @@ export function diskError(error: unknown, what: string): unknown {
   return error;
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, fsConstants.O_RDONLY);
+/** node-io's atomic write, with the crash tests' step hook and disk-full errors in the fleet's words. */
+async function writeStoreFile(path: string, data: string, hook: StepHook | undefined, step: string): Promise<void> {
   try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/** Writes a whole file so that readers (and a restart after a crash) see the old or the new bytes only. */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, dir: string, hook?: StepHook, step?: string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${++tmpCounter}`;
-  try {
-    const fh = await open(tmp, 'w', 0o644);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    if (hook && step) await hook(`${step}:tmp-written`);
-    await rename(tmp, path);
-    await fsyncDir(dir);
+    await writeFileAtomic(path, data, { beforeRename: hook ? () => hook(`${step}:tmp-written`) : undefined });
   } catch (error) {
-    await rm(tmp, { force: true }).catch(() => undefined); // best effort: the original error matters more
     throw diskError(error, `writing ${path}`);
   }
 }
@@ -130,7 +110,7 @@ export class ModelStore {
   }
 
   record(name: string): ModelRecord {
-    return this.state.models[name] ?? { active: null, history: [], highestAccepted: 0 };
+    return ownEntry(this.state.models, name) ?? { active: null, history: [], highestAccepted: 0 };
   }
 
   versions(name: string): number[] {
@@ -153,7 +133,7 @@ export class ModelStore {
     const run = this.writes.then(async () => {
       const record = change(this.record(name));
       const next: StoreState = { version: 1, models: { ...this.state.models, [name]: record } };
-      await writeFileAtomic(join(this.root, STATE_FILE), `${JSON.stringify(next, null, 1)}\n`, this.root, this.hook, step);
+      await writeStoreFile(join(this.root, STATE_FILE), `${JSON.stringify(next, null, 1)}\n`, this.hook, step);
       this.state = next;
       return record;
     });
@@ -173,7 +153,7 @@ export class ModelStore {
     }
     for (const entry of await readdir(this.root, { withFileTypes: true })) {
       const path = join(this.root, entry.name);
-      if (entry.name.startsWith('.trash-') || entry.name.includes('.tmp-')) {
+      if (entry.name.startsWith('.trash-') || entry.name.includes(TMP_MARK)) {
         await rm(path, { recursive: true, force: true });
         continue;
       }
@@ -181,12 +161,12 @@ export class ModelStore {
       const versions = new Map<number, { info: VersionInfo; manifest: Manifest }>();
       for (const v of await readdir(path, { withFileTypes: true })) {
         const vpath = join(path, v.name);
-        if (v.name.startsWith('.trash-') || v.name.includes('.tmp-')) {
+        if (v.name.startsWith('.trash-') || v.name.includes(TMP_MARK)) {
           await rm(vpath, { recursive: true, force: true });
           continue;
         }
         if (!v.isDirectory() || !/^[1-9]\d{0,9}$/.test(v.name)) continue;
-        for (const f of await readdir(vpath)) if (f.includes('.tmp-')) await rm(join(vpath, f), { force: true });
+        for (const f of await readdir(vpath)) if (f.includes(TMP_MARK)) await rm(join(vpath, f), { force: true });
         if (!(await exists(join(vpath, MODEL_FILE)))) {
           // An install that died before its last step: nothing refers to it.
           this.logger.warn({ model: entry.name, version: v.name }, 'removing an incomplete install');
@@ -217,28 +197,18 @@ export class ModelStore {
       await mkdir(dir, { recursive: true });
       await fsyncDir(this.root);
       await fsyncDir(modelDir);
-      await writeFileAtomic(join(dir, MANIFEST_FILE), `${JSON.stringify(manifest, null, 1)}\n`, dir, this.hook, 'install:manifest');
-      await writeFileAtomic(join(dir, INFO_FILE), `${JSON.stringify(info, null, 1)}\n`, dir, this.hook, 'install:info');
+      await writeStoreFile(join(dir, MANIFEST_FILE), `${JSON.stringify(manifest, null, 1)}\n`, this.hook, 'install:manifest');
+      await writeStoreFile(join(dir, INFO_FILE), `${JSON.stringify(info, null, 1)}\n`, this.hook, 'install:info');
       await this.hook?.('install:before-model');
-      const staged = await open(stagedFile, 'r+');
-      try {
-        await staged.sync();
-      } finally {
-        await staged.close();
-      }
+      await fsyncFile(stagedFile);
       const target = join(dir, MODEL_FILE);
       try {
         await rename(stagedFile, target);
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
-        const tmp = `${target}.tmp-${process.pid}-${++tmpCounter}`;
+        const tmp = tmpPathFor(target);
         await copyFile(stagedFile, tmp);
-        const fh = await open(tmp, 'r+');
-        try {
-          await fh.sync();
-        } finally {
-          await fh.close();
-        }
+        await fsyncFile(tmp);
         await rename(tmp, target);
         await unlink(stagedFile);
       }
@@ -255,7 +225,7 @@ export class ModelStore {
   /** Deletes a stored version: one atomic rename out of the way, then the removal. */
   async deleteVersion(name: string, version: number): Promise<void> {
     const dir = this.versionDir(name, version);
-    const trash = join(this.modelDir(name), `.trash-${version}-${process.pid}-${++tmpCounter}`);
+    const trash = join(this.modelDir(name), `.trash-${version}-${process.pid}-${++trashCounter}`);
     this.installed.get(name)?.delete(version);
     try {
       await rename(dir, trash);

@@ -1,5 +1,6 @@
 /**
- * The artifact manifest and its ed25519 signature (see shared/guide/security.md).
+ * The artifact manifest and its ed25519 signature: who may install what, until when,
+ * with which bytes (the security model is in the top-level README).
  * Signing is over a canonical JSON encoding (sorted keys, no spaces), so the
  * same manifest always yields the same bytes on host and device.
  */
@@ -299,6 +300,13 @@ export function verifyManifest(signed: SignedManifest, publicKeyPem: string): Ma
   const parsed = ManifestSchema.safeParse(signed.manifest);
   if (!parsed.success) return { ok: false, code: 'invalid', reason: `signed manifest is malformed: ${parsed.error.issues[0]?.message}` };
   return { ok: true, manifest: parsed.data };
+}
+
+/** A verified manifest, or the FleetError that says why not: `bad_signature`, or `invalid_params` when it is malformed. */
+export function verifiedManifest(signed: SignedManifest, publicKeyPem: string): Manifest {
+  const check = verifyManifest(signed, publicKeyPem);
+  if (!check.ok) throw new FleetError(check.code === 'bad_signature' ? 'bad_signature' : 'invalid_params', check.reason);
+  return check.manifest;
 }
 
 export interface DeviceIdentity {

@@ -6,6 +6,8 @@ import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { ErrorBodySchema, FleetError } from './errors.js';
 import type { ErrorBody } from './errors.js';
+import { MESSAGE_LIMITS, DEFAULT_JSON_LIMITS, parseJson } from './limits.js';
+import type { JsonLimits } from './limits.js';
 import { SignedManifestSchema } from './manifest.js';
 import { PROTOCOL_VERSION, NAME_PATTERN } from './topics.js';
 
@@ -369,13 +371,16 @@ export type ParsedRequest =
   | { ok: true; request: Request }
   | { ok: false; corr: string | undefined; error: FleetError };
 
-/** Validates a request payload; on failure says why and, when it can, which request it was. */
+/**
+ * Validates a request payload; on failure says why and, when it can, which request it was.
+ * Payloads over MESSAGE_LIMITS.request are refused before they are parsed (`too_long`, `too_deep`).
+ */
 export function parseRequest(payload: Buffer | string): ParsedRequest {
   let json: unknown;
   try {
-    json = JSON.parse(payload.toString());
-  } catch {
-    return { ok: false, corr: undefined, error: new FleetError('bad_request', 'payload is not JSON') };
+    json = parseJson(payload, MESSAGE_LIMITS.request, 'request');
+  } catch (error) {
+    return { ok: false, corr: undefined, error: error as FleetError };
   }
   const corr = looseId(json);
   const envelopeResult = RequestEnvelopeSchema.safeParse(json);
@@ -414,14 +419,27 @@ export function errorReply(corr: string, error: ErrorBody): Reply {
   };
 }
 
-/** Parses any message with a schema, throwing a FleetError('bad_request') that says what is wrong. */
-export function parseMessage<S extends z.ZodType>(schema: S, payload: Buffer | string): z.infer<S> {
-  let json: unknown;
-  try {
-    json = JSON.parse(payload.toString());
-  } catch {
-    throw new FleetError('bad_request', 'payload is not JSON');
-  }
+/** The limits each message schema is parsed under (see MESSAGE_LIMITS); other schemas get DEFAULT_JSON_LIMITS. */
+const SCHEMA_LIMITS = new Map<z.ZodType, JsonLimits>([
+  [StatusMessageSchema, MESSAGE_LIMITS.status],
+  [TelemetryMessageSchema, MESSAGE_LIMITS.telemetry],
+  [EventSchema, MESSAGE_LIMITS.event],
+  [ReplySchema, MESSAGE_LIMITS.reply],
+  [RequestEnvelopeSchema, MESSAGE_LIMITS.request],
+]);
+
+/** The byte and depth limits parseMessage applies to payloads of `schema`. */
+export function limitsFor(schema: z.ZodType): JsonLimits {
+  return SCHEMA_LIMITS.get(schema) ?? DEFAULT_JSON_LIMITS;
+}
+
+/**
+ * Parses any message with a schema. Throws a FleetError that says what is wrong: `too_long` or
+ * `too_deep` when the payload is over the limits of its kind (limitsFor(schema), or `limits`),
+ * refused before JSON.parse; `bad_request` when it is not JSON or does not match the schema.
+ */
+export function parseMessage<S extends z.ZodType>(schema: S, payload: Buffer | string, limits: JsonLimits = limitsFor(schema)): z.infer<S> {
+  const json = parseJson(payload, limits);
   const result = schema.safeParse(json);
   if (!result.success) throw new FleetError('bad_request', describe(result.error));
   return result.data;
