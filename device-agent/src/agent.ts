@@ -162,6 +162,7 @@ class DeviceAgent implements Agent {
         publicKeyPem: config.fleetPublicKeyPem,
         identity: this.#identity,
         models: service,
+        images: containers,
         publishEvent: (e) => {
           this.#publishEvent(e);
           if (e.event === 'model.activated') void this.#publishStatus();
@@ -186,7 +187,12 @@ class DeviceAgent implements Agent {
     });
     const buffer = await TelemetryBuffer.open(config.dataDir, config.telemetryBufferMax, logger);
     this.#telemetry = new TelemetryFlusher(buffer, (m) => this.#link.publishJson(topics.device(config.device, 'telemetry'), m), () => this.#link.connected, logger);
-    const sampler = createSampler({ dataDir: config.dataDir, drainHealth: () => (this.#models ? this.#models.drainHealth() : {}), containers: () => this.#containerStates() });
+    const sampler = createSampler({
+      dataDir: config.dataDir,
+      // per name@version: models of the model service, and image apps that serve inference
+      drainHealth: () => ({ ...(this.#models ? this.#models.drainHealth() : {}), ...containers.drainHealth() }),
+      containers: () => this.#containerStates(),
+    });
     this.#telemetry.start(sampler, config.telemetryIntervalMs);
     this.#link.connect();
     logger.info({ broker: config.broker, groups: config.groups, version: this.#version }, 'agent started');

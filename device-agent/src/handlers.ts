@@ -20,6 +20,8 @@ export const STATUS_CHANGING: ReadonlySet<CommandName> = new Set([
   'containers.stop',
   'containers.start',
   'containers.rollback',
+  'containers.deploy',
+  'containers.remove',
 ]);
 
 const STARTED = Date.now();
@@ -54,7 +56,12 @@ export function createHandlers(parts: HandlerParts): HandlerTable {
   return {
     ping: async () => ({ pong: true, uptimeS: Math.round((Date.now() - STARTED) / 1000) }),
     info: async () => parts.info(),
-    infer: async (params) => models().infer(params),
+    // a model of the model service first; otherwise an image app that serves inference under that name
+    infer: async (params) => {
+      const containers = parts.containers();
+      const asModel = parts.models()?.active().some((m) => m.name === params.model) ?? false;
+      return !asModel && containers?.serves(params.model) ? containers.infer(params) : models().infer(params);
+    },
     'models.list': async () => ({ models: models().list() }),
     'models.activate': async (p) => models().activate(p.model, p.version),
     'models.rollback': async (p) => models().rollback(p.model, p.manifest),

@@ -11,8 +11,9 @@ import { waitHealthy } from './health.js';
 import { imageTag } from './labels.js';
 import type { Plan, PlannedStep, Step } from './plan.js';
 import { createOptions, volumeDir } from './spec.js';
-import { activated } from './state.js';
+import { activated, emptyRecord } from './state.js';
 import type { AppStore } from './state.js';
+import type { AppTraffic } from './traffic.js';
 
 export interface ExecutorDeps {
   device: string;
@@ -23,6 +24,8 @@ export interface ExecutorDeps {
   modelDir: (model: string) => string | undefined;
   stopTimeoutS?: number;
   signal?: AbortSignal;
+  /** Where an inference app's requests go (route steps). */
+  traffic?: AppTraffic;
 }
 
 /** A plan that failed and was undone: the error, and whether undoing it fully worked. */
@@ -61,8 +64,19 @@ export async function runStep(step: Step, deps: ExecutorDeps): Promise<void> {
       return engine.start(step.container);
     case 'stop':
       return engine.stop(step.container, deps.stopTimeoutS ?? 10);
-    case 'waitHealthy':
-      return waitHealthy({ engine, container: step.container, health: step.release.spec.health, deadlineMs: step.release.spec.healthyWithinMs, signal: deps.signal });
+    case 'waitHealthy': {
+      const { spec } = step.release;
+      // an inference app must also say it is ready to serve, as a runtime container must
+      const ready = spec.inference ? { port: spec.inference.port, path: '/v2/health/ready' } : undefined;
+      return waitHealthy({ engine, container: step.container, health: spec.health, deadlineMs: spec.healthyWithinMs, ready, signal: deps.signal });
+    }
+    case 'route':
+      await deps.traffic?.route(step.release.app, step.release.version, step.container, step.release.spec);
+      return;
+    case 'forget':
+      await deps.traffic?.unroute(step.app);
+      await store.update(step.app, (r) => ({ ...emptyRecord(), highestAccepted: r.highestAccepted }));
+      return;
     case 'record':
       await store.update(step.app, (r) => ({ ...activated(r, step.version, step.mode, step.keepPrevious), lastFailure: null }));
       return;

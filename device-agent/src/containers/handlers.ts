@@ -14,6 +14,8 @@ export function containerHandlers(containers: () => ContainerService | undefined
     'containers.logs': async (p) => require().logs(p.app, p.lines),
     'containers.stop': async (p) => require().stop(p.app),
     'containers.start': async (p) => require().startApp(p.app),
+    'containers.deploy': async (p) => require().deploy(p.app, p.version),
+    'containers.remove': async (p) => require().removeApp(p.app),
     'containers.rollback': async (p) => {
       const r = await require().rollback(p.app);
       return { app: r.app, version: r.version, previous: r.previous };

@@ -4,8 +4,6 @@ export type { ContainerService, ContainerServiceOptions, DeployResult } from './
 export { containerHandlers } from './handlers.js';
 export { openEngine, demuxLogs } from './engine.js';
 export type { Engine, EngineStatus, OwnedContainer, ImageInfo } from './engine.js';
-export { inspectArchive, untaggedArchive } from './archive.js';
-export type { ArchiveImage } from './archive.js';
 export { installImage, verifyLoaded, checkImageManifest } from './install.js';
 export type { InstallResult } from './install.js';
 export { planDeploy, planStop, planMakeRoom, planPrune, sideBySide, describePlan } from './plan.js';

@@ -23,7 +23,11 @@ export type Step =
   | { action: 'stop'; container: string }
   | { action: 'record'; app: string; version: number; mode: 'activate' | 'rollback'; keepPrevious: number }
   | { action: 'markStopped'; app: string; stopped: boolean; forUpdate: boolean }
-  | { action: 'removeImage'; app: string; version: number; image: string };
+  | { action: 'removeImage'; app: string; version: number; image: string }
+  /** An inference app: its requests go to this container from now on (after those with the old one finished). */
+  | { action: 'route'; container: string; release: Release }
+  /** The app is gone from this device: no releases, nothing active; the highest version accepted stays. */
+  | { action: 'forget'; app: string };
 
 export interface PlannedStep {
   step: Step;
@@ -129,6 +133,11 @@ export function planDeploy(input: DeployInput): Plan {
     steps.push(critical({ action: 'start', container: name }, [{ action: 'stop', container: name }]));
   }
   steps.push(critical({ action: 'waitHealthy', container: name, release: target }));
+  if (target.spec.inference) {
+    // requests move once the new one is healthy, before the old one stops; undone by moving them back
+    const back = current && currentContainer && current.spec.inference ? [{ action: 'route' as const, container: currentContainer.name, release: current }] : [];
+    steps.push(critical({ action: 'route', container: name, release: target }, back));
+  }
   if (strategy === 'blue-green') steps.push(stopOld());
   steps.push(critical({ action: 'record', app, version: target.version, mode: input.mode, keepPrevious }));
   if (oldServing || (currentContainer && currentContainer !== existing)) {
@@ -144,6 +153,21 @@ export function planStop(device: string, app: string, record: AppRecord, observe
   const steps: PlannedStep[] = [critical({ action: 'markStopped', app, stopped: true, forUpdate: false })];
   if (c?.running) steps.push(critical({ action: 'stop', container: c.name }));
   return { app, strategy: 'none', target: record.active, previous: null, steps };
+}
+
+/**
+ * `containers.remove`: every container of the app stopped and removed, the images of its releases untagged
+ * (except those that were on the engine before the agent, or that something else runs), the record emptied.
+ */
+export function planRemove(app: string, record: AppRecord, observed: readonly ObservedContainer[], imagesInUse: ReadonlySet<string>): Plan {
+  const steps: PlannedStep[] = [];
+  for (const c of observed) steps.push(critical({ action: 'remove', container: c.name, reason: 'the app is removed from this device' }));
+  const releases = Object.entries(record.releases).sort(([a], [b]) => Number(a) - Number(b));
+  for (const [v, installed] of releases) {
+    if (!installed.preexisting && !imagesInUse.has(installed.image)) steps.push(cleanup({ action: 'removeImage', app, version: Number(v), image: installed.image }));
+  }
+  steps.push(critical({ action: 'forget', app }));
+  return { app, strategy: 'none', target: null, previous: record.active, steps };
 }
 
 /**
@@ -164,7 +188,7 @@ export function planMakeRoom(app: string, record: AppRecord, observed: readonly 
 /** The steps that will change something on the engine or in the state file (for logs and `--json` answers). */
 export function describePlan(plan: Plan): string[] {
   return plan.steps.map(({ step, critical: c }) => {
-    const what = 'container' in step ? step.container : 'image' in step ? `${step.app}@${step.version} ${step.image.slice(0, 19)}` : `${step.app}`;
+    const what = 'container' in step ? step.container : 'image' in step ? `${step.app}@${step.version} ${step.image.slice(0, 19)}` : step.app;
     return `${step.action} ${what}${c ? '' : ' (clean-up)'}`;
   });
 }

@@ -1,18 +1,19 @@
 /**
  * ContainerService: the agent's containers half. Image installs (install.ts), deploys, rollbacks, stops and
  * starts as plans (plan.ts) carried out by the executor (executor.ts), one operation per app at a time;
- * state for status and telemetry; the inference runtime (runtime.ts) the model service uses.
+ * state for status and telemetry; the inference runtime (runtime.ts) the model service uses; inference
+ * through image apps that serve it (traffic.ts).
  */
 import type { Logger } from 'pino';
 import { FleetError, makeEvent } from '@edgefleet/protocol';
-import type { CommandResult, ContainerState, FleetEvent, Manifest } from '@edgefleet/protocol';
+import type { CommandResult, ContainerState, FleetEvent, Manifest, ModelHealth, ParsedParams } from '@edgefleet/protocol';
 import { openEngine } from './engine.js';
 import type { Engine, EngineStatus, OwnedContainer } from './engine.js';
 import { PlanFailed, executePlan } from './executor.js';
 import type { ExecutorDeps } from './executor.js';
 import { checkImageManifest, installImage } from './install.js';
 import type { InstallResult } from './install.js';
-import { describePlan, planDeploy, planMakeRoom, planStop } from './plan.js';
+import { describePlan, planDeploy, planMakeRoom, planRemove, planStop } from './plan.js';
 import type { Plan, Strategy } from './plan.js';
 import { boardPlatform } from './platform.js';
 import type { BoardPlatform } from './platform.js';
@@ -20,6 +21,7 @@ import { createContainerRuntime } from './runtime.js';
 import type { ContainerRuntime } from './runtime.js';
 import { modelVersionDir } from './spec.js';
 import { AppStore, failed, releaseOf } from './state.js';
+import { AppTraffic } from './traffic.js';
 
 export interface ContainerServiceOptions {
   device: string;
@@ -53,6 +55,21 @@ export interface ContainerService {
   engineStatus(): Promise<EngineStatus>;
   /** The manifest-only checks, for a transfer offer (before a byte of the image is sent). */
   checkManifest(manifest: Manifest): FleetError | undefined;
+  /** checkManifest, and an engine that answers: what an offer of an image must pass. */
+  checkOffer(manifest: Manifest): Promise<void>;
+  /** Whether this version's image (this ID) is installed for the app. */
+  isInstalled(app: string, version: number, image: string): boolean;
+  /** The app's active version (null: none). */
+  active(app: string): number | null;
+  /** Drops an installed version that is not active nor kept for rollback (one that failed to deploy). */
+  discard(app: string, version: number): Promise<void>;
+  /** `containers.remove`: the app's containers and images gone from this device. */
+  removeApp(app: string): Promise<CommandResult<'containers.remove'>>;
+  /** Whether `infer {model}` names an image app that serves inference here. */
+  serves(model: string): boolean;
+  infer(params: ParsedParams<'infer'>): Promise<CommandResult<'infer'>>;
+  /** Inference counts through image apps since the previous call, keyed `app@version`. */
+  drainHealth(): Record<string, ModelHealth>;
   /** stop-then-download: make room before the download (stop the app, drop kept images); no-op for download-then-replace. */
   prepareDownload(manifest: Manifest): Promise<void>;
   installImage(manifest: Manifest, archivePath: string): Promise<InstallResult>;
@@ -84,6 +101,7 @@ class Containers implements ContainerService {
   readonly engine: Engine;
   readonly runtime: ContainerRuntime;
   readonly board: BoardPlatform;
+  readonly traffic: AppTraffic;
   private readonly log: Logger;
   private modelDir: (model: string) => string | undefined = () => undefined;
   private readonly locks = new Map<string, Promise<unknown>>();
@@ -100,12 +118,22 @@ class Containers implements ContainerService {
     this.log = opts.logger.child({ part: 'containers' });
     this.engine = openEngine({ device: opts.device, socketPath: opts.socketPath });
     this.board = opts.board ?? boardPlatform();
+    this.traffic = new AppTraffic(this.engine, this.log);
     // a runtime container is created only after start() removed those an earlier run left behind
     this.runtime = createContainerRuntime({ device: opts.device, dataDir: opts.dataDir, engine: this.engine, board: this.board, logger: this.log, ready: () => this.start() });
   }
 
   private deps(): ExecutorDeps {
-    return { device: this.opts.device, dataDir: this.opts.dataDir, engine: this.engine, store: this.store, logger: this.log, modelDir: this.modelDir, signal: this.shutdown.signal };
+    return {
+      device: this.opts.device,
+      dataDir: this.opts.dataDir,
+      engine: this.engine,
+      store: this.store,
+      logger: this.log,
+      modelDir: this.modelDir,
+      signal: this.shutdown.signal,
+      traffic: this.traffic,
+    };
   }
 
   /** One operation per app at a time (install, deploy, rollback, stop, start). */
@@ -147,8 +175,10 @@ class Containers implements ContainerService {
     try {
       await executePlan(plan, this.deps());
     } catch (error) {
+      await this.syncRoute(app);
       throw await this.deployFailed(plan, version, record.active, error);
     }
+    await this.syncRoute(app);
     if (plan.strategy !== 'none') this.opts.publishEvent?.(makeEvent('container.activated', { app, version, previous: plan.previous, strategy: plan.strategy }));
     this.log.info({ app, version, previous: plan.previous, strategy: plan.strategy }, 'deployed');
     return { app, version, previous: plan.previous, strategy: plan.strategy };
@@ -163,6 +193,21 @@ class Containers implements ContainerService {
     this.opts.publishEvent?.(makeEvent('container.failed', { app, version, error: e.toJSON(), restored }));
     const back = restored !== null ? `; version ${restored} was restored and keeps running` : plan.strategy === 'start' ? '' : '; the previous version could not be restored';
     return new FleetError(e.code, `${app}@${version}: ${e.message}${back}`);
+  }
+
+  /**
+   * Points an inference app's requests at its active running container (a restarted one may have another
+   * port), or nowhere when none runs. Called after every plan, so a route never outlives its container.
+   */
+  private async syncRoute(app: string): Promise<void> {
+    const record = this.store.record(app);
+    const release = releaseOf(app, record, record.active);
+    const running = release?.spec.inference && !record.stopped ? (await this.appContainers(app)).find((c) => c.version === release.version && c.running) : undefined;
+    if (!release || !running) return this.traffic.unroute(app);
+    await this.traffic.route(app, release.version, running.name, release.spec).catch(async (error: unknown) => {
+      this.log.warn({ err: error, app }, 'the active container does not serve inference; requests to the app are refused');
+      await this.traffic.unroute(app);
+    });
   }
 
   private activeOrThrow(app: string): number {
@@ -205,12 +250,70 @@ class Containers implements ContainerService {
     return checkImageManifest(manifest, this.board);
   }
 
+  async checkOffer(manifest: Manifest): Promise<void> {
+    const refusal = this.checkManifest(manifest);
+    if (refusal) throw refusal;
+    const status = await this.engine.status();
+    if (!status.available) throw new FleetError('unavailable', `no Docker engine answers on this device (${status.reason ?? 'unknown reason'}); start it, then deliver ${manifest.name}@${manifest.version} again`);
+  }
+
+  isInstalled(app: string, version: number, image: string): boolean {
+    return this.store.record(app).releases[String(version)]?.image === image;
+  }
+
+  active(app: string): number | null {
+    return this.store.record(app).active;
+  }
+
+  discard(app: string, version: number): Promise<void> {
+    return this.exclusive(app, async () => {
+      const record = this.store.record(app);
+      const installed = record.releases[String(version)];
+      if (!installed || record.active === version || record.history.includes(version)) return;
+      if (installed.preexisting || (await this.imagesInUse(app)).has(installed.image)) {
+        await this.store.update(app, (r) => {
+          const releases = { ...r.releases };
+          delete releases[String(version)];
+          return { ...r, releases };
+        });
+        return;
+      }
+      await executePlan({ app, strategy: 'none', target: record.active, previous: null, steps: [{ step: { action: 'removeImage', app, version, image: installed.image }, undo: [], critical: false }] }, this.deps());
+    });
+  }
+
+  removeApp(app: string): Promise<CommandResult<'containers.remove'>> {
+    return this.exclusive(app, async () => {
+      const record = this.store.record(app);
+      const observed = await this.appContainers(app);
+      if (observed.length === 0 && Object.keys(record.releases).length === 0 && record.active === null) return { app, removed: false, containers: 0, images: 0 };
+      const plan = planRemove(app, record, observed, await this.imagesInUse(app));
+      this.log.info({ app, steps: describePlan(plan) }, 'removing the app');
+      await executePlan(plan, this.deps());
+      return { app, removed: true, containers: observed.length, images: plan.steps.filter((p) => p.step.action === 'removeImage').length };
+    });
+  }
+
+  serves(model: string): boolean {
+    return this.traffic.serves(model);
+  }
+
+  infer(params: ParsedParams<'infer'>): Promise<CommandResult<'infer'>> {
+    if (this.closing) return Promise.reject(new FleetError('unavailable', 'the agent is shutting down'));
+    return this.traffic.infer(params);
+  }
+
+  drainHealth(): Record<string, ModelHealth> {
+    return this.traffic.drainHealth();
+  }
+
   prepareDownload(manifest: Manifest): Promise<void> {
     if (manifest.container?.update.strategy !== 'stop-then-download') return Promise.resolve();
     return this.exclusive(manifest.name, async () => {
       const plan = planMakeRoom(manifest.name, this.store.record(manifest.name), await this.appContainers(manifest.name), await this.imagesInUse(manifest.name));
       this.log.info({ app: manifest.name, steps: describePlan(plan) }, 'making room before the download');
       await executePlan(plan, this.deps());
+      await this.syncRoute(manifest.name);
     });
   }
 
@@ -238,6 +341,7 @@ class Containers implements ContainerService {
       const observed = await this.appContainers(app);
       const wasRunning = observed.some((c) => c.version === version && c.running);
       await executePlan(planStop(this.opts.device, app, this.store.record(app), observed), this.deps());
+      await this.syncRoute(app);
       return { app, version, stopped: wasRunning };
     });
   }
@@ -298,5 +402,6 @@ class Containers implements ContainerService {
     this.shutdown.abort();
     await this.reconciling;
     await Promise.all([...this.locks.values()]);
+    await this.traffic.close();
   }
 }

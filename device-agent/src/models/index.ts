@@ -3,6 +3,7 @@ export { createModelService } from './service.js';
 export type { ModelService, ModelServiceOptions, ActivationResult, GraphOptimizationLevel } from './service.js';
 export { decodeTensor, encodeTensor, decodeInputs, tensorInfo, zerosFor, toHalfBits, fromHalfBits } from './tensors.js';
 export type { OrtTensor } from './tensors.js';
+export { HealthCounters } from './health.js';
 export { MODEL_FILE, MANIFEST_FILE, STATE_FILE } from './store.js';
 export type { StepHook } from './store.js';
 export { checkProcessing, preprocess, postprocess, words, softmax } from '../processing/index.js';

@@ -18,7 +18,7 @@ export function defaultSshRemotePath(model: string, version: number): string {
 }
 
 /** The controller's own secrets are never used as SSH keys. */
-async function refuseControllerKeys(keyPath: string, dataDir: string): Promise<void> {
+export async function refuseControllerKeys(keyPath: string, dataDir: string): Promise<void> {
   const keysDir = resolve(dataDir, 'keys');
   const real = await realpath(keyPath).catch(() => resolve(keyPath)); // a missing file is reported by the read that follows
   const realKeysDir = await realpath(keysDir).catch(() => keysDir);

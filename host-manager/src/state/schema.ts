@@ -5,7 +5,18 @@
  * without a prototype, so any name is safe as a key.
  */
 import { z } from 'zod';
-import { DeviceInfoSchema, ErrorBodySchema, NameSchema, ProcessingSchema, TelemetrySampleSchema, TensorInfoSchema, VersionSchema, nameRecord } from '@edgefleet/protocol';
+import {
+  ContainerSpecSchema,
+  DeviceInfoSchema,
+  ErrorBodySchema,
+  ImageRefSchema,
+  NameSchema,
+  ProcessingSchema,
+  TelemetrySampleSchema,
+  TensorInfoSchema,
+  VersionSchema,
+  nameRecord,
+} from '@edgefleet/protocol';
 
 /** A record keyed by names, read back as a null-prototype object. */
 function byName<S extends z.ZodType>(value: S) {
@@ -59,6 +70,27 @@ export const ModelVersionRecordSchema = z
   })
   .strict();
 export type ModelVersionRecord = z.infer<typeof ModelVersionRecordSchema>;
+
+/** A Docker image in the registry: the `docker save` archive (content-addressed like a model) and how it runs. */
+export const ImageVersionRecordSchema = z
+  .object({
+    name: NameSchema,
+    version: VersionSchema,
+    /** sha256 and length of the archive: what a transfer delivers and a device checks. */
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    length: z.number().int().nonnegative(),
+    addedAt: Iso,
+    /** Path of the content-addressed archive blob, relative to the data directory. */
+    blob: z.string(),
+    /** The operator's reference, the image ID read from the archive itself (what manifests pin), its platform. */
+    image: ImageRefSchema,
+    /** Bytes of the layer tars (about what the image takes unpacked). */
+    layerBytes: z.number().int().nonnegative(),
+    /** How devices run it; null: an image that is installed only (a runtime for models). */
+    container: ContainerSpecSchema.nullable(),
+  })
+  .strict();
+export type ImageVersionRecord = z.infer<typeof ImageVersionRecordSchema>;
 
 export const AuditEntrySchema = z
   .object({
@@ -149,6 +181,8 @@ export type RolloutDevice = z.infer<typeof RolloutDeviceSchema>;
 export const GateResultSchema = z
   .object({
     pass: z.boolean(),
+    /** Image rollouts: the switched devices whose container of the new version runs and is not unhealthy at the gate. */
+    containers: z.object({ healthy: z.number(), unhealthy: z.number() }).strict().optional(),
     /** Every finding of the gate, for people, in order. */
     reasons: z.array(z.string()),
     /** The findings that failed the gate (a subset of `reasons`); absent in records written before it was kept. */
@@ -183,9 +217,15 @@ export const RolloutTargetSchema = z.discriminatedUnion('kind', [
 ]);
 export type RolloutTarget = z.infer<typeof RolloutTargetSchema>;
 
+export const ARTIFACT_KINDS = ['model', 'image'] as const;
+export type ArtifactKind = (typeof ARTIFACT_KINDS)[number];
+
 export const RolloutRecordSchema = z
   .object({
     id: NameSchema,
+    /** What is rolled out: a model version, or an image version (an app); absent in records written before images. */
+    kind: z.enum(ARTIFACT_KINDS).optional(),
+    /** The model's name, or the image's (the app on the devices). */
     model: NameSchema,
     version: VersionSchema,
     target: RolloutTargetSchema,
@@ -224,6 +264,10 @@ export const FleetStateSchema = z
     models: byName(z.array(ModelVersionRecordSchema)),
     /** The highest version number ever given per model, so a removed number is never reused. */
     modelVersionHighWater: byName(VersionSchema).optional(),
+    /** Image name → its versions, oldest first. */
+    images: byName(z.array(ImageVersionRecordSchema)).optional(),
+    /** The highest version number ever given per image. */
+    imageVersionHighWater: byName(VersionSchema).optional(),
     rollouts: byName(RolloutRecordSchema),
     operators: byName(OperatorRecordSchema),
     /** Enrolment with the fleet provisioning key (off unless the controller runs with --enrolment). */

@@ -173,6 +173,8 @@ export const ContainerSpecSchema = z.object({
     .object({
       protocol: z.literal('oip-http'),
       port: z.number().int().min(1).max(65535),
+      /** An image app's model name on its OIP server (default: the app's name); devices route `infer {model: <app>}` to it. */
+      model: Name.optional(),
       /** Where the model's version directory is mounted: <modelRoot>/<model>/<version>/model.onnx (Triton's repository layout). */
       modelRoot: ContainerPath.default('/models'),
     })

@@ -256,9 +256,13 @@ export const commands = {
     result: z.object({ missing: z.array(z.number().int().nonnegative()), total: z.number().int() }),
   },
   'transfer.commit': {
-    /** Verifies the whole file against its manifest, stores it, and activates it unless told not to. */
+    /**
+     * Verifies the whole file against its manifest, stores it, and activates it unless told not to. For an image
+     * manifest: installs the image (the engine's ID must be the pin) and, when it has a container spec, runs it.
+     */
     params: z.object({ transferId: NameSchema, activate: z.boolean().default(true) }).strict(),
     result: z.object({
+      /** The manifest's name: a model, or an app for an image manifest. */
       model: NameSchema,
       version: VersionSchema,
       activated: z.boolean(),
@@ -293,6 +297,16 @@ export const commands = {
   'containers.start': {
     params: z.object({ app: NameSchema }).strict(),
     result: z.object({ app: NameSchema, version: VersionSchema, started: z.boolean() }),
+  },
+  'containers.deploy': {
+    /** Runs an installed version of an app (replacing the running one: blue/green or stop-then-start, health-checked, undone on failure). */
+    params: z.object({ app: NameSchema, version: VersionSchema }).strict(),
+    result: z.object({ app: NameSchema, version: VersionSchema, previous: VersionSchema.nullable(), strategy: z.enum(['blue-green', 'stop-then-start', 'start', 'none']) }),
+  },
+  'containers.remove': {
+    /** Stops and removes the app's containers and its images; the highest version accepted is kept (anti-rollback). */
+    params: z.object({ app: NameSchema }).strict(),
+    result: z.object({ app: NameSchema, removed: z.boolean(), containers: z.number().int().nonnegative(), images: z.number().int().nonnegative() }),
   },
   'containers.rollback': {
     /** Back to the previous version whose image is kept, replacing the running one (health-checked, undone on failure). */
