@@ -141,10 +141,10 @@ export async function writeImageArchive(path: string, layers: Layer[], config: I
 }
 
 /** An image of one small file (unique unless `content` is given), for any platform; it has nothing to run. */
-export async function tinyImage(dir: string, opts: { platform?: ImageConfig['platform']; content?: string } = {}): Promise<ImageArchive> {
+export async function tinyImage(dir: string, opts: { platform?: ImageConfig['platform']; content?: string; repoTags?: string[] } = {}): Promise<ImageArchive> {
   const content = opts.content ?? randomUUID();
   const layer = await writeLayer(join(dir, `tiny-${createHash('sha256').update(content).digest('hex').slice(0, 12)}.tar`), { 'hello.txt': { bytes: Buffer.from(content), mode: 0o644 } });
-  const archive = await writeImageArchive(join(dir, `tiny-${randomUUID()}.tar`), [layer], { ...(opts.platform ? { platform: opts.platform } : {}), cmd: ['/hello'] }, ['edgefleet-test/tiny:latest']);
+  const archive = await writeImageArchive(join(dir, `tiny-${randomUUID()}.tar`), [layer], { ...(opts.platform ? { platform: opts.platform } : {}), cmd: ['/hello'] }, opts.repoTags ?? ['edgefleet-test/tiny:latest']);
   await rm(layer.path, { force: true });
   return archive;
 }

@@ -2,7 +2,8 @@
  * A tiny Open Inference Protocol (KServe V2) server for tests: runs in a test image (node + this file) or as
  * a plain child process. Model EDGEFLEET_MODEL_NAME (default "x") answers y = x * FACTOR for FP32 x of
  * shape [-1, 4]; model "echo" returns every input as an output of the same name. JSON and the binary tensor
- * extension. MODE: "ok" (default), "exit" (exits at once with code 3), "never-ready" (/v2/health/ready 503).
+ * extension. MODE: "ok" (default), "exit" (exits at once with code 3), "never-ready" (/v2/health/ready 503),
+ * "infer-errors" (healthy and ready, but every infer answers 500).
  * GET /health and /version serve the app-container tests; /v2 reports the sha256 of the mounted model file.
  */
 'use strict';
@@ -102,7 +103,10 @@ const server = http.createServer((req, res) => {
     const name = decodeURIComponent(m[1]);
     if (name !== model && name !== 'echo') return send(res, 404, { error: `unknown model ${name}` });
     if (m[2] === '/ready') return send(res, 200, { name, ready: true });
-    if (m[2] === '/infer' && req.method === 'POST') return infer(name, req, Buffer.concat(chunks), res);
+    if (m[2] === '/infer' && req.method === 'POST') {
+      if (mode === 'infer-errors') return send(res, 500, { error: 'this build fails every request' });
+      return infer(name, req, Buffer.concat(chunks), res);
+    }
     if (name === 'echo') return send(res, 400, { error: 'echo has no fixed metadata' });
     send(res, 200, { name, versions: ['1'], platform: 'edgefleet-test', inputs: [tensorMeta('x')], outputs: [{ ...tensorMeta('y') }] });
   });

@@ -295,7 +295,10 @@ class Containers implements ContainerService {
   }
 
   serves(model: string): boolean {
-    return this.traffic.serves(model);
+    if (this.traffic.serves(model)) return true;
+    // an inference app that is stopped or between containers is still this app: its requests are refused as unavailable
+    const record = this.store.record(model);
+    return releaseOf(model, record, record.active)?.spec.inference !== undefined;
   }
 
   infer(params: ParsedParams<'infer'>): Promise<CommandResult<'infer'>> {

@@ -104,7 +104,8 @@ export class AppStore {
   }
 
   record(app: string): AppRecord {
-    return this.state.apps[app] ?? emptyRecord();
+    // own entries only: an app named like an Object.prototype member ("constructor") is just an app
+    return Object.hasOwn(this.state.apps, app) ? this.state.apps[app]! : emptyRecord();
   }
 
   /** Every image ID some app's record still refers to (pruning one app must not take another's). */

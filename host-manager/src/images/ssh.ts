@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { PassThrough } from 'node:stream';
+import { Transform } from 'node:stream';
 import { FleetError } from '@edgefleet/protocol';
 import { connectSsh, remoteRunner, shellQuote } from '../delivery/ssh.js';
 import type { SshLogin } from '../delivery/ssh.js';
@@ -54,10 +54,13 @@ export async function loadImageViaSsh(opts: SshImageOptions): Promise<SshImageRe
     if ((await idOf(opts.digest)) !== opts.digest) {
       const before = new Set((await run('docker images -q --no-trunc')).split('\n').filter(Boolean));
       const hash = createHash('sha256');
-      const sent = new PassThrough();
-      sent.on('data', (c: Buffer) => {
-        hash.update(c);
-        bytes += c.length;
+      // hashed as it passes (no 'data' listener: the stream stays paused until the SSH channel pipes it)
+      const sent = new Transform({
+        transform(chunk: Buffer, _encoding, done) {
+          hash.update(chunk);
+          bytes += chunk.length;
+          done(null, chunk);
+        },
       });
       createReadStream(opts.file).on('error', (e) => sent.destroy(e)).pipe(sent);
       const result = await ssh.execCommand('docker load', { stdin: sent });

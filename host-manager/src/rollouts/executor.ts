@@ -106,10 +106,10 @@ export class Rollouts {
     }
   }
 
-  async create(input: CreateRolloutInput, versionOf: (kind: ArtifactKind, name: string, version?: number) => number): Promise<RolloutRecord> {
+  async create(input: CreateRolloutInput, versionOf: (name: string, version: number | undefined, kind: ArtifactKind) => number): Promise<RolloutRecord> {
     const kind = input.kind ?? 'model';
     assertName(kind, input.model);
-    const version = versionOf(kind, input.model, input.version);
+    const version = versionOf(input.model, input.version, kind);
     const policy = resolvePolicy(input.policy);
     const all = this.#state.devices().filter((d) => d.provisioned !== false || d.info);
     if (input.to.kind === 'device') this.#state.requireDevice(input.to.name);

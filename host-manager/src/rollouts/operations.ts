@@ -8,7 +8,7 @@ import type { Rollouts } from './executor.js';
 export function createRolloutOperations(ctx: { rollouts: Rollouts; registry: Registry; images: ImageRegistry }): RolloutOperations {
   const { rollouts, registry, images } = ctx;
   return {
-    deploy: (input) => rollouts.create(input, (kind, name, version) => (kind === 'image' ? images.require(name, version) : registry.require(name, version)).version),
+    deploy: (input) => rollouts.create(input, (name, version, kind) => (kind === 'image' ? images.require(name, version) : registry.require(name, version)).version),
     listRollouts: () => rollouts.list(),
     showRollout(id) {
       const r = rollouts.get(id);
