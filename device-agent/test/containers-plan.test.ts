@@ -16,6 +16,7 @@ import {
   planDeploy,
   planMakeRoom,
   planPrune,
+  planRemove,
   planStop,
   platformMismatch,
   undoSteps,
@@ -103,6 +104,30 @@ describe('deploy plan', () => {
     expect(plan.previous).toBe(2);
     expect(activated(record, 1, 'rollback', 1)).toMatchObject({ active: 1, history: [], highestAccepted: 2 });
     expect(activated(record, 3, 'activate', 1)).toMatchObject({ active: 3, history: [2] });
+  });
+});
+
+describe('inference apps and removal', () => {
+  const oip = { inference: { protocol: 'oip-http' as const, port: 8000 } };
+
+  it('blue/green moves the requests once the new one is healthy and before the old one stops; undone by moving them back', () => {
+    const plan = deploy(release(2, oip), recordWith(1, [1, 2], oip), [running(1)]);
+    expect(plan.strategy).toBe('blue-green');
+    expect(actions(plan)).toEqual([`create ${name(2)}`, `start ${name(2)}`, `waitHealthy ${name(2)}`, `route ${name(2)}`, `stop ${name(1)}`, 'record v2', `remove ${name(1)} (clean-up)`]);
+    // the old one fails to stop: requests go back to it before the new one is stopped and removed
+    expect(undoSteps(plan.steps.slice(0, 4)).map((s) => `${s.action} ${'container' in s ? s.container : ''}`)).toEqual([`route ${name(1)}`, `stop ${name(2)}`, `remove ${name(2)}`]);
+    // a first deploy has nothing to move back to
+    expect(deploy(release(1, oip), recordWith(null, [1], oip), []).steps.find((s) => s.step.action === 'route')?.undo).toEqual([]);
+    // an app that serves no inference gets no route step
+    expect(actions(deploy(release(2), recordWith(1, [1, 2]), [running(1)])).some((a) => a.startsWith('route'))).toBe(false);
+  });
+
+  it('remove: every container of the app, its own images (not pre-existing or shared ones), then the record; the highest accepted stays', () => {
+    const record = recordWith(3, [1, 2, 3], {}, { history: [2] });
+    record.releases['1']!.preexisting = true;
+    const plan = planRemove('web', record, [running(3), stopped(2)], new Set([IMG(2)]));
+    expect(actions(plan)).toEqual([`remove ${name(3)}`, `remove ${name(2)}`, 'removeImage v3 (clean-up)', 'forget']);
+    expect(plan.previous).toBe(3);
   });
 });
 
