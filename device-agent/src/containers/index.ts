@@ -5,7 +5,7 @@ export { containerHandlers } from './handlers.js';
 export { openEngine, demuxLogs } from './engine.js';
 export type { Engine, EngineStatus, OwnedContainer, ImageInfo } from './engine.js';
 export { installImage, verifyLoaded, checkImageManifest } from './install.js';
-export type { InstallResult } from './install.js';
+export type { InstallOptions, InstallResult } from './install.js';
 export { planDeploy, planStop, planMakeRoom, planPrune, planRemove, sideBySide, describePlan } from './plan.js';
 export type { Plan, PlannedStep, Step, Strategy, ObservedContainer, DeployInput } from './plan.js';
 export { executePlan, undoSteps, PlanFailed } from './executor.js';

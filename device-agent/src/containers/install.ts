@@ -14,6 +14,7 @@
  * thing, because the engine reads the archive itself (an archive can be read two ways; the engine's way is
  * the one that runs).
  */
+import { createReadStream } from 'node:fs';
 import { stat, statfs } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { FleetError } from '@edgefleet/protocol';
@@ -38,6 +39,11 @@ export interface InstallDeps {
   reserveBytes?: number;
 }
 
+export interface InstallOptions {
+  /** The caller checked the archive's length and sha256 against the manifest just before (the transfer's commit): not hashed again. */
+  sha256Verified?: boolean;
+}
+
 export interface InstallResult {
   app: string;
   version: number;
@@ -55,7 +61,7 @@ export function checkImageManifest(manifest: Manifest, board: BoardPlatform): Fl
   return mismatch ? new FleetError('incompatible', `${where}: ${mismatch}`) : undefined;
 }
 
-async function checkArchive(manifest: Manifest, path: string, board: BoardPlatform): Promise<ArchiveImage> {
+async function checkArchive(manifest: Manifest, path: string, board: BoardPlatform, sha256Verified: boolean): Promise<ArchiveImage> {
   const where = `${manifest.name}@${manifest.version}`;
   const size = await stat(path).then(
     (s) => s.size,
@@ -65,8 +71,8 @@ async function checkArchive(manifest: Manifest, path: string, board: BoardPlatfo
   );
   if (size < manifest.length) throw new FleetError('truncated', `the image archive for ${where} is ${size} bytes, the manifest says ${manifest.length}; resume the transfer`);
   if (size > manifest.length) throw new FleetError('too_long', `the image archive for ${where} is ${size} bytes, longer than the ${manifest.length} the manifest declares`);
-  const archive = await inspectArchive(path);
-  if (archive.sha256 !== manifest.sha256) {
+  const archive = await inspectArchive(path, { hash: !sha256Verified });
+  if (archive.sha256 !== undefined && archive.sha256 !== manifest.sha256) {
     throw new FleetError('corrupt_chunk', `the image archive for ${where} has sha256 ${archive.sha256}, the manifest says ${manifest.sha256}; send it again`);
   }
   const pinned = manifest.image!.digest;
@@ -120,12 +126,12 @@ export async function verifyLoaded(engine: Engine, loaded: readonly string[], pi
   throw new FleetError(refusal.code, `${refusal.message}; ${added.length > 0 ? `removed what the load added (${added.join(', ')})` : 'the load added nothing'}`);
 }
 
-export async function installImage(manifest: Manifest, archivePath: string, deps: InstallDeps): Promise<InstallResult> {
+export async function installImage(manifest: Manifest, archivePath: string, deps: InstallDeps, opts: InstallOptions = {}): Promise<InstallResult> {
   const where = `${manifest.name}@${manifest.version}`;
   const early = checkImageManifest(manifest, deps.board);
   if (early) throw early;
   await deps.engine.require();
-  const archive = await checkArchive(manifest, archivePath, deps.board);
+  const archive = await checkArchive(manifest, archivePath, deps.board, opts.sha256Verified ?? false);
   const pinned = archive.id;
   const record = deps.store.record(manifest.name);
   const previously = record.releases[String(manifest.version)];
@@ -136,7 +142,8 @@ export async function installImage(manifest: Manifest, archivePath: string, deps
   const present = before.has(pinned);
   if (!present) {
     await checkRoom(deps, archive, where);
-    const loaded = await deps.engine.load(untaggedArchive(archivePath));
+    // an archive that names no tag goes to the engine as it is; one that does, rewritten without its tags
+    const loaded = await deps.engine.load(archive.tagged ? untaggedArchive(archivePath) : createReadStream(archivePath, { highWaterMark: 1 << 20 }));
     await verifyLoaded(deps.engine, loaded, pinned, deps.board, before, where);
   }
   const { repo, tag } = imageTag(deps.device, manifest.name, manifest.version);

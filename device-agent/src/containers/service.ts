@@ -12,7 +12,7 @@ import type { Engine, EngineStatus, OwnedContainer } from './engine.js';
 import { PlanFailed, executePlan } from './executor.js';
 import type { ExecutorDeps } from './executor.js';
 import { checkImageManifest, installImage } from './install.js';
-import type { InstallResult } from './install.js';
+import type { InstallOptions, InstallResult } from './install.js';
 import { describePlan, planDeploy, planMakeRoom, planRemove, planStop } from './plan.js';
 import type { Plan, Strategy } from './plan.js';
 import { boardPlatform } from './platform.js';
@@ -72,7 +72,7 @@ export interface ContainerService {
   drainHealth(): Record<string, ModelHealth>;
   /** stop-then-download: make room before the download (stop the app, drop kept images); no-op for download-then-replace. */
   prepareDownload(manifest: Manifest): Promise<void>;
-  installImage(manifest: Manifest, archivePath: string): Promise<InstallResult>;
+  installImage(manifest: Manifest, archivePath: string, opts?: InstallOptions): Promise<InstallResult>;
   deploy(app: string, version: number): Promise<DeployResult>;
   rollback(app: string): Promise<DeployResult>;
   stop(app: string): Promise<CommandResult<'containers.stop'>>;
@@ -320,9 +320,9 @@ class Containers implements ContainerService {
     });
   }
 
-  installImage(manifest: Manifest, archivePath: string): Promise<InstallResult> {
+  installImage(manifest: Manifest, archivePath: string, opts: InstallOptions = {}): Promise<InstallResult> {
     const deps = { device: this.opts.device, board: this.board, engine: this.engine, store: this.store, logger: this.log, engineRoot: this.opts.engineRoot };
-    return this.exclusive(manifest.name, () => installImage(manifest, archivePath, deps));
+    return this.exclusive(manifest.name, () => installImage(manifest, archivePath, deps, opts));
   }
 
   deploy(app: string, version: number): Promise<DeployResult> {

@@ -88,7 +88,7 @@ async function installAndRunImage(ctx: ReceiverContext, t: Transfer, activate: b
       await drain(t);
       await verifyWhole(ctx, t);
       await closeFiles(t);
-      await containers.installImage(m, dataFile(t));
+      await containers.installImage(m, dataFile(t), { sha256Verified: true }); // verifyWhole checked length and sha256
       t.installed = true;
     }
     // an image without a container spec (a runtime for models) is installed, not run

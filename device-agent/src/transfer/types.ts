@@ -19,7 +19,8 @@ export interface ReceiverImages {
   /** stop-then-download: make room before the staging is created (no-op for download-then-replace). */
   prepareDownload(manifest: Manifest): Promise<void>;
   isInstalled(app: string, version: number, image: string): boolean;
-  installImage(manifest: Manifest, archivePath: string): Promise<unknown>;
+  /** `sha256Verified`: the receiver has just checked the staged archive against the manifest. */
+  installImage(manifest: Manifest, archivePath: string, opts: { sha256Verified: boolean }): Promise<unknown>;
   /** Runs an installed version; publishes container.activated or container.failed itself. */
   deploy(app: string, version: number): Promise<{ previous: number | null }>;
   discard(app: string, version: number): Promise<void>;

@@ -97,7 +97,7 @@ async function addArchive(state: FleetRepository, blobs: BlobStore, file: string
   try {
     const name = checkedName(opts.name);
     const container = parseSpec(opts.container);
-    let archive: ArchiveImage;
+    let archive: ArchiveImage & { sha256: string };
     try {
       archive = await inspectArchive(file);
     } catch (error) {

@@ -1,7 +1,8 @@
 /**
  * Reading a `docker save` archive before the engine sees it, and the copy of it the engine gets.
  *
- * `inspectArchive` makes one pass over the file: the sha256 of the whole archive, every entry's name and
+ * `inspectArchive` makes one pass over the file: the sha256 of the whole archive (unless the caller has
+ * just verified it), every entry's name and
  * size, and the small JSON documents. From `manifest.json` (written by every `docker save`, the classic
  * layout and the OCI layout of newer engines alike) it finds the one image, its config (whose sha256 is the
  * image ID `docker load` will report), the platform in that config, and the bytes its layers unpack to.
@@ -28,13 +29,15 @@ export interface ArchiveImage {
   /** `sha256:` + sha256 of the config blob: the image ID the engine will compute. */
   id: string;
   platform: { os: string; architecture: string; variant: string | undefined };
-  /** Bytes of the whole archive, and its sha256 (hex). */
+  /** Bytes of the whole archive, and its sha256 (hex; undefined when inspected with `hash: false`). */
   archiveBytes: number;
-  sha256: string;
+  sha256: string | undefined;
   /** Bytes of the layer tars, about what the image takes once unpacked. */
   layerBytes: number;
   layers: number;
   repoTags: string[];
+  /** Whether loading it as it is would set a tag: RepoTags, a `repositories` file or index.json names. */
+  tagged: boolean;
 }
 
 interface Entry {
@@ -48,10 +51,10 @@ function refuse(reason: string): FleetError {
   return new FleetError('invalid_params', `${reason}; send the output of \`docker save IMAGE\` for exactly one image`);
 }
 
-/** Reads every entry (keeping the small ones) and the whole-file hash in one pass. */
-async function readEntries(path: string): Promise<{ entries: Map<string, Entry>; sha256: string }> {
+/** Reads every entry (keeping the small ones) and, with `hash`, the whole-file hash in one pass. */
+async function readEntries(path: string, hash: boolean): Promise<{ entries: Map<string, Entry>; sha256: string | undefined }> {
   const entries = new Map<string, Entry>();
-  const hash = createHash('sha256');
+  const whole = hash ? createHash('sha256') : undefined;
   const extract = tar.extract();
   let kept = 0;
   extract.on('entry', (header: Headers, stream: PassThrough, next: (error?: unknown) => void) => {
@@ -74,9 +77,9 @@ async function readEntries(path: string): Promise<{ entries: Map<string, Entry>;
     });
   });
   const hashing = new PassThrough();
-  hashing.on('data', (c: Buffer) => hash.update(c));
+  if (whole) hashing.on('data', (c: Buffer) => whole.update(c));
   try {
-    await pipeline(createReadStream(path), hashing, extract);
+    await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), hashing, extract);
   } catch (error) {
     if (error instanceof FleetError) throw error;
     const message = (error as Error).message;
@@ -85,7 +88,7 @@ async function readEntries(path: string): Promise<{ entries: Map<string, Entry>;
     }
     throw refuse(`the file is not a readable tar archive (${message})`);
   }
-  return { entries, sha256: hash.digest('hex') };
+  return { entries, sha256: whole?.digest('hex') };
 }
 
 function parseJson(entry: Entry | undefined, what: string): unknown {
@@ -113,14 +116,30 @@ function oneImage(manifest: unknown): SaveManifestEntry {
   return { Config: m.Config, Layers: m.Layers, RepoTags: Array.isArray(m.RepoTags) ? m.RepoTags.filter((t) => typeof t === 'string') : [] };
 }
 
-export async function inspectArchive(path: string): Promise<ArchiveImage> {
+/** Whether the archive names any tag (see untag below for where tags live). */
+function names(entries: Map<string, Entry>, repoTags: string[]): boolean {
+  if (repoTags.length > 0) return true;
+  for (const file of ['repositories', 'index.json']) {
+    const entry = entries.get(file);
+    if (!entry) continue;
+    if (!entry.body) return true; // too large to read here: assume it names something
+    const text = entry.body.toString('utf8');
+    if (file === 'repositories' ? /"[^"]+"\s*:/.test(text) : /io\.containerd\.image\.name|org\.opencontainers\.image\.ref\.name/.test(text)) return true;
+  }
+  return false;
+}
+
+/** `hash: false` skips the whole-file sha256 when the caller verified the same file just before. */
+export function inspectArchive(path: string): Promise<ArchiveImage & { sha256: string }>;
+export function inspectArchive(path: string, opts: { hash?: boolean }): Promise<ArchiveImage>;
+export async function inspectArchive(path: string, opts: { hash?: boolean } = {}): Promise<ArchiveImage> {
   let archiveBytes: number;
   try {
     archiveBytes = (await stat(path)).size;
   } catch {
     throw new FleetError('not_found', `the image archive ${path} is missing; send the image again`);
   }
-  const { entries, sha256 } = await readEntries(path);
+  const { entries, sha256 } = await readEntries(path, opts.hash ?? true);
   const image = oneImage(parseJson(entries.get('manifest.json'), 'manifest.json'));
   const configEntry = entries.get(image.Config.replace(/^\.\//, ''));
   const config = parseJson(configEntry, `image config (${image.Config})`) as {
@@ -152,6 +171,7 @@ export async function inspectArchive(path: string): Promise<ArchiveImage> {
     layerBytes,
     layers: image.Layers.length,
     repoTags: image.RepoTags ?? [],
+    tagged: names(entries, image.RepoTags ?? []),
   };
 }
 
