@@ -4,10 +4,10 @@
 // no onnxruntime session (the image has no container spec: it is installed, not run). Answers transfer.*
 // requests; on IPC 'reset' wipes its data directory and starts a fresh receiver and service.
 import { mkdir, rm } from 'node:fs/promises';
-import mqtt from 'mqtt';
 import { pino } from 'pino';
-import { FleetError, errorReply, okReply, parseRequest, parseTopic, topics } from '@edgefleet/protocol';
+import { FleetError } from '@edgefleet/protocol';
 import { createContainerService, createTransferReceiver } from '@edgefleet/device-agent';
+import { serveTransfers } from './lib.js';
 
 const [id, url, dataDir, socketPath, groupsArg] = process.argv.slice(2);
 const groups = (groupsArg ?? '').split(',').filter(Boolean);
@@ -43,27 +43,8 @@ async function fresh() {
 }
 await fresh();
 
-const client = await mqtt.connectAsync(url, { clientId: id, username: id, password: 'bench-device', reconnectPeriod: 0 });
-client.on('message', (topic, payload) => {
-  const parsed = parseTopic(topic);
-  if (parsed?.kind === 'transfer') {
-    receiver.chunk(parsed.transferId, parsed.index, payload);
-    return;
-  }
-  const req = parseRequest(payload);
-  if (!req.ok) return;
-  const { command, params } = req.request;
-  const handler = { 'transfer.offer': receiver.offer, 'transfer.status': receiver.status, 'transfer.commit': receiver.commit }[command];
-  const reply = (r) => client.publish(topics.device(id, 'replies'), JSON.stringify(r), { qos: 1 });
-  if (!handler) return reply(errorReply(req.request.id, { code: 'unknown_command', message: command }));
-  handler(params).then(
-    (data) => reply(okReply(req.request, data)),
-    (e) => reply(errorReply(req.request.id, e instanceof FleetError ? e.toJSON() : { code: 'internal', message: String(e) })),
-  );
-});
-await client.subscribeAsync([topics.device(id, 'commands')], { qos: 1 });
 // chunks at QoS 0, as the agent subscribes them
-await client.subscribeAsync([topics.transferFilter({ kind: 'device', name: id }), ...groups.map((g) => topics.transferFilter({ kind: 'group', name: g }))], { qos: 0 });
+const client = await serveTransfers({ id, url, groups, chunkQos: 0, receiver: () => receiver });
 
 process.on('message', async (msg) => {
   if (msg.type === 'reset') {

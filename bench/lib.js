@@ -1,10 +1,13 @@
 // What the benchmarks that start processes share: JSON output, CPU seconds from /proc, waiting for a
-// child's line or IPC reply, and a real sshd on loopback for the scp / ssh baselines.
+// child's line or IPC reply, a real sshd on loopback for the scp / ssh baselines, and a bench device's
+// MQTT side (chunks and transfer.* requests to the agent's real receiver).
 import { execFile, spawn } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import mqtt from 'mqtt';
+import { FleetError, errorReply, okReply, parseRequest, parseTopic, topics } from '@edgefleet/protocol';
 
 export const run = promisify(execFile);
 export const out = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
@@ -75,3 +78,32 @@ export async function startSshd(dir) {
   return { port, key: join(dir, 'client_key'), child };
 }
 
+
+/**
+ * Connects as device `id` and hands chunks and transfer.* requests to `receiver()` (the receiver of the
+ * moment: a reset replaces it); every request gets one reply. Chunk topics at `chunkQos`.
+ */
+export async function serveTransfers({ id, url, groups, chunkQos, receiver }) {
+  const client = await mqtt.connectAsync(url, { clientId: id, username: id, password: 'bench-device', reconnectPeriod: 0 });
+  client.on('message', (topic, payload) => {
+    const parsed = parseTopic(topic);
+    if (parsed?.kind === 'transfer') {
+      receiver().chunk(parsed.transferId, parsed.index, payload);
+      return;
+    }
+    const req = parseRequest(payload);
+    if (!req.ok) return;
+    const { command, params } = req.request;
+    const r = receiver();
+    const handler = { 'transfer.offer': r.offer, 'transfer.status': r.status, 'transfer.commit': r.commit }[command];
+    const reply = (body) => client.publish(topics.device(id, 'replies'), JSON.stringify(body), { qos: 1 });
+    if (!handler) return reply(errorReply(req.request.id, { code: 'unknown_command', message: command }));
+    handler(params).then(
+      (data) => reply(okReply(req.request, data)),
+      (e) => reply(errorReply(req.request.id, e instanceof FleetError ? e.toJSON() : { code: 'internal', message: String(e) })),
+    );
+  });
+  await client.subscribeAsync([topics.device(id, 'commands')], { qos: 1 });
+  await client.subscribeAsync([topics.transferFilter({ kind: 'device', name: id }), ...groups.map((g) => topics.transferFilter({ kind: 'group', name: g }))], { qos: chunkQos });
+  return client;
+}

@@ -14,9 +14,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { EventSchema, parseTopic, topics } from '@edgefleet/protocol';
-import type { ContainerSpecInput, FleetEvent, TransferTarget } from '@edgefleet/protocol';
+import type { ContainerSpecInput, FleetEvent } from '@edgefleet/protocol';
 import type { RunningBroker } from '@edgefleet/broker';
-import { createImageRegistry, createRequester, deliverModel, loadOrCreateFleetKeys, openState, transferIdFor } from '@edgefleet/host-manager';
+import { createImageRegistry, createRequester, loadOrCreateFleetKeys, openState, transferIdFor } from '@edgefleet/host-manager';
 import type { DeliverOptions, FleetKeys, ImageRegistry, ImageVersionRecord, Requester } from '@edgefleet/host-manager';
 import { startTestBroker } from './support/broker.js';
 import { cleanupAgents, connectOperator, startAgent, watchStatus } from './support/agent-process.js';
@@ -24,6 +24,7 @@ import type { AgentProcess, StatusWatcher } from './support/agent-process.js';
 import { oipImage, tinyImage } from './support/container-images.js';
 import type { ImageArchive } from './support/container-images.js';
 import { cleanupDevice, inspect, requireEngine } from './support/docker.js';
+import { recordedDelivery } from './support/delivery.js';
 
 const DEVICE = 'ix-1';
 const SPEC: ContainerSpecInput = { health: { kind: 'http', port: 8000, path: '/health' }, healthyWithinMs: 20_000, inference: { protocol: 'oip-http', port: 8000, model: 'x' } };
@@ -49,9 +50,7 @@ async function add(name: string, archive: ImageArchive, container: ContainerSpec
 }
 
 function deliver(record: ImageVersionRecord, extra: Partial<DeliverOptions> = {}, blobPath = images.blobPath(record)) {
-  const sent: { via: TransferTarget; index: number }[] = [];
-  const offered: Record<string, number> = {};
-  const run = deliverModel({
+  return recordedDelivery({
     mqtt: operator,
     request: requester.request,
     record,
@@ -62,15 +61,7 @@ function deliver(record: ImageVersionRecord, extra: Partial<DeliverOptions> = {}
     commitTimeoutMs: 60_000,
     deadlineMs: 120_000,
     ...extra,
-    onChunk: async (via, index) => {
-      sent.push({ via, index });
-      await extra.onChunk?.(via, index);
-    },
-    onProgress: (device, received, total) => {
-      offered[device] ??= total - received; // the first report follows the offer: what the device said it misses
-    },
   });
-  return { run, sent, offered };
 }
 
 async function start(): Promise<AgentProcess> {

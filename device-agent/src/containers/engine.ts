@@ -44,7 +44,11 @@ export interface EngineOptions {
 
 export interface Engine {
   readonly where: string;
-  status(): Promise<EngineStatus>;
+  /**
+   * Asks the engine; no answer within `timeoutMs` counts as absent. The default is short (status and
+   * telemetry must not wait); operations that need the engine wait longer for a busy one.
+   */
+  status(timeoutMs?: number): Promise<EngineStatus>;
   /** Throws `unavailable` with the reason when the engine does not answer. */
   require(): Promise<Docker>;
   listOwned(app?: string): Promise<OwnedContainer[]>;
@@ -132,6 +136,9 @@ async function orAbsent<T>(call: Promise<T>, error: (e: unknown) => FleetError):
 }
 
 /** Docker engine access for one device's agent (see the file comment). */
+/** How long an operation that needs the engine waits for a busy one to answer. */
+export const BUSY_ENGINE_MS = 20_000;
+
 export class DockerEngine implements Engine {
   readonly where: string;
   private client: Promise<Docker> | undefined;
@@ -159,8 +166,8 @@ export class DockerEngine implements Engine {
     return new FleetError('internal', `${what}: the Docker engine answered: ${message}`);
   }
 
-  async status(): Promise<EngineStatus> {
-    const ms = this.opts.pingTimeoutMs ?? 1500;
+  async status(timeoutMs?: number): Promise<EngineStatus> {
+    const ms = timeoutMs ?? this.opts.pingTimeoutMs ?? 1500;
     let timer: NodeJS.Timeout | undefined;
     try {
       const d = await this.docker();
@@ -177,7 +184,8 @@ export class DockerEngine implements Engine {
   }
 
   async require(): Promise<Docker> {
-    const s = await this.status();
+    // a socket nobody listens on fails at once; an engine that is there but busy (loading an image) is waited for
+    const s = await this.status(BUSY_ENGINE_MS);
     if (!s.available) throw new FleetError('unavailable', `${s.reason}; install and start the engine (docker.io) and give the agent access to its socket (SupplementaryGroups=docker)`);
     return this.docker();
   }

@@ -21,6 +21,7 @@ import { FleetError } from '@edgefleet/protocol';
 import type { Manifest } from '@edgefleet/protocol';
 import { inspectArchive, untaggedArchive } from '@edgefleet/node-io';
 import type { ArchiveImage } from '@edgefleet/node-io';
+import { BUSY_ENGINE_MS } from './engine.js';
 import type { Engine } from './engine.js';
 import { imageTag } from './labels.js';
 import { platformMismatch } from './platform.js';
@@ -85,7 +86,7 @@ async function checkArchive(manifest: Manifest, path: string, board: BoardPlatfo
 }
 
 async function checkRoom(deps: InstallDeps, archive: ArchiveImage, where: string): Promise<void> {
-  const root = deps.engineRoot ?? (await deps.engine.status()).rootDir;
+  const root = deps.engineRoot ?? (await deps.engine.status(BUSY_ENGINE_MS)).rootDir;
   let free: number;
   try {
     if (!root) throw new Error('the engine does not say where its data root is');

@@ -7,7 +7,7 @@
 import type { Logger } from 'pino';
 import { FleetError, makeEvent } from '@edgefleet/protocol';
 import type { CommandResult, ContainerState, FleetEvent, Manifest, ModelHealth, ParsedParams } from '@edgefleet/protocol';
-import { openEngine } from './engine.js';
+import { BUSY_ENGINE_MS, openEngine } from './engine.js';
 import type { Engine, EngineStatus, OwnedContainer } from './engine.js';
 import { PlanFailed, executePlan } from './executor.js';
 import type { ExecutorDeps } from './executor.js';
@@ -253,7 +253,7 @@ class Containers implements ContainerService {
   async checkOffer(manifest: Manifest): Promise<void> {
     const refusal = this.checkManifest(manifest);
     if (refusal) throw refusal;
-    const status = await this.engine.status();
+    const status = await this.engine.status(BUSY_ENGINE_MS);
     if (!status.available) throw new FleetError('unavailable', `no Docker engine answers on this device (${status.reason ?? 'unknown reason'}); start it, then deliver ${manifest.name}@${manifest.version} again`);
   }
 

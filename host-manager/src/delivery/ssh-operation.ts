@@ -18,13 +18,19 @@ export function defaultSshRemotePath(model: string, version: number): string {
 }
 
 /** The controller's own secrets are never used as SSH keys. */
-export async function refuseControllerKeys(keyPath: string, dataDir: string): Promise<void> {
+async function refuseControllerKeys(keyPath: string, dataDir: string): Promise<void> {
   const keysDir = resolve(dataDir, 'keys');
   const real = await realpath(keyPath).catch(() => resolve(keyPath)); // a missing file is reported by the read that follows
   const realKeysDir = await realpath(keysDir).catch(() => keysDir);
   if (real === realKeysDir || real.startsWith(realKeysDir + sep)) {
     throw new FleetError('invalid_params', `${keyPath} is one of the controller's own keys; give an SSH key made for the device (ssh-keygen -t ed25519)`);
   }
+}
+
+/** The SSH key at `keyPath` on the controller host, refused when it is one of the controller's own keys or unusable. */
+export async function operatorSshKey(keyPath: string, dataDir: string): Promise<string> {
+  await refuseControllerKeys(keyPath, dataDir);
+  return readPrivateKeyFile(keyPath);
 }
 
 export function createSshDelivery(ctx: { registry: Registry; dataDir: string; audit: RecordAudit }): ModelOperations['deliverSsh'] {
@@ -36,8 +42,7 @@ export function createSshDelivery(ctx: { registry: Registry; dataDir: string; au
     const remotePath = args.remotePath ?? defaultSshRemotePath(rec.name, rec.version);
     const detail = { model: rec.name, version: rec.version, remotePath, hostKeyPinned: args.hostKeyFingerprint !== undefined };
     try {
-      await refuseControllerKeys(args.keyPath, ctx.dataDir);
-      const privateKey = await readPrivateKeyFile(args.keyPath);
+      const privateKey = await operatorSshKey(args.keyPath, ctx.dataDir);
       const r = await deliverViaSsh({
         host: args.host,
         port,

@@ -5,8 +5,7 @@
  */
 import { FleetError, toErrorBody } from '@edgefleet/protocol';
 import type { AppCommandResult, ImageOperations, SshImageDeliveryView } from '../api/contract.js';
-import { readPrivateKeyFile } from '../delivery/ssh.js';
-import { refuseControllerKeys } from '../delivery/ssh-operation.js';
+import { operatorSshKey } from '../delivery/ssh-operation.js';
 import type { Requester } from '../devices/requester.js';
 import { targetMembers } from '../devices/targets.js';
 import type { Rollouts } from '../rollouts/executor.js';
@@ -109,8 +108,7 @@ async function deliverImageSsh(ctx: ImageContext, args: Parameters<ImageOperatio
   const rec = ctx.images.require(args.name, args.version);
   const detail = { image: `${rec.name}@${rec.version}`, digest: rec.image.digest, hostKeyPinned: args.hostKeyFingerprint !== undefined };
   try {
-    await refuseControllerKeys(args.keyPath, ctx.dataDir);
-    const privateKey = await readPrivateKeyFile(args.keyPath);
+    const privateKey = await operatorSshKey(args.keyPath, ctx.dataDir);
     const r = await loadImageViaSsh({
       host: args.host,
       port,

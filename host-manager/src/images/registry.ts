@@ -13,6 +13,7 @@ import { ContainerSpecSchema, FleetError, assertName, canonicalJson, describe } 
 import type { ContainerSpecInput } from '@edgefleet/protocol';
 import { DEFAULT_CHUNK_SIZE, hashChunks, writeChunkTable } from '../delivery/chunk-table.js';
 import { blobStore } from '../models/blobs.js';
+import { nextVersion, pickVersion, serialQueue } from '../models/versions.js';
 import type { BlobStore } from '../models/blobs.js';
 import type { FleetRepository } from '../state/repository.js';
 import type { ImageVersionRecord } from '../state/schema.js';
@@ -53,19 +54,8 @@ function checkedName(name: string): string {
 
 export function createImageRegistry(state: FleetRepository, dataDir: string): ImageRegistry {
   const blobs = blobStore(dataDir);
-  let queue: Promise<unknown> = Promise.resolve();
-  /** add/remove run one at a time, so two adds of one name cannot take the same number. */
-  function serial<T>(task: () => Promise<T>): Promise<T> {
-    const run = queue.then(task, task);
-    queue = run.catch(() => undefined);
-    return run;
-  }
-  function get(name: string, version?: number): ImageVersionRecord | undefined {
-    const versions = state.imageVersions(name);
-    if (versions.length === 0) return undefined;
-    if (version === undefined) return versions.reduce((a, b) => (b.version > a.version ? b : a));
-    return versions.find((v) => v.version === version);
-  }
+  const serial = serialQueue();
+  const get = (name: string, version?: number): ImageVersionRecord | undefined => pickVersion(state.imageVersions(name), version);
   return {
     addArchive: (file, opts) => serial(() => addArchive(state, blobs, file, opts)),
     list: (name) => (name !== undefined ? [...state.imageVersions(checkedName(name))] : state.allImageVersions()),
@@ -115,7 +105,7 @@ async function addArchive(state: FleetRepository, blobs: BlobStore, file: string
     // the manifest's chunk table for the default chunk size, so the first delivery need not hash the archive again
     const table = await hashChunks(stored, DEFAULT_CHUNK_SIZE);
     await writeChunkTable(stored, { sha256: archive.sha256, length: archive.archiveBytes, size: DEFAULT_CHUNK_SIZE, chunks: table.chunks });
-    const version = Math.max(state.highestImageVersionEver(name), ...versions.map((v) => v.version)) + 1;
+    const version = nextVersion(state.highestImageVersionEver(name), versions);
     const { variant, architecture } = archive.platform;
     const record: ImageVersionRecord = {
       name,

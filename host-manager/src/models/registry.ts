@@ -13,6 +13,7 @@ import type { FleetRepository } from '../state/repository.js';
 import type { ModelVersionRecord } from '../state/schema.js';
 import { DEFAULT_CHUNK_SIZE, writeChunkTable } from '../delivery/chunk-table.js';
 import { blobStore } from './blobs.js';
+import { nextVersion, pickVersion, serialQueue } from './versions.js';
 import type { BlobStore } from './blobs.js';
 import { minOnnxruntimeForOpset } from './compatibility.js';
 
@@ -46,19 +47,8 @@ function invalid(message: string): FleetError {
 
 export function createRegistry(state: FleetRepository, dataDir: string): Registry {
   const blobs = blobStore(dataDir);
-  let queue: Promise<unknown> = Promise.resolve();
-  /** add/remove run one at a time, so two adds of one name cannot take the same number. */
-  function serial<T>(task: () => Promise<T>): Promise<T> {
-    const run = queue.then(task, task);
-    queue = run.catch(() => undefined);
-    return run;
-  }
-  function get(name: string, version?: number): ModelVersionRecord | undefined {
-    const versions = state.modelVersions(name);
-    if (versions.length === 0) return undefined;
-    if (version === undefined) return versions.reduce((a, b) => (b.version > a.version ? b : a));
-    return versions.find((v) => v.version === version);
-  }
+  const serial = serialQueue();
+  const get = (name: string, version?: number): ModelVersionRecord | undefined => pickVersion(state.modelVersions(name), version);
   return {
     add: (file, opts) => serial(() => addVersion(state, blobs, file, opts)),
     list(name) {
@@ -115,7 +105,7 @@ async function addVersion(state: FleetRepository, blobs: BlobStore, file: string
   const stored = await blobs.store(bytes, sha256);
   // the manifest's chunk table for the default chunk size, so the first delivery need not hash the file
   await writeChunkTable(stored, { sha256, length: bytes.length, size: DEFAULT_CHUNK_SIZE, chunks: chunkHashes(bytes, DEFAULT_CHUNK_SIZE) });
-  const version = Math.max(state.highestVersionEver(name), ...versions.map((v) => v.version)) + 1;
+  const version = nextVersion(state.highestVersionEver(name), versions);
   const record: ModelVersionRecord = {
     name,
     version,

@@ -52,15 +52,20 @@ export const LineageSchema = z
   .object({ dataset: z.string().optional(), metrics: z.record(z.string(), z.number()).optional(), notes: z.string().optional(), gitCommit: z.string().optional() })
   .strict();
 
+/** What every registry version stores about its blob: name, number, the bytes' sha256 and length, where it is. */
+const storedBlob = {
+  name: NameSchema,
+  version: VersionSchema,
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  length: z.number().int().nonnegative(),
+  addedAt: Iso,
+  /** Path of the content-addressed blob, relative to the data directory. */
+  blob: z.string(),
+};
+
 export const ModelVersionRecordSchema = z
   .object({
-    name: NameSchema,
-    version: VersionSchema,
-    sha256: z.string().regex(/^[0-9a-f]{64}$/),
-    length: z.number().int().nonnegative(),
-    addedAt: Iso,
-    /** Path of the content-addressed blob, relative to the data directory. */
-    blob: z.string(),
+    ...storedBlob,
     inputs: z.array(TensorInfoSchema),
     outputs: z.array(TensorInfoSchema),
     opset: z.number().int().nullable(),
@@ -74,14 +79,8 @@ export type ModelVersionRecord = z.infer<typeof ModelVersionRecordSchema>;
 /** A Docker image in the registry: the `docker save` archive (content-addressed like a model) and how it runs. */
 export const ImageVersionRecordSchema = z
   .object({
-    name: NameSchema,
-    version: VersionSchema,
-    /** sha256 and length of the archive: what a transfer delivers and a device checks. */
-    sha256: z.string().regex(/^[0-9a-f]{64}$/),
-    length: z.number().int().nonnegative(),
-    addedAt: Iso,
-    /** Path of the content-addressed archive blob, relative to the data directory. */
-    blob: z.string(),
+    /** The blob is the `docker save` archive: what a transfer delivers and a device checks. */
+    ...storedBlob,
     /** The operator's reference, the image ID read from the archive itself (what manifests pin), its platform. */
     image: ImageRefSchema,
     /** Bytes of the layer tars (about what the image takes unpacked). */
