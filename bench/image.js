@@ -12,8 +12,8 @@
 // engine is asked for the pinned image ID afterwards.
 //
 // What is shared, and how both sides are kept alike: every "device" is on this machine. By default each
-// device gets its own Docker engine (dockerd with its own data root, exec root and socket, no bridge, no
-// iptables), so every load is a real load into an engine that does not have the image; between runs the
+// device gets its own Docker engine (dockerd with its own data root, exec root, socket and bridge, no
+// iptables; needs root), so every load is a real load into an engine that does not have the image; between runs the
 // image is removed from every device engine, for ours and the baseline alike. BENCH_ENGINES=shared points
 // every device at this machine's one engine instead: it then holds the image after the first load, so
 // later loads skip storing its layer (the agent skips the load, `docker load` still reads the archive):
@@ -42,11 +42,19 @@ const WINDOW = Number(process.env.BENCH_WINDOW ?? 16);
 const MAX = Math.max(...DEVICE_COUNTS);
 const MAIN_SOCKET = '/var/run/docker.sock';
 
-/** A device's own engine: dockerd (and the containerd it starts) with its own roots and socket. */
-async function startEngine(dir) {
+/**
+ * A device's own engine: dockerd (and the containerd it starts) with its own roots, socket and bridge.
+ * Never `--bridge=none`: a dockerd started so deletes the interface docker0, which this machine's own
+ * engine uses. Each bench engine gets a bridge of its own (made here, removed at the end) and no iptables.
+ */
+async function startEngine(dir, index) {
   await mkdir(dir, { recursive: true });
   const socket = join(dir, 's');
-  const child = spawn('dockerd', ['--data-root', join(dir, 'root'), '--exec-root', join(dir, 'x'), '--pidfile', join(dir, 'pid'), '-H', `unix://${socket}`, '--bridge=none', '--iptables=false', '--ip-masq=false', '--ip6tables=false'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const bridge = `efbench${index}`;
+  await run('ip', ['link', 'add', bridge, 'type', 'bridge']);
+  bridges.push(bridge);
+  await run('ip', ['addr', 'add', `10.213.${index}.1/24`, 'dev', bridge]);
+  const child = spawn('dockerd', ['--data-root', join(dir, 'root'), '--exec-root', join(dir, 'x'), '--pidfile', join(dir, 'pid'), '-H', `unix://${socket}`, `--bridge=${bridge}`, '--iptables=false', '--ip-masq=false', '--ip6tables=false'], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   child.stderr.on('data', (d) => (log = (log + d.toString()).slice(-4000)));
   const docker = new Docker({ socketPath: socket });
@@ -100,11 +108,14 @@ async function operatorImage(work, main) {
 /** `hostManager image push`'s first half: docker save through dockerode, streamed to a file, added to the registry. */
 async function intoRegistry(main, id, images, work) {
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
+  const engine0 = await cpuSeconds(MAIN_PID);
   const file = join(work, 'upload.tar');
   await pipeline(await main.getImage(id).get(), createWriteStream(file));
   const record = await images.addArchive(file, { name: 'bench', container: null });
   if (record.image.digest !== id) throw new Error(`the registry pins ${record.image.digest}, the engine says ${id}`);
-  return { record, ms: performance.now() - t0 };
+  const host = process.cpuUsage(cpu0);
+  return { record, ms: performance.now() - t0, cpuS: round2((host.user + host.system) / 1e6 + (await cpuSeconds(MAIN_PID)) - engine0) };
 }
 
 /** Every device engine holds the pinned image (the verification both sides get). */
@@ -120,17 +131,22 @@ async function removeEverywhere(engines, id) {
   await Promise.all(engines.map((e) => e.docker.getImage(id).remove({ force: true }).catch(() => undefined)));
 }
 
+/** The operator's own engine (docker save runs there); it is this machine's shared engine, so others' work shows in it too. */
+const MAIN_PID = Number(await readFile('/var/run/docker.pid', 'utf8').catch(() => '0'));
+
 /** The baseline: one `docker save | ssh docker load` after the other, as a loop in a shell script would. */
 async function sshLoop(sshd, engines, id) {
-  const cpu = async () => (await cpuSeconds(process.pid, { reaped: true })) + (await cpuSeconds(sshd.child.pid)) + (await cpuSeconds(sshd.child.pid, { reaped: true }));
-  const cpu0 = { clients: await cpu(), engines: await engineCpu(engines) };
+  // operator side: the docker CLI, ssh and bash this process reaps, and the operator's engine; device side: sshd (with the remote docker CLI) and the device engines
+  const operator = async () => (await cpuSeconds(process.pid, { reaped: true })) + (await cpuSeconds(MAIN_PID));
+  const device = async () => (await cpuSeconds(sshd.child.pid)) + (await cpuSeconds(sshd.child.pid, { reaped: true })) + (await engineCpu(engines));
+  const cpu0 = { operator: await operator(), device: await device() };
   const t0 = performance.now();
   for (const e of engines) {
     const ssh = `ssh -i ${sshd.key} -p ${sshd.port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@127.0.0.1`;
     await run('bash', ['-o', 'pipefail', '-c', `docker save ${id} | ${ssh} docker -H unix://${e.socket} load -q`], { maxBuffer: 1 << 20 });
   }
   const ms = performance.now() - t0;
-  const cpuS = { clientsAndSshd: round2((await cpu()) - cpu0.clients), engines: round2((await engineCpu(engines)) - cpu0.engines) };
+  const cpuS = { operator: round2((await operator()) - cpu0.operator), devices: round2((await device()) - cpu0.device) };
   return { ms, cpuS, verified: await verifyAll(engines, id) };
 }
 
@@ -154,10 +170,12 @@ async function baselineStages(sshd, engine, id, work) {
 const work = await mkdtemp('/tmp/bi-'); // short: a dockerd's exec root holds unix sockets (108-byte paths)
 const children = [];
 const engines = [];
+const bridges = [];
 const cleanup = async () => {
   for (const c of children) c.kill('SIGTERM');
   await Promise.all(engines.map((e) => new Promise((r) => (e.child.exitCode !== null ? r() : (e.child.once('exit', r), e.child.kill('SIGTERM'))))));
   await run('sh', ['-c', `umount $(grep -o '${work}[^ ]*' /proc/mounts | sort -r) 2>/dev/null || true`]).catch(() => undefined); // overlay mounts a killed engine left
+  for (const b of bridges) await run('ip', ['link', 'del', b]).catch(() => undefined); // gone already: nothing to remove
   await rm(work, { recursive: true, force: true });
 };
 for (const signal of ['SIGINT', 'SIGTERM']) process.once(signal, () => void cleanup().finally(() => process.exit(130)));
@@ -176,7 +194,7 @@ try {
   const memBefore = freemem();
   const e0 = performance.now();
   if (PER_DEVICE) {
-    for (let i = 0; i < MAX; i += 5) engines.push(...(await Promise.all(Array.from({ length: Math.min(5, MAX - i) }, (_, k) => startEngine(join(work, 'e', String(i + k)))))));
+    for (let i = 0; i < MAX; i += 5) engines.push(...(await Promise.all(Array.from({ length: Math.min(5, MAX - i) }, (_, k) => startEngine(join(work, 'e', String(i + k)), i + k)))));
   } else {
     for (let i = 0; i < MAX; i++) engines.push({ child: { pid: 0, exitCode: 0, kill() {} }, socket: MAIN_SOCKET, docker: main, dir: '' });
   }
@@ -207,7 +225,7 @@ try {
     engines: PER_DEVICE ? `one per device: ${MAX} dockerd (+ containerd), started in ${engineStart} s, ${Math.round(engineRss)} MiB RSS together (free memory ${Math.round(memBefore / 2 ** 20)} → ${Math.round(freemem() / 2 ** 20)} MiB)` : "shared: every device uses this machine's one engine (later loads find the layer there)",
     layout: 'broker: own process; host (registry, sender): this process; each device: own process (the agent\'s receiver and containers service) and, per-device, its own engine',
     baseline: 'for each device in turn: docker save ID | ssh root@127.0.0.1 docker -H <device engine> load (one sshd on loopback)',
-    registryPushSeconds: seconds(pushed.ms),
+    registryPushSeconds: seconds(pushed.ms), registryPushCpuS: pushed.cpuS,
   });
 
   const summary = [];
@@ -217,7 +235,7 @@ try {
     if (n === 1) out({ bench: 'image', baselineStages: await baselineStages(sshd, mine[0], imageId, work), note: 'one device, each stage alone' });
     await removeEverywhere(mine, imageId);
     const base = await sshLoop(sshd, mine, imageId);
-    out({ bench: 'image', method: 'docker save | ssh docker load', devices: n, seconds: seconds(base.ms), verified: base.verified, cpuS: base.cpuS, MBps: Math.round((record.length * n) / 1e6 / (base.ms / 1000)) });
+    out({ bench: 'image', method: 'docker save | ssh docker load', devices: n, seconds: seconds(base.ms), verified: base.verified, cpuS: base.cpuS, cpuSPerDevice: { operator: round2(base.cpuS.operator / n), device: round2(base.cpuS.devices / n) }, MBps: Math.round((record.length * n) / 1e6 / (base.ms / 1000)) });
 
     await removeEverywhere(mine, imageId);
     await Promise.all(devices.map((_, i) => ipc(receivers[i], { type: 'reset' }, 'reset-done')));
@@ -237,9 +255,12 @@ try {
       engines: round2((await engineCpu(mine)) - cpu0.engines),
     };
     const verified = await verifyAll(mine, imageId);
+    // operator side: the registry push (once), the sender and the broker; device side: each device's receiver and engine
+    const operatorCpu = pushed.cpuS + cpuS.host + cpuS.broker;
+    const cpuSPerDevice = { operator: round2(operatorCpu / n), device: round2((cpuS.receivers + cpuS.engines) / n) };
     // the baseline saves the image on every iteration; ours saved it into the registry once (image push): counted too
     const withPush = ms + pushed.ms;
-    out({ bench: 'image', method: 'fleet (MQTT)', devices: n, seconds: seconds(ms), withRegistryPushSeconds: seconds(withPush), verified, phases, cpuS, MBps: Math.round((record.length * n) / 1e6 / (ms / 1000)), vsBaseline: round2(base.ms / withPush) });
+    out({ bench: 'image', method: 'fleet (MQTT)', devices: n, seconds: seconds(ms), withRegistryPushSeconds: seconds(withPush), verified, phases, cpuS, cpuSPerDevice, MBps: Math.round((record.length * n) / 1e6 / (ms / 1000)), vsBaseline: round2(base.ms / withPush) });
     summary.push({ devices: n, baselineSeconds: seconds(base.ms), fleetSeconds: seconds(withPush), ratio: round2(base.ms / withPush), deliverySeconds: seconds(ms), commitSeconds: phases.commit, chunksSeconds: phases.chunks });
     await removeEverywhere(mine, imageId);
   }

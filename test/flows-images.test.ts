@@ -145,6 +145,10 @@ describe('image push through the fleet', () => {
       expect(c!.image).toBe(archives.v1!.id); // the pinned image ID, on every device
       expect(await infer(d)).toEqual({ status: 200, y: X.map((v) => 2 * v) });
     }
+    // the Open Inference Protocol form goes through the app's container the same way
+    const oip = await api<{ model_name: string; outputs: { name: string; datatype: string; data: number[] }[] }>(m, 'POST', '/api/devices/img-1/infer', { model: 'web', inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 4], data: X }] });
+    expect(oip.status).toBe(200);
+    expect(oip.body).toMatchObject({ model_name: 'web', model_version: '1', outputs: [{ name: 'y', datatype: 'FP32', shape: [1, 4], data: X.map((v) => 2 * v) }] });
     const ls = await runCli(m, ['image', 'ls', '--json']);
     expect(ls.json<{ name: string; version: number; image: { digest: string } }[]>()).toEqual([expect.objectContaining({ name: 'web', version: 1, image: expect.objectContaining({ digest: archives.v1!.id }) })]);
   }, 240_000);

@@ -13,7 +13,7 @@ import { copyFile, mkdir, mkdtemp, readFile, rm, statfs, truncate, writeFile } f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
-import { EventSchema, parseTopic, topics } from '@edgefleet/protocol';
+import { EventSchema, parseTopic, tensorMapResult, topics } from '@edgefleet/protocol';
 import type { ContainerSpecInput, FleetEvent } from '@edgefleet/protocol';
 import type { RunningBroker } from '@edgefleet/broker';
 import { createImageRegistry, createRequester, loadOrCreateFleetKeys, openState, transferIdFor } from '@edgefleet/host-manager';
@@ -70,7 +70,7 @@ async function start(): Promise<AgentProcess> {
 }
 
 async function answer(): Promise<number[]> {
-  const r = await requester.request(DEVICE, 'infer', { model: 'web', inputs: { x: { dtype: 'float32', shape: [1, 4], data: [1, 2, 3, 4] } } }, 10_000);
+  const r = tensorMapResult(await requester.request(DEVICE, 'infer', { model: 'web', inputs: { x: { dtype: 'float32', shape: [1, 4], data: [1, 2, 3, 4] } } }, 10_000));
   return r.outputs['y']!.data as number[];
 }
 

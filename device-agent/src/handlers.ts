@@ -1,6 +1,7 @@
 /** The agent's command handlers: one per command of the protocol, each a call into the part that does it. */
 import { FleetError } from '@edgefleet/protocol';
 import type { CommandName, DeviceInfo } from '@edgefleet/protocol';
+import { BinaryReply } from './commands.js';
 import type { HandlerTable } from './commands.js';
 import type { AgentConfig } from './config.js';
 import type { LegacyChannel } from './legacy.js';
@@ -57,15 +58,17 @@ export function createHandlers(parts: HandlerParts): HandlerTable {
     ping: async () => ({ pong: true, uptimeS: Math.round((Date.now() - STARTED) / 1000) }),
     info: async () => parts.info(),
     // a model of the model service first; otherwise an image app that serves inference under that name
-    infer: async (params) => {
+    infer: async (params, ctx) => {
       const containers = parts.containers();
       const asModel = parts.models()?.active().some((m) => m.name === params.model) ?? false;
-      return !asModel && containers?.serves(params.model) ? containers.infer(params) : models().infer(params);
+      const service = !asModel && containers?.serves(params.model) ? containers : models();
+      return BinaryReply.of(await service.answer(params, ctx.request.binary));
     },
     'models.list': async () => ({ models: models().list() }),
     'models.activate': async (p) => models().activate(p.model, p.version),
     'models.rollback': async (p) => models().rollback(p.model, p.manifest),
     'models.remove': async (p) => models().remove(p.model, p.version),
+    'models.sample': async (p, ctx) => models().receiveSample(p.model, p.version, p.offset, ctx.request.binary),
     logs: async (p) => ({ lines: tailFile(logPath(config.dataDir), p.lines) }),
     'transfer.offer': async (p) => transfer().offer(p),
     'transfer.status': async (p) => transfer().status(p),

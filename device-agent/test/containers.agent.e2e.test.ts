@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import pino from 'pino';
-import { ManifestSchema, TelemetryMessageSchema, topics } from '@edgefleet/protocol';
+import { ManifestSchema, TelemetryMessageSchema, tensorMapResult, topics } from '@edgefleet/protocol';
 import type { TelemetryMessage } from '@edgefleet/protocol';
 import type { RunningBroker } from '@edgefleet/broker';
 import { createRequester } from '@edgefleet/host-manager';
@@ -110,7 +110,7 @@ describe('containers through the agent process', () => {
 
   it('activates a model served by a container and answers infer over MQTT through it; telemetry carries both', async () => {
     expect(await requester.request(D.id, 'models.activate', { model: 'x', version: 1 }, 30_000)).toMatchObject({ model: 'x', version: 1 });
-    const r = await requester.request(D.id, 'infer', { model: 'x', inputs: { x: { dtype: 'float32', shape: [1, 4], data: [1, 2, 3, -4] } } });
+    const r = tensorMapResult(await requester.request(D.id, 'infer', { model: 'x', inputs: { x: { dtype: 'float32', shape: [1, 4], data: [1, 2, 3, -4] } } }));
     expect(r.outputs.y).toEqual({ dtype: 'float32', shape: [1, 4], data: [2, 4, 6, -8] });
     const from = telemetry.length;
     const deadline = Date.now() + 10_000;

@@ -18,7 +18,7 @@ export type { BoardPlatform } from './platform.js';
 export { LABELS, containerName, imageTag, isOwned, ownedFilter } from './labels.js';
 export { OipClient } from './oip-client.js';
 export type { OipResponse, OipModelMetadata, OipServerMetadata } from './oip-client.js';
-export { encodeInferRequest, decodeInferResponse, OIP_DATATYPE } from './oip-codec.js';
+export { encodeInferRequest, decodeInferResponse } from './oip-codec.js';
 export { createContainerRuntime, containerSession } from './runtime.js';
 export { AppTraffic } from './traffic.js';
 export type { ContainerRuntime, ContainerSession, RuntimeRequest } from './runtime.js';

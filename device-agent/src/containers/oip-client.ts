@@ -9,35 +9,16 @@
  */
 import { Agent, request } from 'node:http';
 import type { IncomingHttpHeaders } from 'node:http';
-import { FleetError } from '@edgefleet/protocol';
-import type { ErrorCode } from '@edgefleet/protocol';
+import { FleetError, OipModelMetadataSchema, OipServerMetadataSchema, describe } from '@edgefleet/protocol';
+import type { ErrorCode, OipModelMetadata, OipServerMetadata } from '@edgefleet/protocol';
 import { dtypeOf } from './oip-codec.js';
+
+export type { OipModelMetadata, OipServerMetadata, OipTensorMetadata } from '@edgefleet/protocol';
 
 export interface OipResponse {
   status: number;
   headers: IncomingHttpHeaders;
   body: Buffer;
-}
-
-export interface OipServerMetadata {
-  name: string;
-  version: string;
-  extensions: string[];
-}
-
-export interface OipTensorMetadata {
-  name: string;
-  datatype: string;
-  /** -1 for a dynamic dimension. */
-  shape: number[];
-}
-
-export interface OipModelMetadata {
-  name: string;
-  versions?: string[];
-  platform?: string;
-  inputs: OipTensorMetadata[];
-  outputs: OipTensorMetadata[];
 }
 
 const STATUS_CODE: Record<number, ErrorCode> = { 400: 'invalid_input', 404: 'not_found', 413: 'too_long', 429: 'busy', 503: 'unavailable' };
@@ -76,15 +57,19 @@ export class OipClient {
     });
   }
 
-  /** Throws a FleetError carrying the server's `{"error": "..."}` sentence for a non-2xx answer. */
-  private async json<T>(method: string, path: string): Promise<T> {
+  /** The answer checked against the protocol's schema; a FleetError with the server's `{"error": "..."}` sentence for a non-2xx answer. */
+  private async json<T>(method: string, path: string, schema: { safeParse(v: unknown): { success: true; data: T } | { success: false; error: Parameters<typeof describe>[0] } }): Promise<T> {
     const res = await this.send(method, path);
     this.check(res, `${method} ${path}`);
+    let json: unknown;
     try {
-      return JSON.parse(res.body.toString('utf8')) as T;
+      json = JSON.parse(res.body.toString('utf8'));
     } catch {
       throw new FleetError('internal', `the runtime answered ${method} ${path} with something that is not JSON`);
     }
+    const parsed = schema.safeParse(json);
+    if (!parsed.success) throw new FleetError('load_failed', `the runtime's answer to ${method} ${path} is not the protocol's: ${describe(parsed.error)}`);
+    return parsed.data;
   }
 
   check(res: OipResponse, what: string): void {
@@ -109,14 +94,11 @@ export class OipClient {
   }
 
   server(): Promise<OipServerMetadata> {
-    return this.json<OipServerMetadata>('GET', '/v2');
+    return this.json('GET', '/v2', OipServerMetadataSchema);
   }
 
   async model(name: string): Promise<OipModelMetadata> {
-    const meta = await this.json<OipModelMetadata>('GET', `/v2/models/${encodeURIComponent(name)}`);
-    if (!Array.isArray(meta.inputs) || !Array.isArray(meta.outputs)) {
-      throw new FleetError('load_failed', `the runtime's metadata for model ${name} lists no inputs and outputs`);
-    }
+    const meta = await this.json('GET', `/v2/models/${encodeURIComponent(name)}`, OipModelMetadataSchema);
     for (const t of [...meta.inputs, ...meta.outputs]) dtypeOf(t.datatype, `model ${name} metadata`);
     return meta;
   }

@@ -6,7 +6,8 @@
  */
 import type { Logger } from 'pino';
 import { FleetError, makeEvent } from '@edgefleet/protocol';
-import type { CommandResult, ContainerState, FleetEvent, Manifest, ModelHealth, ParsedParams } from '@edgefleet/protocol';
+import type { CommandResult, ContainerState, FleetEvent, Manifest, ModelHealth } from '@edgefleet/protocol';
+import type { InferAnswer, InferParams } from '../models/index.js';
 import { BUSY_ENGINE_MS, openEngine } from './engine.js';
 import type { Engine, EngineStatus, OwnedContainer } from './engine.js';
 import { PlanFailed, executePlan } from './executor.js';
@@ -67,7 +68,8 @@ export interface ContainerService {
   removeApp(app: string): Promise<CommandResult<'containers.remove'>>;
   /** Whether `infer {model}` names an image app that serves inference here. */
   serves(model: string): boolean;
-  infer(params: ParsedParams<'infer'>): Promise<CommandResult<'infer'>>;
+  /** An inference through the app's container, in the form of the request (see traffic.ts). */
+  answer(params: InferParams, binary?: Uint8Array): Promise<InferAnswer>;
   /** Inference counts through image apps since the previous call, keyed `app@version`. */
   drainHealth(): Record<string, ModelHealth>;
   /** stop-then-download: make room before the download (stop the app, drop kept images); no-op for download-then-replace. */
@@ -301,9 +303,9 @@ class Containers implements ContainerService {
     return releaseOf(model, record, record.active)?.spec.inference !== undefined;
   }
 
-  infer(params: ParsedParams<'infer'>): Promise<CommandResult<'infer'>> {
+  answer(params: InferParams, binary?: Uint8Array): Promise<InferAnswer> {
     if (this.closing) return Promise.reject(new FleetError('unavailable', 'the agent is shutting down'));
-    return this.traffic.infer(params);
+    return this.traffic.answer(params, binary);
   }
 
   drainHealth(): Record<string, ModelHealth> {

@@ -8,8 +8,9 @@
  */
 import type { Logger } from 'pino';
 import { FleetError } from '@edgefleet/protocol';
-import type { CommandResult, ContainerSpec, ParsedParams, TensorInfo } from '@edgefleet/protocol';
-import { HealthCounters, decodeInputs, encodeTensor, tensorInfo } from '../models/index.js';
+import type { ContainerSpec, TensorInfo } from '@edgefleet/protocol';
+import { HealthCounters, answerRequest, prepareRequest, tensorInfo } from '../models/index.js';
+import type { InferAnswer, InferParams, ServedModel } from '../models/index.js';
 import type { Engine } from './engine.js';
 import { hostPort } from './health.js';
 import { OipClient } from './oip-client.js';
@@ -92,26 +93,26 @@ export class AppTraffic {
     await this.retire(current);
   }
 
-  async infer(params: ParsedParams<'infer'>): Promise<CommandResult<'infer'>> {
+  /**
+   * One request in either form (tensor map or Open Inference Protocol, JSON or binary tensors), checked and
+   * answered exactly as the model service does it (models/infer.ts), through the app's container.
+   */
+  async answer(params: InferParams, binary?: Uint8Array): Promise<InferAnswer> {
     const r = this.routes.get(params.model);
     if (!r) throw new FleetError('unavailable', `app ${params.model} has no running container on this device`);
     const key = `${r.app}@${r.version}`;
     if (params.version !== undefined && params.version !== r.version) throw new FleetError('not_found', `${params.model}@${params.version} is not being served; the active version is ${r.version}`);
-    if (params.raw !== undefined || !params.inputs) throw new FleetError('invalid_input', `${key} takes tensors: send "inputs": {name: {dtype, shape, data}}`);
+    const served: ServedModel = { name: r.app, version: r.version, key, inputs: r.inputs, outputNames: r.session.outputNames, processing: undefined };
     // taking the route and counting in flight happen in one synchronous step: a switch cannot fall between
     r.inflight++;
     const t0 = performance.now();
     let ok = false;
     try {
-      const feeds = decodeInputs(key, params.inputs, r.inputs);
-      const results = await r.session.run(feeds);
-      const outputs: CommandResult<'infer'>['outputs'] = {};
-      for (const name of r.session.outputNames) {
-        const tensor = results[name];
-        if (tensor) outputs[name] = encodeTensor(tensor);
-      }
+      const prepared = await prepareRequest(served, params, binary);
+      const results = await r.session.run(prepared.feeds);
+      const answer = answerRequest(served, params, prepared, results, performance.now() - t0, true);
       ok = true;
-      return { model: r.app, version: r.version, outputs, latencyMs: performance.now() - t0 };
+      return answer;
     } finally {
       this.health.record(key, performance.now() - t0, ok);
       if (--r.inflight === 0) for (const wake of r.drained.splice(0)) wake();

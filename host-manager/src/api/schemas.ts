@@ -1,6 +1,6 @@
 /** The HTTP API's request bodies, each a zod schema; the infer body is the protocol's `infer` params plus a timeout. */
 import { z } from 'zod';
-import { ContainerSpecSchema, NameSchema, ProcessingSchema, VersionSchema, commands, describe } from '@edgefleet/protocol';
+import { ContainerSpecSchema, NameSchema, ProcessingSchema, VersionSchema, describe, inferParamsSchema } from '@edgefleet/protocol';
 import { FleetError } from '@edgefleet/protocol';
 import { ARTIFACT_KINDS, LineageSchema } from '../state/schema.js';
 import { RolloutPolicySchema } from '../rollouts/policy.js';
@@ -34,7 +34,7 @@ export const schemas = {
     })
     .strict(),
   deploy: z.object({ kind: z.enum(ARTIFACT_KINDS).optional(), model: NameSchema, version: VersionSchema.optional(), to: TargetSchema, policy: RolloutPolicySchema.optional() }).strict(),
-  infer: commands.infer.params.extend({ timeoutMs: z.number().int().min(1).max(600_000).optional() }),
+  infer: inferParamsSchema({ timeoutMs: z.number().int().min(1).max(600_000).optional() }),
   exec: z.object({ to: TargetSchema, command: z.string().min(1), via: z.enum(['command', 'topic']).optional() }).strict(),
   rollback: z.object({ rollout: z.string().min(1).optional(), kind: z.enum(ARTIFACT_KINDS).optional() }).strict(),
   addImagePath: z
