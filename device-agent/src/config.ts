@@ -75,6 +75,16 @@ export const CONFIG_KEYS = {
     describe: 'model versions kept on disk per model (the active one included)',
     schema: z.number().int().min(1).max(100).default(2),
   },
+  dockerSocket: {
+    kind: 'string',
+    describe: "the Docker engine's unix socket (default: DOCKER_HOST, else /var/run/docker.sock); an engine that does not answer turns containers off, nothing else",
+    schema: z.string().min(1).optional(),
+  },
+  dockerRoot: {
+    kind: 'string',
+    describe: "the engine's data root as this agent sees it, for the free-space check before an image loads (default: the engine's DockerRootDir)",
+    schema: z.string().min(1).optional(),
+  },
   telemetryIntervalMs: {
     kind: 'number',
     describe: 'milliseconds between telemetry samples',

@@ -28,6 +28,9 @@ import { createDeviceOperations } from './devices/operations.js';
 import { Fleet } from './devices/presence.js';
 import { createRequester } from './devices/requester.js';
 import type { Requester } from './devices/requester.js';
+import { createImageOperations } from './images/operations.js';
+import { createImageRegistry } from './images/registry.js';
+import type { ImageRegistry } from './images/registry.js';
 import { createModelOperations } from './models/operations.js';
 import { createRegistry } from './models/registry.js';
 import type { Registry } from './models/registry.js';
@@ -73,6 +76,7 @@ export interface Manager {
   fleet: Fleet;
   rollouts: Rollouts;
   registry: Registry;
+  images: ImageRegistry;
   ops: Operations;
   metrics: Metrics;
   close(): Promise<void>;
@@ -93,20 +97,22 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const fleet = new Fleet({ mqtt: link.client, state, logger: log.child({ component: 'fleet' }), metrics, discover: link.broker === null });
   await fleet.start();
   const registry = createRegistry(state, dataDir);
+  const images = createImageRegistry(state, dataDir);
   const timeoutMs = options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
   const deliver = makeDeliver({
     mqtt: link.client,
     requester,
     registry,
+    images,
     keys,
     state,
     ...(options.chunkSize !== undefined ? { chunkSize: options.chunkSize } : {}),
     ...(options.window !== undefined ? { window: options.window } : {}),
     onPhase: (phase, ms) => metrics.deliveryPhase.observe({ phase }, ms / 1000),
   });
-  const rollback = makeRollback({ requester, registry, keys, timeoutMs });
+  const rollback = makeRollback({ requester, registry, images, keys, timeoutMs });
   const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
-  const ops = createOperations({ state, fleet, registry, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect });
+  const ops = createOperations({ state, fleet, registry, images, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect });
   const api = await startApi({ ops, state, fleet, metrics, logger: log.child({ component: 'api' }), host: options.httpHost ?? DEFAULTS.httpHost, port: options.httpPort ?? DEFAULTS.httpPort });
   const controllerFile = join(dataDir, CONTROLLER_FILE);
   const announced = { pid: process.pid, url: api.url, broker: link.brokerUrl, advertisedBroker: link.advertised, mqtt: link.broker?.ports ?? null, startedAt: new Date().toISOString() };
@@ -128,6 +134,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     fleet,
     rollouts,
     registry,
+    images,
     ops,
     metrics,
     async close() {
@@ -149,6 +156,7 @@ function createOperations(ctx: {
   state: FleetRepository;
   fleet: Fleet;
   registry: Registry;
+  images: ImageRegistry;
   rollouts: Rollouts;
   requester: Requester;
   client: MqttClient;
@@ -167,6 +175,7 @@ function createOperations(ctx: {
     ...createDeviceOperations({ ...ctx, audit }),
     ...createModelOperations({ ...ctx, audit }),
     deliverSsh: createSshDelivery({ ...ctx, audit }),
+    ...createImageOperations({ ...ctx, audit }),
     ...createRolloutOperations(ctx),
     dataDir: ctx.dataDir,
     health() {

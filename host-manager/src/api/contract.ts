@@ -1,14 +1,15 @@
 /**
  * The controller's operations: the contract the HTTP API, the console and the CLI
  * (through the API) are written against. Every operator action is one of these; the
- * feature folders implement them (devices/, models/, delivery/, rollouts/) and
+ * feature folders implement them (devices/, models/, images/, delivery/, rollouts/) and
  * main.ts puts them together.
  */
 import type { CommandParams, CommandResult, ErrorBody } from '@edgefleet/protocol';
 import type { AddedModel, AddOptions } from '../models/registry.js';
+import type { AddedImage, AddImageOptions } from '../images/registry.js';
 import type { ProvisionResult } from '../devices/provisioning.js';
 import type { CreateRolloutInput } from '../rollouts/executor.js';
-import type { AuditEntry, DeviceRecord, ModelVersionRecord, RolloutRecord, RolloutTarget } from '../state/schema.js';
+import type { ArtifactKind, AuditEntry, DeviceRecord, ImageVersionRecord, ModelVersionRecord, RolloutRecord, RolloutTarget } from '../state/schema.js';
 
 /** A device as the API shows it: never its token hash. */
 export type PublicDevice = Omit<DeviceRecord, 'tokenHash'> & { provisioned: boolean };
@@ -62,6 +63,43 @@ export interface SshDeliveryView {
   hostKeyPinned: boolean;
 }
 
+export type ImageView = ImageVersionRecord & { versions: number[]; runningOn: string[] };
+
+/** One device's answer to an app command (`image run|stop|rm --from`). */
+export interface AppCommandResult {
+  device: string;
+  ok: boolean;
+  /** The version that runs (run), or that was stopped (stop). */
+  version?: number | null;
+  message?: string;
+  error?: ErrorBody;
+}
+
+export interface SshImageDeliveryRequest {
+  name: string;
+  version?: number;
+  host: string;
+  port?: number;
+  username: string;
+  /** A private key file on the controller host; read there, never sent, logged, audited or returned. */
+  keyPath: string;
+  hostKeyFingerprint?: string;
+  actor: string;
+}
+
+/** An image loaded into a device's engine over SSH (`image push --via ssh`). */
+export interface SshImageDeliveryView {
+  name: string;
+  version: number;
+  target: { username: string; host: string; port: number };
+  image: string;
+  tag: string;
+  loaded: boolean;
+  bytes: number;
+  seconds: number;
+  hostKeyPinned: boolean;
+}
+
 export interface DeviceOperations {
   listDevices(): PublicDevice[];
   showDevice(id: string): PublicDevice;
@@ -84,14 +122,28 @@ export interface ModelOperations {
   deliverSsh(args: SshDeliveryRequest): Promise<SshDeliveryView>;
 }
 
+export interface ImageOperations {
+  listImages(name?: string): ImageVersionRecord[];
+  showImage(name: string, version?: number): ImageView;
+  /** Registers a `docker save` archive the registry may consume (an upload, or a copy of a file on the controller host). */
+  addImage(args: { file: string; opts: AddImageOptions; actor: string }): Promise<AddedImage>;
+  removeImage(args: { name: string; version: number; actor: string }): Promise<{ removed: boolean; blobDeleted: boolean }>;
+  /** Runs an installed version (default: the registry's newest) on the target's devices. */
+  runImage(args: { app: string; version?: number; to: RolloutTarget; actor: string }): Promise<{ results: AppCommandResult[] }>;
+  stopImage(args: { app: string; to: RolloutTarget; actor: string }): Promise<{ results: AppCommandResult[] }>;
+  /** Removes the app (containers and images) from the target's devices; the registry keeps it. */
+  removeImageFromDevices(args: { app: string; to: RolloutTarget; actor: string }): Promise<{ results: AppCommandResult[] }>;
+  deliverImageSsh(args: SshImageDeliveryRequest): Promise<SshImageDeliveryView>;
+}
+
 export interface RolloutOperations {
   deploy(input: CreateRolloutInput): Promise<RolloutRecord>;
   listRollouts(): RolloutRecord[];
   showRollout(id: string): RolloutView;
   abortRollout(id: string, actor: string): Promise<RolloutRecord>;
   resumeRollout(id: string, actor: string): Promise<RolloutRecord>;
-  /** The named rollout, or the newest one that switched devices. */
-  rollbackRollout(id: string | undefined, actor: string): Promise<RolloutRecord>;
+  /** The named rollout, or the newest one (of `kind`, when given) that switched devices. */
+  rollbackRollout(id: string | undefined, actor: string, kind?: ArtifactKind): Promise<RolloutRecord>;
 }
 
 export interface ControllerOperations {
@@ -102,4 +154,4 @@ export interface ControllerOperations {
   audit(limit?: number): AuditEntry[];
 }
 
-export interface Operations extends DeviceOperations, ModelOperations, RolloutOperations, ControllerOperations {}
+export interface Operations extends DeviceOperations, ModelOperations, ImageOperations, RolloutOperations, ControllerOperations {}

@@ -9,12 +9,13 @@ import { FleetError } from '@edgefleet/protocol';
 import type { Operations } from './contract.js';
 import { bearer, route } from './http.js';
 import type { RequestContext, Route } from './http.js';
+import { imageRoutes } from './image-routes.js';
 import { intParam, parseBody, schemas, versionParam } from './schemas.js';
 import { parseTarget } from '../rollouts/target.js';
 import { summarize } from '../rollouts/summary.js';
 
 export function apiRoutes(ops: Operations): Route[] {
-  return [...deviceRoutes(ops), ...modelRoutes(ops), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
+  return [...deviceRoutes(ops), ...modelRoutes(ops), ...imageRoutes(ops), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
 }
 
 function deviceRoutes(ops: Operations): Route[] {
@@ -81,6 +82,7 @@ function rolloutRoutes(ops: Operations): Route[] {
     route('POST', '/api/rollouts', async (_r, _p, c) => {
       const body = parseBody(schemas.deploy, await c.body());
       return ops.deploy({
+        ...(body.kind ? { kind: body.kind } : {}),
         model: body.model,
         ...(body.version !== undefined ? { version: body.version } : {}),
         to: parseTarget(body.to),
@@ -92,7 +94,10 @@ function rolloutRoutes(ops: Operations): Route[] {
     route('POST', '/api/rollouts/:id/abort', (_r, p, c) => ops.abortRollout(p['id']!, c.actor)),
     route('POST', '/api/rollouts/:id/resume', (_r, p, c) => ops.resumeRollout(p['id']!, c.actor)),
     route('POST', '/api/rollouts/:id/rollback', (_r, p, c) => ops.rollbackRollout(p['id']!, c.actor)),
-    route('POST', '/api/rollback', async (_r, _p, c) => ops.rollbackRollout(parseBody(schemas.rollback, await c.body()).rollout, c.actor)),
+    route('POST', '/api/rollback', async (_r, _p, c) => {
+      const body = parseBody(schemas.rollback, await c.body());
+      return ops.rollbackRollout(body.rollout, c.actor, body.kind);
+    }),
   ];
 }
 

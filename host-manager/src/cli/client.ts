@@ -25,6 +25,8 @@ export interface Client {
   url: string;
   call<T = unknown>(method: string, path: string, body?: unknown): Promise<T>;
   upload<T = unknown>(path: string, data: Buffer, headers?: Record<string, string>): Promise<T>;
+  /** POSTs a stream as the body as it is read (chunked), never holding it whole. */
+  uploadStream<T = unknown>(path: string, data: AsyncIterable<Uint8Array>, headers?: Record<string, string>): Promise<T>;
 }
 
 export async function resolveConnection(opts: { url?: string | undefined; token?: string | undefined; dataDir: string; env?: NodeJS.ProcessEnv }): Promise<{ url: string; token: string | undefined }> {
@@ -42,15 +44,17 @@ export async function resolveConnection(opts: { url?: string | undefined; token?
 }
 
 export function createClient(url: string, token: string | undefined, timeoutMs = 120_000): Client {
-  async function send<T>(method: string, path: string, body: string | Uint8Array | undefined, headers: Record<string, string>): Promise<T> {
+  async function send<T>(method: string, path: string, body: string | Uint8Array | AsyncIterable<Uint8Array> | undefined, headers: Record<string, string>): Promise<T> {
     let res: Response;
+    const streamed = body !== undefined && typeof body !== 'string' && !(body instanceof Uint8Array);
     try {
       res = await fetch(`${url}${path}`, {
         method,
         headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...headers },
-        ...(body !== undefined ? { body } : {}),
+        // a streamed body needs half duplex (undici's rule for request bodies of unknown length)
+        ...(body !== undefined ? { body: body as NonNullable<RequestInit['body']>, ...(streamed ? { duplex: 'half' } : {}) } : {}),
         signal: AbortSignal.timeout(timeoutMs),
-      });
+      } as RequestInit);
     } catch (error) {
       const cause = (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message;
       throw new ClientError(0, 'unreachable', `cannot reach the controller at ${url} (${cause}); is \`hostManager\` running? Set --url or EDGEFLEET_URL`);
@@ -73,5 +77,6 @@ export function createClient(url: string, token: string | undefined, timeoutMs =
     call: (method, path, body) =>
       send(method, path, body === undefined ? undefined : JSON.stringify(body), body === undefined ? {} : { 'content-type': 'application/json' }),
     upload: (path, data, headers = {}) => send('POST', path, new Uint8Array(data), { 'content-type': 'application/octet-stream', ...headers }),
+    uploadStream: (path, data, headers = {}) => send('POST', path, data, { 'content-type': 'application/octet-stream', ...headers }),
   };
 }

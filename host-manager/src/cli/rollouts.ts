@@ -11,13 +11,14 @@ import { EXIT, UsageError, parseModelRef, parseSshTarget, table } from './io.js'
 import type { CliContext, CliIO, CommandOutput, Common } from './io.js';
 
 /** Flags that only make sense for a rollout over MQTT. */
-const ROLLOUT_ONLY_FLAGS = ['waves', 'canary', 'max-failures', 'soak', 'max-latency-ratio', 'max-error-rate', 'min-requests', 'offline-deadline'] as const;
+export const ROLLOUT_ONLY_FLAGS = ['waves', 'canary', 'max-failures', 'soak', 'max-latency-ratio', 'max-error-rate', 'min-requests', 'offline-deadline'] as const;
 const SSH_ONLY_FLAGS = ['ssh-key', 'remote-path', 'host-key'] as const;
 /** An SSH copy of a large model over a slow link can take long; the controller answers when it is verified. */
-const SSH_DELIVERY_TIMEOUT_MS = 3_600_000;
+export const SSH_DELIVERY_TIMEOUT_MS = 3_600_000;
 
-interface RolloutView {
+export interface RolloutView {
   id: string;
+  kind?: string;
   model: string;
   version: number;
   status: string;
@@ -29,8 +30,8 @@ interface RolloutView {
 }
 const FINAL_DEVICE_STATES = new Set(['switched', 'failed', 'rolled-back', 'skipped']);
 
-/** Deploy flags, shared by `deploy` and `watch`. */
-function deployOptions<T>(y: Argv<T>) {
+/** Deploy flags, shared by `deploy`, `watch` and `image push`. */
+export function deployOptions<T>(y: Argv<T>) {
   return y
     .option('to', { type: 'string', demandOption: true, describe: 'a device id, group:NAME or all' })
     .option('waves', { type: 'string', describe: 'cumulative percentages after the canary, e.g. 10,50,100' })
@@ -43,7 +44,7 @@ function deployOptions<T>(y: Argv<T>) {
     .option('offline-deadline', { type: 'number', describe: 'seconds offline devices are waited for (default 3600)' });
 }
 
-function policyFrom(a: Record<string, unknown>): Record<string, unknown> {
+export function policyFrom(a: Record<string, unknown>): Record<string, unknown> {
   const policy: Record<string, unknown> = {};
   if (typeof a['waves'] === 'string') {
     const waves = a['waves'].split(',').map((s) => Number(s.trim().replace(/%$/, '')));
@@ -84,7 +85,7 @@ async function deployViaSsh(ctx: CliContext, a: Record<string, unknown> & Common
   };
 }
 
-async function waitFor(io: CliIO, c: Client, id: string, json: boolean): Promise<RolloutView> {
+export async function waitFor(io: CliIO, c: Client, id: string, json: boolean): Promise<RolloutView> {
   const bars = !json && io.isTTY ? new cliProgress.MultiBar({ format: ' {label} |{bar}| {value}/{total} devices  {state}', hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic) : null;
   const waveBars = new Map<number, cliProgress.SingleBar>();
   let lastStatus = '';
@@ -109,8 +110,8 @@ async function waitFor(io: CliIO, c: Client, id: string, json: boolean): Promise
   }
 }
 
-function rolloutText(r: RolloutView): string {
-  const lines = [`rollout ${r.id}: ${r.model}@${r.version} → ${r.target.kind === 'all' ? 'all' : r.target.kind === 'group' ? `group:${r.target.name}` : r.target.name}  [${r.status}]`];
+export function rolloutText(r: RolloutView): string {
+  const lines = [`rollout ${r.id}: ${r.kind === 'image' ? 'image ' : ''}${r.model}@${r.version} → ${r.target.kind === 'all' ? 'all' : r.target.kind === 'group' ? `group:${r.target.name}` : r.target.name}  [${r.status}]`];
   if (r.reason) lines.push(`  ${r.reason}`);
   for (const w of r.waves) {
     lines.push(`  wave ${w.index} (${w.label}): ${w.state}, ${w.devices.length} device(s)` + (w.gate ? ` — gate ${w.gate.pass ? 'passed' : 'FAILED'}: ${w.gate.reasons.join('; ')}` : ''));
@@ -122,9 +123,10 @@ function rolloutText(r: RolloutView): string {
   return lines.join('\n');
 }
 
-async function deploy(io: CliIO, c: Client, ref: string, a: Record<string, unknown>, wait: boolean, json: boolean): Promise<CommandOutput> {
+/** Starts a rollout of a model (or, with `kind: 'image'`, an image) version and follows it with --wait. */
+export async function deploy(io: CliIO, c: Client, ref: string, a: Record<string, unknown>, wait: boolean, json: boolean, kind: 'model' | 'image' = 'model'): Promise<CommandOutput> {
   const { model, version } = parseModelRef(ref);
-  const created = await c.call<RolloutView>('POST', '/api/rollouts', { model, ...(version ? { version } : {}), to: a['to'], policy: policyFrom(a) });
+  const created = await c.call<RolloutView>('POST', '/api/rollouts', { ...(kind === 'image' ? { kind } : {}), model, ...(version ? { version } : {}), to: a['to'], policy: policyFrom(a) });
   if (!wait) return { json: created, text: `rollout ${created.id} started: ${created.model}@${created.version}, ${created.waves.length} wave(s); follow it with \`hostManager rollouts show ${created.id}\`` };
   const done = await waitFor(io, c, created.id, json);
   return { json: done, text: rolloutText(done), code: done.status === 'succeeded' ? EXIT.ok : EXIT.failed };

@@ -10,6 +10,7 @@ import { controllerCommand } from './controller-command.js';
 import type { ControllerRunner } from './controller-command.js';
 import { deviceCommands } from './devices.js';
 import { EXIT, UsageError, createCliContext, processIO } from './io.js';
+import { imageCommands } from './images.js';
 import type { CliIO } from './io.js';
 import { modelCommands } from './models.js';
 import { requestCommands } from './requests.js';
@@ -31,6 +32,7 @@ export async function runCli(argv: readonly string[], io: CliIO = processIO, opt
   parser = controllerCommand(parser, ctx, opts.controller);
   parser = deviceCommands(parser, ctx);
   parser = modelCommands(parser, ctx);
+  parser = imageCommands(parser, ctx);
   parser = rolloutCommands(parser, ctx);
   parser = requestCommands(parser, ctx)
     .fail((msg, err) => {

@@ -1,5 +1,5 @@
 /**
- * Model delivery over MQTT, the sending side.
+ * Delivery of a model or an image archive over MQTT, the sending side.
  *
  *   1. compatibility: devices whose reported runtime or memory cannot run the model get
  *      'incompatible' and nothing is sent to them;
@@ -19,17 +19,17 @@ import type { MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { EventSchema, FleetError, nameRecord, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
 import type { DeviceInfo, ErrorBody, Manifest, TransferTarget } from '@edgefleet/protocol';
-import type { ModelVersionRecord } from '../state/schema.js';
 import type { RequestFn } from '../devices/requester.js';
 import { checkCompatibility } from '../models/compatibility.js';
 import { DEFAULT_CHUNK_SIZE, loadChunkTable } from './chunk-table.js';
-import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, transferIdFor } from './manifest.js';
-import type { DeliveryTarget } from './manifest.js';
+import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, isImageRecord, transferIdFor } from './manifest.js';
+import type { ArtifactRecord, DeliveryTarget } from './manifest.js';
 
 export interface DeliverOptions {
   mqtt: MqttClient;
   request: RequestFn;
-  record: ModelVersionRecord;
+  /** A model version, or an image version (its manifest pins the image ID and carries the container spec). */
+  record: ArtifactRecord;
   blobPath: string;
   keys: { privateKeyPem: string };
   target: DeliveryTarget;
@@ -73,7 +73,7 @@ type Phase = 'hash' | 'offer' | 'chunks' | 'commit';
 /** One delivery in progress: its settings, the signed manifest, and what each device still misses. */
 interface Delivery {
   opts: DeliverOptions;
-  record: ModelVersionRecord;
+  record: ArtifactRecord;
   label: string;
   chunkSize: number;
   window: number;
@@ -101,7 +101,8 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
   const devices: string[] = [];
   for (const device of new Set(opts.target.devices)) {
     const info = opts.deviceInfo?.(device);
-    const reason = info ? checkCompatibility(record, info) : undefined;
+    // an image's platform and engine are checked by the device at the offer, before a byte is sent
+    const reason = info && !isImageRecord(record) ? checkCompatibility(record, info) : undefined;
     if (reason) results[device] = { ok: false, error: { code: 'incompatible', message: reason } };
     else devices.push(device);
   }

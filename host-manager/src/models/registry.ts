@@ -4,9 +4,7 @@
  * the same name again returns the existing version; version numbers only go up and a
  * removed number is never handed out again.
  */
-import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
-import { hashFile, writeFileAtomic } from '@edgefleet/node-io';
-import { join, relative, resolve, sep } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { FleetError, ProcessingSchema, assertName, chunkHashes, describe, sha256Hex } from '@edgefleet/protocol';
 import type { Processing, ProcessingInput } from '@edgefleet/protocol';
 import { readOnnxMetadata } from '@edgefleet/onnx';
@@ -14,6 +12,9 @@ import type { OnnxMetadata } from '@edgefleet/onnx';
 import type { FleetRepository } from '../state/repository.js';
 import type { ModelVersionRecord } from '../state/schema.js';
 import { DEFAULT_CHUNK_SIZE, writeChunkTable } from '../delivery/chunk-table.js';
+import { blobStore } from './blobs.js';
+import { nextVersion, pickVersion, serialQueue } from './versions.js';
+import type { BlobStore } from './blobs.js';
 import { minOnnxruntimeForOpset } from './compatibility.js';
 
 export interface AddOptions {
@@ -44,55 +45,10 @@ function invalid(message: string): FleetError {
   return new FleetError('invalid_params', message);
 }
 
-/** The content-addressed blob store under `<dataDir>/blobs/sha256`. */
-interface BlobStore {
-  root: string;
-  dir: string;
-  /** Absolute path of a version's blob; refuses a record that points elsewhere. */
-  path(record: Pick<ModelVersionRecord, 'blob' | 'sha256'>): string;
-  /** Stores the bytes under their sha256 (atomically; kept when already there and whole). */
-  store(bytes: Uint8Array, sha256: string): Promise<string>;
-}
-
-function blobStore(dataDir: string): BlobStore {
-  const root = resolve(dataDir);
-  const dir = join(root, 'blobs', 'sha256');
-  return {
-    root,
-    dir,
-    path(record) {
-      const full = resolve(root, record.blob);
-      if (!/^[0-9a-f]{64}$/.test(record.sha256) || full !== join(dir, record.sha256)) {
-        throw new FleetError('internal', `registry record points outside the blob store (${record.blob}); the state file was edited by hand`);
-      }
-      return full;
-    },
-    async store(bytes, sha256) {
-      await mkdir(dir, { recursive: true });
-      const target = join(dir, sha256);
-      const present = await stat(target).catch(() => undefined); // not there yet: written below
-      if (present?.size === bytes.length && (await hashFile(target)) === sha256) return target;
-      await writeFileAtomic(target, bytes);
-      return target;
-    },
-  };
-}
-
 export function createRegistry(state: FleetRepository, dataDir: string): Registry {
   const blobs = blobStore(dataDir);
-  let queue: Promise<unknown> = Promise.resolve();
-  /** add/remove run one at a time, so two adds of one name cannot take the same number. */
-  function serial<T>(task: () => Promise<T>): Promise<T> {
-    const run = queue.then(task, task);
-    queue = run.catch(() => undefined);
-    return run;
-  }
-  function get(name: string, version?: number): ModelVersionRecord | undefined {
-    const versions = state.modelVersions(name);
-    if (versions.length === 0) return undefined;
-    if (version === undefined) return versions.reduce((a, b) => (b.version > a.version ? b : a));
-    return versions.find((v) => v.version === version);
-  }
+  const serial = serialQueue();
+  const get = (name: string, version?: number): ModelVersionRecord | undefined => pickVersion(state.modelVersions(name), version);
   return {
     add: (file, opts) => serial(() => addVersion(state, blobs, file, opts)),
     list(name) {
@@ -149,14 +105,14 @@ async function addVersion(state: FleetRepository, blobs: BlobStore, file: string
   const stored = await blobs.store(bytes, sha256);
   // the manifest's chunk table for the default chunk size, so the first delivery need not hash the file
   await writeChunkTable(stored, { sha256, length: bytes.length, size: DEFAULT_CHUNK_SIZE, chunks: chunkHashes(bytes, DEFAULT_CHUNK_SIZE) });
-  const version = Math.max(state.highestVersionEver(name), ...versions.map((v) => v.version)) + 1;
+  const version = nextVersion(state.highestVersionEver(name), versions);
   const record: ModelVersionRecord = {
     name,
     version,
     sha256,
     length: bytes.length,
     addedAt: new Date().toISOString(),
-    blob: relative(blobs.root, join(blobs.dir, sha256)).split(sep).join('/'),
+    blob: blobs.relativePath(sha256),
     inputs: meta.inputs,
     outputs: meta.outputs,
     opset: meta.opset,
@@ -181,11 +137,7 @@ async function removeVersion(state: FleetRepository, blobs: BlobStore, name: str
   await state.write();
   const stillUsed = state.allModelVersions().some((v) => v.sha256 === record.sha256);
   if (stillUsed) return { removed: true, blobDeleted: false };
-  await rm(blobs.path(record), { force: true });
-  const prefix = `${record.sha256}.chunks-`;
-  for (const entry of await readdir(blobs.dir).catch(() => [] as string[])) {
-    if (entry.startsWith(prefix)) await rm(join(blobs.dir, entry), { force: true });
-  }
+  await blobs.remove(record);
   return { removed: true, blobDeleted: true };
 }
 

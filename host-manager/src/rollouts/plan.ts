@@ -5,7 +5,7 @@
  * controller restart yields the same next step.
  */
 import { nameRecord, ownEntry } from '@edgefleet/protocol';
-import type { RolloutDevice, RolloutPolicy, RolloutRecord, RolloutStatus, RolloutTarget, RolloutWave } from '../state/schema.js';
+import type { ArtifactKind, RolloutDevice, RolloutPolicy, RolloutRecord, RolloutStatus, RolloutTarget, RolloutWave } from '../state/schema.js';
 import { gateFailureReason } from './gate.js';
 import type { PlanDevice } from './target.js';
 
@@ -44,6 +44,8 @@ export function planWaves(devices: readonly PlanDevice[], policy: RolloutPolicy)
 /** Builds the record a new rollout starts from. */
 export function newRollout(args: {
   id: string;
+  /** Default 'model'. */
+  kind?: ArtifactKind;
   model: string;
   version: number;
   target: RolloutTarget;
@@ -61,6 +63,7 @@ export function newRollout(args: {
   });
   return {
     id: args.id,
+    ...(args.kind === 'image' ? { kind: 'image' as const } : {}),
     model: args.model,
     version: args.version,
     target: args.target,

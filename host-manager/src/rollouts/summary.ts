@@ -4,6 +4,7 @@ import { formatTarget } from './target.js';
 
 export interface RolloutSummary {
   id: string;
+  kind: 'model' | 'image';
   model: string;
   version: number;
   target: string;
@@ -21,6 +22,7 @@ export function summarize(r: RolloutRecord): RolloutSummary {
   const count = (s: string): number => devices.filter((d) => d.state === s).length;
   return {
     id: r.id,
+    kind: r.kind ?? 'model',
     model: r.model,
     version: r.version,
     target: formatTarget(r.target),

@@ -5,7 +5,18 @@
  * without a prototype, so any name is safe as a key.
  */
 import { z } from 'zod';
-import { DeviceInfoSchema, ErrorBodySchema, NameSchema, ProcessingSchema, TelemetrySampleSchema, TensorInfoSchema, VersionSchema, nameRecord } from '@edgefleet/protocol';
+import {
+  ContainerSpecSchema,
+  DeviceInfoSchema,
+  ErrorBodySchema,
+  ImageRefSchema,
+  NameSchema,
+  ProcessingSchema,
+  TelemetrySampleSchema,
+  TensorInfoSchema,
+  VersionSchema,
+  nameRecord,
+} from '@edgefleet/protocol';
 
 /** A record keyed by names, read back as a null-prototype object. */
 function byName<S extends z.ZodType>(value: S) {
@@ -41,15 +52,20 @@ export const LineageSchema = z
   .object({ dataset: z.string().optional(), metrics: z.record(z.string(), z.number()).optional(), notes: z.string().optional(), gitCommit: z.string().optional() })
   .strict();
 
+/** What every registry version stores about its blob: name, number, the bytes' sha256 and length, where it is. */
+const storedBlob = {
+  name: NameSchema,
+  version: VersionSchema,
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  length: z.number().int().nonnegative(),
+  addedAt: Iso,
+  /** Path of the content-addressed blob, relative to the data directory. */
+  blob: z.string(),
+};
+
 export const ModelVersionRecordSchema = z
   .object({
-    name: NameSchema,
-    version: VersionSchema,
-    sha256: z.string().regex(/^[0-9a-f]{64}$/),
-    length: z.number().int().nonnegative(),
-    addedAt: Iso,
-    /** Path of the content-addressed blob, relative to the data directory. */
-    blob: z.string(),
+    ...storedBlob,
     inputs: z.array(TensorInfoSchema),
     outputs: z.array(TensorInfoSchema),
     opset: z.number().int().nullable(),
@@ -59,6 +75,21 @@ export const ModelVersionRecordSchema = z
   })
   .strict();
 export type ModelVersionRecord = z.infer<typeof ModelVersionRecordSchema>;
+
+/** A Docker image in the registry: the `docker save` archive (content-addressed like a model) and how it runs. */
+export const ImageVersionRecordSchema = z
+  .object({
+    /** The blob is the `docker save` archive: what a transfer delivers and a device checks. */
+    ...storedBlob,
+    /** The operator's reference, the image ID read from the archive itself (what manifests pin), its platform. */
+    image: ImageRefSchema,
+    /** Bytes of the layer tars (about what the image takes unpacked). */
+    layerBytes: z.number().int().nonnegative(),
+    /** How devices run it; null: an image that is installed only (a runtime for models). */
+    container: ContainerSpecSchema.nullable(),
+  })
+  .strict();
+export type ImageVersionRecord = z.infer<typeof ImageVersionRecordSchema>;
 
 export const AuditEntrySchema = z
   .object({
@@ -149,6 +180,8 @@ export type RolloutDevice = z.infer<typeof RolloutDeviceSchema>;
 export const GateResultSchema = z
   .object({
     pass: z.boolean(),
+    /** Image rollouts: the switched devices whose container of the new version runs and is not unhealthy at the gate. */
+    containers: z.object({ healthy: z.number(), unhealthy: z.number() }).strict().optional(),
     /** Every finding of the gate, for people, in order. */
     reasons: z.array(z.string()),
     /** The findings that failed the gate (a subset of `reasons`); absent in records written before it was kept. */
@@ -183,9 +216,15 @@ export const RolloutTargetSchema = z.discriminatedUnion('kind', [
 ]);
 export type RolloutTarget = z.infer<typeof RolloutTargetSchema>;
 
+export const ARTIFACT_KINDS = ['model', 'image'] as const;
+export type ArtifactKind = (typeof ARTIFACT_KINDS)[number];
+
 export const RolloutRecordSchema = z
   .object({
     id: NameSchema,
+    /** What is rolled out: a model version, or an image version (an app); absent in records written before images. */
+    kind: z.enum(ARTIFACT_KINDS).optional(),
+    /** The model's name, or the image's (the app on the devices). */
     model: NameSchema,
     version: VersionSchema,
     target: RolloutTargetSchema,
@@ -224,6 +263,10 @@ export const FleetStateSchema = z
     models: byName(z.array(ModelVersionRecordSchema)),
     /** The highest version number ever given per model, so a removed number is never reused. */
     modelVersionHighWater: byName(VersionSchema).optional(),
+    /** Image name → its versions, oldest first. */
+    images: byName(z.array(ImageVersionRecordSchema)).optional(),
+    /** The highest version number ever given per image. */
+    imageVersionHighWater: byName(VersionSchema).optional(),
     rollouts: byName(RolloutRecordSchema),
     operators: byName(OperatorRecordSchema),
     /** Enrolment with the fleet provisioning key (off unless the controller runs with --enrolment). */
