@@ -126,7 +126,7 @@ describe('provision → connect → deploy → infer → roll back', () => {
     await mkdir(dir);
     const v3 = linearModel({ seed: 33 });
     const watcher = spawn(process.execPath, [MANAGER_BIN, 'watch', dir, '--to', 'pi-1', '--soak', '0', '--json'], {
-      env: { ...process.env, EDGEFLEET_URL: m.url, EDGEFLEET_TOKEN: m.token },
+      env: { ...process.env, EDGEFLEET_URL: m.url, EDGEFLEET_OPERATOR_TOKEN: m.token },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -174,7 +174,7 @@ describe('provision → connect → deploy → infer → roll back', () => {
     expect((await api(m, 'POST', '/api/exec', { to: 'pi-1', command: 'rm -rf /' })).status).toBe(400);
 
     expect((await runCli(m, ['devices', 'show', 'ghost'])).code).toBe(5);
-    expect((await runCli(m, ['devices', 'list'], { env: { EDGEFLEET_TOKEN: 'wrong' } })).code).toBe(4);
+    expect((await runCli(m, ['devices', 'list'], { env: { EDGEFLEET_OPERATOR_TOKEN: 'wrong' } })).code).toBe(4);
     expect((await runCli(m, ['devices', 'list'], { env: { EDGEFLEET_URL: 'http://127.0.0.1:1' } })).code).toBe(3);
     expect((await runCli(m, ['deploy', 'lin'])).code).toBe(2); // --to missing
     expect((await runCli(m, ['devices', 'frobnicate'])).code).toBe(2);
@@ -255,11 +255,12 @@ describe('provision → connect → deploy → infer → roll back', () => {
 
   it('prints a one-line start command that works as printed, and a removed device is cut off', async () => {
     const added = (await runCli(m, ['devices', 'add', 'pi-2', '--json'])).json<{ token: string; commandInline: string }>();
-    expect(added.commandInline).toMatch(/^EDGEFLEET_TOKEN=\S+ deviceAgent --broker mqtt:\/\/\S+ --device pi-2 --fleet-public-key=\$'-----BEGIN PUBLIC KEY-----\\n/);
+    expect(added.commandInline).toMatch(/^EDGEFLEET_DEVICE_TOKEN=\S+ deviceAgent --broker mqtt:\/\/\S+ --device pi-2 --fleet-public-key=\$'-----BEGIN PUBLIC KEY-----\\n/);
     expect(added.commandInline).not.toContain('--token');
     // Run it through a real shell, only pointing "deviceAgent" at the built bin and the broker at loopback.
     const line = added.commandInline
-      .replace('deviceAgent', `'${process.execPath}' '${AGENT_BIN}' --data-dir '${join(work, 'agent-pi-2')}' --no-http`)
+      .replace('deviceAgent', `'${process.execPath}' '${AGENT_BIN}' --no-http`)
+      .replace(/--data-dir \S+/, `--data-dir '${join(work, 'agent-pi-2')}'`)
       .replace(/--broker \S+/, `--broker ${m.broker}`);
     const shell = spawn('bash', ['-c', line], { stdio: ['ignore', 'pipe', 'pipe'] });
     const shellExit = new Promise<number | null>((resolve) => shell.on('exit', (code) => resolve(code)));

@@ -8,6 +8,7 @@ import type { CommandParams, CommandResult, ErrorBody } from '@edgefleet/protoco
 import type { AddedModel, AddOptions } from '../models/registry.js';
 import type { ProvisionResult } from '../devices/provisioning.js';
 import type { CreateRolloutInput } from '../rollouts/executor.js';
+import type { RolloutTiming } from '../rollouts/summary.js';
 import type { AuditEntry, DeviceRecord, ModelVersionRecord, RolloutRecord, RolloutTarget } from '../state/schema.js';
 
 /** A device as the API shows it: never its token hash. */
@@ -20,6 +21,12 @@ export interface HealthView {
   rollouts: { running: number };
 }
 
+export interface DeviceUpdateView {
+  device: PublicDevice;
+  /** What the operator must still do (e.g. restart an agent whose subscribed groups differ now). */
+  notes: string[];
+}
+
 export interface GroupView {
   name: string;
   devices: string[];
@@ -28,7 +35,7 @@ export interface GroupView {
 
 export type ModelView = ModelVersionRecord & { versions: number[]; activeOn: string[] };
 
-export type RolloutView = RolloutRecord & { progress: Record<string, { received: number; total: number }> };
+export type RolloutView = RolloutRecord & { progress: Record<string, { received: number; total: number }>; timing: RolloutTiming };
 
 export interface ExecResult {
   device: string;
@@ -69,6 +76,8 @@ export interface DeviceOperations {
   /** A new device exchanges the fleet provisioning key for its own credential; undefined when the key is wrong. */
   enrol(args: { id: string; key: string | undefined }): Promise<ProvisionResult | undefined>;
   removeDevice(args: { id: string; actor: string }): Promise<{ removed: string }>;
+  /** Replaces its groups and/or merges its labels (a null value removes a label). */
+  updateDevice(args: { id: string; groups?: string[]; labels?: Record<string, string | null>; actor: string }): Promise<DeviceUpdateView>;
   listGroups(): GroupView[];
   infer(args: { device: string; params: CommandParams<'infer'>; actor: string; timeoutMs?: number }): Promise<CommandResult<'infer'>>;
   logs(args: { device: string; lines: number }): Promise<CommandResult<'logs'>>;

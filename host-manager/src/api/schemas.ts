@@ -2,16 +2,21 @@
 import { z } from 'zod';
 import { NameSchema, ProcessingSchema, VersionSchema, commands, describe } from '@edgefleet/protocol';
 import { FleetError } from '@edgefleet/protocol';
-import { LineageSchema } from '../state/schema.js';
+import { LabelKeySchema, LabelValueSchema, LineageSchema } from '../state/schema.js';
 import { RolloutPolicySchema } from '../rollouts/policy.js';
 
 const TargetSchema = z
   .string()
   .min(1)
-  .refine((t) => t === 'all' || /^(group:)?[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(t), 'expected a device id, group:NAME or all');
+  .max(1024)
+  .refine((t) => t === 'all' || t.includes('=') || /^(group:)?[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(t), 'expected a device id, group:NAME, all or a selector such as arch=arm64,site=plant-1');
 
 export const schemas = {
   addDevice: z.object({ id: z.string().min(1), groups: z.array(z.string()).default([]) }).strict(),
+  updateDevice: z
+    .object({ groups: z.array(NameSchema).max(64).optional(), labels: z.record(LabelKeySchema, LabelValueSchema.nullable()).optional() })
+    .strict()
+    .refine((b) => b.groups !== undefined || b.labels !== undefined, 'give groups, labels or both'),
   addModelPath: z
     .object({
       path: z.string().min(1),

@@ -26,7 +26,7 @@ export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
             } catch (error) {
               throw new UsageError(`cannot read ${a.file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
             }
-            const headers: Record<string, string> = {};
+            const headers: Record<string, string> = { 'x-model-filename': encodeURIComponent(a.file) };
             if (a.lineage) {
               try {
                 JSON.parse(a.lineage);
@@ -35,7 +35,12 @@ export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
               }
               headers['x-model-lineage'] = Buffer.from(a.lineage).toString('base64');
             }
-            if (a.processing) headers['x-model-processing'] = (await readFile(resolve(a.processing))).toString('base64');
+            if (a.processing) {
+              const text = await readFile(resolve(a.processing)).catch((error: NodeJS.ErrnoException) => {
+                throw new UsageError(`cannot read --processing ${a.processing}: ${error.code ?? error.message}`);
+              });
+              headers['x-model-processing'] = text.toString('base64');
+            }
             const rec = await c.upload<{ name: string; version: number; sha256: string; created: boolean }>(`/api/models?name=${encodeURIComponent(name)}`, bytes, headers);
             return { json: rec, text: rec.created ? `${rec.name}@${rec.version} added (sha256 ${rec.sha256.slice(0, 12)}…)` : `${rec.name}@${rec.version} already has these bytes; nothing added` };
           }),

@@ -8,7 +8,7 @@ import { FleetError, LegacyCommandSchema, LEGACY_COMMANDS, toErrorBody } from '@
 import type { LegacyCommand } from '@edgefleet/protocol';
 import type { DeviceOperations, ExecResult } from '../api/contract.js';
 import type { DeviceRecord, RolloutTarget } from '../state/schema.js';
-import { formatTarget } from '../rollouts/target.js';
+import { formatTarget, groupNames, targetDevices, targetHint } from '../rollouts/target.js';
 import type { DeviceContext } from './context.js';
 
 export function createLegacyExec(ctx: DeviceContext): DeviceOperations['exec'] {
@@ -17,9 +17,13 @@ export function createLegacyExec(ctx: DeviceContext): DeviceOperations['exec'] {
   function membersOf(target: RolloutTarget): DeviceRecord[] {
     const all = state.devices();
     if (target.kind === 'all') return all;
-    if (target.kind === 'device') return [state.requireDevice(target.name)];
-    const members = all.filter((d) => d.groups.includes(target.name));
-    if (members.length === 0) throw new FleetError('not_found', `group ${target.name} has no devices; see \`hostManager groups\``);
+    if (target.kind === 'device') {
+      const hint = state.device(target.name) ? undefined : targetHint(target.name, groupNames(state));
+      if (hint) throw new FleetError('not_found', `no device ${target.name}; ${hint}`);
+      return [state.requireDevice(target.name)];
+    }
+    const members = targetDevices(all, target);
+    if (members.length === 0) throw new FleetError('not_found', `${target.kind === 'group' ? `group ${target.name} has no devices` : `no device matches ${formatTarget(target)}`}; see \`hostManager devices list\``);
     return members;
   }
 

@@ -1,6 +1,7 @@
 /** The device operations: list, show, provision (by the operator or by enrolment), remove, groups, and requests to one device. */
 import { verifySecretAsync } from '@edgefleet/node-io';
-import { FleetError, topics } from '@edgefleet/protocol';
+import { FleetError, assertName, topics } from '@edgefleet/protocol';
+import { FACT_KEYS } from '../rollouts/target.js';
 import type { DeviceOperations, GroupView, PublicDevice } from '../api/contract.js';
 import type { FleetRepository } from '../state/repository.js';
 import type { DeviceRecord } from '../state/schema.js';
@@ -65,6 +66,20 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       ctx.client.publish(topics.device(args.id, 'status'), '', { qos: 1, retain: true });
       return { removed: args.id };
     },
+    async updateDevice(args) {
+      const d = state.requireDevice(args.id);
+      const before = { groups: [...d.groups], labels: { ...(d.labels ?? {}) } };
+      if (args.groups) {
+        for (const g of args.groups) assertName('group', g);
+        d.groups = [...new Set(args.groups)].sort();
+        for (const g of d.groups) state.ensureGroup(g, new Date().toISOString());
+      }
+      if (args.labels) d.labels = mergeLabels(d.labels ?? {}, args.labels);
+      if (d.labels && Object.keys(d.labels).length === 0) delete d.labels;
+      await audit({ actor: args.actor, action: 'device.update', target: args.id, result: 'ok', detail: { before, after: { groups: d.groups, labels: d.labels ?? {} } } });
+      fleet.emitFeed({ type: 'device', device: d.id, online: d.online, record: d });
+      return { device: publicDevice(d), notes: groupNotes(d) };
+    },
     listGroups: () => groupsOf(state),
     async infer(args) {
       state.requireDevice(args.device);
@@ -90,4 +105,28 @@ function groupsOf(state: FleetRepository): GroupView[] {
     }
   }
   return [...groups.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+}
+
+/** Labels after a merge patch: a string sets, null removes; a fact's name (arch, runtime, ...) is refused. */
+function mergeLabels(current: Readonly<Record<string, string>>, patch: Readonly<Record<string, string | null>>): Record<string, string> {
+  const next: Record<string, string> = { ...current };
+  for (const [key, value] of Object.entries(patch)) {
+    if ((FACT_KEYS as readonly string[]).includes(key)) {
+      throw new FleetError('invalid_params', `"${key}" is a fact the device reports (${FACT_KEYS.join(', ')}); selectors read it as it is, so it cannot be a label`);
+    }
+    if (value === null) delete next[key];
+    else next[key] = value;
+  }
+  return next;
+}
+
+/** Said when the groups the agent subscribed to (its status) differ from the groups it now has. */
+function groupNotes(d: DeviceRecord): string[] {
+  const reported = d.info?.groups;
+  if (!reported || reported.join(',') === d.groups.join(',')) return [];
+  const flag = d.groups.length ? `--groups ${d.groups.join(',')}` : 'no --groups';
+  return [
+    `${d.id}'s agent subscribes to the groups it was started with (${reported.join(',') || 'none'}): rollouts target it by its new groups at once, ` +
+      `but group commands and group fan-out reach it only after it restarts with ${flag} (or "groups" in its config file)`,
+  ];
 }

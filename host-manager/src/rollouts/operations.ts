@@ -2,17 +2,26 @@
 import { FleetError } from '@edgefleet/protocol';
 import type { RolloutOperations } from '../api/contract.js';
 import type { Registry } from '../models/registry.js';
+import type { FleetRepository } from '../state/repository.js';
 import type { Rollouts } from './executor.js';
+import { rolloutTiming } from './summary.js';
+import { groupNames, targetHint } from './target.js';
 
-export function createRolloutOperations(ctx: { rollouts: Rollouts; registry: Registry }): RolloutOperations {
-  const { rollouts, registry } = ctx;
+export function createRolloutOperations(ctx: { rollouts: Rollouts; registry: Registry; state: FleetRepository }): RolloutOperations {
+  const { rollouts, registry, state } = ctx;
   return {
-    deploy: (input) => rollouts.create(input, (model, version) => registry.require(model, version).version),
+    async deploy(input) {
+      if (input.to.kind === 'device' && !state.device(input.to.name)) {
+        const hint = targetHint(input.to.name, groupNames(state));
+        if (hint) throw new FleetError('not_found', `no device ${input.to.name}; ${hint}`);
+      }
+      return rollouts.create(input, (model, version) => registry.require(model, version).version);
+    },
     listRollouts: () => rollouts.list(),
     showRollout(id) {
       const r = rollouts.get(id);
       const progress = rollouts.progress.get(id);
-      return { ...r, progress: progress ? Object.fromEntries(progress) : {} };
+      return { ...r, progress: progress ? Object.fromEntries(progress) : {}, timing: rolloutTiming(r, new Date()) };
     },
     abortRollout: (id, actor) => rollouts.abort(id, actor),
     resumeRollout: (id, actor) => rollouts.resume(id, actor),
