@@ -5,6 +5,7 @@
  * main.ts puts them together.
  */
 import type { CommandParams, CommandResult, ErrorBody } from '@edgefleet/protocol';
+import type { VitalsSeries } from '../devices/vitals-history.js';
 import type { AddedModel, AddOptions } from '../models/registry.js';
 import type { ProvisionResult } from '../devices/provisioning.js';
 import type { CreateRolloutInput } from '../rollouts/executor.js';
@@ -81,6 +82,8 @@ export interface DeviceOperations {
   listGroups(): GroupView[];
   infer(args: { device: string; params: CommandParams<'infer'>; actor: string; timeoutMs?: number }): Promise<CommandResult<'infer'>>;
   logs(args: { device: string; lines: number }): Promise<CommandResult<'logs'>>;
+  /** Recent telemetry the controller kept in memory (minutes back, at most what it keeps), oldest first. */
+  telemetryHistory(args: { device: string; minutes: number }): VitalsSeries & { device: string };
   /** The original plain-text commands, to devices (answered) or on the legacy topic (not answered). */
   exec(args: { to: RolloutTarget; command: string; actor: string; via?: 'command' | 'topic' }): Promise<{ via: string; results: ExecResult[] }>;
 }
@@ -101,6 +104,8 @@ export interface RolloutOperations {
   resumeRollout(id: string, actor: string): Promise<RolloutRecord>;
   /** The named rollout, or the newest one that switched devices. */
   rollbackRollout(id: string | undefined, actor: string): Promise<RolloutRecord>;
+  /** Switches one device back from what the newest rollout of `model` switched it to. */
+  rollbackDevice(args: { device: string; model: string; actor: string }): Promise<RolloutRecord>;
 }
 
 export interface ControllerOperations {

@@ -37,6 +37,8 @@ function deviceRoutes(ops: Operations): Route[] {
       const body = parseBody(schemas.updateDevice, await c.body());
       return ops.updateDevice({ id: p['id']!, ...(body.groups ? { groups: body.groups } : {}), ...(body.labels ? { labels: body.labels } : {}), actor: c.actor });
     }),
+    route('GET', '/api/devices/:id/telemetry', (_r, p, c) => ops.telemetryHistory({ device: p['id']!, minutes: Math.min(24 * 60, Math.max(1, intParam(c.url.searchParams.get('minutes'), 'minutes', 30))) })),
+    route('POST', '/api/devices/:id/rollback', async (_r, p, c) => ops.rollbackDevice({ device: p['id']!, model: parseBody(schemas.rollbackDevice, await c.body()).model, actor: c.actor })),
     route('GET', '/api/devices/:id/logs', (_r, p, c) => ops.logs({ device: p['id']!, lines: Math.min(5000, Math.max(1, intParam(c.url.searchParams.get('lines'), 'lines', 100))) })),
     route('POST', '/api/devices/:id/infer', async (_r, p, c) => {
       const { timeoutMs, ...params } = parseBody(schemas.infer, await c.body());

@@ -30,6 +30,7 @@ export const schemas = {
   infer: commands.infer.params.extend({ timeoutMs: z.number().int().min(1).max(600_000).optional() }),
   exec: z.object({ to: TargetSchema, command: z.string().min(1), via: z.enum(['command', 'topic']).optional() }).strict(),
   rollback: z.object({ rollout: z.string().min(1).optional() }).strict(),
+  rollbackDevice: z.object({ model: NameSchema }).strict(),
   sshDeliver: z
     .object({
       model: NameSchema,

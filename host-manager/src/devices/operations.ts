@@ -89,6 +89,10 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       state.requireDevice(args.device);
       return requester.request(args.device, 'logs', { lines: args.lines }, ctx.timeoutMs);
     },
+    telemetryHistory(args) {
+      state.requireDevice(args.device);
+      return { device: args.device, ...fleet.vitals.series(args.device, Date.now() - args.minutes * 60_000) };
+    },
     exec: createLegacyExec(ctx),
   };
 }

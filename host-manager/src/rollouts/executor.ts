@@ -201,6 +201,23 @@ export class Rollouts {
     return r;
   }
 
+  /**
+   * Switches one device back to the version it ran before the newest rollout of `model` that
+   * switched it (that rollout's record shows the device rolled back; the rollout itself goes on).
+   */
+  async rollbackDevice(device: string, model: string, actor: string): Promise<RolloutRecord> {
+    this.#state.requireDevice(device);
+    const r = this.list().find((x) => x.model === model && ownEntry(x.devices, device)?.state === 'switched');
+    if (!r) throw new FleetError('not_found', `no rollout of ${model} switched ${device}; nothing to roll back (see \`hostManager rollouts list\`)`);
+    await this.#rollbackDevices(r, [device], actor);
+    const d = ownEntry(r.devices, device)!;
+    r.updatedAt = new Date().toISOString();
+    await this.#state.write();
+    this.#emit(r);
+    if (d.state !== 'rolled-back') throw new FleetError(d.error?.code ?? 'internal', d.error?.message ?? `${device} could not be rolled back`);
+    return r;
+  }
+
   /** Resolves when the rollout is no longer running (finished, failed or aborted). */
   async settled(id: string): Promise<RolloutRecord> {
     await this.#running.get(id);

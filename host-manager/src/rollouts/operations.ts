@@ -25,6 +25,7 @@ export function createRolloutOperations(ctx: { rollouts: Rollouts; registry: Reg
     },
     abortRollout: (id, actor) => rollouts.abort(id, actor),
     resumeRollout: (id, actor) => rollouts.resume(id, actor),
+    rollbackDevice: (args) => rollouts.rollbackDevice(args.device, args.model, args.actor),
     rollbackRollout(id, actor) {
       const target = id ?? rollouts.list().find((r) => Object.values(r.devices).some((d) => d.state === 'switched'))?.id;
       if (!target) throw new FleetError('not_found', 'no rollout has switched devices to roll back; see `hostManager rollouts list`');
