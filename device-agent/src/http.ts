@@ -26,6 +26,8 @@ export interface InferenceServerOptions {
   logger: Logger;
   /** Largest request body accepted, in bytes; default 16 MiB. */
   maxBodyBytes?: number;
+  /** Answers GET /metrics (the agent's Prometheus metrics, metrics.ts). */
+  metrics?: (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 }
 
 export interface InferenceServer {
@@ -127,6 +129,7 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
+    if (path === '/metrics' && opts.metrics && (req.method === 'GET' || req.method === 'HEAD')) return opts.metrics(req, res);
     const match = ROUTE.exec(path);
     if (!match) throw new HttpError(404, 'not_found', `no route ${path}; try GET /models`);
     let name: string | undefined;

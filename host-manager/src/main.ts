@@ -16,6 +16,7 @@ import { loadOrCreateFleetKeys } from './access/fleet-keys.js';
 import type { FleetKeys } from './access/fleet-keys.js';
 import { ensureEnrolmentKey, ensureOperator } from './access/tokens.js';
 import type { Operations } from './api/contract.js';
+import { registerFleetGauges } from './api/fleet-gauges.js';
 import { createMetrics } from './api/metrics.js';
 import type { Metrics } from './api/metrics.js';
 import { startApi } from './api/server.js';
@@ -88,6 +89,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const enrolment = options.enrolment ? await ensureEnrolmentKey(state, dataDir, options.enrolment.groups ?? []) : null;
   const legacyTopic = options.legacyTopic ?? DEFAULTS.legacyTopic;
   const metrics = createMetrics();
+  registerFleetGauges(metrics.registry, state);
   const link = await connectBroker(options, { state, operator, legacyTopic, log });
   const requester = await createRequester(link.client);
   const fleet = new Fleet({ mqtt: link.client, state, logger: log.child({ component: 'fleet' }), metrics, discover: link.broker === null });
