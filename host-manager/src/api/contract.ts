@@ -17,7 +17,8 @@ export type PublicDevice = Omit<DeviceRecord, 'tokenHash'> & { provisioned: bool
 
 export interface HealthView {
   ok: boolean;
-  broker: { connected: boolean; embedded: boolean; url: string };
+  /** `accounts`: who holds the devices' broker credentials (the embedded broker reads the fleet state; Mosquitto's dynamic security; or the external broker itself). */
+  broker: { connected: boolean; embedded: boolean; url: string; accounts: 'embedded' | 'mosquitto-dynsec' | 'external' };
   devices: { total: number; online: number };
   rollouts: { running: number };
 }

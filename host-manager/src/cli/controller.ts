@@ -11,6 +11,7 @@ import type { Manager } from '../main.js';
 import { brokerUrlOf } from '../broker-link.js';
 import { DEFAULTS, defaultDataDir } from '../defaults.js';
 import { enrolmentKeyPath, operatorTokenPath } from '../access/tokens.js';
+import { readBrokerPassword } from '../broker-setup/password-file.js';
 import { runConsole } from './console.js';
 import { EXIT, invocation } from './io.js';
 import type { CliIO } from './io.js';
@@ -26,6 +27,7 @@ export interface ControllerArgs {
   operator?: string;
   'broker-username'?: string;
   'broker-password'?: string;
+  'broker-accounts'?: 'auto' | 'mosquitto-dynsec' | 'none';
   'legacy-topic'?: string;
   advertise?: string;
   'log-level'?: string;
@@ -59,7 +61,8 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
       httpPort: args['http-port'] ?? DEFAULTS.httpPort,
       operatorId: args.operator ?? DEFAULTS.operatorId,
       brokerUsername: args['broker-username'],
-      brokerPassword: args['broker-password'] ?? env['EDGEFLEET_BROKER_PASSWORD'],
+      brokerPassword: args['broker-password'] ?? env['EDGEFLEET_BROKER_PASSWORD'] ?? (args.broker ? await readBrokerPassword(dataDir) : undefined),
+      brokerAccounts: args['broker-accounts'] ?? 'auto',
       legacyTopic: args['legacy-topic'] ?? DEFAULTS.legacyTopic,
       advertiseUrl: args.advertise,
       logger,

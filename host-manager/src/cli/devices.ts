@@ -31,6 +31,7 @@ interface Provisioned {
   config: { httpPort?: number };
   command: string;
   commandInline: string;
+  brokerCredential?: { mosquittoPasswd: string; note: string };
 }
 
 function provisionedText(idText: string, groups: string[], r: Provisioned): string {
@@ -46,6 +47,7 @@ function provisionedText(idText: string, groups: string[], r: Provisioned): stri
     JSON.stringify(r.config, null, 2),
     '',
     `Then: \`hostManager devices list\` shows it online; its inference API answers on http://127.0.0.1:${r.config.httpPort ?? 8470}/models on the device.`,
+    ...(r.brokerCredential ? ['', `On the broker: ${r.brokerCredential.note}:`, `  ${r.brokerCredential.mosquittoPasswd}`] : []),
   ].join('\n');
 }
 

@@ -6,6 +6,7 @@
  */
 import yargs from 'yargs';
 import { defaultDataDir } from '../defaults.js';
+import { brokerCommands } from './broker.js';
 import { controllerCommand } from './controller-command.js';
 import type { ControllerRunner } from './controller-command.js';
 import { deviceCommands } from './devices.js';
@@ -33,6 +34,7 @@ export async function runCli(argv: readonly string[], io: CliIO = processIO, opt
     .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' });
   if (!completing) parser = controllerCommand(parser, ctx, opts.controller);
   parser = deviceCommands(parser, ctx);
+  parser = brokerCommands(parser, ctx);
   parser = modelCommands(parser, ctx);
   parser = rolloutCommands(parser, ctx);
   parser = requestCommands(parser, ctx)

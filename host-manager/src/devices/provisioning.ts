@@ -17,6 +17,8 @@ export interface ProvisionResult {
   command: string;
   /** The same, with everything on the command line (no config file needed). */
   commandInline: string;
+  /** On an external broker the controller does not manage: what the operator adds there (a Mosquitto password file line). */
+  brokerCredential?: { mosquittoPasswd: string; note: string };
 }
 
 /** Creates a device's credential. The token is returned once and never stored. */
