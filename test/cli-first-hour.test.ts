@@ -212,6 +212,16 @@ describe('the first hour with the CLI', () => {
     expect((await api<DeviceView>(m, 'GET', '/api/devices/cam-1')).body.info?.models.find((x) => x.name === 'lin')?.version).toBe(2);
   });
 
+  it('writes a demo model that is added, rolled out and answers as printed', async () => {
+    const written = await runCli(m, ['models', 'demo', '--out', work]);
+    expect(written.code).toBe(0);
+    expect(written.stdout).toContain('answers y = [3, 7, 7]');
+    expect((await runCli(m, ['models', 'add', join(work, 'demo.onnx')])).code).toBe(0);
+    expect((await runCli(m, ['deploy', 'demo', '--to', 'cam-2', '--soak', '0', '--wait'])).code).toBe(0);
+    const answer = await runCli(m, ['infer', 'cam-2', 'demo', '--input', join(work, 'demo-input.json'), '--json']);
+    expect(answer.json<{ outputs: { y: { data: number[] } } }>().outputs.y.data).toEqual([3, 7, 7]);
+  }, 60_000);
+
   it('completes commands in the shell, and npm prints no warnings for this project', async () => {
     const words = await runCli(m, ['--get-yargs-completions', 'devices', '']);
     for (const w of ['list', 'add', 'set', 'watch', 'remove']) expect(words.stdout.split('\n')).toContain(w);
