@@ -128,7 +128,8 @@ function nextSteps(manager: Manager): string {
     'Next, in another terminal:',
     ...setup,
     "  hostManager devices add pi-1 --group lab     # prints the command that starts pi-1's agent (on the device, or here to try)",
-    '  hostManager models add model.onnx --name demo',
+    '  hostManager models demo                      # writes demo.onnx and demo-input.json (or use your own .onnx)',
+    '  hostManager models add demo.onnx',
     '  hostManager deploy demo --to group:lab --wait',
     '  hostManager --help                           # every command; `hostManager completion >> ~/.bashrc` adds tab completion',
   );

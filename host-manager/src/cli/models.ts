@@ -71,7 +71,8 @@ export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
             const dir = resolve(a.out);
             await mkdir(dir, { recursive: true });
             await writeFile(join(dir, 'demo.onnx'), demoModel());
-            await writeFile(join(dir, 'demo-input.json'), `${JSON.stringify(DEMO_INPUT)}\n`);
+            // {"inputs": ...}: what `hostManager infer --input` and the agent's own HTTP API both take
+            await writeFile(join(dir, 'demo-input.json'), `${JSON.stringify({ inputs: DEMO_INPUT })}\n`);
             const answer = demoAnswer(DEMO_INPUT.x.data);
             ctx.io.out(
               a.json

@@ -77,7 +77,8 @@ export function rolloutText(r: RolloutView, now = new Date()): string {
       gate = ` — gate ${w.gate.pass ? 'passed' : 'FAILED'}${findings.length ? `: ${findings.join('; ')}` : w.gate.pass ? '' : ' (above)'}`;
       said.push(...findings);
     }
-    lines.push(`  wave ${w.index} (${w.label}): ${waveState(r, w, now)}, ${w.devices.length} device(s)${gate}`);
+    const size = w.devices.length ? `${w.devices.length} device(s)` : 'no devices (those matching the target when it starts join it)';
+    lines.push(`  wave ${w.index} (${w.label}): ${waveState(r, w, now)}, ${size}${w.devices.length ? gate : ''}`);
     for (const id of w.devices) {
       const dev = r.devices[id];
       if (!dev) continue;

@@ -44,7 +44,8 @@ export function rolloutTiming(r: RolloutRecord, now: Date): RolloutTiming {
       remaining += (opens.getTime() - now.getTime()) / 1000;
     }
   }
-  const later = r.waves.filter((w) => w.index > current.index && w.state === 'pending').length;
+  // an empty wave (a dynamic target's last, before anyone joined) passes at once: it adds no time
+  const later = r.waves.filter((w) => w.index > current.index && w.state === 'pending' && w.devices.length > 0).length;
   remaining += later * ((perWave ?? 0) + r.policy.soakS);
   if (later > 0 && perWave === undefined) lowerBound = true;
   return {
