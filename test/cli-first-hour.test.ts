@@ -17,22 +17,10 @@ import { AGENT_BIN } from './support/agent-process.js';
 import { MANAGER_BIN, api, eventually, freePort, runCli, startManager } from './support/manager-process.js';
 import type { ManagerProcess } from './support/manager-process.js';
 import { linearModel } from './support/onnx-models.js';
+import type { DeviceView, RolloutView } from './support/views.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
-interface DeviceView {
-  id: string;
-  online: boolean;
-  labels?: Record<string, string>;
-  info: { models: { name: string; version: number }[] } | null;
-}
-interface RolloutView {
-  id: string;
-  status: string;
-  waves: { label: string; state: string; devices: string[] }[];
-  devices: Record<string, { state: string }>;
-  timing: { windowOpensAt: string | null; etaAt: string | null };
-}
 
 /** A long-running CLI command (watch, logs -f) whose output is read as it comes. */
 function spawnCli(m: ManagerProcess, args: string[]): { child: ChildProcess; out: () => string; err: () => string; exited: Promise<number | null> } {

@@ -23,6 +23,7 @@ import type { AgentProcess } from './support/agent-process.js';
 import { api, eventually, startManager } from './support/manager-process.js';
 import type { ManagerProcess } from './support/manager-process.js';
 import { linearModel } from './support/onnx-models.js';
+import type { DeviceView, RolloutView } from './support/views.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const WAIT_MS = 15_000;
@@ -30,18 +31,6 @@ const SHOTS = fileURLToPath(new URL('./artifacts/screenshots/', import.meta.url)
 const DESKTOP = { width: 1280, height: 860 };
 const PHONE = { width: 390, height: 844 };
 
-interface DeviceView {
-  id: string;
-  online: boolean;
-  labels?: Record<string, string>;
-  info: { models: { name: string; version: number }[] } | null;
-}
-interface RolloutView {
-  id: string;
-  status: string;
-  waves: { state: string }[];
-  devices: Record<string, { state: string }>;
-}
 
 /** Opens the dashboard in a fresh tab and signs in through its own form, as a person would. */
 async function signIn(context: BrowserContext, url: string, token: string): Promise<Page> {

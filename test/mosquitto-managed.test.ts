@@ -12,7 +12,6 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { appendFile, chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
@@ -22,26 +21,13 @@ import { cleanupAgents, spawnAgent } from './support/agent-process.js';
 import type { AgentProcess } from './support/agent-process.js';
 import { MANAGER_BIN, api, eventually, freePort, runCli, startManager } from './support/manager-process.js';
 import type { ManagerProcess } from './support/manager-process.js';
+import { runMosquitto } from './support/mosquitto.js';
 import { allClose, linearModel } from './support/onnx-models.js';
 
 /** `hostManager broker setup mosquitto …` as a process (no controller needed). */
 function setup(args: string[]): { code: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [MANAGER_BIN, 'broker', 'setup', 'mosquitto', ...args], { encoding: 'utf8', timeout: 30_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-async function startMosquittoWith(config: string, port: number): Promise<ChildProcess> {
-  const child = spawn('mosquitto', ['-c', config], { stdio: 'ignore' });
-  await eventually('mosquitto listening', () =>
-    new Promise<true | undefined>((resolve) => {
-      const s = connect(port, '127.0.0.1', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(undefined));
-    }),
-  );
-  return child;
 }
 
 /** An MQTT 3.1.1 login; resolves with the client, or rejects with the broker's refusal. */
@@ -73,6 +59,14 @@ async function dynsec(client: MqttClient, command: Record<string, unknown>): Pro
   });
 }
 
+/** A work directory Mosquitto's own user can reach (it drops root), the controller's data dir in it, a free port. */
+async function workspace(prefix: string): Promise<{ work: string; dataDir: string; port: number; url: string }> {
+  const work = await mkdtemp(join(tmpdir(), prefix));
+  await chmod(work, 0o755);
+  const port = await freePort();
+  return { work, dataDir: join(work, 'controller'), port, url: `mqtt://127.0.0.1:${port}` };
+}
+
 describe('Mosquitto with the dynamic security plugin, managed by the controller', () => {
   let work: string;
   let dataDir: string;
@@ -85,11 +79,7 @@ describe('Mosquitto with the dynamic security plugin, managed by the controller'
   const model = linearModel({ seed: 31 });
 
   beforeAll(async () => {
-    work = await mkdtemp(join(tmpdir(), 'mosq-dynsec-'));
-    await chmod(work, 0o755); // Mosquitto started as root runs as its own user, which must reach its files here
-    dataDir = join(work, 'controller');
-    port = await freePort();
-    url = `mqtt://127.0.0.1:${port}`;
+    ({ work, dataDir, port, url } = await workspace('mosq-dynsec-'));
     await writeFile(join(work, 'lin.onnx'), model.bytes);
   });
 
@@ -115,7 +105,7 @@ describe('Mosquitto with the dynamic security plugin, managed by the controller'
     const again = setup(['--out', join(work, 'mosquitto'), '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir]);
     expect(again.code).toBe(2);
     expect(again.stderr).toMatch(/already exists .*--force/);
-    mosquitto = await startMosquittoWith(join(work, 'mosquitto', 'mosquitto.conf'), port);
+    mosquitto = await runMosquitto(join(work, 'mosquitto', 'mosquitto.conf'), port);
   });
 
   it('the controller finds the plugin and logs in with the stored password', async () => {
@@ -208,11 +198,7 @@ describe('Mosquitto without the plugin: a password file and an ACL file from the
   let agent: AgentProcess | undefined;
 
   beforeAll(async () => {
-    work = await mkdtemp(join(tmpdir(), 'mosq-static-'));
-    await chmod(work, 0o755); // as above
-    dataDir = join(work, 'controller');
-    port = await freePort();
-    url = `mqtt://127.0.0.1:${port}`;
+    ({ work, dataDir, port, url } = await workspace('mosq-static-'));
   });
 
   afterAll(async () => {
@@ -226,7 +212,7 @@ describe('Mosquitto without the plugin: a password file and an ACL file from the
     const dir = join(work, 'mosquitto');
     expect(setup(['--static', '--out', dir, '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir]).code).toBe(0);
     expect(await readFile(join(dir, 'passwd'), 'utf8')).toMatch(/^admin:\$7\$101\$[A-Za-z0-9+/]{16}\$[A-Za-z0-9+/]{86}==\n$/);
-    mosquitto = await startMosquittoWith(join(dir, 'mosquitto.conf'), port);
+    mosquitto = await runMosquitto(join(dir, 'mosquitto.conf'), port);
     m = await startManager({ dataDir, args: [url] });
     expect(((await (await fetch(`${m.url}/health`)).json()) as { broker: { accounts: string } }).broker.accounts).toBe('external');
 
