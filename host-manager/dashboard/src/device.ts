@@ -20,7 +20,8 @@ function appendSample(series: VitalsSeries, s: Sample, at: number): void {
   series.memoryPercent.push(s.memoryTotalBytes ? (100 * s.memoryUsedBytes) / s.memoryTotalBytes : 0);
   series.temperatureC.push(s.temperatureC);
   const n = series.at.length;
-  for (const [key, h] of Object.entries(s.models)) {
+  for (const key of Object.keys(s.models)) {
+    // a model seen for the first time: empty before now, so its line starts where it started
     series.models[key] ??= { requests: new Array<number | null>(n - 1).fill(null), errors: new Array<number | null>(n - 1).fill(null), p95Ms: new Array<number | null>(n - 1).fill(null) };
   }
   for (const [key, m] of Object.entries(series.models)) {

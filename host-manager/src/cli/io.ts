@@ -108,10 +108,9 @@ export function createCliContext(io: CliIO, env: NodeJS.ProcessEnv, inConsole: b
         const a = raw as unknown as A & Common;
         try {
           const result = await fn(a, await api(a));
-          if (a.json) {
-            if (result.json !== undefined) io.out(JSON.stringify(result.json, null, 2)); // streaming commands print their own lines
-          }
-          else if (result.text !== undefined) io.out(result.text);
+          // a streaming command (watch, logs -f) has printed its own lines and returns no json
+          if (a.json && result.json !== undefined) io.out(JSON.stringify(result.json, null, 2));
+          else if (!a.json && result.text !== undefined) io.out(result.text);
           code = result.code ?? EXIT.ok;
         } catch (error) {
           report(a.json, error);

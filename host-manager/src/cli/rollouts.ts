@@ -4,7 +4,7 @@
  */
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
-import { FleetError } from '@edgefleet/protocol';
+import type { FleetError } from '@edgefleet/protocol';
 import { parseWindow } from '../rollouts/window.js';
 import { createClient, resolveConnection } from './client.js';
 import type { Client } from './client.js';
