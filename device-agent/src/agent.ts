@@ -23,6 +23,8 @@ import { TelemetryFlusher } from './telemetry/flush.js';
 import { createModelService } from './models/index.js';
 import type { ModelService } from './models/index.js';
 import { createInferenceServer } from './http.js';
+import { createAgentMetrics } from './metrics.js';
+import type { AgentMetrics } from './metrics.js';
 import type { InferenceServer } from './http.js';
 import { createTransferReceiver } from './transfer/index.js';
 import type { TransferReceiver } from './transfer/index.js';
@@ -63,6 +65,7 @@ class DeviceAgent implements Agent {
   readonly #identity: DeviceIdentity;
   readonly #link: DeviceConnection;
   readonly #dispatcher: Dispatcher;
+  readonly #metrics: AgentMetrics;
   #models: ModelService | undefined;
   #ownModels = false;
   #http: InferenceServer | undefined;
@@ -81,6 +84,7 @@ class DeviceAgent implements Agent {
     this.#models = deps.models;
     this.#logger = deps.logger.child({ device: config.device });
     this.#identity = { id: config.device, groups: config.groups, arch: arch() };
+    this.#metrics = createAgentMetrics(config.device);
     this.#link = new DeviceConnection(config, this.#logger, { onConnected: (c) => this.#onConnected(c), onMessage: (t, p, r) => this.#onMessage(t, p, r) }, deps.random);
     this.#dispatcher = new Dispatcher({
       handlers: createHandlers({
@@ -154,7 +158,7 @@ class DeviceAgent implements Agent {
       });
       this.#ownModels = true;
     }
-    const service = this.#models;
+    const service = (this.#models = this.#metrics.instrument(this.#models));
     containers.useModels((model) => service.active().find((m) => m.name === model)?.version);
     if (config.fleetPublicKeyPem) {
       this.#transfer = createTransferReceiver({
@@ -172,7 +176,14 @@ class DeviceAgent implements Agent {
     }
     if (config.http) {
       const maxBodyBytes = Math.round(config.httpMaxBodyMb * 1024 * 1024);
-      this.#http = await createInferenceServer(service, { host: config.httpHost, port: config.httpPort, logger, maxBodyBytes, serverVersion: this.#version });
+      this.#http = await createInferenceServer(service, {
+        host: config.httpHost,
+        port: config.httpPort,
+        logger,
+        maxBodyBytes,
+        serverVersion: this.#version,
+        metrics: (req, res) => this.#metrics.handle(req, res),
+      });
       logger.info({ host: config.httpHost, port: this.#http.port }, 'HTTP inference API listening');
     }
     this.#legacy = new LegacyChannel({
@@ -287,6 +298,7 @@ class DeviceAgent implements Agent {
     }
     const parsed = parseTopic(topic);
     if (parsed?.kind === 'transfer') {
+      this.#metrics.chunk(payload.length, parsed.target.kind);
       try {
         this.#transfer?.chunk(parsed.transferId, parsed.index, payload);
       } catch (error) {

@@ -39,6 +39,8 @@ export interface InferenceServerOptions {
   maxBodyBytes?: number;
   /** Reported by GET /v2. */
   serverVersion?: string;
+  /** Answers GET /metrics (the agent's Prometheus metrics, metrics.ts). */
+  metrics?: (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 }
 
 export interface InferenceServer {
@@ -359,6 +361,7 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     let api: Route['api'] = path.startsWith('/v2') ? 'v2' : 'models';
     const handled = (async () => {
+      if (path === '/metrics' && opts.metrics && (req.method === 'GET' || req.method === 'HEAD')) return opts.metrics(req, res);
       const route = parseRoute(path);
       api = route.api;
       return route.api === 'v2' ? handleV2(ctx, req, res, route) : handleModels(ctx, req, res, route);

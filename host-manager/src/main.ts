@@ -16,6 +16,7 @@ import { loadOrCreateFleetKeys } from './access/fleet-keys.js';
 import type { FleetKeys } from './access/fleet-keys.js';
 import { ensureEnrolmentKey, ensureOperator } from './access/tokens.js';
 import type { Operations } from './api/contract.js';
+import { registerFleetGauges } from './api/fleet-gauges.js';
 import { createMetrics } from './api/metrics.js';
 import type { Metrics } from './api/metrics.js';
 import { startApi } from './api/server.js';
@@ -36,6 +37,8 @@ import { createRegistry } from './models/registry.js';
 import type { Registry } from './models/registry.js';
 import { Rollouts } from './rollouts/executor.js';
 import { createRolloutOperations } from './rollouts/operations.js';
+import { brokerAccountsFor, reconcileAccounts } from './broker-setup/dynsec.js';
+import type { BrokerAccounts, BrokerAccountsMode } from './broker-setup/dynsec.js';
 import { auditRecorder } from './state/audit.js';
 import { openState } from './state/repository.js';
 import type { FleetRepository } from './state/repository.js';
@@ -54,6 +57,8 @@ export interface ManagerOptions extends BrokerLinkOptions {
   requestTimeoutMs?: number;
   /** Enrolment with a fleet provisioning key (POST /enrol); off by default. Enrolled devices join `groups`. */
   enrolment?: { groups?: string[] } | false;
+  /** An external broker's accounts: Mosquitto's dynamic security when it answers (`auto`, the default), required, or `none`. */
+  brokerAccounts?: BrokerAccountsMode;
   /** Transfer tuning passed to deliverModel. */
   chunkSize?: number;
   window?: number;
@@ -92,8 +97,11 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const enrolment = options.enrolment ? await ensureEnrolmentKey(state, dataDir, options.enrolment.groups ?? []) : null;
   const legacyTopic = options.legacyTopic ?? DEFAULTS.legacyTopic;
   const metrics = createMetrics();
+  registerFleetGauges(metrics.registry, state);
   const link = await connectBroker(options, { state, operator, legacyTopic, log });
   const requester = await createRequester(link.client);
+  const accounts = link.broker ? undefined : await brokerAccountsFor(link.client, options.brokerAccounts ?? 'auto', { legacyTopic, log });
+  if (accounts) await reconcileAccounts(accounts, state, log);
   const fleet = new Fleet({ mqtt: link.client, state, logger: log.child({ component: 'fleet' }), metrics, discover: link.broker === null });
   await fleet.start();
   const registry = createRegistry(state, dataDir);
@@ -112,7 +120,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   });
   const rollback = makeRollback({ requester, registry, images, keys, timeoutMs });
   const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
-  const ops = createOperations({ state, fleet, registry, images, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect });
+  const ops = createOperations({ state, fleet, registry, images, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect, ...(accounts ? { brokerAccounts: accounts } : {}) });
   const api = await startApi({ ops, state, fleet, metrics, logger: log.child({ component: 'api' }), host: options.httpHost ?? DEFAULTS.httpHost, port: options.httpPort ?? DEFAULTS.httpPort });
   const controllerFile = join(dataDir, CONTROLLER_FILE);
   const announced = { pid: process.pid, url: api.url, broker: link.brokerUrl, advertisedBroker: link.advertised, mqtt: link.broker?.ports ?? null, startedAt: new Date().toISOString() };
@@ -168,6 +176,7 @@ function createOperations(ctx: {
   timeoutMs: number;
   enrolmentOn: boolean;
   disconnect(id: string): void;
+  brokerAccounts?: BrokerAccounts;
 }): Operations {
   const { state, fleet, rollouts, client } = ctx;
   const audit = auditRecorder(state, (entry) => fleet.emitFeed({ type: 'audit', entry }));
@@ -182,7 +191,7 @@ function createOperations(ctx: {
       const all = state.devices();
       return {
         ok: client.connected,
-        broker: { connected: client.connected, embedded: ctx.broker !== null, url: ctx.advertised },
+        broker: { connected: client.connected, embedded: ctx.broker !== null, url: ctx.advertised, accounts: ctx.broker ? 'embedded' : (ctx.brokerAccounts?.kind ?? 'external') },
         devices: { total: all.length, online: all.filter((d) => d.online).length },
         rollouts: { running: rollouts.list().filter((r) => r.status === 'running').length },
       };

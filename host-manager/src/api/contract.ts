@@ -5,10 +5,12 @@
  * main.ts puts them together.
  */
 import type { CommandParams, CommandResult, ErrorBody } from '@edgefleet/protocol';
+import type { VitalsSeries } from '../devices/vitals-history.js';
 import type { AddedModel, AddOptions } from '../models/registry.js';
 import type { AddedImage, AddImageOptions } from '../images/registry.js';
 import type { ProvisionResult } from '../devices/provisioning.js';
 import type { CreateRolloutInput } from '../rollouts/executor.js';
+import type { RolloutTiming } from '../rollouts/summary.js';
 import type { ArtifactKind, AuditEntry, DeviceRecord, ImageVersionRecord, ModelVersionRecord, RolloutRecord, RolloutTarget } from '../state/schema.js';
 
 /** A device as the API shows it: never its token hash. */
@@ -16,9 +18,16 @@ export type PublicDevice = Omit<DeviceRecord, 'tokenHash'> & { provisioned: bool
 
 export interface HealthView {
   ok: boolean;
-  broker: { connected: boolean; embedded: boolean; url: string };
+  /** `accounts`: who holds the devices' broker credentials (the embedded broker reads the fleet state; Mosquitto's dynamic security; or the external broker itself). */
+  broker: { connected: boolean; embedded: boolean; url: string; accounts: 'embedded' | 'mosquitto-dynsec' | 'external' };
   devices: { total: number; online: number };
   rollouts: { running: number };
+}
+
+export interface DeviceUpdateView {
+  device: PublicDevice;
+  /** What the operator must still do (e.g. restart an agent whose subscribed groups differ now). */
+  notes: string[];
 }
 
 export interface GroupView {
@@ -29,7 +38,7 @@ export interface GroupView {
 
 export type ModelView = ModelVersionRecord & { versions: number[]; activeOn: string[] };
 
-export type RolloutView = RolloutRecord & { progress: Record<string, { received: number; total: number }> };
+export type RolloutView = RolloutRecord & { progress: Record<string, { received: number; total: number }>; timing: RolloutTiming };
 
 export interface ExecResult {
   device: string;
@@ -107,9 +116,13 @@ export interface DeviceOperations {
   /** A new device exchanges the fleet provisioning key for its own credential; undefined when the key is wrong. */
   enrol(args: { id: string; key: string | undefined }): Promise<ProvisionResult | undefined>;
   removeDevice(args: { id: string; actor: string }): Promise<{ removed: string }>;
+  /** Replaces its groups and/or merges its labels (a null value removes a label). */
+  updateDevice(args: { id: string; groups?: string[]; labels?: Record<string, string | null>; actor: string }): Promise<DeviceUpdateView>;
   listGroups(): GroupView[];
   infer(args: { device: string; params: CommandParams<'infer'>; actor: string; timeoutMs?: number }): Promise<CommandResult<'infer'>>;
   logs(args: { device: string; lines: number }): Promise<CommandResult<'logs'>>;
+  /** Recent telemetry the controller kept in memory (minutes back, at most what it keeps), oldest first. */
+  telemetryHistory(args: { device: string; minutes: number }): VitalsSeries & { device: string };
   /** The original plain-text commands, to devices (answered) or on the legacy topic (not answered). */
   exec(args: { to: RolloutTarget; command: string; actor: string; via?: 'command' | 'topic' }): Promise<{ via: string; results: ExecResult[] }>;
 }
@@ -144,6 +157,8 @@ export interface RolloutOperations {
   resumeRollout(id: string, actor: string): Promise<RolloutRecord>;
   /** The named rollout, or the newest one (of `kind`, when given) that switched devices. */
   rollbackRollout(id: string | undefined, actor: string, kind?: ArtifactKind): Promise<RolloutRecord>;
+  /** Switches one device back from what the newest rollout of `model` switched it to. */
+  rollbackDevice(args: { device: string; model: string; actor: string }): Promise<RolloutRecord>;
 }
 
 export interface ControllerOperations {

@@ -34,6 +34,12 @@ function deviceRoutes(ops: Operations): Route[] {
     }, { created: true }),
     route('GET', '/api/devices/:id', (_r, p) => ops.showDevice(p['id']!)),
     route('DELETE', '/api/devices/:id', (_r, p, c) => ops.removeDevice({ id: p['id']!, actor: c.actor })),
+    route('PATCH', '/api/devices/:id', async (_r, p, c) => {
+      const body = parseBody(schemas.updateDevice, await c.body());
+      return ops.updateDevice({ id: p['id']!, ...(body.groups ? { groups: body.groups } : {}), ...(body.labels ? { labels: body.labels } : {}), actor: c.actor });
+    }),
+    route('GET', '/api/devices/:id/telemetry', (_r, p, c) => ops.telemetryHistory({ device: p['id']!, minutes: Math.min(24 * 60, Math.max(1, intParam(c.url.searchParams.get('minutes'), 'minutes', 30))) })),
+    route('POST', '/api/devices/:id/rollback', async (_r, p, c) => ops.rollbackDevice({ device: p['id']!, model: parseBody(schemas.rollbackDevice, await c.body()).model, actor: c.actor })),
     route('GET', '/api/devices/:id/logs', (_r, p, c) => ops.logs({ device: p['id']!, lines: Math.min(5000, Math.max(1, intParam(c.url.searchParams.get('lines'), 'lines', 100))) })),
     route('POST', '/api/devices/:id/infer', async (_r, p, c) => {
       const { timeoutMs, ...params } = parseBody(schemas.infer, await c.body());
@@ -124,6 +130,7 @@ async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestCont
   };
   const lineage = header('x-model-lineage');
   const processing = header('x-model-processing');
+  const source = uploadedName(req.headers['x-model-filename']);
   const dir = join(ops.dataDir, 'uploads');
   await mkdir(dir, { recursive: true });
   const tmp = join(dir, `${randomBytes(8).toString('hex')}.onnx`);
@@ -131,10 +138,22 @@ async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestCont
     await pipeline(req, createWriteStream(tmp, { mode: 0o600 }));
     return await ops.addModel({
       file: tmp,
-      opts: { name, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}) },
+      opts: { name, source, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}) },
       actor: c.actor,
     });
   } finally {
     await rm(tmp, { force: true });
   }
+}
+
+/** The name the client gave its file (x-model-filename, percent-encoded), for error messages only; never a path on this host. */
+function uploadedName(header: string | string[] | undefined): string {
+  if (typeof header !== 'string' || header === '') return 'the uploaded file';
+  let name: string;
+  try {
+    name = decodeURIComponent(header);
+  } catch {
+    return 'the uploaded file'; // a malformed escape: the name is only for messages, so fall back
+  }
+  return JSON.stringify(name.replace(/[\u0000-\u001f]/g, '').slice(0, 256));
 }

@@ -2,13 +2,14 @@
 import { z } from 'zod';
 import { ContainerSpecSchema, NameSchema, ProcessingSchema, VersionSchema, describe, inferParamsSchema } from '@edgefleet/protocol';
 import { FleetError } from '@edgefleet/protocol';
-import { ARTIFACT_KINDS, LineageSchema } from '../state/schema.js';
+import { ARTIFACT_KINDS, LabelKeySchema, LabelValueSchema, LineageSchema } from '../state/schema.js';
 import { RolloutPolicySchema } from '../rollouts/policy.js';
 
 const TargetSchema = z
   .string()
   .min(1)
-  .refine((t) => t === 'all' || /^(group:)?[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(t), 'expected a device id, group:NAME or all');
+  .max(1024)
+  .refine((t) => t === 'all' || t.includes('=') || /^(group:)?[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(t), 'expected a device id, group:NAME, all or a selector such as arch=arm64,site=plant-1');
 
 const SshHost = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$|^[0-9A-Fa-f:.]{2,45}$/, 'expected a host name, an IPv4 or an IPv6 address (without brackets)');
 
@@ -24,6 +25,10 @@ const sshLogin = {
 
 export const schemas = {
   addDevice: z.object({ id: z.string().min(1), groups: z.array(z.string()).default([]) }).strict(),
+  updateDevice: z
+    .object({ groups: z.array(NameSchema).max(64).optional(), labels: z.record(LabelKeySchema, LabelValueSchema.nullable()).optional() })
+    .strict()
+    .refine((b) => b.groups !== undefined || b.labels !== undefined, 'give groups, labels or both'),
   addModelPath: z
     .object({
       path: z.string().min(1),
@@ -37,6 +42,7 @@ export const schemas = {
   infer: inferParamsSchema({ timeoutMs: z.number().int().min(1).max(600_000).optional() }),
   exec: z.object({ to: TargetSchema, command: z.string().min(1), via: z.enum(['command', 'topic']).optional() }).strict(),
   rollback: z.object({ rollout: z.string().min(1).optional(), kind: z.enum(ARTIFACT_KINDS).optional() }).strict(),
+  rollbackDevice: z.object({ model: NameSchema }).strict(),
   addImagePath: z
     .object({ path: z.string().min(1), name: NameSchema, reference: z.string().min(1).max(256).optional(), container: ContainerSpecSchema.optional(), imageId: z.string().optional() })
     .strict(),

@@ -15,7 +15,7 @@ import type { TokenChecker } from '../access/token-checker.js';
 import type { Fleet } from '../devices/presence.js';
 import type { FleetRepository } from '../state/repository.js';
 import type { Operations } from './contract.js';
-import { DASHBOARD_HTML } from './dashboard.js';
+import { serveDashboard } from './dashboard.js';
 import { attachFeed } from './feed.js';
 import { bearer, pathParams, readJson, send } from './http.js';
 import type { Route } from './http.js';
@@ -70,9 +70,9 @@ async function answer(req: IncomingMessage, res: ServerResponse, ctx: { routes: 
     send(res, status, body, type);
   };
   try {
-    if (req.method === 'GET' && (url.pathname === '/' || url.pathname === '/index.html')) {
-      routeName = '/';
-      return finish(200, DASHBOARD_HTML, 'text/html; charset=utf-8');
+    if (req.method === 'GET' && (await serveDashboard(res, url.pathname))) {
+      metrics.httpRequests.inc({ method: 'GET', route: '/dashboard', status: '200' });
+      return;
     }
     if (req.method === 'GET' && url.pathname === '/metrics') {
       routeName = '/metrics';

@@ -11,8 +11,9 @@ import { ClientError, createClient, resolveConnection } from './client.js';
 import type { Client } from './client.js';
 import { EXIT, UsageError, parseModelRef, parseSshTarget, table } from './io.js';
 import type { CliContext, CommandOutput, Common } from './io.js';
-import { ROLLOUT_ONLY_FLAGS, SSH_DELIVERY_TIMEOUT_MS, deploy, deployOptions, rolloutText } from './rollouts.js';
-import type { RolloutView } from './rollouts.js';
+import { ROLLOUT_ONLY_FLAGS, SSH_DELIVERY_TIMEOUT_MS, deploy, deployOptions } from './rollouts.js';
+import { rolloutText } from './rollout-text.js';
+import type { RolloutView } from './rollout-text.js';
 
 interface ImageRecordView {
   name: string;

@@ -1,9 +1,10 @@
 /** `hostManager models add|list|show|remove`: the model registry. */
-import { readFile } from 'node:fs/promises';
-import { basename, extname, resolve } from 'node:path';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { basename, extname, join, resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { UsageError, parseModelRef, table } from './io.js';
 import type { CliContext } from './io.js';
+import { DEMO_INPUT, demoAnswer, demoModel } from '../models/demo-model.js';
 
 export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
   return y
@@ -26,7 +27,7 @@ export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
             } catch (error) {
               throw new UsageError(`cannot read ${a.file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
             }
-            const headers: Record<string, string> = {};
+            const headers: Record<string, string> = { 'x-model-filename': encodeURIComponent(a.file) };
             if (a.lineage) {
               try {
                 JSON.parse(a.lineage);
@@ -35,7 +36,12 @@ export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
               }
               headers['x-model-lineage'] = Buffer.from(a.lineage).toString('base64');
             }
-            if (a.processing) headers['x-model-processing'] = (await readFile(resolve(a.processing))).toString('base64');
+            if (a.processing) {
+              const text = await readFile(resolve(a.processing)).catch((error: NodeJS.ErrnoException) => {
+                throw new UsageError(`cannot read --processing ${a.processing}: ${error.code ?? error.message}`);
+              });
+              headers['x-model-processing'] = text.toString('base64');
+            }
             const rec = await c.upload<{ name: string; version: number; sha256: string; created: boolean }>(`/api/models?name=${encodeURIComponent(name)}`, bytes, headers);
             return { json: rec, text: rec.created ? `${rec.name}@${rec.version} added (sha256 ${rec.sha256.slice(0, 12)}…)` : `${rec.name}@${rec.version} already has these bytes; nothing added` };
           }),
@@ -55,6 +61,27 @@ export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
           const r = await c.call('DELETE', `/api/models/${encodeURIComponent(model)}/${version}`);
           return { json: r, text: `${model}@${version} removed` };
         }))
-        .demandCommand(1, 'say which: models add|list|show|remove'),
+        .command(
+          'demo',
+          'write a tiny demo model (demo.onnx) and an input for it (demo-input.json), to try a rollout and an inference',
+          (yy) => yy.option('out', { type: 'string', default: '.', describe: 'directory to write them into' }),
+          async (raw) => {
+            // local: nothing is sent to the controller
+            const a = raw as unknown as { out: string; json: boolean };
+            const dir = resolve(a.out);
+            await mkdir(dir, { recursive: true });
+            await writeFile(join(dir, 'demo.onnx'), demoModel());
+            // {"inputs": ...}: what `hostManager infer --input` and the agent's own HTTP API both take
+            await writeFile(join(dir, 'demo-input.json'), `${JSON.stringify({ inputs: DEMO_INPUT })}\n`);
+            const answer = demoAnswer(DEMO_INPUT.x.data);
+            ctx.io.out(
+              a.json
+                ? JSON.stringify({ model: join(dir, 'demo.onnx'), input: join(dir, 'demo-input.json'), expected: { y: answer } })
+                : `wrote ${join(dir, 'demo.onnx')} (y = x·W + b, x float32[batch,4], y float32[batch,3]) and ${join(dir, 'demo-input.json')}; for x = [1,2,3,4] it answers y = [${answer.join(', ')}]\n` +
+                    'next: hostManager models add demo.onnx && hostManager deploy demo --to group:lab --wait && hostManager infer pi-1 demo --input demo-input.json',
+            );
+          },
+        )
+        .demandCommand(1, 'say which: models add|list|show|remove|demo'),
     );
 }

@@ -4,6 +4,7 @@ import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { EXIT, UsageError, parseModelRef, table } from './io.js';
 import type { CliContext } from './io.js';
+import { followLog, formatLogLine } from './logs.js';
 
 export function requestCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
   return y
@@ -48,10 +49,26 @@ export function requestCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
         return { json: r, text: lines.join('\n') || 'no devices answered', code: r.results.every((x) => x.ok) ? EXIT.ok : EXIT.failed };
       }),
     )
-    .command('logs <device>', "the tail of a device agent's log", (y) => y.positional('device', { type: 'string', demandOption: true }).option('lines', { type: 'number', default: 100 }), ctx.run<{ device: string; lines: number }>(async (a, c) => {
-      const r = await c.call<{ lines: string[] }>('GET', `/api/devices/${encodeURIComponent(a.device)}/logs?lines=${a.lines}`);
-      return { json: r, text: r.lines.join('\n') };
-    }))
+    .command(
+      'logs <device>',
+      "the tail of a device agent's log; -f keeps following it",
+      (y) =>
+        y
+          .positional('device', { type: 'string', demandOption: true })
+          .option('lines', { type: 'number', default: 100, describe: 'how many lines from the end' })
+          .option('follow', { alias: 'f', type: 'boolean', default: false, describe: 'keep printing new lines (asks the device every second) until Ctrl-C' })
+          .option('raw', { type: 'boolean', default: false, describe: "the agent's JSON log lines as they are" }),
+      ctx.run<{ device: string; lines: number; follow: boolean; raw: boolean }>(async (a, c) => {
+        const path = (n: number): string => `/api/devices/${encodeURIComponent(a.device)}/logs?lines=${n}`;
+        const r = await c.call<{ lines: string[] }>('GET', path(a.lines));
+        const show = (line: string): string => (a.raw || a.json ? line : formatLogLine(line));
+        if (!a.follow) return { json: r, text: r.lines.map(show).join('\n') };
+        const print = (line: string): void => ctx.io.out(a.json ? JSON.stringify({ device: a.device, line }) : show(line));
+        r.lines.forEach(print);
+        await followLog({ fetch: async () => (await c.call<{ lines: string[] }>('GET', path(200))).lines, print, last: r.lines });
+        return { json: undefined };
+      }),
+    )
     .command('keys', "the fleet's public signing key (give it to devices)", {}, ctx.run(async (_a, c) => {
       const k = await c.call<{ keyId: string; publicKeyPem: string }>('GET', '/api/keys');
       return { json: k, text: `key id ${k.keyId}\n${k.publicKeyPem.trimEnd()}` };

@@ -24,6 +24,8 @@ export interface AddOptions {
   processing?: ProcessingInput | null;
   /** The lowest onnxruntime version the model needs; derived from the opset when omitted. */
   minOnnxruntime?: string | null;
+  /** How errors name the file (the user's own name for an upload, not the staging path). */
+  source?: string;
 }
 
 export type AddedModel = ModelVersionRecord & { /** False when the same bytes were already registered under this name. */ created: boolean };
@@ -75,14 +77,14 @@ export function createRegistry(state: FleetRepository, dataDir: string): Registr
 }
 
 /** Reads and checks an ONNX file (and the processing it declares) before anything is stored. */
-async function readModel(file: string, processing: Processing | null): Promise<{ bytes: Buffer; meta: OnnxMetadata }> {
+async function readModel(file: string, processing: Processing | null, source = file): Promise<{ bytes: Buffer; meta: OnnxMetadata }> {
   let bytes: Buffer;
   try {
     bytes = await readFile(file);
   } catch (error) {
-    throw new FleetError('not_found', `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    throw new FleetError('not_found', `cannot read ${source}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
   }
-  const meta = readOnnxMetadata(bytes, file);
+  const meta = readOnnxMetadata(bytes, source);
   if (processing) {
     if (!meta.inputs.some((i) => i.name === processing.input)) {
       throw invalid(`processing names input "${processing.input}", but the model's inputs are ${meta.inputs.map((i) => i.name).join(', ')}`);
@@ -97,7 +99,7 @@ async function readModel(file: string, processing: Processing | null): Promise<{
 async function addVersion(state: FleetRepository, blobs: BlobStore, file: string, opts: AddOptions): Promise<AddedModel> {
   const name = checkedName(opts.name);
   const processing = opts.processing ? parseProcessing(opts.processing) : null;
-  const { bytes, meta } = await readModel(file, processing);
+  const { bytes, meta } = await readModel(file, processing, opts.source);
   const sha256 = sha256Hex(bytes);
   const versions = state.modelVersions(name);
   const same = versions.find((v) => v.sha256 === sha256);

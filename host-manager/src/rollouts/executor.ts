@@ -10,17 +10,17 @@ import type { Logger } from 'pino';
 import { FleetError, assertName, ownEntry, toErrorBody } from '@edgefleet/protocol';
 import type { ErrorBody } from '@edgefleet/protocol';
 import type { FleetRepository } from '../state/repository.js';
-import type { ArtifactKind, RolloutDevice, RolloutRecord, RolloutTarget } from '../state/schema.js';
+import type { ArtifactKind, DeviceRecord, RolloutDevice, RolloutRecord, RolloutTarget } from '../state/schema.js';
 import type { Fleet } from '../devices/presence.js';
 import type { Metrics } from '../api/metrics.js';
 import { EMPTY_HEALTH, combineHealth, summarizeHealth } from './health.js';
 import { containerVerdicts, evaluateGate, gateFailureReason } from './gate.js';
-import { newRollout, nextStep } from './plan.js';
+import { applyRewave, newRollout, nextStep } from './plan.js';
 import type { RolloutStep } from './plan.js';
 import { resolvePolicy } from './policy.js';
 import type { PolicyInput } from './policy.js';
 import { summarize } from './summary.js';
-import { formatTarget, targetDevices } from './target.js';
+import { formatTarget, isDynamicTarget, targetDevices } from './target.js';
 
 export type DeliveryOutcome = { ok: true; version: number; previous?: number | null } | { ok: false; error: ErrorBody };
 
@@ -111,12 +111,15 @@ export class Rollouts {
     assertName(kind, input.model);
     const version = versionOf(input.model, input.version, kind);
     const policy = resolvePolicy(input.policy);
-    const all = this.#state.devices().filter((d) => d.provisioned !== false || d.info);
+    const all = this.#candidates();
     if (input.to.kind === 'device') this.#state.requireDevice(input.to.name);
     if (input.to.kind === 'group' && !all.some((d) => d.groups.includes(input.to.kind === 'group' ? input.to.name : ''))) {
       throw new FleetError('not_found', `group ${input.to.name} has no devices; see \`hostManager groups\``);
     }
     const chosen = targetDevices(all, input.to);
+    if (chosen.length === 0 && input.to.kind === 'selector') {
+      throw new FleetError('not_found', `no device matches ${formatTarget(input.to)} now; see the labels and facts in \`hostManager devices list\``);
+    }
     if (chosen.length === 0) throw new FleetError('not_found', 'the fleet has no devices to roll out to; add one with `hostManager devices add`');
     const unfinishedOn = (r: RolloutRecord, device: string): boolean => {
       const was = ownEntry(r.devices, device);
@@ -203,6 +206,23 @@ export class Rollouts {
     return r;
   }
 
+  /**
+   * Switches one device back to the version it ran before the newest rollout of `model` that
+   * switched it (that rollout's record shows the device rolled back; the rollout itself goes on).
+   */
+  async rollbackDevice(device: string, model: string, actor: string): Promise<RolloutRecord> {
+    this.#state.requireDevice(device);
+    const r = this.list().find((x) => (x.kind ?? 'model') === 'model' && x.model === model && ownEntry(x.devices, device)?.state === 'switched');
+    if (!r) throw new FleetError('not_found', `no rollout of ${model} switched ${device}; nothing to roll back (see \`hostManager rollouts list\`)`);
+    await this.#rollbackDevices(r, [device], actor);
+    const d = ownEntry(r.devices, device)!;
+    r.updatedAt = new Date().toISOString();
+    await this.#state.write();
+    this.#emit(r);
+    if (d.state !== 'rolled-back') throw new FleetError(d.error?.code ?? 'internal', d.error?.message ?? `${device} could not be rolled back`);
+    return r;
+  }
+
   /** Resolves when the rollout is no longer running (finished, failed or aborted). */
   async settled(id: string): Promise<RolloutRecord> {
     await this.#running.get(id);
@@ -213,6 +233,11 @@ export class Rollouts {
     this.#closed = true;
     this.#wake();
     await Promise.allSettled([...this.#running.values()]);
+  }
+
+  /** Devices a rollout may reach: provisioned here, or seen reporting on an external broker. */
+  #candidates(): DeviceRecord[] {
+    return this.#state.devices().filter((d) => d.provisioned !== false || d.info);
   }
 
   /** What the device last reported running: the model's active version, or the version of the app's running container. */
@@ -247,7 +272,8 @@ export class Rollouts {
     while (!this.#closed) {
       const r = this.#state.rollout(id);
       if (!r || r.status !== 'running') return;
-      const step = nextStep(r, (d) => this.#fleet.isOnline(d), new Date());
+      const matching = isDynamicTarget(r.target) ? () => targetDevices(this.#candidates(), r.target) : undefined;
+      const step = nextStep(r, (d) => this.#fleet.isOnline(d), new Date(), matching);
       if (step.kind === 'idle') return;
       if (step.kind === 'wait') {
         await this.#sleep(step.until);
@@ -268,6 +294,10 @@ export class Rollouts {
         await this.#deliverTo(r, step.wave, step.devices);
         return;
       }
+      case 'rewave':
+        applyRewave(r, step, (id) => this.#activeVersion(id, r.kind ?? 'model', r.model));
+        if (step.join.length || step.leave.length) this.#log.info({ rollout: r.id, wave: step.wave, join: step.join, leave: step.leave }, 'target re-evaluated as the wave starts');
+        return;
       case 'mark-waiting':
         for (const id of step.devices) {
           const d = ownEntry(r.devices, id);

@@ -27,6 +27,10 @@ function byName<S extends z.ZodType>(value: S) {
 
 const Iso = z.string().min(1);
 
+/** A label's key (`site`, `example.com/rack`) and value (`plant-1`, possibly empty), as in Kubernetes. */
+export const LabelKeySchema = z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/, 'label keys are 1-63 letters, digits, ".", "_", "/" or "-", starting and ending with a letter or digit');
+export const LabelValueSchema = z.string().regex(/^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$/, 'label values are up to 63 letters, digits, ".", "_" or "-", starting and ending with a letter or digit');
+
 export const DeviceRecordSchema = z
   .object({
     id: NameSchema,
@@ -44,6 +48,10 @@ export const DeviceRecordSchema = z
     provisioned: z.boolean().optional(),
     /** Provisioned by itself with the fleet provisioning key (POST /enrol). */
     enrolled: z.boolean().optional(),
+    /** The operator's labels (`site=plant-1`), for rollout selectors; see rollouts/target.ts. */
+    labels: z.record(LabelKeySchema, LabelValueSchema).optional(),
+    /** The local inference API port its start command was given (unique among the fleet, so two agents can share a machine). */
+    agentHttpPort: z.number().int().min(1).max(65535).optional(),
   })
   .strict();
 export type DeviceRecord = z.infer<typeof DeviceRecordSchema>;
@@ -106,6 +114,16 @@ export type AuditEntry = z.infer<typeof AuditEntrySchema>;
 
 // ---------------------------------------------------------------- rollouts
 
+/** A daily maintenance window, `start`-`end` (HH:MM, 24 h) in an IANA time zone; `end` before `start` runs past midnight. */
+export const MaintenanceWindowSchema = z
+  .object({
+    start: z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'expected HH:MM'),
+    end: z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'expected HH:MM'),
+    timeZone: z.string().min(1).max(64),
+  })
+  .strict();
+export type MaintenanceWindow = z.infer<typeof MaintenanceWindowSchema>;
+
 /** What a rollout is allowed to do and when it must stop. */
 export const RolloutPolicyRecordSchema = z
   .object({
@@ -131,6 +149,8 @@ export const RolloutPolicyRecordSchema = z
     offlineDeadlineS: z.number(),
     /** Roll the switched devices back when a gate fails. */
     rollbackOnFailure: z.boolean(),
+    /** Deliveries (and so switches) start only inside this daily window; absent = any time. */
+    window: MaintenanceWindowSchema.optional(),
   })
   .strict();
 export type RolloutPolicy = z.infer<typeof RolloutPolicyRecordSchema>;
@@ -209,10 +229,16 @@ export const RolloutWaveSchema = z
   .strict();
 export type RolloutWave = z.infer<typeof RolloutWaveSchema>;
 
+/** One term of a selector: a label or a reported fact (arch, runtime, ...) equal or not equal to a value. */
+export const SelectorTermSchema = z.object({ key: LabelKeySchema, op: z.enum(['=', '!=']), value: LabelValueSchema }).strict();
+export type SelectorTerm = z.infer<typeof SelectorTermSchema>;
+
 export const RolloutTargetSchema = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('device'), name: NameSchema }).strict(),
   z.object({ kind: z.literal('group'), name: NameSchema }).strict(),
   z.object({ kind: z.literal('all') }).strict(),
+  /** Every device whose labels and facts match all terms, evaluated again as each wave starts. */
+  z.object({ kind: z.literal('selector'), match: z.array(SelectorTermSchema).min(1).max(16) }).strict(),
 ]);
 export type RolloutTarget = z.infer<typeof RolloutTargetSchema>;
 
