@@ -6,6 +6,7 @@
  */
 import type { CommandParams, CommandResult, ErrorBody } from '@edgefleet/protocol';
 import type { AddedModel, AddOptions } from '../models/registry.js';
+import type { ExpectedUpload, SampleUpload } from '../models/check-files.js';
 import type { ProvisionResult } from '../devices/provisioning.js';
 import type { CreateRolloutInput } from '../rollouts/executor.js';
 import type { AuditEntry, DeviceRecord, ModelVersionRecord, RolloutRecord, RolloutTarget } from '../state/schema.js';
@@ -62,6 +63,12 @@ export interface SshDeliveryView {
   hostKeyPinned: boolean;
 }
 
+/** A device's answer to an inference, with the binary part of its reply (binary output tensors) when it has one. */
+export interface InferAnswer {
+  result: CommandResult<'infer'>;
+  binary: Uint8Array | undefined;
+}
+
 export interface DeviceOperations {
   listDevices(): PublicDevice[];
   showDevice(id: string): PublicDevice;
@@ -70,7 +77,8 @@ export interface DeviceOperations {
   enrol(args: { id: string; key: string | undefined }): Promise<ProvisionResult | undefined>;
   removeDevice(args: { id: string; actor: string }): Promise<{ removed: string }>;
   listGroups(): GroupView[];
-  infer(args: { device: string; params: CommandParams<'infer'>; actor: string; timeoutMs?: number }): Promise<CommandResult<'infer'>>;
+  /** One inference through MQTT; `binary` is the binary part of a request in the binary extension's layout. */
+  infer(args: { device: string; params: CommandParams<'infer'>; actor: string; timeoutMs?: number; binary?: Uint8Array }): Promise<InferAnswer>;
   logs(args: { device: string; lines: number }): Promise<CommandResult<'logs'>>;
   /** The original plain-text commands, to devices (answered) or on the legacy topic (not answered). */
   exec(args: { to: RolloutTarget; command: string; actor: string; via?: 'command' | 'topic' }): Promise<{ via: string; results: ExecResult[] }>;
@@ -80,6 +88,10 @@ export interface ModelOperations {
   listModels(name?: string): ModelVersionRecord[];
   showModel(name: string, version?: number): ModelView;
   addModel(args: { file: string; opts: AddOptions; actor: string }): Promise<AddedModel>;
+  /** Keeps a sample request for a version about to be added (named by its sha256 in the version's check). */
+  addSample(args: { body: Uint8Array; headerLength?: number; actor: string }): Promise<SampleUpload>;
+  /** Keeps expected outputs for a version about to be added. */
+  addExpected(args: { json: unknown; actor: string }): Promise<ExpectedUpload>;
   removeModel(args: { name: string; version: number; actor: string }): Promise<{ removed: boolean; blobDeleted: boolean }>;
   deliverSsh(args: SshDeliveryRequest): Promise<SshDeliveryView>;
 }

@@ -10,6 +10,8 @@ import type { Operations } from './contract.js';
 import { bearer, route } from './http.js';
 import type { RequestContext, Route } from './http.js';
 import { intParam, parseBody, schemas, versionParam } from './schemas.js';
+import { uploadSample, uploadedCheck } from './check-uploads.js';
+import { inferRoute } from './infer-route.js';
 import { parseTarget } from '../rollouts/target.js';
 import { summarize } from '../rollouts/summary.js';
 
@@ -34,10 +36,7 @@ function deviceRoutes(ops: Operations): Route[] {
     route('GET', '/api/devices/:id', (_r, p) => ops.showDevice(p['id']!)),
     route('DELETE', '/api/devices/:id', (_r, p, c) => ops.removeDevice({ id: p['id']!, actor: c.actor })),
     route('GET', '/api/devices/:id/logs', (_r, p, c) => ops.logs({ device: p['id']!, lines: Math.min(5000, Math.max(1, intParam(c.url.searchParams.get('lines'), 'lines', 100))) })),
-    route('POST', '/api/devices/:id/infer', async (_r, p, c) => {
-      const { timeoutMs, ...params } = parseBody(schemas.infer, await c.body());
-      return ops.infer({ device: p['id']!, params, actor: c.actor, ...(timeoutMs ? { timeoutMs } : {}) });
-    }),
+    route('POST', '/api/devices/:id/infer', (req, p, c) => inferRoute(ops, req, p['id']!, c)),
     route('GET', '/api/groups', () => ops.listGroups()),
     route('POST', '/api/exec', async (_r, _p, c) => {
       const body = parseBody(schemas.exec, await c.body());
@@ -54,10 +53,18 @@ function modelRoutes(ops: Operations): Route[] {
       const body = parseBody(schemas.addModelPath, await c.body());
       return ops.addModel({
         file: body.path,
-        opts: { name: body.name, ...(body.lineage ? { lineage: body.lineage } : {}), ...(body.processing ? { processing: body.processing } : {}), ...(body.minOnnxruntime ? { minOnnxruntime: body.minOnnxruntime } : {}) },
+        opts: {
+          name: body.name,
+          ...(body.lineage ? { lineage: body.lineage } : {}),
+          ...(body.processing ? { processing: body.processing } : {}),
+          ...(body.minOnnxruntime ? { minOnnxruntime: body.minOnnxruntime } : {}),
+          ...(body.check ? { check: body.check } : {}),
+        },
         actor: c.actor,
       });
     }, { created: true }),
+    route('POST', '/api/samples', (req, _p, c) => uploadSample(ops, req, c), { created: true }),
+    route('POST', '/api/expected-outputs', async (_r, _p, c) => ops.addExpected({ json: await c.body(), actor: c.actor }), { created: true }),
     route('GET', '/api/models/:name', (_r, p) => ops.showModel(p['name']!)),
     route('GET', '/api/models/:name/:version', (_r, p) => ops.showModel(p['name']!, versionParam(p['version']))),
     route('DELETE', '/api/models/:name/:version', (_r, p, c) => ops.removeModel({ name: p['name']!, version: versionParam(p['version']), actor: c.actor })),
@@ -119,6 +126,7 @@ async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestCont
   };
   const lineage = header('x-model-lineage');
   const processing = header('x-model-processing');
+  const check = uploadedCheck(req);
   const dir = join(ops.dataDir, 'uploads');
   await mkdir(dir, { recursive: true });
   const tmp = join(dir, `${randomBytes(8).toString('hex')}.onnx`);
@@ -126,7 +134,7 @@ async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestCont
     await pipeline(req, createWriteStream(tmp, { mode: 0o600 }));
     return await ops.addModel({
       file: tmp,
-      opts: { name, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}) },
+      opts: { name, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}), ...(check ? { check } : {}) },
       actor: c.actor,
     });
   } finally {

@@ -4,6 +4,7 @@ import { NameSchema, ProcessingSchema, VersionSchema, describe, inferParamsSchem
 import { FleetError } from '@edgefleet/protocol';
 import { LineageSchema } from '../state/schema.js';
 import { RolloutPolicySchema } from '../rollouts/policy.js';
+import { CheckRequestSchema } from '../models/checks.js';
 
 const TargetSchema = z
   .string()
@@ -19,6 +20,8 @@ export const schemas = {
       lineage: LineageSchema.optional(),
       processing: ProcessingSchema.optional(),
       minOnnxruntime: z.string().optional(),
+      /** How devices check the version before switching (models/checks.ts). */
+      check: CheckRequestSchema.optional(),
     })
     .strict(),
   deploy: z.object({ model: NameSchema, version: VersionSchema.optional(), to: TargetSchema, policy: RolloutPolicySchema.optional() }).strict(),

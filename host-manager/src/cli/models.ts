@@ -4,6 +4,8 @@ import { basename, extname, resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { UsageError, parseModelRef, table } from './io.js';
 import type { CliContext } from './io.js';
+import { checkOptions, checkRequest, checkSummary } from './check-flags.js';
+import type { CheckFlags } from './check-flags.js';
 
 export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
   return y
@@ -13,12 +15,14 @@ export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
           'add <file>',
           'register an ONNX file as the next version of a model (same bytes = same version)',
           (yy) =>
-            yy
-              .positional('file', { type: 'string', demandOption: true })
-              .option('name', { type: 'string', describe: 'model name (default: the file name without .onnx)' })
-              .option('lineage', { type: 'string', describe: 'JSON: {"dataset","metrics","notes","gitCommit"}' })
-              .option('processing', { type: 'string', describe: 'JSON file with the pre/post-processing manifest' }),
-          ctx.run<{ file: string; name?: string; lineage?: string; processing?: string }>(async (a, c) => {
+            checkOptions(
+              yy
+                .positional('file', { type: 'string', demandOption: true })
+                .option('name', { type: 'string', describe: 'model name (default: the file name without .onnx)' })
+                .option('lineage', { type: 'string', describe: 'JSON: {"dataset","metrics","notes","gitCommit"}' })
+                .option('processing', { type: 'string', describe: 'JSON file with the pre/post-processing manifest' }),
+            ),
+          ctx.run<{ file: string; name?: string; lineage?: string; processing?: string } & CheckFlags>(async (a, c) => {
             const name = a.name ?? basename(a.file, extname(a.file));
             let bytes: Buffer;
             try {
@@ -36,8 +40,13 @@ export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
               headers['x-model-lineage'] = Buffer.from(a.lineage).toString('base64');
             }
             if (a.processing) headers['x-model-processing'] = (await readFile(resolve(a.processing))).toString('base64');
-            const rec = await c.upload<{ name: string; version: number; sha256: string; created: boolean }>(`/api/models?name=${encodeURIComponent(name)}`, bytes, headers);
-            return { json: rec, text: rec.created ? `${rec.name}@${rec.version} added (sha256 ${rec.sha256.slice(0, 12)}…)` : `${rec.name}@${rec.version} already has these bytes; nothing added` };
+            const check = await checkRequest(c, a);
+            if (check) headers['x-model-check'] = Buffer.from(JSON.stringify(check)).toString('base64');
+            const rec = await c.upload<{ name: string; version: number; sha256: string; created: boolean; check?: Parameters<typeof checkSummary>[0] }>(`/api/models?name=${encodeURIComponent(name)}`, bytes, headers);
+            const text = rec.created
+              ? `${rec.name}@${rec.version} added (sha256 ${rec.sha256.slice(0, 12)}…), ${checkSummary(rec.check)}`
+              : `${rec.name}@${rec.version} already has these bytes and this check; nothing added`;
+            return { json: rec, text };
           }),
         )
         .command('list [name]', 'list models and versions', (yy) => yy.positional('name', { type: 'string' }), ctx.run<{ name?: string }>(async (a, c) => {

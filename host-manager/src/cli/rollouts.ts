@@ -109,11 +109,20 @@ async function waitFor(io: CliIO, c: Client, id: string, json: boolean): Promise
   }
 }
 
+/**
+ * A rollout as text. Each device's error is printed once, on its own line: a gate's reason quotes the first
+ * failed device's error, so that quote is cut from the reason and the gate where the device line follows.
+ */
 function rolloutText(r: RolloutView): string {
   const lines = [`rollout ${r.id}: ${r.model}@${r.version} → ${r.target.kind === 'all' ? 'all' : r.target.kind === 'group' ? `group:${r.target.name}` : r.target.name}  [${r.status}]`];
-  if (r.reason) lines.push(`  ${r.reason}`);
+  const errors = Object.values(r.devices).flatMap((d) => (d.error ? [`: ${d.id}: ${d.error.code}: ${d.error.message}`] : []));
+  const once = (text: string): string => errors.reduce((t, quoted) => t.split(quoted).join(` (${quoted.slice(2).split(': ').slice(0, 2).join(': ')}, below)`), text);
+  const reason = r.reason ? once(r.reason) : undefined;
+  if (reason) lines.push(`  ${reason}`);
   for (const w of r.waves) {
-    lines.push(`  wave ${w.index} (${w.label}): ${w.state}, ${w.devices.length} device(s)` + (w.gate ? ` — gate ${w.gate.pass ? 'passed' : 'FAILED'}: ${w.gate.reasons.join('; ')}` : ''));
+    const gate = w.gate ? once(w.gate.reasons.join('; ')) : '';
+    const shown = gate && !reason?.includes(gate) ? `: ${gate}` : '';
+    lines.push(`  wave ${w.index} (${w.label}): ${w.state}, ${w.devices.length} device(s)` + (w.gate ? ` — gate ${w.gate.pass ? 'passed' : 'FAILED'}${shown}` : ''));
     for (const d of w.devices) {
       const dev = r.devices[d];
       if (dev) lines.push(`    ${d}: ${dev.state}${dev.error ? ` (${dev.error.code}: ${dev.error.message})` : ''}`);

@@ -20,7 +20,7 @@ export function transferIdFor(record: Pick<ModelVersionRecord, 'name' | 'version
 export function buildManifest(
   record: ModelVersionRecord,
   hashes: { chunks: string[] },
-  opts: { chunkSize: number; target: DeliveryTarget; expiresInMs: number; rollback: boolean; now?: Date },
+  opts: { chunkSize: number; target: DeliveryTarget; expiresInMs: number; rollback: boolean; now?: Date; check?: ManifestInput['check'] },
 ): ManifestInput {
   const now = opts.now ?? new Date();
   return {
@@ -40,5 +40,6 @@ export function buildManifest(
       memoryBytes: estimatedMemoryBytes(record.length),
     },
     ...(record.processing ? { processing: record.processing } : {}),
+    ...(opts.check ? { check: opts.check } : {}),
   };
 }

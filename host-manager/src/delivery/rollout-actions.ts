@@ -16,6 +16,7 @@ import type { DeliverFn, RollbackFn } from '../rollouts/executor.js';
 import { DEFAULT_CHUNK_SIZE, hashChunks } from './chunk-table.js';
 import { buildManifest } from './manifest.js';
 import { deliverModel } from './mqtt-sender.js';
+import { deliveryCheck } from './check.js';
 
 export function makeDeliver(ctx: {
   mqtt: MqttClient;
@@ -33,6 +34,7 @@ export function makeDeliver(ctx: {
     const record = ctx.registry.require(model, version);
     // A group target fans each chunk out once through the group's topic; anything else goes device by device.
     const via = target.kind === 'group' && devices.length > 1 ? { group: target.name, devices } : { devices };
+    const check = await deliveryCheck(record.check, ctx.registry.checkFiles);
     const results = await deliverModel({
       mqtt: ctx.mqtt,
       request: ctx.requester.request,
@@ -41,6 +43,7 @@ export function makeDeliver(ctx: {
       keys: ctx.keys,
       target: via,
       activate: true,
+      ...(check ? { check } : {}),
       subscribeEvents: false,
       deviceInfo: (device) => ctx.state.device(device)?.info ?? null,
       // A device busy writing the chunks of a large fan-out answers status late; that is not a failure.

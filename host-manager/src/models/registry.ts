@@ -15,6 +15,10 @@ import type { FleetRepository } from '../state/repository.js';
 import type { ModelVersionRecord } from '../state/schema.js';
 import { DEFAULT_CHUNK_SIZE, writeChunkTable } from '../delivery/chunk-table.js';
 import { minOnnxruntimeForOpset } from './compatibility.js';
+import { createCheckFiles } from './check-files.js';
+import type { CheckFiles, ExpectedUpload, SampleUpload } from './check-files.js';
+import { checkFilesOf, checkOf, resolveCheck, sameCheck } from './checks.js';
+import type { CheckRequest } from './checks.js';
 
 export interface AddOptions {
   name: string;
@@ -23,6 +27,8 @@ export interface AddOptions {
   processing?: ProcessingInput | null;
   /** The lowest onnxruntime version the model needs; derived from the opset when omitted. */
   minOnnxruntime?: string | null;
+  /** How devices check the version before switching to it (models/checks.ts); zeros when omitted. */
+  check?: CheckRequest;
 }
 
 export type AddedModel = ModelVersionRecord & { /** False when the same bytes were already registered under this name. */ created: boolean };
@@ -38,6 +44,12 @@ export interface Registry {
   remove(name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean }>;
   /** Absolute path of a version's blob. */
   blobPath(record: Pick<ModelVersionRecord, 'blob' | 'sha256'>): string;
+  /** Keeps a sample request for a version about to be added (check.sample names it by the sha256 answered). */
+  putSample(body: Uint8Array, headerLength?: number): Promise<SampleUpload>;
+  /** Keeps expected outputs for a version about to be added (check.expected). */
+  putExpected(json: unknown): Promise<ExpectedUpload>;
+  /** The files versions' checks name (samples and expected outputs). */
+  readonly checkFiles: CheckFiles;
 }
 
 function invalid(message: string): FleetError {
@@ -80,6 +92,8 @@ function blobStore(dataDir: string): BlobStore {
 
 export function createRegistry(state: FleetRepository, dataDir: string): Registry {
   const blobs = blobStore(dataDir);
+  const checkFiles = createCheckFiles(dataDir);
+  const namedCheckFiles = (): Set<string> => new Set(state.allModelVersions().flatMap((v) => checkFilesOf(v.check)));
   let queue: Promise<unknown> = Promise.resolve();
   /** add/remove run one at a time, so two adds of one name cannot take the same number. */
   function serial<T>(task: () => Promise<T>): Promise<T> {
@@ -94,7 +108,7 @@ export function createRegistry(state: FleetRepository, dataDir: string): Registr
     return versions.find((v) => v.version === version);
   }
   return {
-    add: (file, opts) => serial(() => addVersion(state, blobs, file, opts)),
+    add: (file, opts) => serial(() => addVersion(state, blobs, checkFiles, file, opts)),
     list(name) {
       if (name !== undefined) return [...state.modelVersions(checkedName(name))];
       return state.allModelVersions();
@@ -113,8 +127,22 @@ export function createRegistry(state: FleetRepository, dataDir: string): Registr
       }
       return found;
     },
-    remove: (name, version) => serial(() => removeVersion(state, blobs, name, version)),
+    remove: (name, version) => serial(async () => {
+      const removed = await removeVersion(state, blobs, name, version);
+      await checkFiles.release(removed.checkFiles, namedCheckFiles());
+      return { removed: removed.removed, blobDeleted: removed.blobDeleted };
+    }),
     blobPath: (record) => blobs.path(record),
+    checkFiles,
+    // the sweep runs between adds, so it never takes a file an add is reading
+    async putSample(body, headerLength) {
+      await serial(() => checkFiles.sweep(namedCheckFiles()));
+      return checkFiles.putSample(body, headerLength);
+    },
+    async putExpected(json) {
+      await serial(() => checkFiles.sweep(namedCheckFiles()));
+      return checkFiles.putExpected(json);
+    },
   };
 }
 
@@ -138,13 +166,15 @@ async function readModel(file: string, processing: Processing | null): Promise<{
   return { bytes, meta };
 }
 
-async function addVersion(state: FleetRepository, blobs: BlobStore, file: string, opts: AddOptions): Promise<AddedModel> {
+async function addVersion(state: FleetRepository, blobs: BlobStore, checkFiles: CheckFiles, file: string, opts: AddOptions): Promise<AddedModel> {
   const name = checkedName(opts.name);
   const processing = opts.processing ? parseProcessing(opts.processing) : null;
   const { bytes, meta } = await readModel(file, processing);
+  const check = await resolveCheck(opts.check, { name, inputs: meta.inputs, outputs: meta.outputs, processing, file }, checkFiles);
   const sha256 = sha256Hex(bytes);
   const versions = state.modelVersions(name);
-  const same = versions.find((v) => v.sha256 === sha256);
+  // the same bytes checked the same way are the same version; another check makes a new one
+  const same = versions.find((v) => v.sha256 === sha256 && sameCheck(checkOf(v), check));
   if (same) return { ...same, created: false };
   const stored = await blobs.store(bytes, sha256);
   // the manifest's chunk table for the default chunk size, so the first delivery need not hash the file
@@ -163,6 +193,7 @@ async function addVersion(state: FleetRepository, blobs: BlobStore, file: string
     minOnnxruntime: opts.minOnnxruntime ?? (meta.opset === null ? null : minOnnxruntimeForOpset(meta.opset)),
     lineage: opts.lineage ?? null,
     processing,
+    check,
   };
   state.setModelVersions(name, [...versions, record]);
   state.recordVersionGiven(name, version);
@@ -170,23 +201,27 @@ async function addVersion(state: FleetRepository, blobs: BlobStore, file: string
   return { ...record, created: true };
 }
 
-/** Removes a version; its number is never given again, and its blob goes when no other version has the same bytes. */
-async function removeVersion(state: FleetRepository, blobs: BlobStore, name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean }> {
+/**
+ * Removes a version; its number is never given again, and its blob goes when no other version has the same
+ * bytes. Answers the check files it named, for the caller to release.
+ */
+async function removeVersion(state: FleetRepository, blobs: BlobStore, name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean; checkFiles: string[] }> {
   checkedName(name);
   const versions = state.modelVersions(name);
   const record = versions.find((v) => v.version === version);
-  if (!record) return { removed: false, blobDeleted: false };
+  if (!record) return { removed: false, blobDeleted: false, checkFiles: [] };
   state.setModelVersions(name, versions.filter((v) => v !== record));
   state.recordVersionGiven(name, version);
   await state.write();
+  const checkFiles = checkFilesOf(record.check);
   const stillUsed = state.allModelVersions().some((v) => v.sha256 === record.sha256);
-  if (stillUsed) return { removed: true, blobDeleted: false };
+  if (stillUsed) return { removed: true, blobDeleted: false, checkFiles };
   await rm(blobs.path(record), { force: true });
   const prefix = `${record.sha256}.chunks-`;
   for (const entry of await readdir(blobs.dir).catch(() => [] as string[])) {
     if (entry.startsWith(prefix)) await rm(join(blobs.dir, entry), { force: true });
   }
-  return { removed: true, blobDeleted: true };
+  return { removed: true, blobDeleted: true, checkFiles };
 }
 
 function checkedName(name: string): string {
