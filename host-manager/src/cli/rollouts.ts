@@ -120,8 +120,8 @@ function rolloutText(r: RolloutView): string {
   const reason = r.reason ? once(r.reason) : undefined;
   if (reason) lines.push(`  ${reason}`);
   for (const w of r.waves) {
-    const gate = w.gate ? once(w.gate.reasons.join('; ')) : '';
-    const shown = gate && !reason?.includes(gate) ? `: ${gate}` : '';
+    const gate = (w.gate?.reasons ?? []).map(once).filter((g) => !reason?.includes(g));
+    const shown = gate.length > 0 ? `: ${gate.join('; ')}` : '';
     lines.push(`  wave ${w.index} (${w.label}): ${w.state}, ${w.devices.length} device(s)` + (w.gate ? ` — gate ${w.gate.pass ? 'passed' : 'FAILED'}${shown}` : ''));
     for (const d of w.devices) {
       const dev = r.devices[d];

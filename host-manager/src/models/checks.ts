@@ -105,7 +105,8 @@ async function computeExpected(model: ModelUnderCheck, feeds: Record<string, Ort
   const [{ encodeTensor }, { default: ort }] = await Promise.all([agentCode(), import('onnxruntime-node')]);
   let session: Awaited<ReturnType<typeof ort.InferenceSession.create>>;
   try {
-    session = await ort.InferenceSession.create(model.file);
+    // the same graph optimisations as the devices (so outputs match theirs); failures reach the operator as sentences, so onnxruntime's own log stays quiet
+    session = await ort.InferenceSession.create(model.file, { graphOptimizationLevel: 'all', logSeverityLevel: 4, intraOpNumThreads: 1 });
   } catch (error) {
     throw new FleetError('load_failed', `${model.name} does not load in this controller's onnxruntime ${ort.env.versions.node ?? ''}: ${firstLine(error)}`);
   }
