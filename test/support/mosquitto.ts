@@ -3,6 +3,7 @@
  * The configuration lines are the caller's (e.g. `allow_anonymous true`); the listener is ours.
  */
 import { spawn } from 'node:child_process';
+import { track } from './children.js';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -20,7 +21,7 @@ export async function startMosquitto(config: string[]): Promise<MosquittoProcess
   const work = await mkdtemp(join(tmpdir(), 'mosquitto-'));
   const port = await freePort();
   await writeFile(join(work, 'mosquitto.conf'), [`listener ${port} 127.0.0.1`, ...config, ''].join('\n'));
-  const child = spawn('mosquitto', ['-c', join(work, 'mosquitto.conf')], { stdio: 'ignore' });
+  const child = track(spawn('mosquitto', ['-c', join(work, 'mosquitto.conf')], { stdio: 'ignore' }));
   const stop = async () => {
     child.kill('SIGKILL');
     await rm(work, { recursive: true, force: true });
