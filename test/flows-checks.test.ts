@@ -265,6 +265,16 @@ describe('one request shape everywhere', () => {
     expect(r.stderr).toMatch(/the old inputs map \(x\); hostManager infer now takes the same request body as a device's inference API: write \{"inputs": \{"x":/);
   });
 
+  it('a request over one MQTT message is refused before it is published, and the controller keeps its connection', async () => {
+    const n = 1_200_000; // 4.8 MB of float32, over the broker's 4 MiB packet limit
+    const big = binaryBody({ x: { dtype: 'float32', shape: [n], data: new Array<number>(n).fill(1) }, shape: { dtype: 'int64', shape: [2], data: [n / 2, 2] } });
+    const r = await cli('infer', DEVICE, 'reshape', '--input', await put('huge.bin', big.body));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/the infer request is \d+ bytes; one MQTT message carries at most 4194304 .*device's own inference API/);
+    const small = await cli('infer', DEVICE, 'reshape', '--input', join(work, 'reshape-in.json'), '--json');
+    expect(small.code).toBe(0);
+  });
+
   it('a tensor-map body works as on the device', async () => {
     const body = await put('map.json', JSON.stringify({ inputs: { x: { dtype: 'float32', shape: [6], data: [1, 2, 3, 4, 5, 6] }, shape: { dtype: 'int64', shape: [2], data: [3, 2] } } }));
     const r = await cli('infer', DEVICE, 'reshape', '--input', body, '--json');

@@ -50,8 +50,10 @@ export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
           }),
         )
         .command('list [name]', 'list models and versions', (yy) => yy.positional('name', { type: 'string' }), ctx.run<{ name?: string }>(async (a, c) => {
-          const list = await c.call<{ name: string; version: number; length: number; sha256: string; addedAt: string; opset: number | null }[]>('GET', `/api/models${a.name ? `?name=${encodeURIComponent(a.name)}` : ''}`);
-          return { json: list, text: list.length ? table(list.map((m) => ({ model: m.name, version: m.version, bytes: m.length, sha256: m.sha256.slice(0, 12), opset: m.opset, added: m.addedAt })), ['model', 'version', 'bytes', 'sha256', 'opset', 'added']) : 'no models yet; add one with `hostManager models add <file.onnx>`' };
+          type Listed = { name: string; version: number; length: number; sha256: string; addedAt: string; opset: number | null; check?: { policy: string; allowNaN: boolean; expected: unknown } };
+          const list = await c.call<Listed[]>('GET', `/api/models${a.name ? `?name=${encodeURIComponent(a.name)}` : ''}`);
+          const check = (m: Listed): string => (m.check ? `${m.check.policy}${m.check.expected ? '+expected' : ''}${m.check.allowNaN ? '+nan' : ''}` : 'zeros');
+          return { json: list, text: list.length ? table(list.map((m) => ({ model: m.name, version: m.version, bytes: m.length, sha256: m.sha256.slice(0, 12), opset: m.opset, check: check(m), added: m.addedAt })), ['model', 'version', 'bytes', 'sha256', 'opset', 'check', 'added']) : 'no models yet; add one with `hostManager models add <file.onnx>`' };
         }))
         .command('show <ref>', 'show a model version (NAME or NAME@VERSION)', (yy) => yy.positional('ref', { type: 'string', demandOption: true }), ctx.run<{ ref: string }>(async (a, c) => {
           const { model, version } = parseModelRef(a.ref);
