@@ -113,11 +113,9 @@ export async function createRequester(mqtt: MqttClient): Promise<Requester> {
 
 type Publish = (topic: string, body: { command: string }, binary?: readonly Uint8Array[]) => void;
 
-/**
- * The broker's default packet limit (the embedded broker's, and MESSAGE_LIMITS.request for JSON), less
- * what the fixed header and the packet id take.
- */
+/** The broker's default packet limit (the embedded broker's, and MESSAGE_LIMITS.request for a JSON request). */
 const MAX_REQUEST_PACKET = MESSAGE_LIMITS.request.maxBytes;
+/** A PUBLISH packet is its payload and topic plus at most 5 bytes of fixed header, 2 of topic length and 2 of packet id. */
 const PACKET_OVERHEAD = 16;
 
 /** A request to one device's command topic; resolves with its reply's data (and binary part), rejects with its error or at the timeout. */
