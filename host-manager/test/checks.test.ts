@@ -179,6 +179,12 @@ describe('check files', () => {
     expect((await stat(path)).isFile()).toBe(true); // b still names it
     await registry.remove('b', 1);
     await expect(stat(path)).rejects.toThrow(/ENOENT/);
+    // uploaded again after the version that named it was added: an add may be about to name it, so it stays
+    const again = await registry.putSample(json(reshapeSample));
+    await registry.add(model, { name: 'd', check: { sample: again.sha256 } });
+    await registry.putSample(json(reshapeSample));
+    await registry.remove('d', 1);
+    expect((await stat(path)).isFile()).toBe(true);
 
     const orphan = await registry.putSample(json({ inputs: { x: { dtype: 'float32', shape: [1], data: [1] } } }));
     const kept = await registry.putSample(json(reshapeSample));

@@ -50,8 +50,11 @@ export interface CheckFiles {
   readSample(sha256: string): Promise<{ bytes: Buffer; body: InferBody; binary: Uint8Array | undefined; headerLength: number | undefined }>;
   readExpected(sha256: string): Promise<Record<string, ExpectedTensor>>;
   path(sha256: string): string;
-  /** Removes the files in `unused` that no version names any more. */
-  release(unused: readonly string[], named: ReadonlySet<string>): Promise<void>;
+  /**
+   * Removes the files a removed version named that no version names any more, unless uploaded again since
+   * `addedAt` (the removed version's): then an add about to name them may be under way, and the sweep takes them later.
+   */
+  release(unused: readonly string[], named: ReadonlySet<string>, addedAt: number): Promise<void>;
   /** Removes files no version names that are older than UNUSED_CHECK_FILE_MS. */
   sweep(named: ReadonlySet<string>, now?: number): Promise<void>;
 }
@@ -150,8 +153,12 @@ export function createCheckFiles(dataDir: string): CheckFiles {
     async readExpected(sha256) {
       return expectedTensorMap(JSON.parse((await read(sha256, 'expected outputs')).toString('utf8')));
     },
-    async release(unused, named) {
-      for (const sha256 of unused) if (!named.has(sha256)) await rm(path(sha256), { force: true });
+    async release(unused, named, addedAt) {
+      for (const sha256 of unused) {
+        if (named.has(sha256)) continue;
+        const s = await stat(path(sha256)).catch(() => undefined); // already gone: nothing to do
+        if (s && s.mtimeMs <= addedAt) await rm(path(sha256), { force: true });
+      }
     },
     async sweep(named, now = Date.now()) {
       for (const entry of await readdir(dir).catch(() => [] as string[])) {

@@ -129,7 +129,7 @@ export function createRegistry(state: FleetRepository, dataDir: string): Registr
     },
     remove: (name, version) => serial(async () => {
       const removed = await removeVersion(state, blobs, name, version);
-      await checkFiles.release(removed.checkFiles, namedCheckFiles());
+      await checkFiles.release(removed.checkFiles, namedCheckFiles(), removed.addedAt);
       return { removed: removed.removed, blobDeleted: removed.blobDeleted };
     }),
     blobPath: (record) => blobs.path(record),
@@ -205,23 +205,24 @@ async function addVersion(state: FleetRepository, blobs: BlobStore, checkFiles: 
  * Removes a version; its number is never given again, and its blob goes when no other version has the same
  * bytes. Answers the check files it named, for the caller to release.
  */
-async function removeVersion(state: FleetRepository, blobs: BlobStore, name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean; checkFiles: string[] }> {
+async function removeVersion(state: FleetRepository, blobs: BlobStore, name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean; checkFiles: string[]; addedAt: number }> {
   checkedName(name);
   const versions = state.modelVersions(name);
   const record = versions.find((v) => v.version === version);
-  if (!record) return { removed: false, blobDeleted: false, checkFiles: [] };
+  if (!record) return { removed: false, blobDeleted: false, checkFiles: [], addedAt: 0 };
   state.setModelVersions(name, versions.filter((v) => v !== record));
   state.recordVersionGiven(name, version);
   await state.write();
   const checkFiles = checkFilesOf(record.check);
+  const addedAt = Date.parse(record.addedAt);
   const stillUsed = state.allModelVersions().some((v) => v.sha256 === record.sha256);
-  if (stillUsed) return { removed: true, blobDeleted: false, checkFiles };
+  if (stillUsed) return { removed: true, blobDeleted: false, checkFiles, addedAt };
   await rm(blobs.path(record), { force: true });
   const prefix = `${record.sha256}.chunks-`;
   for (const entry of await readdir(blobs.dir).catch(() => [] as string[])) {
     if (entry.startsWith(prefix)) await rm(join(blobs.dir, entry), { force: true });
   }
-  return { removed: true, blobDeleted: true, checkFiles };
+  return { removed: true, blobDeleted: true, checkFiles, addedAt };
 }
 
 function checkedName(name: string): string {
