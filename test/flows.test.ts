@@ -44,7 +44,7 @@ describe('provision → connect → deploy → infer → roll back', () => {
     work = await mkdtemp(join(tmpdir(), 'flows-'));
     await writeFile(join(work, 'lin-v1.onnx'), v1.bytes);
     await writeFile(join(work, 'lin-v2.onnx'), v2.bytes);
-    await writeFile(join(work, 'input.json'), JSON.stringify({ x: { dtype: 'float32', shape: [1, 4], data: x } }));
+    await writeFile(join(work, 'input.json'), JSON.stringify({ inputs: { x: { dtype: 'float32', shape: [1, 4], data: x } } }));
     m = await startManager();
   });
 

@@ -8,6 +8,7 @@ import type { CommandParams, CommandResult, ErrorBody } from '@edgefleet/protoco
 import type { VitalsSeries } from '../devices/vitals-history.js';
 import type { AddedModel, AddOptions } from '../models/registry.js';
 import type { AddedImage, AddImageOptions } from '../images/registry.js';
+import type { ExpectedUpload, SampleUpload } from '../models/check-files.js';
 import type { ProvisionResult } from '../devices/provisioning.js';
 import type { CreateRolloutInput } from '../rollouts/executor.js';
 import type { RolloutTiming } from '../rollouts/summary.js';
@@ -109,6 +110,12 @@ export interface SshImageDeliveryView {
   hostKeyPinned: boolean;
 }
 
+/** A device's answer to an inference, with the binary part of its reply (binary output tensors) when it has one. */
+export interface InferAnswer {
+  result: CommandResult<'infer'>;
+  binary: Uint8Array | undefined;
+}
+
 export interface DeviceOperations {
   listDevices(): PublicDevice[];
   showDevice(id: string): PublicDevice;
@@ -119,7 +126,8 @@ export interface DeviceOperations {
   /** Replaces its groups and/or merges its labels (a null value removes a label). */
   updateDevice(args: { id: string; groups?: string[]; labels?: Record<string, string | null>; actor: string }): Promise<DeviceUpdateView>;
   listGroups(): GroupView[];
-  infer(args: { device: string; params: CommandParams<'infer'>; actor: string; timeoutMs?: number }): Promise<CommandResult<'infer'>>;
+  /** One inference through MQTT; `binary` is the binary part of a request in the binary extension's layout. */
+  infer(args: { device: string; params: CommandParams<'infer'>; actor: string; timeoutMs?: number; binary?: Uint8Array }): Promise<InferAnswer>;
   logs(args: { device: string; lines: number }): Promise<CommandResult<'logs'>>;
   /** Recent telemetry the controller kept in memory (minutes back, at most what it keeps), oldest first. */
   telemetryHistory(args: { device: string; minutes: number }): VitalsSeries & { device: string };
@@ -131,6 +139,10 @@ export interface ModelOperations {
   listModels(name?: string): ModelVersionRecord[];
   showModel(name: string, version?: number): ModelView;
   addModel(args: { file: string; opts: AddOptions; actor: string }): Promise<AddedModel>;
+  /** Keeps a sample request for a version about to be added (named by its sha256 in the version's check). */
+  addSample(args: { body: Uint8Array; headerLength?: number; actor: string }): Promise<SampleUpload>;
+  /** Keeps expected outputs for a version about to be added. */
+  addExpected(args: { json: unknown; actor: string }): Promise<ExpectedUpload>;
   removeModel(args: { name: string; version: number; actor: string }): Promise<{ removed: boolean; blobDeleted: boolean }>;
   deliverSsh(args: SshDeliveryRequest): Promise<SshDeliveryView>;
 }

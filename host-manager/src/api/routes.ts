@@ -11,6 +11,8 @@ import { bearer, route } from './http.js';
 import type { RequestContext, Route } from './http.js';
 import { imageRoutes } from './image-routes.js';
 import { intParam, parseBody, schemas, versionParam } from './schemas.js';
+import { uploadSample, uploadedCheck } from './check-uploads.js';
+import { inferRoute } from './infer-route.js';
 import { parseTarget } from '../rollouts/target.js';
 import { summarize } from '../rollouts/summary.js';
 
@@ -41,10 +43,7 @@ function deviceRoutes(ops: Operations): Route[] {
     route('GET', '/api/devices/:id/telemetry', (_r, p, c) => ops.telemetryHistory({ device: p['id']!, minutes: Math.min(24 * 60, Math.max(1, intParam(c.url.searchParams.get('minutes'), 'minutes', 30))) })),
     route('POST', '/api/devices/:id/rollback', async (_r, p, c) => ops.rollbackDevice({ device: p['id']!, model: parseBody(schemas.rollbackDevice, await c.body()).model, actor: c.actor })),
     route('GET', '/api/devices/:id/logs', (_r, p, c) => ops.logs({ device: p['id']!, lines: Math.min(5000, Math.max(1, intParam(c.url.searchParams.get('lines'), 'lines', 100))) })),
-    route('POST', '/api/devices/:id/infer', async (_r, p, c) => {
-      const { timeoutMs, ...params } = parseBody(schemas.infer, await c.body());
-      return ops.infer({ device: p['id']!, params, actor: c.actor, ...(timeoutMs ? { timeoutMs } : {}) });
-    }),
+    route('POST', '/api/devices/:id/infer', (req, p, c) => inferRoute(ops, req, p['id']!, c)),
     route('GET', '/api/groups', () => ops.listGroups()),
     route('POST', '/api/exec', async (_r, _p, c) => {
       const body = parseBody(schemas.exec, await c.body());
@@ -61,10 +60,18 @@ function modelRoutes(ops: Operations): Route[] {
       const body = parseBody(schemas.addModelPath, await c.body());
       return ops.addModel({
         file: body.path,
-        opts: { name: body.name, ...(body.lineage ? { lineage: body.lineage } : {}), ...(body.processing ? { processing: body.processing } : {}), ...(body.minOnnxruntime ? { minOnnxruntime: body.minOnnxruntime } : {}) },
+        opts: {
+          name: body.name,
+          ...(body.lineage ? { lineage: body.lineage } : {}),
+          ...(body.processing ? { processing: body.processing } : {}),
+          ...(body.minOnnxruntime ? { minOnnxruntime: body.minOnnxruntime } : {}),
+          ...(body.check ? { check: body.check } : {}),
+        },
         actor: c.actor,
       });
     }, { created: true }),
+    route('POST', '/api/samples', (req, _p, c) => uploadSample(ops, req, c), { created: true }),
+    route('POST', '/api/expected-outputs', async (_r, _p, c) => ops.addExpected({ json: await c.body(), actor: c.actor }), { created: true }),
     route('GET', '/api/models/:name', (_r, p) => ops.showModel(p['name']!)),
     route('GET', '/api/models/:name/:version', (_r, p) => ops.showModel(p['name']!, versionParam(p['version']))),
     route('DELETE', '/api/models/:name/:version', (_r, p, c) => ops.removeModel({ name: p['name']!, version: versionParam(p['version']), actor: c.actor })),
@@ -131,6 +138,7 @@ async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestCont
   const lineage = header('x-model-lineage');
   const processing = header('x-model-processing');
   const source = uploadedName(req.headers['x-model-filename']);
+  const check = uploadedCheck(req);
   const dir = join(ops.dataDir, 'uploads');
   await mkdir(dir, { recursive: true });
   const tmp = join(dir, `${randomBytes(8).toString('hex')}.onnx`);
@@ -138,7 +146,7 @@ async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestCont
     await pipeline(req, createWriteStream(tmp, { mode: 0o600 }));
     return await ops.addModel({
       file: tmp,
-      opts: { name, source, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}) },
+      opts: { name, source, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}), ...(check ? { check } : {}) },
       actor: c.actor,
     });
   } finally {

@@ -4,6 +4,7 @@ import { ContainerSpecSchema, NameSchema, ProcessingSchema, VersionSchema, descr
 import { FleetError } from '@edgefleet/protocol';
 import { ARTIFACT_KINDS, LabelKeySchema, LabelValueSchema, LineageSchema } from '../state/schema.js';
 import { RolloutPolicySchema } from '../rollouts/policy.js';
+import { CheckRequestSchema } from '../models/checks.js';
 
 const TargetSchema = z
   .string()
@@ -36,6 +37,8 @@ export const schemas = {
       lineage: LineageSchema.optional(),
       processing: ProcessingSchema.optional(),
       minOnnxruntime: z.string().optional(),
+      /** How devices check the version before switching (models/checks.ts). */
+      check: CheckRequestSchema.optional(),
     })
     .strict(),
   deploy: z.object({ kind: z.enum(ARTIFACT_KINDS).optional(), model: NameSchema, version: VersionSchema.optional(), to: TargetSchema, policy: RolloutPolicySchema.optional() }).strict(),

@@ -18,6 +18,7 @@ import type { Operations } from './contract.js';
 import { serveDashboard } from './dashboard.js';
 import { attachFeed } from './feed.js';
 import { bearer, pathParams, readJson, send } from './http.js';
+import { BinaryAnswer, sendBinary } from './bodies.js';
 import type { Route } from './http.js';
 import type { Metrics } from './metrics.js';
 import { apiRoutes } from './routes.js';
@@ -90,6 +91,10 @@ async function answer(req: IncomingMessage, res: ServerResponse, ctx: { routes: 
       actor = `operator:${operator}`;
     }
     const result = await matched.handler(req, pathParams(matched, url.pathname), { actor, url, body: () => readJson(req) });
+    if (result instanceof BinaryAnswer) {
+      metrics.httpRequests.inc({ method: req.method ?? '', route: routeName, status: '200' });
+      return sendBinary(res, 200, result);
+    }
     finish(matched.created ? 201 : 200, result ?? {});
   } catch (error) {
     if (!(error instanceof FleetError)) ctx.log.error({ err: error }, 'API handler failed');

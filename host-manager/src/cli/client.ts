@@ -52,6 +52,8 @@ export interface Client {
   upload<T = unknown>(path: string, data: Buffer, headers?: Record<string, string>): Promise<T>;
   /** POSTs a stream as the body as it is read (chunked), never holding it whole. */
   uploadStream<T = unknown>(path: string, data: AsyncIterable<Uint8Array>, headers?: Record<string, string>): Promise<T>;
+  /** A POST whose answer may be in the binary tensor data extension's layout: its JSON header and the bytes after it. */
+  exchange<T = unknown>(path: string, data: Uint8Array, headers: Record<string, string>): Promise<{ json: T; binary: Uint8Array | undefined }>;
 }
 
 export async function resolveConnection(opts: { url?: string | undefined; token?: string | undefined; dataDir: string; env?: NodeJS.ProcessEnv }): Promise<{ url: string; token: string | undefined; source: TokenSource; notes: string[] }> {
@@ -82,7 +84,7 @@ async function resolveToken(flag: string | undefined, env: NodeJS.ProcessEnv, da
 }
 
 export function createClient(url: string, token: string | undefined, timeoutMs = 120_000): Client {
-  async function send<T>(method: string, path: string, body: string | Uint8Array<ArrayBuffer> | AsyncIterable<Uint8Array> | undefined, headers: Record<string, string>): Promise<T> {
+  async function send<T>(method: string, path: string, body: string | Uint8Array | AsyncIterable<Uint8Array> | undefined, headers: Record<string, string>): Promise<{ json: T; binary: Uint8Array | undefined }> {
     let res: Response;
     const streamed = body !== undefined && typeof body !== 'string' && !(body instanceof Uint8Array);
     try {
@@ -97,7 +99,10 @@ export function createClient(url: string, token: string | undefined, timeoutMs =
       const cause = (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message;
       throw new ClientError(0, 'unreachable', `cannot reach the controller at ${url} (${cause}); is \`hostManager\` running? Set --url or EDGEFLEET_URL`);
     }
-    const text = await res.text();
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    const headerLength = res.ok ? res.headers.get('inference-header-content-length') : null;
+    const jsonEnd = headerLength === null ? bytes.byteLength : Number(headerLength);
+    const text = Buffer.from(bytes.subarray(0, jsonEnd)).toString('utf8');
     let json: unknown;
     try {
       json = text ? JSON.parse(text) : {};
@@ -108,14 +113,15 @@ export function createClient(url: string, token: string | undefined, timeoutMs =
       const err = (json as { error?: { code?: string; message?: string } }).error;
       throw new ClientError(res.status, err?.code ?? 'error', err?.message ?? `HTTP ${res.status}`);
     }
-    return json as T;
+    return { json: json as T, binary: headerLength === null ? undefined : bytes.subarray(jsonEnd) };
   }
   return {
     url,
     token,
-    call: (method, path, body) =>
-      send(method, path, body === undefined ? undefined : JSON.stringify(body), body === undefined ? {} : { 'content-type': 'application/json' }),
-    upload: (path, data, headers = {}) => send('POST', path, new Uint8Array(data), { 'content-type': 'application/octet-stream', ...headers }),
-    uploadStream: (path, data, headers = {}) => send('POST', path, data, { 'content-type': 'application/octet-stream', ...headers }),
+    call: async (method, path, body) =>
+      (await send<never>(method, path, body === undefined ? undefined : JSON.stringify(body), body === undefined ? {} : { 'content-type': 'application/json' })).json,
+    upload: async (path, data, headers = {}) => (await send<never>('POST', path, new Uint8Array(data), { 'content-type': 'application/octet-stream', ...headers })).json,
+    uploadStream: async (path, data, headers = {}) => (await send<never>('POST', path, data, { 'content-type': 'application/octet-stream', ...headers })).json,
+    exchange: (path, data, headers) => send('POST', path, data, headers),
   };
 }

@@ -5,6 +5,8 @@ import type { Argv } from 'yargs';
 import { UsageError, parseModelRef, table } from './io.js';
 import type { CliContext } from './io.js';
 import { DEMO_INPUT, demoAnswer, demoModel } from '../models/demo-model.js';
+import { checkOptions, checkRequest, checkSummary } from './check-flags.js';
+import type { CheckFlags } from './check-flags.js';
 
 export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
   return y
@@ -14,12 +16,14 @@ export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
           'add <file>',
           'register an ONNX file as the next version of a model (same bytes = same version)',
           (yy) =>
-            yy
-              .positional('file', { type: 'string', demandOption: true })
-              .option('name', { type: 'string', describe: 'model name (default: the file name without .onnx)' })
-              .option('lineage', { type: 'string', describe: 'JSON: {"dataset","metrics","notes","gitCommit"}' })
-              .option('processing', { type: 'string', describe: 'JSON file with the pre/post-processing manifest' }),
-          ctx.run<{ file: string; name?: string; lineage?: string; processing?: string }>(async (a, c) => {
+            checkOptions(
+              yy
+                .positional('file', { type: 'string', demandOption: true })
+                .option('name', { type: 'string', describe: 'model name (default: the file name without .onnx)' })
+                .option('lineage', { type: 'string', describe: 'JSON: {"dataset","metrics","notes","gitCommit"}' })
+                .option('processing', { type: 'string', describe: 'JSON file with the pre/post-processing manifest' }),
+            ),
+          ctx.run<{ file: string; name?: string; lineage?: string; processing?: string } & CheckFlags>(async (a, c) => {
             const name = a.name ?? basename(a.file, extname(a.file));
             let bytes: Buffer;
             try {
@@ -42,13 +46,20 @@ export function modelCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
               });
               headers['x-model-processing'] = text.toString('base64');
             }
-            const rec = await c.upload<{ name: string; version: number; sha256: string; created: boolean }>(`/api/models?name=${encodeURIComponent(name)}`, bytes, headers);
-            return { json: rec, text: rec.created ? `${rec.name}@${rec.version} added (sha256 ${rec.sha256.slice(0, 12)}…)` : `${rec.name}@${rec.version} already has these bytes; nothing added` };
+            const check = await checkRequest(c, a);
+            if (check) headers['x-model-check'] = Buffer.from(JSON.stringify(check)).toString('base64');
+            const rec = await c.upload<{ name: string; version: number; sha256: string; created: boolean; check?: Parameters<typeof checkSummary>[0] }>(`/api/models?name=${encodeURIComponent(name)}`, bytes, headers);
+            const text = rec.created
+              ? `${rec.name}@${rec.version} added (sha256 ${rec.sha256.slice(0, 12)}…), ${checkSummary(rec.check)}`
+              : `${rec.name}@${rec.version} already has these bytes and this check; nothing added`;
+            return { json: rec, text };
           }),
         )
         .command('list [name]', 'list models and versions', (yy) => yy.positional('name', { type: 'string' }), ctx.run<{ name?: string }>(async (a, c) => {
-          const list = await c.call<{ name: string; version: number; length: number; sha256: string; addedAt: string; opset: number | null }[]>('GET', `/api/models${a.name ? `?name=${encodeURIComponent(a.name)}` : ''}`);
-          return { json: list, text: list.length ? table(list.map((m) => ({ model: m.name, version: m.version, bytes: m.length, sha256: m.sha256.slice(0, 12), opset: m.opset, added: m.addedAt })), ['model', 'version', 'bytes', 'sha256', 'opset', 'added']) : 'no models yet; add one with `hostManager models add <file.onnx>`' };
+          type Listed = { name: string; version: number; length: number; sha256: string; addedAt: string; opset: number | null; check?: { policy: string; allowNaN: boolean; expected: unknown } };
+          const list = await c.call<Listed[]>('GET', `/api/models${a.name ? `?name=${encodeURIComponent(a.name)}` : ''}`);
+          const check = (m: Listed): string => (m.check ? `${m.check.policy}${m.check.expected ? '+expected' : ''}${m.check.allowNaN ? '+nan' : ''}` : 'zeros');
+          return { json: list, text: list.length ? table(list.map((m) => ({ model: m.name, version: m.version, bytes: m.length, sha256: m.sha256.slice(0, 12), opset: m.opset, check: check(m), added: m.addedAt })), ['model', 'version', 'bytes', 'sha256', 'opset', 'check', 'added']) : 'no models yet; add one with `hostManager models add <file.onnx>`' };
         }))
         .command('show <ref>', 'show a model version (NAME or NAME@VERSION)', (yy) => yy.positional('ref', { type: 'string', demandOption: true }), ctx.run<{ ref: string }>(async (a, c) => {
           const { model, version } = parseModelRef(a.ref);

@@ -24,6 +24,8 @@ export interface ManifestOptions {
   expiresInMs: number;
   rollback: boolean;
   now?: Date;
+  /** A model's activation check (models/checks.ts), signed with the rest. */
+  check?: ManifestInput['check'];
 }
 
 /** Deterministic per (model, version, bytes, chunk size), so a later delivery resumes a device's staging. */
@@ -62,5 +64,6 @@ export function buildManifest(record: ArtifactRecord, hashes: { chunks: string[]
       memoryBytes: estimatedMemoryBytes(record.length),
     },
     ...(record.processing ? { processing: record.processing } : {}),
+    ...(opts.check ? { check: opts.check } : {}),
   };
 }

@@ -19,6 +19,7 @@ import type { DeliverFn, RollbackFn } from '../rollouts/executor.js';
 import { DEFAULT_CHUNK_SIZE, hashChunks } from './chunk-table.js';
 import { buildManifest } from './manifest.js';
 import { deliverModel } from './mqtt-sender.js';
+import { deliveryCheck } from './check.js';
 
 export function makeDeliver(ctx: {
   mqtt: MqttClient;
@@ -40,6 +41,7 @@ export function makeDeliver(ctx: {
     const healthWait = 'container' in record && record.container ? record.container.healthyWithinMs : 0;
     // A group target fans each chunk out once through the group's topic; anything else goes device by device.
     const via = target.kind === 'group' && devices.length > 1 ? { group: target.name, devices } : { devices };
+    const check = 'check' in record ? await deliveryCheck(record.check, ctx.registry.checkFiles) : undefined;
     const results = await deliverModel({
       mqtt: ctx.mqtt,
       request: ctx.requester.request,
@@ -48,6 +50,7 @@ export function makeDeliver(ctx: {
       keys: ctx.keys,
       target: via,
       activate: true,
+      ...(check ? { check } : {}),
       subscribeEvents: false,
       deviceInfo: (device) => ctx.state.device(device)?.info ?? null,
       // A device busy writing the chunks of a large fan-out answers status late; that is not a failure.

@@ -91,7 +91,7 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
     listGroups: () => groupsOf(state),
     async infer(args) {
       state.requireDevice(args.device);
-      return requester.request(args.device, 'infer', args.params, args.timeoutMs ?? ctx.timeoutMs);
+      return requester.exchange(args.device, 'infer', args.params, { timeoutMs: args.timeoutMs ?? ctx.timeoutMs, ...(args.binary ? { binary: [args.binary] } : {}) });
     },
     async logs(args) {
       state.requireDevice(args.device);

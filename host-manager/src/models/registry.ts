@@ -16,6 +16,10 @@ import { blobStore } from './blobs.js';
 import { nextVersion, pickVersion, serialQueue } from './versions.js';
 import type { BlobStore } from './blobs.js';
 import { minOnnxruntimeForOpset } from './compatibility.js';
+import { createCheckFiles } from './check-files.js';
+import type { CheckFiles, ExpectedUpload, SampleUpload } from './check-files.js';
+import { checkFilesOf, checkOf, resolveCheck, sameCheck } from './checks.js';
+import type { CheckRequest } from './checks.js';
 
 export interface AddOptions {
   name: string;
@@ -26,6 +30,8 @@ export interface AddOptions {
   minOnnxruntime?: string | null;
   /** How errors name the file (the user's own name for an upload, not the staging path). */
   source?: string;
+  /** How devices check the version before switching to it (models/checks.ts); zeros when omitted. */
+  check?: CheckRequest;
 }
 
 export type AddedModel = ModelVersionRecord & { /** False when the same bytes were already registered under this name. */ created: boolean };
@@ -41,6 +47,12 @@ export interface Registry {
   remove(name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean }>;
   /** Absolute path of a version's blob. */
   blobPath(record: Pick<ModelVersionRecord, 'blob' | 'sha256'>): string;
+  /** Keeps a sample request for a version about to be added (check.sample names it by the sha256 answered). */
+  putSample(body: Uint8Array, headerLength?: number): Promise<SampleUpload>;
+  /** Keeps expected outputs for a version about to be added (check.expected). */
+  putExpected(json: unknown): Promise<ExpectedUpload>;
+  /** The files versions' checks name (samples and expected outputs). */
+  readonly checkFiles: CheckFiles;
 }
 
 function invalid(message: string): FleetError {
@@ -49,10 +61,12 @@ function invalid(message: string): FleetError {
 
 export function createRegistry(state: FleetRepository, dataDir: string): Registry {
   const blobs = blobStore(dataDir);
+  const checkFiles = createCheckFiles(dataDir);
+  const namedCheckFiles = (): Set<string> => new Set(state.allModelVersions().flatMap((v) => checkFilesOf(v.check)));
   const serial = serialQueue();
   const get = (name: string, version?: number): ModelVersionRecord | undefined => pickVersion(state.modelVersions(name), version);
   return {
-    add: (file, opts) => serial(() => addVersion(state, blobs, file, opts)),
+    add: (file, opts) => serial(() => addVersion(state, blobs, checkFiles, file, opts)),
     list(name) {
       if (name !== undefined) return [...state.modelVersions(checkedName(name))];
       return state.allModelVersions();
@@ -71,8 +85,22 @@ export function createRegistry(state: FleetRepository, dataDir: string): Registr
       }
       return found;
     },
-    remove: (name, version) => serial(() => removeVersion(state, blobs, name, version)),
+    remove: (name, version) => serial(async () => {
+      const removed = await removeVersion(state, blobs, name, version);
+      await checkFiles.release(removed.checkFiles, namedCheckFiles(), removed.addedAt);
+      return { removed: removed.removed, blobDeleted: removed.blobDeleted };
+    }),
     blobPath: (record) => blobs.path(record),
+    checkFiles,
+    // the sweep runs between adds, so it never takes a file an add is reading
+    async putSample(body, headerLength) {
+      await serial(() => checkFiles.sweep(namedCheckFiles()));
+      return checkFiles.putSample(body, headerLength);
+    },
+    async putExpected(json) {
+      await serial(() => checkFiles.sweep(namedCheckFiles()));
+      return checkFiles.putExpected(json);
+    },
   };
 }
 
@@ -96,13 +124,15 @@ async function readModel(file: string, processing: Processing | null, source = f
   return { bytes, meta };
 }
 
-async function addVersion(state: FleetRepository, blobs: BlobStore, file: string, opts: AddOptions): Promise<AddedModel> {
+async function addVersion(state: FleetRepository, blobs: BlobStore, checkFiles: CheckFiles, file: string, opts: AddOptions): Promise<AddedModel> {
   const name = checkedName(opts.name);
   const processing = opts.processing ? parseProcessing(opts.processing) : null;
   const { bytes, meta } = await readModel(file, processing, opts.source);
+  const check = await resolveCheck(opts.check, { name, inputs: meta.inputs, outputs: meta.outputs, processing, file }, checkFiles);
   const sha256 = sha256Hex(bytes);
   const versions = state.modelVersions(name);
-  const same = versions.find((v) => v.sha256 === sha256);
+  // the same bytes checked the same way are the same version; another check makes a new one
+  const same = versions.find((v) => v.sha256 === sha256 && sameCheck(checkOf(v), check));
   if (same) return { ...same, created: false };
   const stored = await blobs.store(bytes, sha256);
   // the manifest's chunk table for the default chunk size, so the first delivery need not hash the file
@@ -121,6 +151,7 @@ async function addVersion(state: FleetRepository, blobs: BlobStore, file: string
     minOnnxruntime: opts.minOnnxruntime ?? (meta.opset === null ? null : minOnnxruntimeForOpset(meta.opset)),
     lineage: opts.lineage ?? null,
     processing,
+    check,
   };
   state.setModelVersions(name, [...versions, record]);
   state.recordVersionGiven(name, version);
@@ -128,19 +159,24 @@ async function addVersion(state: FleetRepository, blobs: BlobStore, file: string
   return { ...record, created: true };
 }
 
-/** Removes a version; its number is never given again, and its blob goes when no other version has the same bytes. */
-async function removeVersion(state: FleetRepository, blobs: BlobStore, name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean }> {
+/**
+ * Removes a version; its number is never given again, and its blob goes when no other version has the same
+ * bytes. Answers the check files it named, for the caller to release.
+ */
+async function removeVersion(state: FleetRepository, blobs: BlobStore, name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean; checkFiles: string[]; addedAt: number }> {
   checkedName(name);
   const versions = state.modelVersions(name);
   const record = versions.find((v) => v.version === version);
-  if (!record) return { removed: false, blobDeleted: false };
+  if (!record) return { removed: false, blobDeleted: false, checkFiles: [], addedAt: 0 };
   state.setModelVersions(name, versions.filter((v) => v !== record));
   state.recordVersionGiven(name, version);
   await state.write();
+  const checkFiles = checkFilesOf(record.check);
+  const addedAt = Date.parse(record.addedAt);
   const stillUsed = state.allModelVersions().some((v) => v.sha256 === record.sha256);
-  if (stillUsed) return { removed: true, blobDeleted: false };
+  if (stillUsed) return { removed: true, blobDeleted: false, checkFiles, addedAt };
   await blobs.remove(record);
-  return { removed: true, blobDeleted: true };
+  return { removed: true, blobDeleted: true, checkFiles, addedAt };
 }
 
 function checkedName(name: string): string {

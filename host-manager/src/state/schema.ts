@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import {
+  CHECK_POLICIES,
   ContainerSpecSchema,
   DeviceInfoSchema,
   ErrorBodySchema,
@@ -60,11 +61,49 @@ export const LineageSchema = z
   .object({ dataset: z.string().optional(), metrics: z.record(z.string(), z.number()).optional(), notes: z.string().optional(), gitCommit: z.string().optional() })
   .strict();
 
+const Sha256 = z.string().regex(/^[0-9a-f]{64}$/);
+
+/**
+ * How devices check a version before they switch to it, chosen when it was added (models/checks.ts):
+ * the policy, whether NaN is acceptable, the sample request and the expected outputs (files kept by their
+ * sha256 under `<dataDir>/blobs/checks/`; here only what they are).
+ */
+export const VersionCheckSchema = z
+  .object({
+    policy: z.enum(CHECK_POLICIES),
+    allowNaN: z.boolean(),
+    sample: z
+      .object({
+        sha256: Sha256,
+        length: z.number().int().positive(),
+        /** Inference-Header-Content-Length of a binary body; null for a JSON body. */
+        headerLength: z.number().int().nonnegative().nullable(),
+        /** What it feeds the model. */
+        inputs: z.array(z.object({ name: z.string(), dtype: z.string(), shape: z.array(z.number().int().nonnegative()) }).strict()),
+      })
+      .strict()
+      .nullable(),
+    expected: z
+      .object({
+        sha256: Sha256,
+        length: z.number().int().positive(),
+        /** The outputs it names. */
+        outputs: z.array(z.string()),
+        atol: z.number().nonnegative(),
+        rtol: z.number().nonnegative(),
+        /** Given by the operator, or computed by this controller's onnxruntime when the version was added. */
+        from: z.enum(['operator', 'controller']),
+      })
+      .strict()
+      .nullable(),
+  })
+  .strict();
+export type VersionCheck = z.infer<typeof VersionCheckSchema>;
 /** What every registry version stores about its blob: name, number, the bytes' sha256 and length, where it is. */
 const storedBlob = {
   name: NameSchema,
   version: VersionSchema,
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  sha256: Sha256,
   length: z.number().int().nonnegative(),
   addedAt: Iso,
   /** Path of the content-addressed blob, relative to the data directory. */
@@ -80,6 +119,8 @@ export const ModelVersionRecordSchema = z
     minOnnxruntime: z.string().nullable(),
     lineage: LineageSchema.nullable(),
     processing: ProcessingSchema.nullable(),
+    /** Absent on versions added before checks were chosen per version: those are checked with zeros. */
+    check: VersionCheckSchema.optional(),
   })
   .strict();
 export type ModelVersionRecord = z.infer<typeof ModelVersionRecordSchema>;
