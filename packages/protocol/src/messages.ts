@@ -67,23 +67,30 @@ export const ModelStateSchema = z.object({
 });
 export type ModelState = z.infer<typeof ModelStateSchema>;
 
+/**
+ * What one device may make the controller keep about itself is bounded here: short strings and
+ * short lists (a status is stored per device and written to the state file).
+ */
+export const DEVICE_INFO_LIMITS = { text: 256, list: 64 } as const;
+const InfoText = z.string().max(DEVICE_INFO_LIMITS.text);
+
 export const DeviceInfoSchema = z.object({
-  agentVersion: z.string(),
-  hostname: z.string(),
-  arch: z.string(),
-  platform: z.string(),
+  agentVersion: InfoText,
+  hostname: InfoText,
+  arch: InfoText,
+  platform: InfoText,
   cpus: z.number().int(),
   memoryBytes: z.number(),
-  onnxruntime: z.object({ version: z.string(), executionProviders: z.array(z.string()) }).nullable(),
+  onnxruntime: z.object({ version: InfoText, executionProviders: z.array(InfoText).max(DEVICE_INFO_LIMITS.list) }).nullable(),
   docker: z.boolean(),
-  groups: z.array(NameSchema),
-  models: z.array(z.object({ name: NameSchema, version: VersionSchema })),
+  groups: z.array(NameSchema).max(DEVICE_INFO_LIMITS.list),
+  models: z.array(z.object({ name: NameSchema, version: VersionSchema })).max(DEVICE_INFO_LIMITS.list),
 });
 export type DeviceInfo = z.infer<typeof DeviceInfoSchema>;
 
 export const StatusMessageSchema = z.discriminatedUnion('online', [
   z.object({ ...envelope, type: z.literal('status'), online: z.literal(true), device: DeviceInfoSchema }),
-  z.object({ ...envelope, type: z.literal('status'), online: z.literal(false), reason: z.string() }),
+  z.object({ ...envelope, type: z.literal('status'), online: z.literal(false), reason: z.string().max(1024) }),
 ]);
 export type StatusMessage = z.infer<typeof StatusMessageSchema>;
 
@@ -99,7 +106,7 @@ export type ModelHealth = z.infer<typeof ModelHealthSchema>;
 export const TelemetrySampleSchema = z.object({
   ts: z.number().int(),
   cpuPercent: z.number(),
-  load: z.array(z.number()),
+  load: z.array(z.number()).max(16),
   memoryUsedBytes: z.number(),
   memoryTotalBytes: z.number(),
   diskFreeBytes: z.number().nullable(),
