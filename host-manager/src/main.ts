@@ -104,7 +104,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     ...(options.window !== undefined ? { window: options.window } : {}),
     onPhase: (phase, ms) => metrics.deliveryPhase.observe({ phase }, ms / 1000),
   });
-  const rollback = makeRollback({ requester, registry, keys, timeoutMs });
+  const rollback = makeRollback({ requester, registry, keys, state, timeoutMs });
   const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
   const ops = createOperations({ state, fleet, registry, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect });
   const api = await startApi({ ops, state, fleet, metrics, logger: log.child({ component: 'api' }), host: options.httpHost ?? DEFAULTS.httpHost, port: options.httpPort ?? DEFAULTS.httpPort });

@@ -109,7 +109,9 @@ export function verify(ctx: ReceiverContext, signed: SignedManifest): Manifest {
 
 /** The protocol's acceptance check (target, expiry, anti-rollback) against this device; throws its refusal. */
 export function accept(ctx: ReceiverContext, m: Manifest): void {
-  const refusal = checkAcceptance(m, { device: ctx.opts.identity, highestAccepted: ctx.opts.models.highestAccepted(m.name), now: ctx.now() });
+  const { models } = ctx.opts;
+  const lastRollbackSeq = models.lastRollbackSeq?.(m.name) ?? 0;
+  const refusal = checkAcceptance(m, { device: ctx.opts.identity, highestAccepted: models.highestAccepted(m.name), lastRollbackSeq, now: ctx.now() });
   if (refusal) throw refusal;
 }
 

@@ -1,6 +1,6 @@
 /** What the transfer receiver needs from the rest of the agent, and what it offers it. */
 import type { Logger } from 'pino';
-import type { CommandResult, DeviceIdentity, FleetEvent, Manifest, ModelState, ParsedParams } from '@edgefleet/protocol';
+import type { CommandResult, DeviceIdentity, FleetEvent, Manifest, ModelState, ParsedParams, SignedManifest } from '@edgefleet/protocol';
 
 /** What the receiver needs from the model store (a subset of ModelService). */
 export interface ReceiverModels {
@@ -9,6 +9,10 @@ export interface ReceiverModels {
   activate(name: string, version: number): Promise<{ model: string; version: number; previous: number | null }>;
   remove?(name: string, version: number): Promise<{ removed: boolean }>;
   highestAccepted(name: string): number;
+  /** The highest rollback sequence number used for the model (persisted), or 0. */
+  lastRollbackSeq?(name: string): number;
+  /** Activates a version below the highest accepted with its signed rollback manifest, using up its sequence number (absent: such commits are refused). */
+  rollback?(name: string, signed: SignedManifest): Promise<{ model: string; version: number; previous: number | null }>;
   recordAccepted(name: string, version: number): Promise<void>;
 }
 

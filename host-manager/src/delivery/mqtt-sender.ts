@@ -38,8 +38,11 @@ export interface DeliverOptions {
   window?: number;
   /** Activate after install (default true). */
   activate?: boolean;
-  /** Signed as an explicit rollback: the devices accept it although they accepted a higher version. */
-  rollback?: boolean;
+  /**
+   * Signed as an explicit rollback with this sequence number (from the state's nextRollbackSeq): the
+   * devices accept it once although they accepted a higher version.
+   */
+  rollbackSeq?: number;
   /** Received chunks per device, from the devices' progress events and status replies. */
   onProgress?: (device: string, received: number, total: number) => void;
   /** Every chunk publish the broker acknowledged (for counting); a returned promise holds that publish slot until it settles. */
@@ -117,7 +120,10 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
   const hashes = { chunks: await loadChunkTable(opts.blobPath, record, chunkSize) };
   const signed = signManifest(
-    buildManifest(record, hashes, { chunkSize, target: opts.target, expiresInMs: opts.expiresInMs ?? DEFAULT_EXPIRY_MS, rollback: opts.rollback ?? false }),
+    {
+      ...buildManifest(record, hashes, { chunkSize, target: opts.target, expiresInMs: opts.expiresInMs ?? DEFAULT_EXPIRY_MS, rollback: opts.rollbackSeq !== undefined }),
+      ...(opts.rollbackSeq !== undefined ? { rollbackSeq: opts.rollbackSeq } : {}),
+    },
     opts.keys.privateKeyPem,
   );
   phase('hash');

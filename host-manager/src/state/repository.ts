@@ -91,6 +91,13 @@ export class FleetRepository {
     highWater[name] = Math.max(ownEntry(highWater, name) ?? 0, version);
   }
 
+  /** A rollback sequence number above every one given before (the caller writes before signing with it). */
+  nextRollbackSeq(now = Date.now()): number {
+    const next = Math.max((this.#data.lastRollbackSeq ?? 0) + 1, Math.floor(now));
+    this.#data.lastRollbackSeq = next;
+    return next;
+  }
+
   // ---------------------------------------------------------------- rollouts
 
   rollout(id: string): RolloutRecord | undefined {
