@@ -70,6 +70,11 @@ export const CONFIG_KEYS = {
     describe: 'model versions kept on disk per model (the active one included)',
     schema: z.number().int().min(1).max(100).default(2),
   },
+  transferExpiryS: {
+    kind: 'number',
+    describe: 'a staged transfer neither offered again nor sent a chunk for this many seconds is removed with its files (at start and periodically)',
+    schema: z.number().int().min(1).max(30 * 86_400).default(86_400),
+  },
   telemetryIntervalMs: {
     kind: 'number',
     describe: 'milliseconds between telemetry samples',

@@ -27,9 +27,21 @@ export interface ReceiverContext {
   /** Offers, loads and commits of one transfer id run one at a time. */
   locks: Map<string, Promise<unknown>>;
   stats: ReceiverStats;
+  /** Stagings untouched this long are reclaimed (lifecycle.ts). */
+  expiryMs: number;
+  sweepEveryMs: number;
+  /** The reclaim at start: offers, loads and commits wait for it, so nothing expired is resumed. */
+  ready: Promise<void>;
 }
 
+/** Default expiry of an abandoned staging: a day. */
+export const DEFAULT_TRANSFER_EXPIRY_MS = 24 * 60 * 60_000;
+
+/** The lock key under which free space is checked and reserved (never a valid transfer id, so it cannot clash). */
+export const SPACE_LOCK = ' disk space';
+
 export function createContext(opts: TransferReceiverOptions): ReceiverContext {
+  const expiryMs = opts.expiryMs ?? DEFAULT_TRANSFER_EXPIRY_MS;
   return {
     opts,
     root: join(opts.dataDir, 'transfers'),
@@ -46,7 +58,10 @@ export function createContext(opts: TransferReceiverOptions): ReceiverContext {
       }),
     transfers: new Map(),
     locks: new Map(),
-    stats: { written: 0, duplicates: 0, unknownTransfer: 0, rejected: {} },
+    stats: { written: 0, duplicates: 0, unknownTransfer: 0, rejected: {}, reclaimed: 0 },
+    expiryMs,
+    sweepEveryMs: opts.sweepEveryMs ?? Math.min(15 * 60_000, Math.max(1000, Math.floor(expiryMs / 4))),
+    ready: Promise.resolve(),
   };
 }
 
@@ -134,6 +149,7 @@ export async function drop(ctx: ReceiverContext, t: Transfer): Promise<void> {
 export async function load(ctx: ReceiverContext, id: string): Promise<Transfer | undefined> {
   const known = ctx.transfers.get(id);
   if (known) return known;
+  await ctx.ready;
   const dir = join(ctx.root, id);
   let signed: SignedManifest;
   try {
