@@ -90,7 +90,14 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const metrics = createMetrics();
   const link = await connectBroker(options, { state, operator, legacyTopic, log });
   const requester = await createRequester(link.client);
-  const fleet = new Fleet({ mqtt: link.client, state, logger: log.child({ component: 'fleet' }), metrics, discover: link.broker === null });
+  const fleet = new Fleet({
+    mqtt: link.client,
+    state,
+    logger: log.child({ component: 'fleet' }),
+    metrics,
+    discover: link.broker === null,
+    knownModel: (name, version) => state.modelVersions(name).some((v) => v.version === version),
+  });
   await fleet.start();
   const registry = createRegistry(state, dataDir);
   const timeoutMs = options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
@@ -106,6 +113,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   });
   const rollback = makeRollback({ requester, registry, keys, state, timeoutMs });
   const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
+  fleet.expectModels((device, name, version) => rollouts.expects(device, name, version));
   const ops = createOperations({ state, fleet, registry, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect });
   const api = await startApi({ ops, state, fleet, metrics, logger: log.child({ component: 'api' }), host: options.httpHost ?? DEFAULTS.httpHost, port: options.httpPort ?? DEFAULTS.httpPort });
   const controllerFile = join(dataDir, CONTROLLER_FILE);

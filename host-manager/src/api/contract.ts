@@ -7,6 +7,7 @@
 import type { CommandParams, CommandResult, ErrorBody } from '@edgefleet/protocol';
 import type { AddedModel, AddOptions } from '../models/registry.js';
 import type { ProvisionResult } from '../devices/provisioning.js';
+import type { DeviceReport, DroppedCounts } from '../devices/reports.js';
 import type { CreateRolloutInput } from '../rollouts/executor.js';
 import type { AuditEntry, DeviceRecord, ModelVersionRecord, RolloutRecord, RolloutTarget } from '../state/schema.js';
 
@@ -72,6 +73,8 @@ export interface DeviceOperations {
   listGroups(): GroupView[];
   infer(args: { device: string; params: CommandParams<'infer'>; actor: string; timeoutMs?: number }): Promise<CommandResult<'infer'>>;
   logs(args: { device: string; lines: number }): Promise<CommandResult<'logs'>>;
+  /** What devices reported about themselves (kept apart from the audit; each entry names its device), for one device or all. */
+  deviceReports(args: { device?: string; limit?: number }): { reports: DeviceReport[]; dropped: DroppedCounts };
   /** The original plain-text commands, to devices (answered) or on the legacy topic (not answered). */
   exec(args: { to: RolloutTarget; command: string; actor: string; via?: 'command' | 'topic' }): Promise<{ via: string; results: ExecResult[] }>;
 }
@@ -99,6 +102,7 @@ export interface ControllerOperations {
   readonly dataDir: string;
   health(): HealthView;
   keys(): { keyId: string; publicKeyPem: string };
+  /** The operator audit: operators' actions and what the controller itself saw, never a device's own word. */
   audit(limit?: number): AuditEntry[];
 }
 

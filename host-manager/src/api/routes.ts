@@ -39,6 +39,10 @@ function deviceRoutes(ops: Operations): Route[] {
       return ops.infer({ device: p['id']!, params, actor: c.actor, ...(timeoutMs ? { timeoutMs } : {}) });
     }),
     route('GET', '/api/groups', () => ops.listGroups()),
+    route('GET', '/api/reports', (_r, _p, c) => {
+      const device = c.url.searchParams.get('device') ?? undefined;
+      return ops.deviceReports({ ...(device !== undefined ? { device } : {}), limit: intParam(c.url.searchParams.get('limit'), 'limit', 100) });
+    }),
     route('POST', '/api/exec', async (_r, _p, c) => {
       const body = parseBody(schemas.exec, await c.body());
       return ops.exec({ to: parseTarget(body.to), command: body.command, actor: c.actor, ...(body.via ? { via: body.via } : {}) });

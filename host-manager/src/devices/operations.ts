@@ -66,6 +66,10 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       return { removed: args.id };
     },
     listGroups: () => groupsOf(state),
+    deviceReports(args) {
+      if (args.device !== undefined) state.requireDevice(args.device);
+      return fleet.reports.list(args.device, args.limit);
+    },
     async infer(args) {
       state.requireDevice(args.device);
       return requester.request(args.device, 'infer', args.params, args.timeoutMs ?? ctx.timeoutMs);

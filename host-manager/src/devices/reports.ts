@@ -1,0 +1,121 @@
+/**
+ * What devices say about themselves (activation results, failures, log lines), kept apart from
+ * the operator audit: a device's word is not a fact the controller saw, and a device must not be
+ * able to push operator actions out of the audit by talking a lot.
+ *
+ * Bounded per device: a ring of REPORT_LIMITS.perDevice entries (oldest overwritten), texts cut
+ * to REPORT_LIMITS.textChars, and a rate of REPORT_LIMITS.perMinute events (bursts up to that
+ * many); events over the rate are dropped (not kept, not shown on the live feed) and counted.
+ * Kept in memory only: after a restart the controller's own records (the audit's model.deliver,
+ * model.rollback, rollout.* entries) are what remains. Every entry says who reported it, and its
+ * text starts with "reported by device <id>:".
+ */
+import type { FleetEvent } from '@edgefleet/protocol';
+import { RateLimiter } from '../access/rate-limit.js';
+
+export const REPORT_LIMITS = { perDevice: 20, perMinute: 60, textChars: 300 } as const;
+
+export interface DeviceReport {
+  ts: string;
+  /** `device:<id>`: what follows is that device's word. */
+  reportedBy: string;
+  event: 'model.activated' | 'model.failed' | 'log';
+  /** One line for people: `reported by device <id>: …`. */
+  text: string;
+  /** The event's data as the device sent it, with long strings cut. */
+  data: Record<string, unknown>;
+}
+
+export interface DroppedCounts {
+  /** Events over the device's rate. */
+  events: number;
+  /** Telemetry entries for models the controller does not know that device runs. */
+  telemetryModels: number;
+}
+
+interface Ring {
+  entries: (DeviceReport | undefined)[];
+  next: number;
+  dropped: DroppedCounts;
+}
+
+/**
+ * Control characters (which could move a terminal's cursor back over "reported by device …" or
+ * clear the screen), line and paragraph separators and bidirectional overrides, written as \uXXXX.
+ */
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/** A device's text made safe to show: printable, and at most `max` characters. */
+export function cut(text: string, max: number = REPORT_LIMITS.textChars): string {
+  const printable = text.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return printable.length <= max ? printable : `${printable.slice(0, max - 1)}…`;
+}
+
+/** The one-line text of a device's event, marked as the device's. */
+function describeEvent(device: string, e: Extract<FleetEvent, { event: DeviceReport['event'] }>): string {
+  const by = `reported by device ${device}:`;
+  if (e.event === 'model.activated') return cut(`${by} ${e.event} ${e.data.model}@${e.data.version}${e.data.previous !== null ? ` (previous ${e.data.previous})` : ''}`);
+  if (e.event === 'model.failed') return cut(`${by} ${e.event} ${e.data.model}@${e.data.version}: ${e.data.error.code}: ${e.data.error.message}`);
+  return cut(`${by} log ${e.data.level}: ${e.data.message}`);
+}
+
+function cutData(data: object): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(data)) out[k] = typeof v === 'string' ? cut(v) : v !== null && typeof v === 'object' ? cutData(v) : v;
+  return out;
+}
+
+export class DeviceReports {
+  readonly #rings = new Map<string, Ring>();
+  readonly #rate = new RateLimiter(REPORT_LIMITS.perMinute, REPORT_LIMITS.perMinute, Number.MAX_SAFE_INTEGER); // one bucket per device of the fleet
+
+  /** Whether one more event of this device is within its rate; counts it as dropped when not. */
+  admit(device: string, now = Date.now()): boolean {
+    if (this.#rate.take(device, now)) return true;
+    this.#ring(device).dropped.events++;
+    return false;
+  }
+
+  /** Keeps an admitted event that is worth keeping (not transfer progress); returns the entry. */
+  record(device: string, e: FleetEvent, now = Date.now()): DeviceReport | undefined {
+    if (e.event === 'transfer.progress') return undefined;
+    const report: DeviceReport = { ts: new Date(now).toISOString(), reportedBy: `device:${device}`, event: e.event, text: describeEvent(device, e), data: cutData(e.data) };
+    const ring = this.#ring(device);
+    ring.entries[ring.next] = report;
+    ring.next = (ring.next + 1) % REPORT_LIMITS.perDevice;
+    return report;
+  }
+
+  countDroppedModels(device: string, n: number): void {
+    if (n > 0) this.#ring(device).dropped.telemetryModels += n;
+  }
+
+  /** One device's reports, oldest first, and what was dropped; or every device's newest `limit`, merged by time. */
+  list(device?: string, limit = 100): { reports: DeviceReport[]; dropped: DroppedCounts } {
+    const rings = device === undefined ? [...this.#rings.values()] : [this.#rings.get(device)].filter((r): r is Ring => r !== undefined);
+    const reports = rings.flatMap(ordered).sort((a, b) => (a.ts < b.ts ? -1 : a.ts > b.ts ? 1 : 0));
+    const dropped = { events: 0, telemetryModels: 0 };
+    for (const r of rings) (dropped.events += r.dropped.events), (dropped.telemetryModels += r.dropped.telemetryModels);
+    return { reports: reports.slice(-Math.max(1, Math.min(limit, 5000))), dropped };
+  }
+
+  forget(device: string): void {
+    this.#rings.delete(device);
+    this.#rate.forget(device);
+  }
+
+  #ring(device: string): Ring {
+    let ring = this.#rings.get(device);
+    if (!ring) this.#rings.set(device, (ring = { entries: new Array<DeviceReport | undefined>(REPORT_LIMITS.perDevice), next: 0, dropped: { events: 0, telemetryModels: 0 } }));
+    return ring;
+  }
+}
+
+function ordered(ring: Ring): DeviceReport[] {
+  const out: DeviceReport[] = [];
+  for (let k = 0; k < REPORT_LIMITS.perDevice; k++) {
+    const e = ring.entries[(ring.next + k) % REPORT_LIMITS.perDevice];
+    if (e) out.push(e);
+  }
+  return out;
+}
