@@ -29,7 +29,7 @@ import { Fleet } from './devices/presence.js';
 import { createRequester } from './devices/requester.js';
 import type { Requester } from './devices/requester.js';
 import { createModelOperations } from './models/operations.js';
-import { createRegistry } from './models/registry.js';
+import { INCOMING_DIR, createRegistry } from './models/registry.js';
 import type { Registry } from './models/registry.js';
 import { Rollouts } from './rollouts/executor.js';
 import { createRolloutOperations } from './rollouts/operations.js';
@@ -51,6 +51,10 @@ export interface ManagerOptions extends BrokerLinkOptions {
   requestTimeoutMs?: number;
   /** Enrolment with a fleet provisioning key (POST /enrol); off by default. Enrolled devices join `groups`. */
   enrolment?: { groups?: string[] } | false;
+  /** Names besides the listening addresses that HTTP requests may use in Host (DNS rebinding guard). */
+  httpAllowedHosts?: string[];
+  /** The largest model the registry takes (uploads included), in bytes; default DEFAULTS.maxModelBytes (2 GiB). */
+  maxModelBytes?: number;
   /** Transfer tuning passed to deliverModel. */
   chunkSize?: number;
   window?: number;
@@ -99,7 +103,10 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     knownModel: (name, version) => state.modelVersions(name).some((v) => v.version === version),
   });
   await fleet.start();
-  const registry = createRegistry(state, dataDir);
+  const maxModelBytes = options.maxModelBytes ?? DEFAULTS.maxModelBytes;
+  const registry = createRegistry(state, dataDir, { maxModelBytes });
+  // uploads and copies cut off by a crash are never kept
+  for (const leftovers of ['uploads', INCOMING_DIR]) await rm(join(dataDir, leftovers), { recursive: true, force: true });
   const timeoutMs = options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
   const deliver = makeDeliver({
     mqtt: link.client,
@@ -114,8 +121,18 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const rollback = makeRollback({ requester, registry, keys, state, timeoutMs });
   const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
   fleet.expectModels((device, name, version) => rollouts.expects(device, name, version));
-  const ops = createOperations({ state, fleet, registry, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect });
-  const api = await startApi({ ops, state, fleet, metrics, logger: log.child({ component: 'api' }), host: options.httpHost ?? DEFAULTS.httpHost, port: options.httpPort ?? DEFAULTS.httpPort });
+  const ops = createOperations({ state, fleet, registry, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect, metrics });
+  const api = await startApi({
+    ops,
+    state,
+    fleet,
+    metrics,
+    logger: log.child({ component: 'api' }),
+    host: options.httpHost ?? DEFAULTS.httpHost,
+    port: options.httpPort ?? DEFAULTS.httpPort,
+    maxModelBytes,
+    ...(options.httpAllowedHosts ? { allowedHosts: options.httpAllowedHosts } : {}),
+  });
   const controllerFile = join(dataDir, CONTROLLER_FILE);
   const announced = { pid: process.pid, url: api.url, broker: link.brokerUrl, advertisedBroker: link.advertised, mqtt: link.broker?.ports ?? null, startedAt: new Date().toISOString() };
   await writeFileAtomic(controllerFile, JSON.stringify(announced, null, 1));
@@ -168,6 +185,7 @@ function createOperations(ctx: {
   timeoutMs: number;
   enrolmentOn: boolean;
   disconnect(id: string): void;
+  metrics: Metrics;
 }): Operations {
   const { state, fleet, rollouts, client } = ctx;
   const audit = auditRecorder(state, (entry) => fleet.emitFeed({ type: 'audit', entry }));

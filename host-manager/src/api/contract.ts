@@ -68,7 +68,7 @@ export interface DeviceOperations {
   showDevice(id: string): PublicDevice;
   addDevice(args: { id: string; groups: string[]; actor: string }): Promise<ProvisionResult>;
   /** A new device exchanges the fleet provisioning key for its own credential; undefined when the key is wrong. */
-  enrol(args: { id: string; key: string | undefined }): Promise<ProvisionResult | undefined>;
+  enrol(args: { id: string; key: string | undefined; /** The caller's address, for the attempt limits. */ source?: string }): Promise<ProvisionResult | undefined>;
   removeDevice(args: { id: string; actor: string }): Promise<{ removed: string }>;
   listGroups(): GroupView[];
   infer(args: { device: string; params: CommandParams<'infer'>; actor: string; timeoutMs?: number }): Promise<CommandResult<'infer'>>;

@@ -3,16 +3,22 @@
  * rollouts, then every feed event. The operator token comes as a Bearer header or, since
  * browsers cannot set headers on a WebSocket, as the first message.
  */
+import { STATUS_CODES } from 'node:http';
 import type { Server } from 'node:http';
 import { WebSocketServer } from 'ws';
 import type { WebSocket } from 'ws';
+import { errorResponse, parseJson } from '@edgefleet/protocol';
 import type { TokenChecker } from '../access/token-checker.js';
 import type { FeedEvent, Fleet } from '../devices/presence.js';
 import { summarize } from '../rollouts/summary.js';
 import type { Operations } from './contract.js';
+import type { HostCheck } from './host-check.js';
 import { bearer } from './http.js';
 
-export function attachFeed(server: Server, ctx: { ops: Operations; fleet: Fleet; checkToken: TokenChecker }): { close(): void } {
+/** The first message carries only `{"token": "…"}`. */
+const FIRST_MESSAGE_LIMITS = { maxBytes: 1024, maxDepth: 2 };
+
+export function attachFeed(server: Server, ctx: { ops: Operations; fleet: Fleet; checkToken: TokenChecker; hostCheck: HostCheck }): { close(): void } {
   const { ops, fleet, checkToken } = ctx;
   const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 });
   const sockets = new Set<WebSocket>();
@@ -29,6 +35,16 @@ export function attachFeed(server: Server, ctx: { ops: Operations; fleet: Fleet;
       socket.destroy();
       return;
     }
+    // The same Host and Origin rules as every request, before the upgrade: a foreign page gets no socket at all.
+    const refused = ctx.hostCheck.refusal(req.headers);
+    if (refused) {
+      const { status, body } = errorResponse(refused);
+      const text = JSON.stringify(body);
+      socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`);
+      return;
+    }
+    const source = req.socket.remoteAddress ?? 'unknown';
+    const check = (token: string | undefined): Promise<string | undefined> => checkToken(token, source).catch(() => undefined); // rate_limited: refused like a wrong token
     wss.handleUpgrade(req, socket, head, (ws) => {
       const admit = (): void => {
         sockets.add(ws);
@@ -36,19 +52,19 @@ export function attachFeed(server: Server, ctx: { ops: Operations; fleet: Fleet;
       };
       ws.on('close', () => sockets.delete(ws));
       ws.on('error', () => sockets.delete(ws));
-      void checkToken(bearer(req)).then((op) => {
+      void check(bearer(req)).then((op) => {
         if (op) return admit();
         // Browsers cannot set headers on a WebSocket: the first message may carry the token instead.
         const timer = setTimeout(() => ws.close(4401, 'unauthorized'), 5000);
         ws.once('message', (data) => {
           clearTimeout(timer);
-          let token: string | undefined;
+          let token: unknown;
           try {
-            token = (JSON.parse(String(data)) as { token?: string }).token;
+            token = (parseJson(data as Buffer, FIRST_MESSAGE_LIMITS, 'the first message') as { token?: unknown } | null)?.token;
           } catch {
-            token = undefined; // not JSON: no token, refused below
+            token = undefined; // not JSON (or too long or deep): no token, refused below
           }
-          void checkToken(token).then((ok) => (ok ? admit() : ws.close(4401, 'unauthorized')));
+          void check(typeof token === 'string' ? token : undefined).then((ok) => (ok ? admit() : ws.close(4401, 'unauthorized')));
         });
       });
     });

@@ -13,6 +13,7 @@ export interface Metrics {
   badMessages: Counter<'channel' | 'code'>;
   telemetryModelsDropped: Counter<'reason'>;
   deviceEventsDropped: Counter;
+  enrolmentsRefused: Counter<'reason'>;
   inferenceRequests: Counter<'model'>;
   inferenceErrors: Counter<'model'>;
   httpRequests: Counter<'method' | 'route' | 'status'>;
@@ -55,6 +56,12 @@ export function createMetrics(): Metrics {
     telemetryModelsDropped: new Counter({
       name: 'edgefleet_telemetry_models_dropped_total',
       help: 'Telemetry entries dropped because the controller does not know the device runs that model (unknown_model: not in the registry; not_running: not active on the device)',
+      labelNames: ['reason'],
+      registers,
+    }),
+    enrolmentsRefused: new Counter({
+      name: 'edgefleet_enrolments_refused_total',
+      help: 'Enrolment attempts refused (wrong_key, rate_limited); they are not audited',
       labelNames: ['reason'],
       registers,
     }),

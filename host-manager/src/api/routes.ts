@@ -1,28 +1,31 @@
 /** The HTTP API's routes: each parses its request (schemas.ts) and calls one of the `Operations`. */
-import { createWriteStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import type { IncomingMessage } from 'node:http';
-import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { pipeline } from 'node:stream/promises';
 import { FleetError } from '@edgefleet/protocol';
 import type { Operations } from './contract.js';
 import { bearer, route } from './http.js';
-import type { RequestContext, Route } from './http.js';
+import type { Route } from './http.js';
 import { intParam, parseBody, schemas, versionParam } from './schemas.js';
+import { uploadModel } from './upload.js';
 import { parseTarget } from '../rollouts/target.js';
 import { summarize } from '../rollouts/summary.js';
 
-export function apiRoutes(ops: Operations): Route[] {
-  return [...deviceRoutes(ops), ...modelRoutes(ops), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
+export interface RouteOptions {
+  /** The largest model upload, in bytes (--max-model-mb). */
+  maxModelBytes: number;
+}
+
+/** Bytes an enrolment body may have: `{"id": "<64 characters>"}` with room to spare. */
+const ENROL_BODY_LIMIT = 4096;
+
+export function apiRoutes(ops: Operations, opts: RouteOptions): Route[] {
+  return [...deviceRoutes(ops), ...modelRoutes(ops, opts), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
 }
 
 function deviceRoutes(ops: Operations): Route[] {
   return [
     // Enrolment: authenticated by the fleet provisioning key instead of the operator token (404 when off).
     route('POST', '/enrol', async (req, _p, c) => {
-      const body = parseBody(schemas.enrol, await c.body());
-      const result = await ops.enrol({ id: body.id, key: bearer(req) });
+      const body = parseBody(schemas.enrol, await c.body(ENROL_BODY_LIMIT));
+      const result = await ops.enrol({ id: body.id, key: bearer(req), source: c.source });
       if (!result) throw new FleetError('unauthorized', 'wrong or missing provisioning key: send Authorization: Bearer <enrolment key>');
       return result;
     }, { auth: false, created: true }),
@@ -50,11 +53,11 @@ function deviceRoutes(ops: Operations): Route[] {
   ];
 }
 
-function modelRoutes(ops: Operations): Route[] {
+function modelRoutes(ops: Operations, opts: RouteOptions): Route[] {
   return [
     route('GET', '/api/models', (_r, _p, c) => ops.listModels(c.url.searchParams.get('name') ?? undefined)),
     route('POST', '/api/models', async (req, _p, c) => {
-      if ((req.headers['content-type'] ?? '').includes('application/octet-stream')) return uploadModel(ops, req, c);
+      if ((req.headers['content-type'] ?? '').includes('application/octet-stream')) return uploadModel(ops, req, c, opts.maxModelBytes);
       const body = parseBody(schemas.addModelPath, await c.body());
       return ops.addModel({
         file: body.path,
@@ -106,34 +109,4 @@ function controllerRoutes(ops: Operations): Route[] {
     route('GET', '/api/keys', () => ops.keys()),
     route('GET', '/api/audit', (_r, _p, c) => ops.audit(intParam(c.url.searchParams.get('limit'), 'limit', 100))),
   ];
-}
-
-/** `POST /api/models?name=NAME` with the file as the body (lineage and processing as base64 JSON headers). */
-async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestContext): Promise<unknown> {
-  const name = c.url.searchParams.get('name');
-  if (!name) throw new FleetError('invalid_params', 'give the model a name: POST /api/models?name=NAME');
-  const header = (h: string): unknown => {
-    const v = req.headers[h];
-    if (typeof v !== 'string') return undefined;
-    try {
-      return JSON.parse(Buffer.from(v, 'base64').toString('utf8'));
-    } catch {
-      throw new FleetError('bad_request', `${h} must be base64 of JSON`);
-    }
-  };
-  const lineage = header('x-model-lineage');
-  const processing = header('x-model-processing');
-  const dir = join(ops.dataDir, 'uploads');
-  await mkdir(dir, { recursive: true });
-  const tmp = join(dir, `${randomBytes(8).toString('hex')}.onnx`);
-  try {
-    await pipeline(req, createWriteStream(tmp, { mode: 0o600 }));
-    return await ops.addModel({
-      file: tmp,
-      opts: { name, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}) },
-      actor: c.actor,
-    });
-  } finally {
-    await rm(tmp, { force: true });
-  }
 }

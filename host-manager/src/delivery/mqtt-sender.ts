@@ -17,8 +17,8 @@ import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import type { MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
-import { EventSchema, FleetError, nameRecord, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
-import type { DeviceInfo, ErrorBody, Manifest, TransferTarget } from '@edgefleet/protocol';
+import { EventSchema, FleetError, nameRecord, parseMessage, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
+import type { DeviceInfo, ErrorBody, FleetEvent, Manifest, TransferTarget } from '@edgefleet/protocol';
 import type { ModelVersionRecord } from '../state/schema.js';
 import type { RequestFn } from '../devices/requester.js';
 import { checkCompatibility } from '../models/compatibility.js';
@@ -183,16 +183,13 @@ async function listenForProgress(d: Delivery, devices: string[]): Promise<() => 
   const onMessage = (topic: string, payload: Buffer): void => {
     const parsed = parseTopic(topic);
     if (parsed?.kind !== 'device' || parsed.channel !== 'events' || !d.missing.has(parsed.device)) return;
-    let json: unknown;
+    let e: FleetEvent;
     try {
-      json = JSON.parse(payload.toString());
+      e = parseMessage(EventSchema, payload); // size and depth checked before parsing, as every device message
     } catch {
-      return; // not an event this delivery can use
+      return; // not an event this delivery can use (the fleet's intake counts it)
     }
-    const e = EventSchema.safeParse(json);
-    if (e.success && e.data.event === 'transfer.progress' && e.data.data.transferId === d.transferId) {
-      onProgress(parsed.device, e.data.data.received, e.data.data.total);
-    }
+    if (e.event === 'transfer.progress' && e.data.transferId === d.transferId) onProgress(parsed.device, e.data.received, e.data.total);
   };
   opts.mqtt.on('message', onMessage);
   if (opts.subscribeEvents) await opts.mqtt.subscribeAsync(eventTopics, { qos: 0 });

@@ -1,6 +1,7 @@
 /** What the device operations work with. */
 import type { MqttClient } from 'mqtt';
 import type { FleetKeys } from '../access/fleet-keys.js';
+import type { Metrics } from '../api/metrics.js';
 import type { RecordAudit } from '../state/audit.js';
 import type { FleetRepository } from '../state/repository.js';
 import type { Fleet } from './presence.js';
@@ -19,4 +20,5 @@ export interface DeviceContext {
   advertised: string;
   timeoutMs: number;
   enrolmentOn: boolean;
+  metrics?: Metrics;
 }

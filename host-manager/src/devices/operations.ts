@@ -7,6 +7,7 @@ import type { DeviceRecord } from '../state/schema.js';
 import type { DeviceContext } from './context.js';
 import { createLegacyExec } from './legacy-exec.js';
 import { provisionDevice } from './provisioning.js';
+import { RateLimiter } from '../access/rate-limit.js';
 import type { ProvisionResult } from './provisioning.js';
 
 function publicDevice(d: DeviceRecord): PublicDevice {
@@ -16,6 +17,7 @@ function publicDevice(d: DeviceRecord): PublicDevice {
 
 export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
   const { state, fleet, requester, audit } = ctx;
+  const enrolmentLimits = enrolmentLimiter(ctx);
 
   /** Creates a device's credential (by the operator or by enrolment); a bad id or group is the caller's error. */
   async function provision(id: string, groups: string[]): Promise<ProvisionResult> {
@@ -44,9 +46,10 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
     async enrol(args) {
       const enrolment = state.enrolment();
       if (!ctx.enrolmentOn || !enrolment) throw new FleetError('not_found', 'enrolment is off on this controller; ask the operator to provision the device (devices add)');
+      enrolmentLimits.check(args.source ?? 'unknown');
       if (!args.key || args.key.length > 512 || !(await verifySecretAsync(args.key, enrolment.keyHash))) {
-        state.appendAudit({ actor: 'enrolment', action: 'device.enrol', target: args.id, result: 'error', detail: { reason: 'wrong provisioning key' } });
-        await state.write();
+        // Not an operator action and not a change: counted, never in the audit, so nobody can flood the audit with it.
+        ctx.metrics?.enrolmentsRefused.inc({ reason: 'wrong_key' });
         return undefined;
       }
       const result = await provision(args.id, enrolment.groups);
@@ -79,6 +82,25 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       return requester.request(args.device, 'logs', { lines: args.lines }, ctx.timeoutMs);
     },
     exec: createLegacyExec(ctx),
+  };
+}
+
+/** Enrolment attempts per source address and in all: each costs an scrypt (a good one two), and a good one adds a device. */
+export const ENROLMENT_LIMITS = { perSourcePerMinute: 10, perMinute: 60 } as const;
+
+function enrolmentLimiter(ctx: DeviceContext): { check(source: string): void } {
+  const perSource = new RateLimiter(ENROLMENT_LIMITS.perSourcePerMinute);
+  const overall = new RateLimiter(ENROLMENT_LIMITS.perMinute);
+  return {
+    check(source) {
+      const limiter = !perSource.take(source) ? perSource : !overall.take('all') ? overall : undefined;
+      if (!limiter) return;
+      ctx.metrics?.enrolmentsRefused.inc({ reason: 'rate_limited' });
+      const key = limiter === perSource ? source : 'all';
+      const seconds = Math.ceil(limiter.retryAfterMs(key) / 1000);
+      const which = limiter === perSource ? `from ${source} (${ENROLMENT_LIMITS.perSourcePerMinute} a minute)` : `in all (${ENROLMENT_LIMITS.perMinute} a minute)`;
+      throw new FleetError('rate_limited', `too many enrolment attempts ${which}; retry in ${seconds} s`);
+    },
   };
 }
 

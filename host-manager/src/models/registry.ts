@@ -2,18 +2,21 @@
  * The model registry: a content-addressed blob store (`<dataDir>/blobs/sha256/<hex>`)
  * and an index of versions in the fleet state (lowdb). Adding the same bytes under
  * the same name again returns the existing version; version numbers only go up and a
- * removed number is never handed out again.
+ * removed number is never handed out again. A model file is never held in memory: it is
+ * hashed, walked for its metadata and copied as a stream, so its size is bounded by
+ * `maxModelBytes` (the controller's --max-model-mb), not by the controller's memory.
  */
-import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
-import { hashFile, writeFileAtomic } from '@edgefleet/node-io';
+import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { fsyncDir, fsyncFile, hashFile, mib, tmpPathFor } from '@edgefleet/node-io';
 import { join, relative, resolve, sep } from 'node:path';
-import { FleetError, ProcessingSchema, assertName, chunkHashes, describe, sha256Hex } from '@edgefleet/protocol';
+import { FleetError, ProcessingSchema, assertName, describe } from '@edgefleet/protocol';
 import type { Processing, ProcessingInput } from '@edgefleet/protocol';
-import { readOnnxMetadata } from '@edgefleet/onnx';
+import { readOnnxMetadataFromFile } from '@edgefleet/onnx';
 import type { OnnxMetadata } from '@edgefleet/onnx';
 import type { FleetRepository } from '../state/repository.js';
 import type { ModelVersionRecord } from '../state/schema.js';
-import { DEFAULT_CHUNK_SIZE, writeChunkTable } from '../delivery/chunk-table.js';
+import { DEFAULT_CHUNK_SIZE, hashChunks, writeChunkTable } from '../delivery/chunk-table.js';
+import { DEFAULTS } from '../defaults.js';
 import { minOnnxruntimeForOpset } from './compatibility.js';
 
 export interface AddOptions {
@@ -50,9 +53,14 @@ interface BlobStore {
   dir: string;
   /** Absolute path of a version's blob; refuses a record that points elsewhere. */
   path(record: Pick<ModelVersionRecord, 'blob' | 'sha256'>): string;
-  /** Stores the bytes under their sha256 (atomically; kept when already there and whole). */
-  store(bytes: Uint8Array, sha256: string): Promise<string>;
+  /** A private copy of `file` beside the blobs (copied by the kernel, never through this process), to check and then commit or drop. */
+  stage(file: string): Promise<string>;
+  /** Moves a staged copy in under its sha256 (fsync, rename, fsync of the directory); an existing whole blob is kept instead. */
+  commit(staged: string, sha256: string, length: number): Promise<string>;
 }
+
+/** Where a file being added is copied to be checked, relative to the data directory (emptied when the controller starts). */
+export const INCOMING_DIR = join('blobs', 'incoming');
 
 function blobStore(dataDir: string): BlobStore {
   const root = resolve(dataDir);
@@ -67,19 +75,44 @@ function blobStore(dataDir: string): BlobStore {
       }
       return full;
     },
-    async store(bytes, sha256) {
-      await mkdir(dir, { recursive: true });
+    async stage(file) {
+      const incoming = join(root, INCOMING_DIR);
+      await mkdir(incoming, { recursive: true, mode: 0o700 });
+      const tmp = tmpPathFor(join(incoming, 'model'));
+      try {
+        await copyFile(file, tmp);
+      } catch (error) {
+        await rm(tmp, { force: true });
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') throw new FleetError('not_found', `no file ${file} on the controller host`);
+        throw error;
+      }
+      return tmp;
+    },
+    async commit(staged, sha256, length) {
       const target = join(dir, sha256);
-      const present = await stat(target).catch(() => undefined); // not there yet: written below
-      if (present?.size === bytes.length && (await hashFile(target)) === sha256) return target;
-      await writeFileAtomic(target, bytes);
+      const present = await stat(target).catch(() => undefined); // not there yet: moved in below
+      if (present?.size === length && (await hashFile(target)) === sha256) {
+        await rm(staged, { force: true });
+        return target;
+      }
+      await fsyncFile(staged);
+      await mkdir(dir, { recursive: true });
+      await rename(staged, target);
+      await fsyncDir(dir);
       return target;
     },
   };
 }
 
-export function createRegistry(state: FleetRepository, dataDir: string): Registry {
+export interface RegistryOptions {
+  /** The largest model file accepted, in bytes (default DEFAULTS.maxModelBytes, 2 GiB). */
+  maxModelBytes?: number;
+}
+
+export function createRegistry(state: FleetRepository, dataDir: string, options: RegistryOptions = {}): Registry {
   const blobs = blobStore(dataDir);
+  const maxBytes = options.maxModelBytes ?? DEFAULTS.maxModelBytes;
   let queue: Promise<unknown> = Promise.resolve();
   /** add/remove run one at a time, so two adds of one name cannot take the same number. */
   function serial<T>(task: () => Promise<T>): Promise<T> {
@@ -94,7 +127,7 @@ export function createRegistry(state: FleetRepository, dataDir: string): Registr
     return versions.find((v) => v.version === version);
   }
   return {
-    add: (file, opts) => serial(() => addVersion(state, blobs, file, opts)),
+    add: (file, opts) => serial(() => addVersion(state, blobs, file, opts, maxBytes)),
     list(name) {
       if (name !== undefined) return [...state.modelVersions(checkedName(name))];
       return state.allModelVersions();
@@ -118,15 +151,32 @@ export function createRegistry(state: FleetRepository, dataDir: string): Registr
   };
 }
 
-/** Reads and checks an ONNX file (and the processing it declares) before anything is stored. */
-async function readModel(file: string, processing: Processing | null): Promise<{ bytes: Buffer; meta: OnnxMetadata }> {
-  let bytes: Buffer;
+/** The size of the file to add: not_found only when it is not there, too_long past the cap. */
+async function modelFileSize(file: string, maxBytes: number): Promise<number> {
+  let size: number;
   try {
-    bytes = await readFile(file);
+    const s = await stat(file);
+    if (!s.isFile()) throw new FleetError('invalid_params', `${file} is not a regular file; give the path of an .onnx file`);
+    size = s.size;
   } catch (error) {
-    throw new FleetError('not_found', `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    if (error instanceof FleetError) throw error;
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new FleetError('not_found', `no file ${file} on the controller host`);
+    throw new FleetError('invalid_params', `cannot read ${file}: ${code ?? (error as Error).message}`);
   }
-  const meta = readOnnxMetadata(bytes, file);
+  if (size > maxBytes) throw modelTooLarge(size, maxBytes);
+  return size;
+}
+
+/** The refusal of a model over the cap: says the cap and how to raise it. */
+export function modelTooLarge(size: number | undefined, maxBytes: number): FleetError {
+  const what = size === undefined ? 'the model is' : `the model is ${mib(size)} MiB,`;
+  return new FleetError('too_long', `${what} over the controller's limit of ${mib(maxBytes)} MiB per model; raise it with --max-model-mb (hostManager) or maxModelBytes (createManager)`);
+}
+
+/** Reads and checks an ONNX file (and the processing it declares) before anything is stored, without loading it; `label` names it in errors. */
+async function readModel(file: string, label: string, processing: Processing | null): Promise<OnnxMetadata> {
+  const meta = await readOnnxMetadataFromFile(file, label);
   if (processing) {
     if (!meta.inputs.some((i) => i.name === processing.input)) {
       throw invalid(`processing names input "${processing.input}", but the model's inputs are ${meta.inputs.map((i) => i.name).join(', ')}`);
@@ -135,26 +185,41 @@ async function readModel(file: string, processing: Processing | null): Promise<{
       throw invalid(`processing names output "${processing.output}", but the model's outputs are ${meta.outputs.map((o) => o.name).join(', ')}`);
     }
   }
-  return { bytes, meta };
+  return meta;
 }
 
-async function addVersion(state: FleetRepository, blobs: BlobStore, file: string, opts: AddOptions): Promise<AddedModel> {
+async function addVersion(state: FleetRepository, blobs: BlobStore, file: string, opts: AddOptions, maxBytes: number): Promise<AddedModel> {
   const name = checkedName(opts.name);
   const processing = opts.processing ? parseProcessing(opts.processing) : null;
-  const { bytes, meta } = await readModel(file, processing);
-  const sha256 = sha256Hex(bytes);
+  await modelFileSize(file, maxBytes);
+  // Everything below reads a private copy, so what is checked is what is stored, even if the file changes meanwhile.
+  const staged = await blobs.stage(file);
+  let stored: string;
+  let meta: OnnxMetadata;
+  let hashed: { sha256: string; length: number; chunks: string[] };
+  try {
+    await modelFileSize(staged, maxBytes); // it may have grown since
+    meta = await readModel(staged, file, processing);
+    hashed = await hashChunks(staged, DEFAULT_CHUNK_SIZE); // one pass: the file's sha256 and the manifest's chunk table
+    const same = state.modelVersions(name).find((v) => v.sha256 === hashed.sha256);
+    if (same) {
+      await rm(staged, { force: true });
+      return { ...same, created: false };
+    }
+    stored = await blobs.commit(staged, hashed.sha256, hashed.length);
+  } catch (error) {
+    await rm(staged, { force: true });
+    throw error;
+  }
+  const { sha256, length, chunks } = hashed;
   const versions = state.modelVersions(name);
-  const same = versions.find((v) => v.sha256 === sha256);
-  if (same) return { ...same, created: false };
-  const stored = await blobs.store(bytes, sha256);
-  // the manifest's chunk table for the default chunk size, so the first delivery need not hash the file
-  await writeChunkTable(stored, { sha256, length: bytes.length, size: DEFAULT_CHUNK_SIZE, chunks: chunkHashes(bytes, DEFAULT_CHUNK_SIZE) });
+  await writeChunkTable(stored, { sha256, length, size: DEFAULT_CHUNK_SIZE, chunks });
   const version = Math.max(state.highestVersionEver(name), ...versions.map((v) => v.version)) + 1;
   const record: ModelVersionRecord = {
     name,
     version,
     sha256,
-    length: bytes.length,
+    length,
     addedAt: new Date().toISOString(),
     blob: relative(blobs.root, join(blobs.dir, sha256)).split(sep).join('/'),
     inputs: meta.inputs,
