@@ -192,6 +192,7 @@ async function addVersion(state: FleetRepository, blobs: BlobStore, file: string
   const name = checkedName(opts.name);
   const processing = opts.processing ? parseProcessing(opts.processing) : null;
   await modelFileSize(file, maxBytes);
+  await readModel(file, file, processing); // refuses what is not ONNX before anything is copied
   // Everything below reads a private copy, so what is checked is what is stored, even if the file changes meanwhile.
   const staged = await blobs.stage(file);
   let stored: string;
