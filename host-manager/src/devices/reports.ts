@@ -12,8 +12,9 @@
  */
 import type { FleetEvent } from '@edgefleet/protocol';
 import { RateLimiter } from '../access/rate-limit.js';
+import { printableText } from '../text.js';
 
-export const REPORT_LIMITS = { perDevice: 20, perMinute: 60, textChars: 300 } as const;
+export const REPORT_LIMITS = { perDevice: 16, perMinute: 60, textChars: 240 } as const;
 
 export interface DeviceReport {
   ts: string;
@@ -22,7 +23,7 @@ export interface DeviceReport {
   event: 'model.activated' | 'model.failed' | 'log';
   /** One line for people: `reported by device <id>: …`. */
   text: string;
-  /** The event's data as the device sent it, with long strings cut. */
+  /** The event's fields other than its free text (which is in `text`, once): model, version, previous, error code, log level. */
   data: Record<string, unknown>;
 }
 
@@ -39,16 +40,9 @@ interface Ring {
   dropped: DroppedCounts;
 }
 
-/**
- * Control characters (which could move a terminal's cursor back over "reported by device …" or
- * clear the screen), line and paragraph separators and bidirectional overrides, written as \uXXXX.
- */
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
-
-/** A device's text made safe to show: printable, and at most `max` characters. */
+/** A device's text made safe to show and to keep (text.ts): printable, at most `max` characters. */
 export function cut(text: string, max: number = REPORT_LIMITS.textChars): string {
-  const printable = text.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
-  return printable.length <= max ? printable : `${printable.slice(0, max - 1)}…`;
+  return printableText(text, max);
 }
 
 /** The one-line text of a device's event, marked as the device's. */
@@ -59,10 +53,11 @@ function describeEvent(device: string, e: Extract<FleetEvent, { event: DeviceRep
   return cut(`${by} log ${e.data.level}: ${e.data.message}`);
 }
 
-function cutData(data: object): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(data)) out[k] = typeof v === 'string' ? cut(v) : v !== null && typeof v === 'object' ? cutData(v) : v;
-  return out;
+/** The structured fields of an event, without the free text already in the report's `text`. */
+function fieldsOf(e: Extract<FleetEvent, { event: DeviceReport['event'] }>): Record<string, unknown> {
+  if (e.event === 'model.activated') return { model: e.data.model, version: e.data.version, previous: e.data.previous };
+  if (e.event === 'model.failed') return { model: e.data.model, version: e.data.version, error: { code: e.data.error.code } };
+  return { level: cut(e.data.level, 16) };
 }
 
 export class DeviceReports {
@@ -79,7 +74,7 @@ export class DeviceReports {
   /** Keeps an admitted event that is worth keeping (not transfer progress); returns the entry. */
   record(device: string, e: FleetEvent, now = Date.now()): DeviceReport | undefined {
     if (e.event === 'transfer.progress') return undefined;
-    const report: DeviceReport = { ts: new Date(now).toISOString(), reportedBy: `device:${device}`, event: e.event, text: describeEvent(device, e), data: cutData(e.data) };
+    const report: DeviceReport = { ts: new Date(now).toISOString(), reportedBy: `device:${device}`, event: e.event, text: describeEvent(device, e), data: fieldsOf(e) };
     const ring = this.#ring(device);
     ring.entries[ring.next] = report;
     ring.next = (ring.next + 1) % REPORT_LIMITS.perDevice;

@@ -3,17 +3,18 @@
  * controller's clock.
  *
  * Bounded by construction, whatever a device sends: per device at most MODELS_PER_DEVICE
- * series (`model@version`; a new one replaces the one heard from longest ago), each a ring of
+ * series (`model@version`; a new one replaces one that has gone quiet), each a ring of
  * SLOTS samples in one preallocated buffer that is overwritten, never grown. A slot keeps what
  * the gates read (requests, errors, p95) in 20 bytes, so a series is 5 KiB and a device at most
- * 40 KiB. The caller (presence.ts) only passes models the controller knows that device runs.
+ * 20 KiB (about 23 KiB with the objects around them, measured by test/bounds.test.ts). The
+ * caller (presence.ts) only passes models the controller knows that device runs.
  */
 import type { ModelHealth } from '@edgefleet/protocol';
 
 /** Samples kept per series: 42 minutes at the agent's default 10 s interval. */
 export const SLOTS = 256;
-/** Series kept per device: the models it runs plus the versions a rollout is switching between. */
-export const MODELS_PER_DEVICE = 8;
+/** Series kept per device: the models it runs plus the version a rollout is switching to. */
+export const MODELS_PER_DEVICE = 4;
 /** Bytes of one slot: time (float64), requests and errors (uint32), p95 (float32). */
 const SLOT_BYTES = 8 + 4 + 4 + 4;
 /** Bytes of telemetry history one device can make the controller hold, at most (the buffers; a few hundred bytes of objects beside). */
@@ -69,19 +70,26 @@ class Series {
 
 export class TelemetryHistory {
   readonly #byDevice = new Map<string, Map<string, Series>>();
-  /** Series replaced because a device reported more models than it may keep. */
-  replaced = 0;
+  /** Entries not kept because their device already had MODELS_PER_DEVICE series heard in the same sample. */
+  dropped = 0;
 
   constructor(readonly keepMs = 30 * 60_000) {}
 
-  /** Records the models of one sample (already limited to those the device runs). */
+  /**
+   * Records the models of one sample (already limited to those the device runs). A model new to the
+   * device takes the place of a series that was not in this sample (e.g. the version a rollout switched
+   * away from); when every series was, it is dropped, so a device cannot make the history churn.
+   */
   push(device: string, models: Readonly<Record<string, ModelHealth>>, at = Date.now()): void {
     let series = this.#byDevice.get(device);
     for (const key of Object.keys(models)) {
       series ??= this.#byDevice.set(device, new Map()).get(device)!;
       let s = series.get(key);
       if (!s) {
-        if (series.size >= MODELS_PER_DEVICE) this.#replaceOldest(series);
+        if (series.size >= MODELS_PER_DEVICE && !this.#replaceStale(series, at)) {
+          this.dropped++;
+          continue;
+        }
         series.set(key, (s = new Series()));
       }
       s.push(at, models[key]!);
@@ -98,13 +106,15 @@ export class TelemetryHistory {
     this.#byDevice.delete(device);
   }
 
-  #replaceOldest(series: Map<string, Series>): void {
+  /** Removes the series heard from longest ago, if it was not heard at `at`; whether it did. */
+  #replaceStale(series: Map<string, Series>, at: number): boolean {
     let oldest: string | undefined;
-    let oldestAt = Number.POSITIVE_INFINITY;
+    let oldestAt = at;
     for (const [key, s] of series) {
       if (s.lastAt < oldestAt) (oldest = key), (oldestAt = s.lastAt);
     }
-    if (oldest !== undefined) series.delete(oldest);
-    this.replaced++;
+    if (oldest === undefined) return false;
+    series.delete(oldest);
+    return true;
   }
 }

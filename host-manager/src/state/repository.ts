@@ -9,6 +9,7 @@ import { FleetError, ownEntry } from '@edgefleet/protocol';
 import { AUDIT_LIMIT } from './schema.js';
 import type { AuditEntry, DeviceRecord, EnrolmentRecord, FleetState, GroupRecord, ModelVersionRecord, OperatorRecord, RolloutRecord } from './schema.js';
 import { openStateFile } from './store.js';
+import { cutText } from '../text.js';
 
 export class FleetRepository {
   readonly #db: Low<FleetState>;
@@ -161,7 +162,7 @@ export class FleetRepository {
 export const AUDIT_TEXT_LIMIT = 1000;
 
 function cutStrings(value: unknown, max: number, depth = 0): unknown {
-  if (typeof value === 'string') return value.length <= max ? value : `${value.slice(0, max - 1)}…`;
+  if (typeof value === 'string') return value.length <= max ? value : cutText(value, max);
   if (value === null || typeof value !== 'object' || depth > 16) return value;
   if (Array.isArray(value)) return value.map((v) => cutStrings(v, max, depth + 1));
   const out: Record<string, unknown> = {};

@@ -71,7 +71,7 @@ export type ModelState = z.infer<typeof ModelStateSchema>;
  * What one device may make the controller keep about itself is bounded here: short strings and
  * short lists (a status is stored per device and written to the state file).
  */
-export const DEVICE_INFO_LIMITS = { text: 256, list: 64 } as const;
+export const DEVICE_INFO_LIMITS = { text: 256, list: 32 } as const;
 const InfoText = z.string().max(DEVICE_INFO_LIMITS.text);
 
 export const DeviceInfoSchema = z.object({
