@@ -7,10 +7,9 @@
  * what the other stagings will still write, so two offers at once cannot both take the same space.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readlink, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readlink, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
@@ -24,6 +23,7 @@ import { cleanupAgents, connectOperator, startAgent, watchStatus } from './suppo
 import type { AgentProcess, AgentProcessOptions, StatusWatcher } from './support/agent-process.js';
 import { eventually } from './support/manager-process.js';
 import { refusal } from './support/refusal.js';
+import { mountSmallDisk, receiverWithFreeSpace, tmpfsWorks } from './support/small-disk.js';
 
 const IDS = ['s1', 's2', 's3'];
 const CHUNK = 64 * 1024;
@@ -152,26 +152,17 @@ describe('abandoned transfers on a real agent', () => {
   }, 90_000);
 });
 
-const tmpfsWorks = (() => {
-  const probe = join(tmpdir(), `tmpfs-probe-staging-${process.pid}`);
-  spawnSync('mkdir', ['-p', probe]);
-  const ok = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe]).status === 0;
-  if (ok) spawnSync('umount', [probe]);
-  spawnSync('rmdir', [probe]);
-  return ok;
-})();
-
 describe('free space counts every staging', () => {
   // A real small filesystem when this machine lets the test mount one; otherwise the agent's own
   // receiver in this process with an injected statfs of the same size.
   const title = tmpfsWorks
     ? 'on a real 10 MiB tmpfs: two 6 MiB offers at once, one is refused with disk_full; a 2 MiB one still fits'
     : 'tmpfs not mountable here: the same offers against the receiver with an injected 10 MiB statfs';
-  let mountPoint: string | undefined;
+  let unmount: (() => void) | undefined;
   afterAll(async () => {
-    if (mountPoint) {
+    if (unmount) {
       await cleanupAgents(...agents.filter((a) => a.id === 's3'));
-      spawnSync('umount', ['-l', mountPoint]);
+      unmount();
     }
   });
 
@@ -180,23 +171,12 @@ describe('free space counts every staging', () => {
     const [first, second, small] = [six(), six(), randomBytes(2 * 1024 * 1024)];
     let offerOn: (id: string, m: SignedManifest) => Promise<{ missing: number[] }>;
     if (tmpfsWorks) {
-      mountPoint = join(work, 'small-disk');
-      await mkdir(mountPoint, { recursive: true });
-      expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=10m', 'tmpfs', mountPoint]).status).toBe(0);
+      const mountPoint = join(work, 'small-disk');
+      unmount = await mountSmallDisk(mountPoint, '10m');
       await agent('s3', { dataDir: mountPoint });
       offerOn = (id, m) => offer('s3', id, m);
     } else {
-      const { createTransferReceiver } = await import('@edgefleet/device-agent');
-      const { pino } = await import('pino');
-      const receiver = createTransferReceiver({
-        dataDir: join(work, 's3-injected'),
-        publicKeyPem: keys.publicKeyPem,
-        identity: { id: 's3', groups: [], arch: process.arch },
-        models: { list: () => [], install: async () => undefined, activate: async () => ({ model: 'm', version: 1, previous: null }), highestAccepted: () => 0, recordAccepted: async () => undefined },
-        publishEvent: () => undefined,
-        logger: pino({ level: 'silent' }),
-        diskSpace: async () => ({ freeBytes: 10 * 1024 * 1024 }),
-      });
+      const receiver = await receiverWithFreeSpace({ dataDir: join(work, 's3-injected'), publicKeyPem: keys.publicKeyPem, id: 's3', freeBytes: 10 * 1024 * 1024 });
       offerOn = (id, m) => receiver.offer({ transferId: id, manifest: m, via: { kind: 'device', name: 's3' } });
     }
     // Each fits alone; both do not. Sent at the same moment, exactly one is taken.

@@ -62,9 +62,15 @@ export function bearer(req: IncomingMessage): string | undefined {
   return m?.[1];
 }
 
+/**
+ * Headers on every answer: never cached, never sniffed as another type, never framed by another
+ * page (clickjacking the dashboard), no referrer sent on.
+ */
+const SAFE_HEADERS = { 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', 'x-frame-options': 'DENY', 'content-security-policy': "frame-ancestors 'none'", 'referrer-policy': 'no-referrer' } as const;
+
 export function send(res: ServerResponse, status: number, body: unknown, type = 'application/json'): void {
   const text = type === 'application/json' ? JSON.stringify(body) : String(body);
-  res.writeHead(status, { 'content-type': type === 'application/json' ? 'application/json; charset=utf-8' : type, 'cache-control': 'no-store' });
+  res.writeHead(status, { 'content-type': type === 'application/json' ? 'application/json; charset=utf-8' : type, ...SAFE_HEADERS });
   res.end(text);
 }
 
