@@ -72,7 +72,9 @@ export type ModelState = z.infer<typeof ModelStateSchema>;
  * short lists (a status is stored per device and written to the state file).
  */
 export const DEVICE_INFO_LIMITS = { text: 256, list: 32 } as const;
-const InfoText = z.string().max(DEVICE_INFO_LIMITS.text);
+/** No control characters, line separators or bidirectional overrides: these strings are shown in terminals and pages. */
+const PRINTABLE = /^[^\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$/;
+const InfoText = z.string().max(DEVICE_INFO_LIMITS.text).regex(PRINTABLE, 'control characters are not allowed');
 
 export const DeviceInfoSchema = z.object({
   agentVersion: InfoText,
@@ -90,7 +92,7 @@ export type DeviceInfo = z.infer<typeof DeviceInfoSchema>;
 
 export const StatusMessageSchema = z.discriminatedUnion('online', [
   z.object({ ...envelope, type: z.literal('status'), online: z.literal(true), device: DeviceInfoSchema }),
-  z.object({ ...envelope, type: z.literal('status'), online: z.literal(false), reason: z.string().max(1024) }),
+  z.object({ ...envelope, type: z.literal('status'), online: z.literal(false), reason: z.string().max(1024).regex(PRINTABLE, 'control characters are not allowed') }),
 ]);
 export type StatusMessage = z.infer<typeof StatusMessageSchema>;
 

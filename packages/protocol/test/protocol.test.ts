@@ -1,7 +1,10 @@
 import { describe, expect, it } from '@jest/globals';
 import {
+  DEVICE_INFO_LIMITS,
+  StatusMessageSchema,
   checkAcceptance,
   isRollbackBelow,
+  parseMessage,
   chunkHashes,
   generateFleetKeys,
   makeRequest,
@@ -173,5 +176,22 @@ describe('manifests', () => {
   });
   it('refuses a manifest whose chunk list does not fit its length', () => {
     expect(() => signManifest({ ...manifest, chunking: { size: 256, sha256: [] } }, keys.privateKeyPem)).toThrow(/one hash per chunk/);
+  });
+});
+
+describe('what a device may say about itself', () => {
+  const info = { agentVersion: '1', hostname: 'pi-1', arch: 'arm64', platform: 'linux', cpus: 4, memoryBytes: 1, onnxruntime: null, docker: false, groups: [], models: [] };
+  const status = (device: object) => JSON.stringify({ v: 1, id: 's', ts: 1, type: 'status', online: true, device });
+  it('is bounded and printable: long strings, long lists and control characters are refused', () => {
+    expect(parseMessage(StatusMessageSchema, status(info))).toMatchObject({ online: true });
+    for (const bad of [
+      { ...info, hostname: 'h'.repeat(DEVICE_INFO_LIMITS.text + 1) },
+      { ...info, hostname: 'pi-1\r\u001b[2Kcontroller' },
+      { ...info, platform: 'linux\u202e' },
+      { ...info, models: Array.from({ length: DEVICE_INFO_LIMITS.list + 1 }, (_, i) => ({ name: `m${i}`, version: 1 })) },
+    ]) {
+      expect(() => parseMessage(StatusMessageSchema, status(bad))).toThrow(expect.objectContaining({ code: 'bad_request' }));
+    }
+    expect(() => parseMessage(StatusMessageSchema, JSON.stringify({ v: 1, id: 's', ts: 1, type: 'status', online: false, reason: 'gone\u001b[1m' }))).toThrow(/control characters/);
   });
 });
