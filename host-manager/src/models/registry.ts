@@ -188,30 +188,42 @@ async function readModel(file: string, label: string, processing: Processing | n
   return meta;
 }
 
+/**
+ * Copies the file beside the blobs and checks the copy (size, ONNX metadata, hashes), so what is checked
+ * is what is stored even if the file changes meanwhile; the version of this name with the same bytes
+ * instead when there is one. The copy is moved in under its sha256, or removed.
+ */
+async function checkedCopy(
+  state: FleetRepository,
+  blobs: BlobStore,
+  file: string,
+  opts: { name: string; processing: Processing | null; maxBytes: number },
+): Promise<{ same: ModelVersionRecord } | { stored: string; meta: OnnxMetadata; hashed: { sha256: string; length: number; chunks: string[] } }> {
+  const staged = await blobs.stage(file);
+  try {
+    await modelFileSize(staged, opts.maxBytes); // it may have grown since
+    const meta = await readModel(staged, file, opts.processing);
+    const hashed = await hashChunks(staged, DEFAULT_CHUNK_SIZE); // one pass: the file's sha256 and the manifest's chunk table
+    const same = state.modelVersions(opts.name).find((v) => v.sha256 === hashed.sha256);
+    if (same) {
+      await rm(staged, { force: true });
+      return { same };
+    }
+    return { stored: await blobs.commit(staged, hashed.sha256, hashed.length), meta, hashed };
+  } catch (error) {
+    await rm(staged, { force: true });
+    throw error;
+  }
+}
+
 async function addVersion(state: FleetRepository, blobs: BlobStore, file: string, opts: AddOptions, maxBytes: number): Promise<AddedModel> {
   const name = checkedName(opts.name);
   const processing = opts.processing ? parseProcessing(opts.processing) : null;
   await modelFileSize(file, maxBytes);
   await readModel(file, file, processing); // refuses what is not ONNX before anything is copied
-  // Everything below reads a private copy, so what is checked is what is stored, even if the file changes meanwhile.
-  const staged = await blobs.stage(file);
-  let stored: string;
-  let meta: OnnxMetadata;
-  let hashed: { sha256: string; length: number; chunks: string[] };
-  try {
-    await modelFileSize(staged, maxBytes); // it may have grown since
-    meta = await readModel(staged, file, processing);
-    hashed = await hashChunks(staged, DEFAULT_CHUNK_SIZE); // one pass: the file's sha256 and the manifest's chunk table
-    const same = state.modelVersions(name).find((v) => v.sha256 === hashed.sha256);
-    if (same) {
-      await rm(staged, { force: true });
-      return { ...same, created: false };
-    }
-    stored = await blobs.commit(staged, hashed.sha256, hashed.length);
-  } catch (error) {
-    await rm(staged, { force: true });
-    throw error;
-  }
+  const checked = await checkedCopy(state, blobs, file, { name, processing, maxBytes });
+  if ('same' in checked) return { ...checked.same, created: false };
+  const { stored, meta, hashed } = checked;
   const { sha256, length, chunks } = hashed;
   const versions = state.modelVersions(name);
   await writeChunkTable(stored, { sha256, length, size: DEFAULT_CHUNK_SIZE, chunks });
