@@ -10,7 +10,7 @@ import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
-import { EventSchema, FleetError, chunkHashes, parseTopic, sha256Hex, signManifest, topics } from '@edgefleet/protocol';
+import { EventSchema, FleetError, chunkHashes, parseTopic, sha256Hex, signManifest, tensorMapResult, topics } from '@edgefleet/protocol';
 import type { FleetEvent, ManifestInput, SignedManifest, TransferTarget } from '@edgefleet/protocol';
 import type { RunningBroker } from '@edgefleet/broker';
 import { startTestBroker } from './support/broker.js';
@@ -18,10 +18,11 @@ import { cleanupAgents, connectOperator, startAgent, watchStatus } from './suppo
 import type { AgentProcess, AgentProcessOptions, StatusWatcher } from './support/agent-process.js';
 import { alwaysFailingModel, encodeModel, largeModel, linearModel, node, valueInfo } from './support/onnx-models.js';
 import type { LinearModel } from './support/onnx-models.js';
-import { createRegistry, createRequester, deliverModel, loadOrCreateFleetKeys, openState, transferIdFor } from '@edgefleet/host-manager';
+import { createRegistry, createRequester, loadOrCreateFleetKeys, openState, transferIdFor } from '@edgefleet/host-manager';
 import type { DeliverOptions, FleetKeys, ModelVersionRecord, Registry, Requester } from '@edgefleet/host-manager';
 import { refusal } from './support/refusal.js';
 import { mountSmallDisk, receiverWithFreeSpace, tmpfsWorks } from './support/small-disk.js';
+import { recordedDelivery } from './support/delivery.js';
 
 const IDS = ['k1', 'k2', 't1', 'f1', 'f2', 'f3', 'df'];
 const GROUP_OF: Record<string, string[]> = { f1: ['floor'], f2: ['floor'], f3: ['floor'] };
@@ -93,9 +94,7 @@ async function agent(id: string, extra: Partial<AgentProcessOptions> = {}): Prom
 }
 
 function deliver(record: ModelVersionRecord, target: DeliverOptions['target'], extra: Partial<DeliverOptions> = {}) {
-  const sent: { via: TransferTarget; index: number }[] = [];
-  const offered: Record<string, number> = {};
-  const run = deliverModel({
+  return recordedDelivery({
     mqtt: operator,
     request: requester.request,
     record,
@@ -106,22 +105,13 @@ function deliver(record: ModelVersionRecord, target: DeliverOptions['target'], e
     commitTimeoutMs: 30_000,
     deadlineMs: 60_000,
     ...extra,
-    onChunk: async (via, index) => {
-      sent.push({ via, index });
-      await extra.onChunk?.(via, index);
-    },
-    onProgress: (device, received, total) => {
-      offered[device] ??= total - received; // the first report follows the offer: what the device said it misses
-      extra.onProgress?.(device, received, total);
-    },
   });
-  return { run, sent, offered };
 }
 
 /** The model's answer on the device, checked against plain-JS math for the version expected. */
 async function answers(device: string, model: LinearModel, name = 'm'): Promise<boolean> {
   const x = [0.5, -1, 2, 0.25];
-  const r = await requester.request(device, 'infer', { model: name, inputs: { x: { dtype: 'float32', shape: [1, 4], data: x } } }, 10_000);
+  const r = tensorMapResult(await requester.request(device, 'infer', { model: name, inputs: { x: { dtype: 'float32', shape: [1, 4], data: x } } }, 10_000));
   const y = r.outputs['y']!.data as number[];
   const expected = model.expected(x);
   return y.length === expected.length && y.every((v, i) => Math.abs(v - expected[i]!) < 1e-4);
@@ -173,7 +163,7 @@ describe('kill -9 of the agent', () => {
     expect(second.sent).toHaveLength(missingAtOffer); // and only what was missing went over the wire again
     expect(new Set(second.sent.map((s) => s.index)).size).toBe(missingAtOffer);
     const x = Array.from({ length: 512 }, (_, i) => (i % 7) / 7);
-    const r = await requester.request('k1', 'infer', { model: 'm', inputs: { x: { dtype: 'float32', shape: [1, 512], data: x } } });
+    const r = tensorMapResult(await requester.request('k1', 'infer', { model: 'm', inputs: { x: { dtype: 'float32', shape: [1, 512], data: x } } }));
     const expected = big.expected(x);
     expect((r.outputs['y']!.data as number[]).every((v, i) => Math.abs(v - expected[i]!) < 1e-3)).toBe(true);
     expect(again.stderrText()).not.toMatch(/Error/);

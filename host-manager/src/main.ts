@@ -16,6 +16,7 @@ import { loadOrCreateFleetKeys } from './access/fleet-keys.js';
 import type { FleetKeys } from './access/fleet-keys.js';
 import { ensureEnrolmentKey, ensureOperator } from './access/tokens.js';
 import type { Operations } from './api/contract.js';
+import { registerFleetGauges } from './api/fleet-gauges.js';
 import { createMetrics } from './api/metrics.js';
 import type { Metrics } from './api/metrics.js';
 import { startApi } from './api/server.js';
@@ -28,11 +29,17 @@ import { createDeviceOperations } from './devices/operations.js';
 import { Fleet } from './devices/presence.js';
 import { createRequester } from './devices/requester.js';
 import type { Requester } from './devices/requester.js';
+import { createImageOperations } from './images/operations.js';
+import { createImageRegistry } from './images/registry.js';
+import type { ImageRegistry } from './images/registry.js';
 import { createModelOperations } from './models/operations.js';
-import { INCOMING_DIR, createRegistry } from './models/registry.js';
+import { INCOMING_DIR } from './models/blobs.js';
+import { createRegistry } from './models/registry.js';
 import type { Registry } from './models/registry.js';
 import { Rollouts } from './rollouts/executor.js';
 import { createRolloutOperations } from './rollouts/operations.js';
+import { brokerAccountsFor, reconcileAccounts } from './broker-setup/dynsec.js';
+import type { BrokerAccounts, BrokerAccountsMode } from './broker-setup/dynsec.js';
 import { auditRecorder } from './state/audit.js';
 import { openState } from './state/repository.js';
 import type { FleetRepository } from './state/repository.js';
@@ -55,6 +62,8 @@ export interface ManagerOptions extends BrokerLinkOptions {
   httpAllowedHosts?: string[];
   /** The largest model the registry takes (uploads included), in bytes; default DEFAULTS.maxModelBytes (2 GiB). */
   maxModelBytes?: number;
+  /** An external broker's accounts: Mosquitto's dynamic security when it answers (`auto`, the default), required, or `none`. */
+  brokerAccounts?: BrokerAccountsMode;
   /** Transfer tuning passed to deliverModel. */
   chunkSize?: number;
   window?: number;
@@ -77,6 +86,7 @@ export interface Manager {
   fleet: Fleet;
   rollouts: Rollouts;
   registry: Registry;
+  images: ImageRegistry;
   ops: Operations;
   metrics: Metrics;
   close(): Promise<void>;
@@ -92,19 +102,24 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const enrolment = options.enrolment ? await ensureEnrolmentKey(state, dataDir, options.enrolment.groups ?? []) : null;
   const legacyTopic = options.legacyTopic ?? DEFAULTS.legacyTopic;
   const metrics = createMetrics();
+  registerFleetGauges(metrics.registry, state);
   const link = await connectBroker(options, { state, operator, legacyTopic, log });
   const requester = await createRequester(link.client);
+  const accounts = link.broker ? undefined : await brokerAccountsFor(link.client, options.brokerAccounts ?? 'auto', { legacyTopic, log });
+  if (accounts) await reconcileAccounts(accounts, state, log);
   const fleet = new Fleet({
     mqtt: link.client,
     state,
     logger: log.child({ component: 'fleet' }),
     metrics,
     discover: link.broker === null,
-    knownModel: (name, version) => state.modelVersions(name).some((v) => v.version === version),
+    // telemetry is kept only for versions a registry holds: models, and image apps that serve inference
+    knownModel: (name, version) => state.modelVersions(name).some((v) => v.version === version) || state.imageVersions(name).some((v) => v.version === version),
   });
   await fleet.start();
   const maxModelBytes = options.maxModelBytes ?? DEFAULTS.maxModelBytes;
   const registry = createRegistry(state, dataDir, { maxModelBytes });
+  const images = createImageRegistry(state, dataDir);
   // uploads and copies cut off by a crash are never kept
   for (const leftovers of ['uploads', INCOMING_DIR]) await rm(join(dataDir, leftovers), { recursive: true, force: true });
   const timeoutMs = options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
@@ -112,16 +127,35 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     mqtt: link.client,
     requester,
     registry,
+    images,
     keys,
     state,
     ...(options.chunkSize !== undefined ? { chunkSize: options.chunkSize } : {}),
     ...(options.window !== undefined ? { window: options.window } : {}),
     onPhase: (phase, ms) => metrics.deliveryPhase.observe({ phase }, ms / 1000),
   });
-  const rollback = makeRollback({ requester, registry, keys, state, timeoutMs });
+  const rollback = makeRollback({ requester, registry, images, keys, state, timeoutMs });
   const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
   fleet.expectModels((device, name, version) => rollouts.expects(device, name, version));
-  const ops = createOperations({ state, fleet, registry, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect, metrics });
+  const ops = createOperations({
+    state,
+    fleet,
+    registry,
+    images,
+    rollouts,
+    requester,
+    client: link.client,
+    keys,
+    legacyTopic,
+    advertised: link.advertised,
+    broker: link.broker,
+    dataDir,
+    timeoutMs,
+    enrolmentOn: enrolment !== null,
+    disconnect: link.disconnect,
+    metrics,
+    ...(accounts ? { brokerAccounts: accounts } : {}),
+  });
   const api = await startApi({
     ops,
     state,
@@ -153,6 +187,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     fleet,
     rollouts,
     registry,
+    images,
     ops,
     metrics,
     async close() {
@@ -174,6 +209,7 @@ function createOperations(ctx: {
   state: FleetRepository;
   fleet: Fleet;
   registry: Registry;
+  images: ImageRegistry;
   rollouts: Rollouts;
   requester: Requester;
   client: MqttClient;
@@ -186,6 +222,7 @@ function createOperations(ctx: {
   enrolmentOn: boolean;
   disconnect(id: string): void;
   metrics: Metrics;
+  brokerAccounts?: BrokerAccounts;
 }): Operations {
   const { state, fleet, rollouts, client } = ctx;
   const audit = auditRecorder(state, (entry) => fleet.emitFeed({ type: 'audit', entry }));
@@ -193,13 +230,14 @@ function createOperations(ctx: {
     ...createDeviceOperations({ ...ctx, audit }),
     ...createModelOperations({ ...ctx, audit }),
     deliverSsh: createSshDelivery({ ...ctx, audit }),
+    ...createImageOperations({ ...ctx, audit }),
     ...createRolloutOperations(ctx),
     dataDir: ctx.dataDir,
     health() {
       const all = state.devices();
       return {
         ok: client.connected,
-        broker: { connected: client.connected, embedded: ctx.broker !== null, url: ctx.advertised },
+        broker: { connected: client.connected, embedded: ctx.broker !== null, url: ctx.advertised, accounts: ctx.broker ? 'embedded' : (ctx.brokerAccounts?.kind ?? 'external') },
         devices: { total: all.length, online: all.filter((d) => d.online).length },
         rollouts: { running: rollouts.list().filter((r) => r.status === 'running').length },
       };

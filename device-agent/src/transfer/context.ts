@@ -6,12 +6,12 @@
 import { readdir, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { FleetError, checkAcceptance, isValidName, makeEvent, verifiedManifest } from '@edgefleet/protocol';
+import { FleetError, checkAcceptance, isRollbackBelow, isValidName, makeEvent, verifiedManifest } from '@edgefleet/protocol';
 import type { FleetEvent, Manifest, SignedManifest } from '@edgefleet/protocol';
 import { closeFiles, newTransfer } from './state.js';
 import type { Transfer } from './state.js';
 import { openStaging, readStagedManifest } from './staging.js';
-import type { DiskSpace, ReceiverStats, TransferReceiverOptions } from './types.js';
+import type { DiskSpace, ReceiverImages, ReceiverStats, TransferReceiverOptions } from './types.js';
 
 export interface ReceiverContext {
   opts: TransferReceiverOptions;
@@ -113,24 +113,48 @@ export function progress(ctx: ReceiverContext, t: Transfer, force = false): void
   }
 }
 
-/** A verified model manifest, or the FleetError that says why not. */
+/** A verified model or image manifest, or the FleetError that says why not. */
 export function verify(ctx: ReceiverContext, signed: SignedManifest): Manifest {
   const manifest = verifiedManifest(signed, ctx.opts.publicKeyPem);
-  if (manifest.kind !== 'model') {
-    throw new FleetError('invalid_params', `manifest is for a ${manifest.kind}, not a model; send it with the image commands`);
+  if (manifest.kind === 'image' && !ctx.opts.images) {
+    throw new FleetError('unavailable', `${manifest.name}@${manifest.version} is a Docker image, and this agent runs no containers service`);
   }
   return manifest;
 }
 
+/** The image half of the receiver (verify() refused image manifests when there is none). */
+export function images(ctx: ReceiverContext): ReceiverImages {
+  return ctx.opts.images!;
+}
+
 /** The protocol's acceptance check (target, expiry, anti-rollback) against this device; throws its refusal. */
 export function accept(ctx: ReceiverContext, m: Manifest): void {
+  if (m.kind === 'image') return acceptImage(ctx, m);
   const { models } = ctx.opts;
   const lastRollbackSeq = models.lastRollbackSeq?.(m.name) ?? 0;
   const refusal = checkAcceptance(m, { device: ctx.opts.identity, highestAccepted: models.highestAccepted(m.name), lastRollbackSeq, now: ctx.now() });
   if (refusal) throw refusal;
 }
 
+/**
+ * Apps have their own durable highest version accepted. An app goes back with `containers.deploy` of a version
+ * the device keeps (the controller's image rollback), never with a lower signed image manifest: the device keeps
+ * no rollback sequence for apps, so such a manifest, even one marked as a rollback, could be replayed; it is refused.
+ */
+function acceptImage(ctx: ReceiverContext, m: Manifest): void {
+  const highestAccepted = images(ctx).highestAccepted(m.name);
+  const refusal = checkAcceptance(m, { device: ctx.opts.identity, highestAccepted, now: ctx.now() });
+  if (refusal) throw refusal;
+  if (isRollbackBelow(m, highestAccepted)) {
+    throw new FleetError(
+      'lower_version',
+      `${m.name}@${m.version} is lower than version ${highestAccepted} already accepted; an app goes back to a version the device keeps with \`hostManager image rollback\`, not with a lower image manifest`,
+    );
+  }
+}
+
 export function isInstalled(ctx: ReceiverContext, m: Manifest): boolean {
+  if (m.kind === 'image') return images(ctx).isInstalled(m.name, m.version, m.image!.digest);
   return ctx.opts.models.list().some((s) => s.name === m.name && s.versions.includes(m.version));
 }
 
@@ -167,7 +191,10 @@ export async function load(ctx: ReceiverContext, id: string): Promise<Transfer |
   }
   const t = transferFor(ctx, id, signed, manifest);
   t.installed = isInstalled(ctx, manifest);
-  if (!t.installed) await openStaging(t, true, ctx.log);
+  if (!t.installed) {
+    await openStaging(t, true, ctx.log);
+    ctx.log.info({ transferId: id, name: manifest.name, version: manifest.version, received: t.received, total: t.total }, 'transfer resumed from the staging on disk');
+  }
   ctx.transfers.set(id, t);
   return t;
 }

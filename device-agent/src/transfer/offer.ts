@@ -1,13 +1,14 @@
 /**
  * transfer.offer: verify the signed manifest (signature, shape), the protocol's acceptance
- * rules (target, expiry, anti-rollback) and free disk; open (or resume) the staging and
- * answer with the chunks still missing.
+ * rules (target, expiry, anti-rollback), for an image the board's platform and an engine
+ * that answers, and free disk (after stop-then-download made room); open (or resume) the
+ * staging and answer with the chunks still missing.
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { mib } from '@edgefleet/node-io';
 import { FleetError } from '@edgefleet/protocol';
 import type { CommandResult, Manifest, ParsedParams } from '@edgefleet/protocol';
-import { SPACE_LOCK, accept, drop, isInstalled, load, locked, removeStale, transferFor, verify } from './context.js';
+import { SPACE_LOCK, accept, drop, images, isInstalled, load, locked, removeStale, transferFor, verify } from './context.js';
 import { reservedBytes } from './lifecycle.js';
 import type { ReceiverContext } from './context.js';
 import { closeFiles, missingOf, sameContent } from './state.js';
@@ -16,6 +17,7 @@ import { openStaging, writeStagedManifest } from './staging.js';
 export async function offer(ctx: ReceiverContext, p: ParsedParams<'transfer.offer'>): Promise<CommandResult<'transfer.offer'>> {
   const manifest = verify(ctx, p.manifest);
   accept(ctx, manifest);
+  if (manifest.kind === 'image') await images(ctx).checkOffer(manifest); // platform and engine, before a byte is sent
   const { via } = p;
   const { identity } = ctx.opts;
   if (via.kind === 'device' ? via.name !== identity.id : !identity.groups.includes(via.name)) {
@@ -52,11 +54,13 @@ export async function offer(ctx: ReceiverContext, p: ParsedParams<'transfer.offe
  * A first offer: room on the disk for it and for what the other stagings may still write, then an
  * empty staging of the declared length. The check and the reservation (the staging joining the
  * transfers) happen under one lock, so two offers at once cannot both count the same free space.
+ * An image whose update strategy is stop-then-download makes its room first (old containers and images go).
  */
 function startStaging(ctx: ReceiverContext, p: ParsedParams<'transfer.offer'>, manifest: Manifest): Promise<CommandResult<'transfer.offer'>> {
   return locked(ctx, SPACE_LOCK, async () => {
     await mkdir(ctx.root, { recursive: true });
     await removeStale(ctx, p.transferId, manifest.name);
+    if (manifest.kind === 'image') await images(ctx).prepareDownload(manifest);
     await checkRoom(ctx, p.transferId, manifest);
     return openFresh(ctx, p, manifest);
   });
@@ -70,7 +74,7 @@ async function checkRoom(ctx: ReceiverContext, transferId: string, manifest: Man
   const others = reserved.transfers > 0 ? ` (${mib(manifest.length)} MiB for it, ${mib(reserved.bytes)} MiB still to come for ${reserved.transfers} other staged transfer${reserved.transfers > 1 ? 's' : ''})` : '';
   throw new FleetError(
     'disk_full',
-    `${manifest.name}@${manifest.version} needs ${mib(needed)} MiB${others} but only ${mib(free)} MiB are free in ${ctx.opts.dataDir}; free space on the device (remove old model versions) or let the other transfers finish, and retry`,
+    `${manifest.name}@${manifest.version} needs ${mib(needed)} MiB${others} but only ${mib(free)} MiB are free in ${ctx.opts.dataDir}; free space on the device (remove old model versions or images) or let the other transfers finish, and retry`,
   );
 }
 

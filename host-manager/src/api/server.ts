@@ -16,11 +16,12 @@ import type { TokenChecker } from '../access/token-checker.js';
 import type { Fleet } from '../devices/presence.js';
 import type { FleetRepository } from '../state/repository.js';
 import type { Operations } from './contract.js';
-import { DASHBOARD_HTML } from './dashboard.js';
+import { serveDashboard } from './dashboard.js';
 import { attachFeed } from './feed.js';
 import { createHostCheck } from './host-check.js';
 import type { HostCheck } from './host-check.js';
 import { bearer, pathParams, readJson, send } from './http.js';
+import { BinaryAnswer, sendBinary } from './bodies.js';
 import type { Route } from './http.js';
 import type { Metrics } from './metrics.js';
 import { apiRoutes } from './routes.js';
@@ -89,9 +90,9 @@ async function answer(req: IncomingMessage, res: ServerResponse, ctx: AnswerCont
   try {
     const refused = ctx.hostCheck.refusal(req.headers);
     if (refused) throw refused;
-    if (req.method === 'GET' && (url.pathname === '/' || url.pathname === '/index.html')) {
-      routeName = '/';
-      return finish(200, DASHBOARD_HTML, 'text/html; charset=utf-8');
+    if (req.method === 'GET' && (await serveDashboard(res, url.pathname))) {
+      metrics.httpRequests.inc({ method: 'GET', route: '/dashboard', status: '200' });
+      return;
     }
     if (req.method === 'GET' && url.pathname === '/metrics') {
       routeName = '/metrics';
@@ -109,6 +110,10 @@ async function answer(req: IncomingMessage, res: ServerResponse, ctx: AnswerCont
       actor = `operator:${operator}`;
     }
     const result = await matched.handler(req, pathParams(matched, url.pathname), { actor, url, source, body: (limit) => readJson(req, limit) });
+    if (result instanceof BinaryAnswer) {
+      metrics.httpRequests.inc({ method: req.method ?? '', route: routeName, status: '200' });
+      return sendBinary(res, 200, result);
+    }
     finish(matched.created ? 201 : 200, result ?? {});
   } catch (error) {
     if (!(error instanceof FleetError)) ctx.log.error({ err: error }, 'API handler failed');

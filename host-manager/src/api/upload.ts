@@ -1,6 +1,6 @@
 /**
- * `POST /api/models?name=NAME` with the model file as the body (application/octet-stream):
- * streamed to a temporary file under `<data dir>/uploads`, never held in memory, and refused
+ * Uploads: `POST /api/models?name=NAME` with the model file as the body (application/octet-stream),
+ * and the image archives of image-routes.ts, each streamed to a temporary file under `<data dir>/uploads`, never held in memory, and refused
  * at the cap (413 `too_long`, with the cap and the flag that raises it): from the declared
  * Content-Length before a byte is read, or at the byte that passes the cap. The temporary file
  * is removed whatever happens; the rest of a refused body is read and thrown away, so the
@@ -15,6 +15,7 @@ import { FleetError } from '@edgefleet/protocol';
 import { modelTooLarge } from '../models/registry.js';
 import type { Operations } from './contract.js';
 import type { RequestContext } from './http.js';
+import { uploadedCheck } from './check-uploads.js';
 
 /**
  * Writes the body to `file`; resolves false (and stops writing) as soon as it passes `maxBytes`.
@@ -62,27 +63,65 @@ function base64Json(req: IncomingMessage, h: string): unknown {
   }
 }
 
-export async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestContext, maxBytes: number): Promise<unknown> {
-  const name = c.url.searchParams.get('name');
-  if (!name) throw new FleetError('invalid_params', 'give the model a name: POST /api/models?name=NAME');
+/**
+ * Streams an upload's body to a new temporary file under `<data dir>/uploads` and hands the file to `use`;
+ * the file is removed afterwards whatever happens. `tooLarge` is the refusal at the cap: from the declared
+ * Content-Length before a byte is read, or at the byte that passes it.
+ */
+export async function withUploadedFile<T>(
+  ops: Operations,
+  req: IncomingMessage,
+  upload: { maxBytes: number; suffix: string; tooLarge: (declared: number | undefined) => FleetError },
+  use: (file: string) => Promise<T>,
+): Promise<T> {
   const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > maxBytes) {
+  if (Number.isFinite(declared) && declared > upload.maxBytes) {
     req.resume();
-    throw modelTooLarge(declared, maxBytes);
+    throw upload.tooLarge(declared);
   }
-  const lineage = base64Json(req, 'x-model-lineage');
-  const processing = base64Json(req, 'x-model-processing');
   const dir = join(ops.dataDir, 'uploads');
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  const tmp = join(dir, `${randomBytes(8).toString('hex')}.onnx`);
+  const tmp = join(dir, `${randomBytes(8).toString('hex')}${upload.suffix}`);
   try {
-    if (!(await receive(req, tmp, maxBytes))) throw modelTooLarge(undefined, maxBytes);
-    return await ops.addModel({
-      file: tmp,
-      opts: { name, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}) },
-      actor: c.actor,
-    });
+    let whole: boolean;
+    try {
+      whole = await receive(req, tmp, upload.maxBytes);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOSPC') throw new FleetError('disk_full', `no space left in ${dir} for the upload; free space on the controller host and send it again`);
+      throw error;
+    }
+    if (!whole) throw upload.tooLarge(undefined);
+    return await use(tmp);
   } finally {
     await rm(tmp, { force: true });
   }
+}
+
+export async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestContext, maxBytes: number): Promise<unknown> {
+  const name = c.url.searchParams.get('name');
+  if (!name) throw new FleetError('invalid_params', 'give the model a name: POST /api/models?name=NAME');
+  const lineage = base64Json(req, 'x-model-lineage');
+  const processing = base64Json(req, 'x-model-processing');
+  const source = uploadedName(req.headers['x-model-filename']);
+  const check = uploadedCheck(req);
+  const upload = { maxBytes, suffix: '.onnx', tooLarge: (declared: number | undefined) => modelTooLarge(declared, maxBytes) };
+  return withUploadedFile(ops, req, upload, (file) =>
+    ops.addModel({
+      file,
+      opts: { name, source, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}), ...(check ? { check } : {}) },
+      actor: c.actor,
+    }),
+  );
+}
+
+/** The name the client gave its file (x-model-filename, percent-encoded), for error messages only; never a path on this host. */
+function uploadedName(header: string | string[] | undefined): string {
+  if (typeof header !== 'string' || header === '') return 'the uploaded file';
+  let name: string;
+  try {
+    name = decodeURIComponent(header);
+  } catch {
+    return 'the uploaded file'; // a malformed escape: the name is only for messages, so fall back
+  }
+  return JSON.stringify(name.replace(/[\u0000-\u001f]/g, '').slice(0, 256));
 }

@@ -2,6 +2,7 @@
 import type { MqttClient } from 'mqtt';
 import type { FleetKeys } from '../access/fleet-keys.js';
 import type { Metrics } from '../api/metrics.js';
+import type { BrokerAccounts } from '../broker-setup/dynsec.js';
 import type { RecordAudit } from '../state/audit.js';
 import type { FleetRepository } from '../state/repository.js';
 import type { Fleet } from './presence.js';
@@ -21,4 +22,8 @@ export interface DeviceContext {
   timeoutMs: number;
   enrolmentOn: boolean;
   metrics?: Metrics;
+  /** Mosquitto's dynamic security, when the controller manages the devices' accounts on an external broker. */
+  brokerAccounts?: BrokerAccounts;
+  /** The embedded broker (null: an external one). */
+  broker: unknown;
 }

@@ -6,8 +6,9 @@
  *
  * Everything a device can make the controller hold is bounded: its status by the
  * protocol's schema, its telemetry to the models the controller knows it runs (the
- * rest is dropped and counted) in a fixed ring (telemetry-history.ts), its events in
- * a ring of its own with a rate (reports.ts), apart from the operator audit.
+ * rest is dropped and counted) in a fixed ring (telemetry-history.ts) and the dashboard's
+ * fixed-size charts (vitals-history.ts), its events in a ring of its own with a rate
+ * (reports.ts), apart from the operator audit.
  *
  * Presence and telemetry are hot (a thousand devices reconnecting at once),
  * so they are written to the state file at most every `flushMs`.
@@ -30,12 +31,16 @@ import type { AuditEntry, DeviceRecord } from '../state/schema.js';
 import type { Metrics } from '../api/metrics.js';
 import { DeviceReports } from './reports.js';
 import { TelemetryHistory } from './telemetry-history.js';
+import { VitalsHistory } from './vitals-history.js';
 
 export type FeedEvent =
   | { type: 'device'; device: string; online: boolean; record: DeviceRecord }
   | { type: 'telemetry'; device: string; sample: TelemetrySample }
-  /** A device's own event: `reportedBy` is `device:<id>`, and it is that device's word. */
-  | { type: 'event'; device: string; reportedBy: string; event: FleetEvent }
+  /**
+   * A device's own event: `reportedBy` is `device:<id>`, and it is that device's word; `text` is its
+   * report's line (reports.ts: "reported by device <id>: …", printable, cut), absent for transfer progress.
+   */
+  | { type: 'event'; device: string; reportedBy: string; event: FleetEvent; text?: string }
   | { type: 'rollout'; id: string; status: string; summary: unknown }
   | { type: 'audit'; entry: AuditEntry };
 
@@ -52,8 +57,15 @@ export interface FleetOptions {
    * the last will of a device just removed.
    */
   discover?: boolean;
-  /** Whether the registry has `name@version`; telemetry of other models is dropped. Default: every model is known. */
+  /** Whether a registry (models or images) has `name@version`; telemetry of others is dropped. Default: every model is known. */
   knownModel?: (name: string, version: number) => boolean;
+}
+
+/** Whether the device's status says it runs `name@version`: a model, or an app's container. */
+function runs(rec: DeviceRecord, name: string, version: number): boolean {
+  const info = rec.info;
+  if (!info) return false;
+  return info.models.some((m) => m.name === name && m.version === version) || (info.containers ?? []).some((c) => c.app === name && c.version === version);
 }
 
 /** Whether a running rollout switches `device` to or from `name@version` (its telemetry is then kept before the status says so). */
@@ -62,6 +74,8 @@ export type ExpectedModel = (device: string, name: string, version: number) => b
 export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   readonly history = new TelemetryHistory();
   readonly reports = new DeviceReports();
+  /** What the dashboard charts (a fixed size per device, fed only the models kept; see vitals-history.ts). */
+  readonly vitals = new VitalsHistory();
   readonly #knownModel: (name: string, version: number) => boolean;
   #expectedModel: ExpectedModel = () => false;
   readonly #mqtt: MqttClient;
@@ -97,6 +111,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   forgetDevice(device: string): void {
     this.history.forget(device);
     this.reports.forget(device);
+    this.vitals.forget(device);
     this.#removed.add(device);
   }
 
@@ -205,6 +220,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     rec.telemetry = sample;
     rec.lastSeen = new Date().toISOString();
     this.history.push(device, sample.models);
+    this.vitals.push(device, sample);
     for (const [key, h] of Object.entries(sample.models)) {
       const model = key.slice(0, key.lastIndexOf('@')); // a registry model's name: a bounded set of label values
       this.#metrics?.inferenceRequests.inc({ model }, h.requests);
@@ -216,7 +232,8 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
 
   /**
    * The entries of `models` (`name@version` → health) for models the controller knows this device
-   * runs: in the registry, and active on it by its status or switched by a running rollout. The
+   * runs: in the registry (models, or image apps serving inference), and active on it by its status
+   * (its models or its containers) or switched by a running rollout. The
    * others are dropped and counted, so no device can make the controller hold a model it invented.
    */
   #modelsItRuns(rec: DeviceRecord, models: Record<string, ModelHealth>): Record<string, ModelHealth> {
@@ -228,7 +245,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
       const name = key.slice(0, at);
       const version = Number(key.slice(at + 1));
       if (at <= 0 || !Number.isInteger(version) || !this.#knownModel(name, version)) unknown++;
-      else if (!rec.info?.models.some((m) => m.name === name && m.version === version) && !this.#expectedModel(rec.id, name, version)) notRunning++;
+      else if (!runs(rec, name, version) && !this.#expectedModel(rec.id, name, version)) notRunning++;
       else kept[key] = models[key]!;
     }
     if (unknown > 0) this.#metrics?.telemetryModelsDropped.inc({ reason: 'unknown_model' }, unknown);
@@ -243,8 +260,8 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
       this.#metrics?.deviceEventsDropped.inc();
       return;
     }
-    this.reports.record(device, event);
-    this.emitFeed({ type: 'event', device, reportedBy: `device:${device}`, event });
+    const report = this.reports.record(device, event);
+    this.emitFeed({ type: 'event', device, reportedBy: `device:${device}`, event, ...(report ? { text: report.text } : {}) });
   }
 
   #markDirty(): void {

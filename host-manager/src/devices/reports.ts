@@ -1,5 +1,6 @@
 /**
- * What devices say about themselves (activation results, failures, log lines), kept apart from
+ * What devices say about themselves (activation results and failures of models and containers, log
+ * lines), kept apart from
  * the operator audit: a device's word is not a fact the controller saw, and a device must not be
  * able to push operator actions out of the audit by talking a lot.
  *
@@ -20,7 +21,7 @@ export interface DeviceReport {
   ts: string;
   /** `device:<id>`: what follows is that device's word. */
   reportedBy: string;
-  event: 'model.activated' | 'model.failed' | 'log';
+  event: Exclude<FleetEvent['event'], 'transfer.progress'>;
   /** One line for people: `reported by device <id>: …`. */
   text: string;
   /** The event's fields other than its free text (which is in `text`, once): model, version, previous, error code, log level. */
@@ -45,19 +46,39 @@ export function cut(text: string, max: number = REPORT_LIMITS.textChars): string
   return printableText(text, max);
 }
 
+type ReportedEvent = Extract<FleetEvent, { event: DeviceReport['event'] }>;
+
 /** The one-line text of a device's event, marked as the device's. */
-function describeEvent(device: string, e: Extract<FleetEvent, { event: DeviceReport['event'] }>): string {
+function describeEvent(device: string, e: ReportedEvent): string {
   const by = `reported by device ${device}:`;
-  if (e.event === 'model.activated') return cut(`${by} ${e.event} ${e.data.model}@${e.data.version}${e.data.previous !== null ? ` (previous ${e.data.previous})` : ''}`);
-  if (e.event === 'model.failed') return cut(`${by} ${e.event} ${e.data.model}@${e.data.version}: ${e.data.error.code}: ${e.data.error.message}`);
-  return cut(`${by} log ${e.data.level}: ${e.data.message}`);
+  switch (e.event) {
+    case 'model.activated':
+      return cut(`${by} ${e.event} ${e.data.model}@${e.data.version}${e.data.previous !== null ? ` (previous ${e.data.previous})` : ''}`);
+    case 'model.failed':
+      return cut(`${by} ${e.event} ${e.data.model}@${e.data.version}: ${e.data.error.code}: ${e.data.error.message}`);
+    case 'container.activated':
+      return cut(`${by} ${e.event} ${e.data.app}@${e.data.version} (${e.data.strategy}${e.data.previous !== null ? `, previous ${e.data.previous}` : ''})`);
+    case 'container.failed':
+      return cut(`${by} ${e.event} ${e.data.app}@${e.data.version}: ${e.data.error.code}: ${e.data.error.message}${e.data.restored !== null ? ` (running ${e.data.restored} again)` : ''}`);
+    case 'log':
+      return cut(`${by} log ${e.data.level}: ${e.data.message}`);
+  }
 }
 
 /** The structured fields of an event, without the free text already in the report's `text`. */
-function fieldsOf(e: Extract<FleetEvent, { event: DeviceReport['event'] }>): Record<string, unknown> {
-  if (e.event === 'model.activated') return { model: e.data.model, version: e.data.version, previous: e.data.previous };
-  if (e.event === 'model.failed') return { model: e.data.model, version: e.data.version, error: { code: e.data.error.code } };
-  return { level: cut(e.data.level, 16) };
+function fieldsOf(e: ReportedEvent): Record<string, unknown> {
+  switch (e.event) {
+    case 'model.activated':
+      return { model: e.data.model, version: e.data.version, previous: e.data.previous };
+    case 'model.failed':
+      return { model: e.data.model, version: e.data.version, error: { code: e.data.error.code } };
+    case 'container.activated':
+      return { app: e.data.app, version: e.data.version, previous: e.data.previous, strategy: e.data.strategy };
+    case 'container.failed':
+      return { app: e.data.app, version: e.data.version, restored: e.data.restored, error: { code: e.data.error.code } };
+    case 'log':
+      return { level: cut(e.data.level, 16) };
+  }
 }
 
 export class DeviceReports {

@@ -2,22 +2,31 @@
  * The model registry: a content-addressed blob store (`<dataDir>/blobs/sha256/<hex>`)
  * and an index of versions in the fleet state (lowdb). Adding the same bytes under
  * the same name again returns the existing version; version numbers only go up and a
- * removed number is never handed out again. A model file is never held in memory: it is
- * hashed, walked for its metadata and copied as a stream, so its size is bounded by
- * `maxModelBytes` (the controller's --max-model-mb), not by the controller's memory.
+ * removed number is never handed out again.
+ *
+ * A file is never read into memory: its size is checked against `maxModelBytes` (the
+ * controller's --max-model-mb), its ONNX metadata is read from the file, then a private
+ * copy is made beside the blobs (by the kernel), checked again and hashed as a stream,
+ * so what is checked is what is stored even if the file changes meanwhile.
  */
-import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
-import { fsyncDir, fsyncFile, hashFile, mib, tmpPathFor } from '@edgefleet/node-io';
-import { join, relative, resolve, sep } from 'node:path';
+import { rm, stat } from 'node:fs/promises';
+import { mib } from '@edgefleet/node-io';
 import { FleetError, ProcessingSchema, assertName, describe } from '@edgefleet/protocol';
 import type { Processing, ProcessingInput } from '@edgefleet/protocol';
 import { readOnnxMetadataFromFile } from '@edgefleet/onnx';
 import type { OnnxMetadata } from '@edgefleet/onnx';
 import type { FleetRepository } from '../state/repository.js';
-import type { ModelVersionRecord } from '../state/schema.js';
+import type { ModelVersionRecord, VersionCheck } from '../state/schema.js';
 import { DEFAULT_CHUNK_SIZE, hashChunks, writeChunkTable } from '../delivery/chunk-table.js';
 import { DEFAULTS } from '../defaults.js';
+import { blobStore } from './blobs.js';
+import { nextVersion, pickVersion, serialQueue } from './versions.js';
+import type { BlobStore } from './blobs.js';
 import { minOnnxruntimeForOpset } from './compatibility.js';
+import { createCheckFiles } from './check-files.js';
+import type { CheckFiles, ExpectedUpload, SampleUpload } from './check-files.js';
+import { checkFilesOf, checkOf, resolveCheck, sameCheck } from './checks.js';
+import type { CheckRequest } from './checks.js';
 
 export interface AddOptions {
   name: string;
@@ -26,6 +35,10 @@ export interface AddOptions {
   processing?: ProcessingInput | null;
   /** The lowest onnxruntime version the model needs; derived from the opset when omitted. */
   minOnnxruntime?: string | null;
+  /** How errors name the file (the user's own name for an upload, not the staging path). */
+  source?: string;
+  /** How devices check the version before switching to it (models/checks.ts); zeros when omitted. */
+  check?: CheckRequest;
 }
 
 export type AddedModel = ModelVersionRecord & { /** False when the same bytes were already registered under this name. */ created: boolean };
@@ -41,68 +54,16 @@ export interface Registry {
   remove(name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean }>;
   /** Absolute path of a version's blob. */
   blobPath(record: Pick<ModelVersionRecord, 'blob' | 'sha256'>): string;
+  /** Keeps a sample request for a version about to be added (check.sample names it by the sha256 answered). */
+  putSample(body: Uint8Array, headerLength?: number): Promise<SampleUpload>;
+  /** Keeps expected outputs for a version about to be added (check.expected). */
+  putExpected(json: unknown): Promise<ExpectedUpload>;
+  /** The files versions' checks name (samples and expected outputs). */
+  readonly checkFiles: CheckFiles;
 }
 
 function invalid(message: string): FleetError {
   return new FleetError('invalid_params', message);
-}
-
-/** The content-addressed blob store under `<dataDir>/blobs/sha256`. */
-interface BlobStore {
-  root: string;
-  dir: string;
-  /** Absolute path of a version's blob; refuses a record that points elsewhere. */
-  path(record: Pick<ModelVersionRecord, 'blob' | 'sha256'>): string;
-  /** A private copy of `file` beside the blobs (copied by the kernel, never through this process), to check and then commit or drop. */
-  stage(file: string): Promise<string>;
-  /** Moves a staged copy in under its sha256 (fsync, rename, fsync of the directory); an existing whole blob is kept instead. */
-  commit(staged: string, sha256: string, length: number): Promise<string>;
-}
-
-/** Where a file being added is copied to be checked, relative to the data directory (emptied when the controller starts). */
-export const INCOMING_DIR = join('blobs', 'incoming');
-
-function blobStore(dataDir: string): BlobStore {
-  const root = resolve(dataDir);
-  const dir = join(root, 'blobs', 'sha256');
-  return {
-    root,
-    dir,
-    path(record) {
-      const full = resolve(root, record.blob);
-      if (!/^[0-9a-f]{64}$/.test(record.sha256) || full !== join(dir, record.sha256)) {
-        throw new FleetError('internal', `registry record points outside the blob store (${record.blob}); the state file was edited by hand`);
-      }
-      return full;
-    },
-    async stage(file) {
-      const incoming = join(root, INCOMING_DIR);
-      await mkdir(incoming, { recursive: true, mode: 0o700 });
-      const tmp = tmpPathFor(join(incoming, 'model'));
-      try {
-        await copyFile(file, tmp);
-      } catch (error) {
-        await rm(tmp, { force: true });
-        const code = (error as NodeJS.ErrnoException).code;
-        if (code === 'ENOENT') throw new FleetError('not_found', `no file ${file} on the controller host`);
-        throw error;
-      }
-      return tmp;
-    },
-    async commit(staged, sha256, length) {
-      const target = join(dir, sha256);
-      const present = await stat(target).catch(() => undefined); // not there yet: moved in below
-      if (present?.size === length && (await hashFile(target)) === sha256) {
-        await rm(staged, { force: true });
-        return target;
-      }
-      await fsyncFile(staged);
-      await mkdir(dir, { recursive: true });
-      await rename(staged, target);
-      await fsyncDir(dir);
-      return target;
-    },
-  };
 }
 
 export interface RegistryOptions {
@@ -113,21 +74,12 @@ export interface RegistryOptions {
 export function createRegistry(state: FleetRepository, dataDir: string, options: RegistryOptions = {}): Registry {
   const blobs = blobStore(dataDir);
   const maxBytes = options.maxModelBytes ?? DEFAULTS.maxModelBytes;
-  let queue: Promise<unknown> = Promise.resolve();
-  /** add/remove run one at a time, so two adds of one name cannot take the same number. */
-  function serial<T>(task: () => Promise<T>): Promise<T> {
-    const run = queue.then(task, task);
-    queue = run.catch(() => undefined);
-    return run;
-  }
-  function get(name: string, version?: number): ModelVersionRecord | undefined {
-    const versions = state.modelVersions(name);
-    if (versions.length === 0) return undefined;
-    if (version === undefined) return versions.reduce((a, b) => (b.version > a.version ? b : a));
-    return versions.find((v) => v.version === version);
-  }
+  const checkFiles = createCheckFiles(dataDir);
+  const namedCheckFiles = (): Set<string> => new Set(state.allModelVersions().flatMap((v) => checkFilesOf(v.check)));
+  const serial = serialQueue();
+  const get = (name: string, version?: number): ModelVersionRecord | undefined => pickVersion(state.modelVersions(name), version);
   return {
-    add: (file, opts) => serial(() => addVersion(state, blobs, file, opts, maxBytes)),
+    add: (file, opts) => serial(() => addVersion(state, blobs, checkFiles, file, opts, maxBytes)),
     list(name) {
       if (name !== undefined) return [...state.modelVersions(checkedName(name))];
       return state.allModelVersions();
@@ -146,23 +98,37 @@ export function createRegistry(state: FleetRepository, dataDir: string, options:
       }
       return found;
     },
-    remove: (name, version) => serial(() => removeVersion(state, blobs, name, version)),
+    remove: (name, version) => serial(async () => {
+      const removed = await removeVersion(state, blobs, name, version);
+      await checkFiles.release(removed.checkFiles, namedCheckFiles(), removed.addedAt);
+      return { removed: removed.removed, blobDeleted: removed.blobDeleted };
+    }),
     blobPath: (record) => blobs.path(record),
+    checkFiles,
+    // the sweep runs between adds, so it never takes a file an add is reading
+    async putSample(body, headerLength) {
+      await serial(() => checkFiles.sweep(namedCheckFiles()));
+      return checkFiles.putSample(body, headerLength);
+    },
+    async putExpected(json) {
+      await serial(() => checkFiles.sweep(namedCheckFiles()));
+      return checkFiles.putExpected(json);
+    },
   };
 }
 
-/** The size of the file to add: not_found only when it is not there, too_long past the cap. */
-async function modelFileSize(file: string, maxBytes: number): Promise<number> {
+/** The size of the file to add: not_found only when it is not there, too_long past the cap; `label` names it in errors. */
+async function modelFileSize(file: string, label: string, maxBytes: number): Promise<number> {
   let size: number;
   try {
-    const s = await stat(file);
-    if (!s.isFile()) throw new FleetError('invalid_params', `${file} is not a regular file; give the path of an .onnx file`);
-    size = s.size;
+    const info = await stat(file);
+    if (!info.isFile()) throw new FleetError('invalid_params', `${label} is not a regular file; give the path of an .onnx file`);
+    size = info.size;
   } catch (error) {
     if (error instanceof FleetError) throw error;
     const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new FleetError('not_found', `no file ${file} on the controller host`);
-    throw new FleetError('invalid_params', `cannot read ${file}: ${code ?? (error as Error).message}`);
+    if (code === 'ENOENT') throw new FleetError('not_found', `no file ${label} on the controller host`);
+    throw new FleetError('invalid_params', `cannot read ${label}: ${code ?? (error as Error).message}`);
   }
   if (size > maxBytes) throw modelTooLarge(size, maxBytes);
   return size;
@@ -188,59 +154,72 @@ async function readModel(file: string, label: string, processing: Processing | n
   return meta;
 }
 
+interface CheckedCopy {
+  /** The version of this name with the same bytes checked the same way, when there is one (nothing was stored). */
+  same?: ModelVersionRecord;
+  stored: string;
+  meta: OnnxMetadata;
+  check: VersionCheck;
+  hashed: { sha256: string; length: number; chunks: string[] };
+}
+
 /**
- * Copies the file beside the blobs and checks the copy (size, ONNX metadata, hashes), so what is checked
- * is what is stored even if the file changes meanwhile; the version of this name with the same bytes
- * instead when there is one. The copy is moved in under its sha256, or removed.
+ * Copies the file beside the blobs and checks the copy (size, ONNX metadata, activation check, hashes), so
+ * what is checked is what is stored even if the file changes meanwhile. The copy is moved in under its
+ * sha256, or removed (also when this name has a version with the same bytes checked the same way).
  */
 async function checkedCopy(
-  state: FleetRepository,
-  blobs: BlobStore,
+  ctx: { state: FleetRepository; blobs: BlobStore; checkFiles: CheckFiles },
   file: string,
-  opts: { name: string; processing: Processing | null; maxBytes: number },
-): Promise<{ same: ModelVersionRecord } | { stored: string; meta: OnnxMetadata; hashed: { sha256: string; length: number; chunks: string[] } }> {
-  const staged = await blobs.stage(file);
+  opts: { name: string; label: string; processing: Processing | null; check: CheckRequest | undefined; maxBytes: number },
+): Promise<CheckedCopy> {
+  const staged = await ctx.blobs.stage(file, opts.label);
   try {
-    await modelFileSize(staged, opts.maxBytes); // it may have grown since
-    const meta = await readModel(staged, file, opts.processing);
+    await modelFileSize(staged, opts.label, opts.maxBytes); // it may have grown since
+    const meta = await readModel(staged, opts.label, opts.processing);
+    const check = await resolveCheck(opts.check, { name: opts.name, inputs: meta.inputs, outputs: meta.outputs, processing: opts.processing, file: staged }, ctx.checkFiles);
     const hashed = await hashChunks(staged, DEFAULT_CHUNK_SIZE); // one pass: the file's sha256 and the manifest's chunk table
-    const same = state.modelVersions(opts.name).find((v) => v.sha256 === hashed.sha256);
+    // the same bytes checked the same way are the same version; another check makes a new one
+    const same = ctx.state.modelVersions(opts.name).find((v) => v.sha256 === hashed.sha256 && sameCheck(checkOf(v), check));
     if (same) {
       await rm(staged, { force: true });
-      return { same };
+      return { same, stored: '', meta, check, hashed };
     }
-    return { stored: await blobs.commit(staged, hashed.sha256, hashed.length), meta, hashed };
+    return { stored: await ctx.blobs.adopt(staged, hashed.sha256), meta, check, hashed };
   } catch (error) {
     await rm(staged, { force: true });
     throw error;
   }
 }
 
-async function addVersion(state: FleetRepository, blobs: BlobStore, file: string, opts: AddOptions, maxBytes: number): Promise<AddedModel> {
+async function addVersion(state: FleetRepository, blobs: BlobStore, checkFiles: CheckFiles, file: string, opts: AddOptions, maxBytes: number): Promise<AddedModel> {
   const name = checkedName(opts.name);
   const processing = opts.processing ? parseProcessing(opts.processing) : null;
-  await modelFileSize(file, maxBytes);
-  await readModel(file, file, processing); // refuses what is not ONNX before anything is copied
-  const checked = await checkedCopy(state, blobs, file, { name, processing, maxBytes });
-  if ('same' in checked) return { ...checked.same, created: false };
-  const { stored, meta, hashed } = checked;
+  const label = opts.source ?? file;
+  await modelFileSize(file, label, maxBytes);
+  await readModel(file, label, processing); // refuses what is not ONNX before anything is copied
+  const checked = await checkedCopy({ state, blobs, checkFiles }, file, { name, label, processing, check: opts.check, maxBytes });
+  if (checked.same) return { ...checked.same, created: false };
+  const { stored, meta, check, hashed } = checked;
   const { sha256, length, chunks } = hashed;
-  const versions = state.modelVersions(name);
+  // the manifest's chunk table for the default chunk size, so the first delivery need not hash the file
   await writeChunkTable(stored, { sha256, length, size: DEFAULT_CHUNK_SIZE, chunks });
-  const version = Math.max(state.highestVersionEver(name), ...versions.map((v) => v.version)) + 1;
+  const versions = state.modelVersions(name);
+  const version = nextVersion(state.highestVersionEver(name), versions);
   const record: ModelVersionRecord = {
     name,
     version,
     sha256,
     length,
     addedAt: new Date().toISOString(),
-    blob: relative(blobs.root, join(blobs.dir, sha256)).split(sep).join('/'),
+    blob: blobs.relativePath(sha256),
     inputs: meta.inputs,
     outputs: meta.outputs,
     opset: meta.opset,
     minOnnxruntime: opts.minOnnxruntime ?? (meta.opset === null ? null : minOnnxruntimeForOpset(meta.opset)),
     lineage: opts.lineage ?? null,
     processing,
+    check,
   };
   state.setModelVersions(name, [...versions, record]);
   state.recordVersionGiven(name, version);
@@ -248,23 +227,24 @@ async function addVersion(state: FleetRepository, blobs: BlobStore, file: string
   return { ...record, created: true };
 }
 
-/** Removes a version; its number is never given again, and its blob goes when no other version has the same bytes. */
-async function removeVersion(state: FleetRepository, blobs: BlobStore, name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean }> {
+/**
+ * Removes a version; its number is never given again, and its blob goes when no other version has the same
+ * bytes. Answers the check files it named, for the caller to release.
+ */
+async function removeVersion(state: FleetRepository, blobs: BlobStore, name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean; checkFiles: string[]; addedAt: number }> {
   checkedName(name);
   const versions = state.modelVersions(name);
   const record = versions.find((v) => v.version === version);
-  if (!record) return { removed: false, blobDeleted: false };
+  if (!record) return { removed: false, blobDeleted: false, checkFiles: [], addedAt: 0 };
   state.setModelVersions(name, versions.filter((v) => v !== record));
   state.recordVersionGiven(name, version);
   await state.write();
+  const checkFiles = checkFilesOf(record.check);
+  const addedAt = Date.parse(record.addedAt);
   const stillUsed = state.allModelVersions().some((v) => v.sha256 === record.sha256);
-  if (stillUsed) return { removed: true, blobDeleted: false };
-  await rm(blobs.path(record), { force: true });
-  const prefix = `${record.sha256}.chunks-`;
-  for (const entry of await readdir(blobs.dir).catch(() => [] as string[])) {
-    if (entry.startsWith(prefix)) await rm(join(blobs.dir, entry), { force: true });
-  }
-  return { removed: true, blobDeleted: true };
+  if (stillUsed) return { removed: true, blobDeleted: false, checkFiles, addedAt };
+  await blobs.remove(record);
+  return { removed: true, blobDeleted: true, checkFiles, addedAt };
 }
 
 function checkedName(name: string): string {
