@@ -84,6 +84,7 @@ export function requestCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
     .command('reports [device]', 'what devices reported about themselves (their word, not the controller\'s)', (y) => y.positional('device', { type: 'string' }).option('limit', { type: 'number', default: 50 }), ctx.run<{ device?: string; limit: number }>(async (a, c) => {
       const r = await c.call<{ reports: { ts: string; text: string }[]; dropped: { events: number; telemetryModels: number } }>('GET', `/api/reports?limit=${a.limit}${a.device ? `&device=${encodeURIComponent(a.device)}` : ''}`);
       const dropped = r.dropped.events + r.dropped.telemetryModels > 0 ? `\ndropped: ${r.dropped.events} events over the rate, ${r.dropped.telemetryModels} telemetry entries of models not known to run there` : '';
-      return { json: r, text: `${table(r.reports, ['ts', 'text'])}${dropped}` };
+      // a report's text is already bounded (240 characters, escaped): shown whole, never cut to the terminal, so nothing of what the device said is hidden
+      return { json: r, text: `${table(r.reports, ['ts', 'text'], Number.MAX_SAFE_INTEGER)}${dropped}` };
     }));
 }
