@@ -24,6 +24,7 @@ import type { ModelService } from './models/index.js';
 import { createInferenceServer } from './http.js';
 import type { InferenceServer } from './http.js';
 import { createTransferReceiver } from './transfer.js';
+import { dockerReachable } from './docker-probe.js';
 import type { TransferReceiver } from './transfer.js';
 
 export interface AgentDeps {
@@ -57,25 +58,6 @@ async function agentVersion(): Promise<string> {
     return pkg.version ?? '0.0.0';
   } catch {
     return '0.0.0'; // running from an unusual layout; the version is informative only
-  }
-}
-
-async function dockerReachable(timeoutMs = 1500): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    // imported on first use: dockerode takes ~0.6 s to load, which every start would pay
-    const { default: Docker } = await import('dockerode');
-    const docker = new Docker();
-    return await Promise.race([
-      docker.ping().then(() => true),
-      new Promise<boolean>((r) => {
-        timer = setTimeout(() => r(false), timeoutMs);
-      }),
-    ]);
-  } catch {
-    return false; // no socket, no permission, no engine: all mean "not reachable"
-  } finally {
-    clearTimeout(timer);
   }
 }
 
@@ -114,6 +96,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   const identity: DeviceIdentity = { id, groups: config.groups, arch: arch() };
 
   async function info(): Promise<DeviceInfo> {
+    const runtime = models ? models.runtime() : null;
     return {
       agentVersion: version,
       hostname: hostname(),
@@ -121,7 +104,8 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
       platform: platform(),
       cpus: cpus().length,
       memoryBytes: totalmem(),
-      onnxruntime: models ? models.runtime() : null,
+      onnxruntime: runtime ? { version: runtime.version, executionProviders: runtime.executionProviders } : null,
+      runtime: runtime ? { name: runtime.name, version: runtime.version, backend: runtime.backend } : null,
       docker: dockerOk,
       groups: [...config.groups],
       models: models ? models.active() : [],
@@ -272,6 +256,8 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
       reconnectPeriod: 0, // reconnects are ours: exponential backoff with full jitter
       connectTimeout: 10_000,
       resubscribe: false,
+      // mqtt-packet would otherwise build 65,536 two-byte buffers (~6 MB of heap) for message ids at the first packet
+      writeCache: false,
       will: { topic: statusTopic, payload: Buffer.from(JSON.stringify(will)), qos: 1, retain: true },
       ...(config.tls.ca ? { ca: config.tls.ca } : {}),
       ...(config.tls.cert ? { cert: config.tls.cert } : {}),
@@ -340,12 +326,13 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
 
     async start() {
       version = await agentVersion();
-      void dockerReachable().then((ok) => (dockerOk = ok)); // warms the import while the rest starts
+      void dockerReachable().then((ok) => (dockerOk = ok));
       await mkdir(config.dataDir, { recursive: true });
       if (!models) {
         models = await createModelService({
           dataDir: config.dataDir,
           threads: config.inferenceThreads,
+          runtime: config.runtime,
           workerSessionBytes: config.workerSessionMb * 1024 * 1024,
           keepVersions: config.keepVersions,
           logger,

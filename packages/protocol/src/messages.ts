@@ -65,6 +65,25 @@ export const ModelStateSchema = z.object({
 });
 export type ModelState = z.infer<typeof ModelStateSchema>;
 
+export const InferenceRuntimeSchema = z.object({ name: z.string(), version: z.string(), backend: z.string() });
+export type InferenceRuntime = z.infer<typeof InferenceRuntimeSchema>;
+
+/**
+ * An agent self-update as the device reports it: on trial (the new version runs, not yet healthy),
+ * updated (it connected and reported healthy in time), or rolled back by the device's launcher
+ * (with the reason: it exited, or was not healthy within the deadline).
+ */
+export const AgentUpdateStateSchema = z.object({
+  state: z.enum(['trial', 'updated', 'rolled-back']),
+  /** Agent versions (of the bundles): the one running before the update, the one it updated to. */
+  from: z.string(),
+  to: z.string(),
+  reason: z.string().optional(),
+  /** Epoch milliseconds of the last state change. */
+  at: z.number().int().nonnegative(),
+});
+export type AgentUpdateState = z.infer<typeof AgentUpdateStateSchema>;
+
 export const DeviceInfoSchema = z.object({
   agentVersion: z.string(),
   hostname: z.string(),
@@ -72,10 +91,18 @@ export const DeviceInfoSchema = z.object({
   platform: z.string(),
   cpus: z.number().int(),
   memoryBytes: z.number(),
+  /** The onnxruntime version serving models (native or WebAssembly build; see `runtime`), null when none can run. */
   onnxruntime: z.object({ version: z.string(), executionProviders: z.array(z.string()) }).nullable(),
+  /**
+   * Which runtime serves: onnxruntime-node (backend "cpu") or onnxruntime-web (backend "wasm").
+   * Optional: agents before it was added do not send it.
+   */
+  runtime: InferenceRuntimeSchema.nullable().optional(),
   docker: z.boolean(),
   groups: z.array(NameSchema),
   models: z.array(z.object({ name: NameSchema, version: VersionSchema })),
+  /** The last agent self-update (optional: absent until there was one). */
+  agentUpdate: AgentUpdateStateSchema.optional(),
 });
 export type DeviceInfo = z.infer<typeof DeviceInfoSchema>;
 
@@ -138,6 +165,27 @@ export const EventSchema = z.discriminatedUnion('event', [
     type: z.literal('event'),
     event: z.literal('model.failed'),
     data: z.object({ model: NameSchema, version: VersionSchema, error: ErrorBodySchema }),
+  }),
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    /** An agent bundle was verified and installed; the agent restarts into it now. */
+    event: z.literal('agent.updating'),
+    data: z.object({ from: z.string(), to: z.string(), version: VersionSchema }),
+  }),
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    /** The new agent version connected and reported healthy within its deadline. */
+    event: z.literal('agent.updated'),
+    data: z.object({ from: z.string(), to: z.string() }),
+  }),
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    /** The device fell back by itself from the new agent version (`failed`) to the one it ran before (`restored`). */
+    event: z.literal('agent.rolled-back'),
+    data: z.object({ failed: z.string(), restored: z.string(), reason: z.string() }),
   }),
   z.object({
     ...envelope,
