@@ -73,9 +73,26 @@ export async function loadRuntime(info: RuntimeInfo): Promise<SessionRuntime> {
   const ort = require(entry) as RuntimeModule;
   const wasmThreads = info.backend === 'wasm' ? info.threads : undefined;
   if (wasmThreads !== undefined) ort.env.wasm.numThreads = wasmThreads;
+  // One WebAssembly instance serves every inline session of onnxruntime-web, and it cannot take calls from
+  // two sessions at once (their runs interleave at its awaits and break its heap views: "Cannot read
+  // properties of null"); its calls go one at a time. A worker has an instance of its own.
+  const serial = wasmThreads !== undefined ? oneAtATime() : <T>(call: () => Promise<T>) => call();
   return {
     info,
-    open: (model, options, placement) => (placement === 'inline' ? openInline(ort, model, options) : openOnWorker(entry, wasmThreads, model, options)),
+    open: (model, options, placement) =>
+      placement === 'inline' ? openInline(ort, model, options, serial) : openOnWorker(entry, wasmThreads, model, options),
+  };
+}
+
+type Serial = <T>(call: () => Promise<T>) => Promise<T>;
+
+/** Runs the calls given to it one after another, in order. */
+function oneAtATime(): Serial {
+  let tail: Promise<unknown> = Promise.resolve();
+  return <T>(call: () => Promise<T>): Promise<T> => {
+    const run = tail.then(call);
+    tail = run.catch(() => undefined); // a failed call is its caller's; the next one still runs
+    return run;
   };
 }
 
@@ -149,14 +166,14 @@ function sessionWorker(): void {
   );
 }
 
-async function openInline(ort: RuntimeModule, model: Uint8Array, options: SessionOptions): Promise<Session> {
-  const session = await ort.InferenceSession.create(model, options);
+async function openInline(ort: RuntimeModule, model: Uint8Array, options: SessionOptions, serial: Serial): Promise<Session> {
+  const session = await serial(() => ort.InferenceSession.create(model, options));
   return {
     inputMetadata: session.inputMetadata,
     outputMetadata: session.outputMetadata,
     outputNames: session.outputNames,
-    run: async (feeds) => (await session.run(feeds)) as Record<string, OrtTensor>,
-    release: () => session.release(),
+    run: async (feeds) => (await serial(() => session.run(feeds))) as Record<string, OrtTensor>,
+    release: () => serial(() => session.release()),
   };
 }
 
