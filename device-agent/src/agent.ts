@@ -25,6 +25,8 @@ import { createInferenceServer } from './http.js';
 import type { InferenceServer } from './http.js';
 import { createTransferReceiver } from './transfer.js';
 import { dockerReachable } from './docker-probe.js';
+import { createAgentUpdater } from './update/index.js';
+import type { AgentUpdater } from './update/index.js';
 import type { TransferReceiver } from './transfer.js';
 
 export interface AgentDeps {
@@ -35,6 +37,8 @@ export interface AgentDeps {
   print?: (line: string) => void;
   /** Called once the agent stopped because of `exit` on the legacy channel. */
   onExit?: (reason: string) => void;
+  /** Called once the agent stopped to restart into a new version it installed (exit with RESTART_EXIT_CODE). */
+  onRestart?: () => void;
   /** Random source for reconnect jitter (tests). */
   random?: () => number;
 }
@@ -83,6 +87,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   let ownModels = false;
   let http: InferenceServer | undefined;
   let transfer: TransferReceiver | undefined;
+  let updater: AgentUpdater | undefined;
   let legacy: LegacyChannel | undefined;
   let buffer: TelemetryBuffer | undefined;
   let telemetryTimer: NodeJS.Timeout | undefined;
@@ -109,6 +114,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
       docker: dockerOk,
       groups: [...config.groups],
       models: models ? models.active() : [],
+      ...(updater?.state() ? { agentUpdate: updater.state() } : {}),
     };
   }
 
@@ -281,6 +287,8 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
             if (config.legacyTopic) legacy?.announce(config.legacyTopic);
           }
           await publishStatus();
+          // a new version on trial is healthy now: connected, status published (see src/update/)
+          if (updater && (await updater.onOnline((e) => publishJson(topics.device(id, 'events'), e)))) await publishStatus();
           const flushed = flushTelemetry();
           // the engine may have come or gone while we were away: say so when it changed
           const docker = await dockerReachable();
@@ -342,12 +350,22 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
         ownModels = true;
       }
       const service = models;
+      if (config.agentHome) {
+        updater = await createAgentUpdater({
+          agentHome: config.agentHome,
+          version,
+          logger,
+          requestRestart: () => void agent.stop('restarting into a new agent version').then(() => deps.onRestart?.()),
+          publishEvent,
+        });
+      }
       if (config.fleetPublicKeyPem) {
         transfer = createTransferReceiver({
           dataDir: config.dataDir,
           publicKeyPem: config.fleetPublicKeyPem,
           identity,
           models: service,
+          ...(updater ? { agentBundles: updater.receiver } : {}),
           publishEvent: (e) => {
             publishEvent(e);
             if (e.event === 'model.activated') void publishStatus();

@@ -7,3 +7,5 @@ export { createAgentLogger } from './logs.js';
 export type { ModelService } from './models/index.js';
 export type { TransferReceiver } from './transfer.js';
 export type { InferenceServer } from './http.js';
+export { RESTART_EXIT_CODE, installAgentBundle, createAgentUpdater, BundleJsonSchema, BUNDLE_ENTRY } from './update/index.js';
+export type { AgentUpdater, BundleJson, InstallContext, InstalledBundle } from './update/index.js';

@@ -43,6 +43,14 @@ export interface ReceiverModels {
   recordAccepted(name: string, version: number): Promise<void>;
 }
 
+/** Receives agent bundles (manifests of kind 'agent'): src/update/. Without it such manifests are refused. */
+export interface ReceiverAgentBundles {
+  highestAccepted(): number;
+  /** Throws (a FleetError) when this device cannot take the bundle (architecture, no launcher): checked at offer. */
+  check(manifest: Manifest): void;
+  install(stagedFile: string, manifest: Manifest): Promise<unknown>;
+}
+
 export interface DiskSpace {
   /** Bytes available to this process. */
   freeBytes: number;
@@ -53,6 +61,7 @@ export interface TransferReceiverOptions {
   publicKeyPem: string;
   identity: DeviceIdentity;
   models: ReceiverModels;
+  agentBundles?: ReceiverAgentBundles;
   publishEvent: (event: FleetEvent) => void;
   logger: Logger;
   /** Free space where the staging file goes; defaults to fs.statfs (tests inject a full disk with it). */
@@ -248,6 +257,7 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
   }
 
   function isInstalled(m: Manifest): boolean {
+    if (m.kind === 'agent') return false; // a bundle is unpacked at commit; nothing is kept to resume from
     return opts.models.list().some((s) => s.name === m.name && s.versions.includes(m.version));
   }
 
@@ -257,14 +267,19 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
     if (!check.ok) {
       throw new FleetError(check.code === 'bad_signature' ? 'bad_signature' : 'invalid_params', check.reason);
     }
-    if (check.manifest.kind !== 'model') {
+    if (check.manifest.kind === 'agent' && !opts.agentBundles) {
+      throw new FleetError('unavailable', 'this agent cannot update itself: it was not started by the launcher of an installed bundle (no agentHome)');
+    }
+    if (check.manifest.kind !== 'model' && check.manifest.kind !== 'agent') {
       throw new FleetError('invalid_params', `manifest is for a ${check.manifest.kind}, not a model; send it with the image commands`);
     }
     return check.manifest;
   }
 
   function accept(m: Manifest): void {
-    const refusal = checkAcceptance(m, { device: opts.identity, highestAccepted: opts.models.highestAccepted(m.name), now: now() });
+    if (m.kind === 'agent') opts.agentBundles?.check(m);
+    const highestAccepted = m.kind === 'agent' && opts.agentBundles ? opts.agentBundles.highestAccepted() : opts.models.highestAccepted(m.name);
+    const refusal = checkAcceptance(m, { device: opts.identity, highestAccepted, now: now() });
     if (refusal) throw refusal;
   }
 
@@ -575,6 +590,13 @@ export function createTransferReceiver(opts: TransferReceiverOptions): TransferR
       const m = t.manifest;
       try {
         accept(m); // the expiry may have passed while chunks were arriving
+        if (m.kind === 'agent' && opts.agentBundles) {
+          await drain(t);
+          await verifyWhole(t);
+          await closeFiles(t);
+          await opts.agentBundles.install(join(t.dir, 'data.part'), m); // the agent restarts into it after this reply
+          return { model: m.name, version: m.version, activated: true, previous: null };
+        }
         if (!t.installed) {
           await drain(t);
           await verifyWhole(t);

@@ -71,7 +71,7 @@ export function agentArchOf(nodeArch: string): AgentArch | undefined {
 /** For kind 'agent': what the bundle is, checked against the bundle's own bundle.json before it is installed. */
 export const AgentBundleInfoSchema = z.object({
   /** The agent version inside (its package version, e.g. "0.2.0"). */
-  version: z.string().regex(/^[0-9A-Za-z.+-]{1,64}$/, 'a version of letters, digits, ".", "+" and "-"'),
+  version: z.string().regex(/^[0-9A-Za-z][0-9A-Za-z.+-]{0,63}$/, 'a version of letters, digits, ".", "+" and "-", starting with a letter or digit'),
   arch: z.enum(AGENT_ARCHES),
   /** The new version must connect and report healthy within this many seconds, or the device falls back. */
   healthDeadlineS: z.number().int().min(5).max(3600).default(180),
