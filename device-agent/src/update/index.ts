@@ -54,6 +54,12 @@ export async function createAgentUpdater(opts: AgentUpdaterOptions): Promise<Age
   const log = opts.logger.child({ part: 'agent-update' });
   let record = await readRecord(paths);
   let accepted = await readAccepted(paths);
+  // Fell back before this start: the status says so from the first publish on; the event follows online.
+  const fellBackAtStart = await readKeyValues(paths.rolledBack);
+  if (fellBackAtStart) {
+    record = rollbackRecord(fellBackAtStart, opts.version);
+    await writeAtomic(paths.record, JSON.stringify(record));
+  }
   let installing = false;
 
   const receiver: AgentUpdater['receiver'] = {
@@ -97,11 +103,9 @@ export async function createAgentUpdater(opts: AgentUpdaterOptions): Promise<Age
   }
 
   async function reportRollback(fellBack: Record<string, string>, publish: (event: FleetEvent) => Promise<void>): Promise<boolean> {
-    const failed = fellBack.failed ?? 'unknown';
-    const restored = fellBack.restored ?? opts.version;
-    const reason = fellBack.reason ?? 'the launcher fell back';
-    record = { state: 'rolled-back', from: restored, to: failed, reason, at: Number(fellBack.at ?? 0) * 1000 || Date.now() };
+    record = rollbackRecord(fellBack, opts.version);
     await writeAtomic(paths.record, JSON.stringify(record));
+    const { from: restored, to: failed, reason = '' } = record;
     log.error({ failed, restored, reason }, 'agent update rolled back');
     try {
       await publish(makeEvent('agent.rolled-back', { failed, restored, reason }));
@@ -115,6 +119,17 @@ export async function createAgentUpdater(opts: AgentUpdaterOptions): Promise<Age
   }
 
   return { receiver, onOnline, state: () => record };
+}
+
+/** The record of a fallback, from what the launcher wrote in state/rolled-back. */
+function rollbackRecord(fellBack: Record<string, string>, running: string): AgentUpdateState {
+  return {
+    state: 'rolled-back',
+    from: fellBack.restored ?? running,
+    to: fellBack.failed ?? 'unknown',
+    reason: fellBack.reason ?? 'the launcher fell back to the previous version',
+    at: Number(fellBack.at ?? 0) * 1000 || Date.now(),
+  };
 }
 
 /** Removes unpacked versions other than `keep` (the running one and the one to fall back to). */

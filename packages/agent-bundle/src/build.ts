@@ -11,9 +11,9 @@
  * Needs the repository built (`npm run build`) and npm with the registry or a warm cache.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { access, chmod, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { create } from 'tar';
 import { copyTree, nodeRuntime, productionDependencies } from './fetch.js';
@@ -49,12 +49,19 @@ export interface AgentBundle {
   sha256: string;
 }
 
-const DEFAULT_ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
+/** The repository this package is in: the nearest directory above it whose package.json has workspaces. */
+function repositoryRoot(): string {
+  for (let dir = dirname(fileURLToPath(import.meta.url)); dir !== dirname(dir); dir = dirname(dir)) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg) && 'workspaces' in (JSON.parse(readFileSync(pkg, 'utf8')) as object)) return dir;
+  }
+  throw new Error('the agent bundle builder runs from a checkout of the edgefleet repository; give repoRoot');
+}
 /** Built files a board needs: JavaScript, not maps, declarations or build info. */
 const shipped = (source: string) => !/\.(map|d\.ts|tsbuildinfo)$/.test(source) && !source.includes('/dist/test');
 
 export async function buildAgentBundle(opts: BuildAgentBundleOptions): Promise<AgentBundle> {
-  const repoRoot = opts.repoRoot ?? DEFAULT_ROOT;
+  const repoRoot = opts.repoRoot ?? repositoryRoot();
   const log = opts.log ?? (() => undefined);
   const agentPkg = JSON.parse(await readFile(join(repoRoot, 'device-agent', 'package.json'), 'utf8')) as { version: string };
   const plan = planBundle({ arch: opts.arch, version: opts.version ?? agentPkg.version, ...(opts.nodeVersion ? { nodeVersion: opts.nodeVersion } : {}) });
