@@ -1,5 +1,8 @@
 import { describe, expect, it } from '@jest/globals';
 import {
+  DeviceInfoSchema,
+  ManifestSchema,
+  agentArchOf,
   checkAcceptance,
   chunkHashes,
   generateFleetKeys,
@@ -126,5 +129,43 @@ describe('manifests', () => {
   });
   it('refuses a manifest whose chunk list does not fit its length', () => {
     expect(() => signManifest({ ...manifest, chunking: { size: 256, sha256: [] } }, keys.privateKeyPem)).toThrow(/one hash per chunk/);
+  });
+});
+
+describe('agent bundle manifests and device info', () => {
+  const base = (extra: Partial<ManifestInput>): ManifestInput => ({
+    kind: 'agent',
+    name: 'edgefleet-agent',
+    version: 3,
+    sha256: sha256Hex(Buffer.from('bundle')),
+    length: 6,
+    issuedAt: new Date().toISOString(),
+    expiresAt: new Date(Date.now() + 60_000).toISOString(),
+    target: { devices: ['pi-1'] },
+    chunking: { size: 1024, sha256: chunkHashes(Buffer.from('bundle'), 1024) },
+    ...extra,
+  });
+
+  it('an agent manifest names the bundle version and architecture; the health deadline defaults to 180 s', () => {
+    const parsed = ManifestSchema.parse(base({ agent: { version: '0.2.0', arch: 'armv7' } }));
+    expect(parsed.agent).toEqual({ version: '0.2.0', arch: 'armv7', healthDeadlineS: 180 });
+  });
+
+  it('refuses an agent manifest without its bundle, a bundle on another kind, unknown architectures and path-like versions', () => {
+    expect(ManifestSchema.safeParse(base({})).success).toBe(false);
+    expect(ManifestSchema.safeParse(base({ kind: 'model', agent: { version: '0.2.0', arch: 'x64' } })).success).toBe(false);
+    expect(ManifestSchema.safeParse(base({ agent: { version: '0.2.0', arch: 'mips' as 'x64' } })).success).toBe(false);
+    for (const version of ['..', '../x', 'a/b', '']) expect(ManifestSchema.safeParse(base({ agent: { version, arch: 'x64' } })).success).toBe(false);
+  });
+
+  it('maps Node.js architectures to bundle architectures', () => {
+    expect([agentArchOf('x64'), agentArchOf('arm64'), agentArchOf('arm'), agentArchOf('ia32')]).toEqual(['x64', 'arm64', 'armv7', undefined]);
+  });
+
+  it('device info from an agent that predates the runtime and update fields still parses', () => {
+    const old = { agentVersion: '0.1.0', hostname: 'h', arch: 'x64', platform: 'linux', cpus: 2, memoryBytes: 1, onnxruntime: null, docker: false, groups: [], models: [] };
+    expect(DeviceInfoSchema.safeParse(old).success).toBe(true);
+    const now = { ...old, runtime: { name: 'onnxruntime-web', version: '1.30.0', backend: 'wasm' }, agentUpdate: { state: 'rolled-back', from: '0.1.0', to: '0.2.0', reason: 'r', at: 1 } };
+    expect(DeviceInfoSchema.parse(now)).toEqual(now);
   });
 });
