@@ -61,6 +61,9 @@ export function planBundle(opts: { arch: string; version: string; nodeVersion?: 
     { keepOnly: 'onnxruntime-web/dist', names: ['ort.node.min.js', 'ort.node.min.mjs', 'ort-wasm-simd-threaded.mjs', 'ort-wasm-simd-threaded.wasm'] },
     { remove: 'onnxruntime-web/docs' },
     { remove: 'onnxruntime-web/lib' },
+    // protobufjs's code generator (20 MB), which reading a model's metadata never runs
+    { remove: 'onnx-proto/node_modules/protobufjs/cli' },
+    { remove: 'protobufjs/cli' },
   ];
   if (target.runtime === 'onnxruntime-node') {
     prune.push({ keepOnly: 'onnxruntime-node/bin/napi-v6', names: ['linux'] }, { keepOnly: 'onnxruntime-node/bin/napi-v6/linux', names: [target.nodeArch] });
