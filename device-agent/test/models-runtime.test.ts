@@ -18,7 +18,7 @@ import { createModelService } from '../src/models/index.js';
 import type { ModelService, ModelServiceOptions } from '../src/models/index.js';
 import { findInstalledRuntimes, planRuntime } from '../src/models/runtime.js';
 import type { InstalledRuntimes } from '../src/models/runtime.js';
-import { encodeModel, linearModel, multiInputModel, node, recurrentModel, stageFile, testManifest, valueInfo } from '../../test/support/onnx-models.js';
+import { linearModel, multiInputModel, recurrentModel, stageFile, testManifest, unknownOperatorModel } from '../../test/support/onnx-models.js';
 
 const logger = pino({ level: 'silent' });
 const dirs: string[] = [];
@@ -171,12 +171,7 @@ describe('onnxruntime-web (WebAssembly) serves like onnxruntime-node', () => {
     // An operator this build has no kernel for. (The 1.30 WebAssembly build carries the same CPU operator
     // set as onnxruntime-node; what it lacks is what onnxruntime 1.30 lacks, so the operator is one no
     // onnxruntime implements.)
-    const unknownOp = encodeModel({
-      name: 'bad',
-      inputs: [valueInfo('x', 'float32', ['batch', 4])],
-      outputs: [valueInfo('y', 'float32', ['batch', 4])],
-      nodes: [node('NoSuchOperator', ['x'], ['y'])],
-    });
+    const unknownOp = unknownOperatorModel();
     await install(models, dataDir, 'm', 2, unknownOp);
     const refused = await failure(models.activate('m', 2));
     expect(refused.code).toBe('load_failed');

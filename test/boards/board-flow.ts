@@ -21,7 +21,7 @@ import { boardRoot, checkEmulation, killBoardProcess, runInBoard, spawnInBoard }
 import type { BoardArch, BoardRoot } from '../support/boards.js';
 import { api, eventually, runCli, startManager } from '../support/manager-process.js';
 import type { ManagerProcess } from '../support/manager-process.js';
-import { encodeModel, floatTensor, node, seededRandom, valueInfo } from '../support/onnx-models.js';
+import { encodeModel, floatTensor, node, seededRandom, unknownOperatorModel, valueInfo } from '../support/onnx-models.js';
 
 /** float32 outputs of the emulated board and of x86_64 agree to this (absolute, per element). */
 export const BOARD_TOLERANCE = 1e-5;
@@ -39,11 +39,6 @@ export function mlpModel(seed: number): Buffer {
     nodes: [node('MatMul', ['x', 'W1'], ['h0']), node('Add', ['h0', 'b1'], ['h1']), node('Tanh', ['h1'], ['h']), node('MatMul', ['h', 'W2'], ['z0']), node('Add', ['z0', 'b2'], ['z']), node('Softmax', ['z'], ['p'])],
     initializers: [floatTensor('W1', [16, 32], w(512)), floatTensor('b1', [32], w(32)), floatTensor('W2', [32, 8], w(256)), floatTensor('b2', [8], w(8))],
   });
-}
-
-/** A model no onnxruntime build can load: an operator it has no kernel for. */
-function unloadableModel(): Buffer {
-  return encodeModel({ name: 'bad', inputs: [valueInfo('x', 'float32', ['batch', 16])], outputs: [valueInfo('p', 'float32', ['batch', 8])], nodes: [node('NoSuchOperator', ['x'], ['p'])] });
 }
 
 const INPUT = { x: { dtype: 'float32', shape: [2, 16], data: Array.from({ length: 32 }, (_, i) => Math.sin(i * 0.7) * 1.5) } };
@@ -181,7 +176,7 @@ export function describeBoard(arch: BoardArch): void {
 
     if (arch === 'armv7') {
       it('a model the WebAssembly runtime cannot load is refused at activation with its reason; the old version keeps serving', async () => {
-        await writeFile(join(work, 'mlp-bad.onnx'), unloadableModel());
+        await writeFile(join(work, 'mlp-bad.onnx'), unknownOperatorModel(16, 'p'));
         expect((await runCli(m, ['models', 'add', join(work, 'mlp-bad.onnx'), '--name', 'mlp'])).code).toBe(0);
         const r = await runCli(m, ['deploy', 'mlp@3', '--to', device, '--soak', '0', '--wait', '--json'], { timeoutMs: 600_000 });
         const rollout = r.json<{ status: string; devices: Record<string, { state: string; error?: { code: string; message: string } }> }>();

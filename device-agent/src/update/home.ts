@@ -15,10 +15,11 @@
  * The launcher is a shell script so that a new version that cannot even start (a broken node binary, a
  * crash at import) is still caught: nothing of the new version runs before the launcher decides.
  */
-import { open, readFile, readlink, rename, symlink, unlink } from 'node:fs/promises';
+import { readFile, readlink, rename, symlink, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { AgentUpdateStateSchema } from '@edgefleet/protocol';
 import type { AgentUpdateState } from '@edgefleet/protocol';
+import { fsyncDir, writeFileAtomic } from '../models/store.js';
 
 export interface AgentHomePaths {
   root: string;
@@ -47,28 +48,12 @@ export function agentHomePaths(root: string): AgentHomePaths {
   };
 }
 
-/** Writes a file so that a reader (or a crash) sees the old content or the new, never half: temp, fsync, rename, fsync dir. */
-export async function writeAtomic(file: string, text: string): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}`;
-  const h = await open(tmp, 'w', 0o640);
-  try {
-    await h.writeFile(text);
-    await h.sync();
-  } finally {
-    await h.close();
-  }
-  await rename(tmp, file);
-  await syncDir(dirname(file));
+/** Writes a file so that a reader (or a crash) sees the old content or the new, never half. */
+export function writeAtomic(file: string, text: string): Promise<void> {
+  return writeFileAtomic(file, text, dirname(file));
 }
 
-export async function syncDir(dir: string): Promise<void> {
-  const h = await open(dir, 'r');
-  try {
-    await h.sync();
-  } finally {
-    await h.close();
-  }
-}
+export { fsyncDir as syncDir };
 
 /** Points `current` at versions/<version> in one rename (a relative link, so the tree can be moved). */
 export async function switchCurrent(paths: AgentHomePaths, version: string): Promise<void> {
@@ -76,7 +61,7 @@ export async function switchCurrent(paths: AgentHomePaths, version: string): Pro
   await unlink(tmp).catch(() => undefined); // a leftover from a crash at this very step
   await symlink(join('versions', version), tmp);
   await rename(tmp, paths.current);
-  await syncDir(paths.root);
+  await fsyncDir(paths.root);
 }
 
 /** The version `current` points to, or null when there is none. */
