@@ -230,3 +230,39 @@ describe('the runtime is loaded with the first model, not at start', () => {
     expect(seen.after).toEqual({ ort: true, vips: false });
   });
 });
+
+describe('image pre-processing on a board where sharp does not load', () => {
+  const processingIndex = fileURLToPath(new URL('../dist/src/processing/index.js', import.meta.url));
+
+  it('refuses image requests with the reason and what to do instead; text and tensors keep working', async () => {
+    // sharp has binaries for x64, arm64 and armv7 (the bundles carry them), so a board without one cannot
+    // be had here: a resolve hook in a fresh process makes `import('sharp')` fail as a missing binary does.
+    const failing = encodeURIComponent('throw new Error("Could not load the sharp module using the linux-arm runtime")');
+    const hook = `export async function resolve(s, c, next) {
+      if (s === 'sharp') return { shortCircuit: true, url: 'data:text/javascript,${failing}' };
+      return next(s, c);
+    }`;
+    const script = `
+      import { register } from 'node:module';
+      register('data:text/javascript,' + encodeURIComponent(${JSON.stringify(hook)}));
+      const { ProcessingSchema } = await import('@edgefleet/protocol');
+      const { preprocess } = await import(${JSON.stringify(processingIndex)});
+      const image = ProcessingSchema.parse({ kind: 'image-classification', input: 'image', width: 2, height: 2, labels: ['a'] });
+      const text = ProcessingSchema.parse({ kind: 'text-bow', input: 'words', vocabularySize: 4, wordIndex: { good: 1 }, labels: ['no', 'yes'] });
+      const out = {};
+      try {
+        await preprocess(image, { imageBase64: 'iVBORw0KGgo=' }, 'img@1', [{ name: 'image', dtype: 'float32', shape: [1, 3, 2, 2] }]);
+      } catch (e) {
+        out.image = { code: e.code, message: e.message };
+      }
+      const t = await preprocess(text, { text: 'good day' }, 'txt@1', [{ name: 'words', dtype: 'float32', shape: [1, 4] }]);
+      out.text = Array.from(t.words.data);
+      console.log(JSON.stringify(out));
+    `;
+    const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script], { cwd: fileURLToPath(new URL('..', import.meta.url)) });
+    const out = JSON.parse(stdout.trim().split('\n').pop()!) as { image: { code: string; message: string }; text: number[] };
+    expect(out.image.code).toBe('unavailable');
+    expect(out.image.message).toMatch(/^image pre-processing is not available on this device: sharp does not load on linux\/x64 \(Could not load the sharp module using the linux-arm runtime\); send tensors in "inputs" instead/);
+    expect(out.text).toEqual([0, 1, 0, 0]);
+  });
+});
