@@ -2,7 +2,7 @@
  * Worker for bench/rollout.js: many lightweight simulated devices in one
  * process. Each has its own MQTT connection and device credential, publishes a
  * retained status, answers requests through the protocol's parser, and hands
- * transfers to the agent's real receiver (device-agent/src/transfer.ts:
+ * transfers to the agent's real receiver (createTransferReceiver from @edgefleet/device-agent:
  * manifest signature, target, expiry, per-chunk and whole-file sha256, staging
  * file, commit). Only the model runtime is replaced by a file store without
  * onnxruntime (a thousand sessions would measure onnxruntime, not delivery).
@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { pino } from 'pino';
 import { errorReply, FleetError, makeStatus, okReply, parseRequest, parseTopic, topics } from '@edgefleet/protocol';
-import { createTransferReceiver } from '../device-agent/dist/src/transfer.js';
+import { createTransferReceiver } from '@edgefleet/device-agent';
 
 const logger = pino({ level: 'silent' });
 const devices = new Map();

@@ -120,7 +120,7 @@ try {
     }),
   );
   // The controller learns presence from the retained status messages.
-  while (Object.values(manager.db.data.devices).filter((d) => d.online).length < DEVICES) await new Promise((r) => setTimeout(r, 50));
+  while (manager.state.devices().filter((d) => d.online).length < DEVICES) await new Promise((r) => setTimeout(r, 50));
   const connectS = (Date.now() - t1) / 1000;
 
   const verify = (name, version, sha256) =>

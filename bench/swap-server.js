@@ -5,12 +5,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { openDevice, workerSessionBytes } from './swap-models.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const { createModelService: create, createInferenceServer } = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
+const { createModelService: create, createInferenceServer } = await import('@edgefleet/device-agent');
 const createModelService = (o) => create({ workerSessionBytes, ...o });
 const [inF, outF, count, threads] = process.argv.slice(2).map(Number);
 const logger = pino({ level: 'silent' });

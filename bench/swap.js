@@ -29,7 +29,7 @@ import { pino } from 'pino';
 import { linear, openDevice, workerSessionBytes } from './swap-models.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const models = await import(join(ROOT, 'device-agent/dist/src/models/index.js'));
+const models = await import('@edgefleet/device-agent');
 const createModelService = (o) => models.createModelService({ workerSessionBytes, ...o });
 
 const IN_FLIGHT = Number(process.env.IN_FLIGHT ?? 64);

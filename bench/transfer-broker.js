@@ -1,7 +1,8 @@
 // Embedded broker in its own process for bench/transfer.js: devices d0..d{max-1}; device di
 // is in group 'upto<k>' for every fleet size k of the run with i < k; one operator. Prints {"port": N} once listening; exits on SIGTERM.
 import { pino } from 'pino';
-import { createBroker, hashSecret, staticCredentials } from '@edgefleet/broker';
+import { hashSecret } from '@edgefleet/node-io';
+import { createBroker, staticCredentials } from '@edgefleet/broker';
 
 const sizes = (process.argv[2] ?? '1,10,50').split(',').map(Number);
 const count = Math.max(...sizes);

@@ -1,5 +1,5 @@
 // A lightweight device for bench/transfer.js: the real transfer receiver
-// (device-agent/dist/src/transfer.js) on its own MQTT connection, with a plain file
+// (createTransferReceiver from @edgefleet/device-agent) on its own MQTT connection, with a plain file
 // store (install = fsync'd rename; the bench delivers with activate:false, so no
 // onnxruntime session is loaded). Answers transfer.* requests; on IPC 'reset' wipes
 // its data directory; reports the sha256 of what it installed on IPC 'hash'.
@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { pino } from 'pino';
 import { FleetError, errorReply, okReply, parseRequest, parseTopic, topics } from '@edgefleet/protocol';
-import { createTransferReceiver } from '../device-agent/dist/src/transfer.js';
+import { createTransferReceiver } from '@edgefleet/device-agent';
 
 const [id, url, dataDir, publicKeyPem, qosArg, groupsArg] = [process.argv[2], process.argv[3], process.argv[4], process.env.FLEET_PUBLIC_KEY, process.argv[5], process.argv[6]];
 const groups = (groupsArg ?? '').split(',').filter(Boolean);

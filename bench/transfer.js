@@ -7,7 +7,7 @@
 //
 // Devices are lightweight receiver processes (bench/transfer-receiver.js): one process
 // each, its own MQTT connection, running the real receiver code
-// (device-agent/dist/src/transfer.js) with a plain file store, delivering with
+// (createTransferReceiver from @edgefleet/device-agent) with a plain file store, delivering with
 // activate:false — 50 full agents each loading a 50 MB onnxruntime session do not fit
 // the point of this bench on 2 cores.
 //

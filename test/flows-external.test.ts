@@ -5,46 +5,34 @@
  * a rollout through Mosquitto delivers, activates and serves the model.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cleanupAgents, spawnAgent } from './support/agent-process.js';
 import type { AgentProcess } from './support/agent-process.js';
-import { api, eventually, freePort, runCli, startManager } from './support/manager-process.js';
+import { api, eventually, runCli, startManager } from './support/manager-process.js';
+import { startMosquitto } from './support/mosquitto.js';
+import type { MosquittoProcess } from './support/mosquitto.js';
 import type { ManagerProcess } from './support/manager-process.js';
 import { allClose, linearModel } from './support/onnx-models.js';
 
 describe('the controller on an external broker (Mosquitto)', () => {
   let work: string;
-  let mosquitto: ChildProcess | undefined;
+  let mosquitto: MosquittoProcess | undefined;
   let m: ManagerProcess | undefined;
   let agent: AgentProcess | undefined;
   let broker: string;
 
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'external-'));
-    const port = await freePort();
-    await writeFile(join(work, 'mosquitto.conf'), `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmessage_size_limit 0\n`);
-    mosquitto = spawn('mosquitto', ['-c', join(work, 'mosquitto.conf')], { stdio: 'ignore' });
-    await eventually('mosquitto listening', () =>
-      new Promise<true | undefined>((resolve) => {
-        const s = connect(port, '127.0.0.1', () => {
-          s.destroy();
-          resolve(true);
-        });
-        s.on('error', () => resolve(undefined));
-      }),
-    );
-    broker = `mqtt://127.0.0.1:${port}`;
+    mosquitto = await startMosquitto(['allow_anonymous true', 'persistence false', 'message_size_limit 0']);
+    broker = mosquitto.url;
   });
 
   afterAll(async () => {
     await cleanupAgents(agent);
     await m?.cleanup();
-    mosquitto?.kill('SIGKILL');
+    await mosquitto?.stop();
     await rm(work, { recursive: true, force: true });
   });
 

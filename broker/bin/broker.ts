@@ -6,7 +6,8 @@
  *   broker hash-token < token.txt   prints the tokenHash for a credentials file
  */
 import { pino } from 'pino';
-import { BrokerConfigError, brokerCli, createBroker, hashSecret, parseBrokerArgs } from '../src/index.js';
+import { hashSecret } from '@edgefleet/node-io';
+import { BrokerConfigError, brokerCli, createBroker, parseBrokerArgs } from '../src/index.js';
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];

@@ -6,7 +6,8 @@ import { readFileSync } from 'node:fs';
 import yargs from 'yargs';
 import { z } from 'zod';
 import { BrokerConfigError, type BrokerOptions } from './broker.js';
-import { assertCredential, hashSecret, isSecretHash, staticCredentials, type Credential, type CredentialStore } from './credentials.js';
+import { hashSecret, isSecretHash } from '@edgefleet/node-io';
+import { assertCredential, staticCredentials, type Credential, type CredentialStore } from './credentials.js';
 
 
 const Name = z.string().min(1);

@@ -7,7 +7,9 @@
  * rare). Payload bytes are passed through untouched and never copied.
  *
  * On the first violation the connection is closed without a reply, as MQTT 3.1.1
- * requires for malformed packets [MQTT-4.8.0-1].
+ * requires for malformed packets [MQTT-4.8.0-1]. The one exception is a CONNECT
+ * with a protocol level we do not speak: it is answered with CONNACK 0x01 first
+ * [MQTT-3.1.2-2].
  *
  * The guard sits on the transport's Readable.push (see guardStream): bytes are checked
  * as the socket delivers them, before Node queues them and before Aedes' parser
@@ -33,6 +35,12 @@ export const DEFAULT_LIMITS: GuardLimits = {
 
 /** CONNECT, SUBSCRIBE and UNSUBSCRIBE are read whole; they never need to be large. */
 export const MAX_CONTROL_PACKET = 64 * 1024;
+/**
+ * Topic filters in one SUBSCRIBE or UNSUBSCRIBE. An agent asks for 2 + 2 per group + the legacy
+ * topic; without a cap one 64 KiB packet carries ~7,000 filters, each one an ACL decision and,
+ * when refused, a log line (measured: ~300 ms of the shared thread per packet).
+ */
+export const MAX_FILTERS_PER_PACKET = 128;
 /** Client ids: ours are device ids (<= 64) or `<operator>-<suffix>`. */
 export const MAX_CLIENT_ID_BYTES = 256;
 
@@ -68,10 +76,24 @@ const enum State {
 }
 
 export class Violation extends Error {
-  constructor(readonly reason: string, readonly packetType: string) {
+  constructor(
+    readonly reason: string,
+    readonly packetType: string,
+    /** A CONNACK return code to send before closing (otherwise nothing is sent). */
+    readonly connack?: number,
+  ) {
     super(`${packetType}: ${reason}`);
   }
 }
+
+/** CONNACK return code 0x01: unacceptable protocol level (MQTT 3.1.1, table 3.1). */
+export const UNACCEPTABLE_PROTOCOL_LEVEL = 1;
+
+/** MQTT 3.1.1 ("MQTT", level 4) and MQTT 3.1 ("MQIsdp", level 3): the versions without MQTT 5's properties. */
+const PROTOCOL_LEVELS = new Map([
+  ['MQTT', 4],
+  ['MQIsdp', 3],
+]);
 
 /**
  * Incremental framer and validator. `feed` returns undefined when every byte so far
@@ -275,6 +297,7 @@ export class PacketGuard {
       }
       case CONNECT: {
         const v = this.checkConnect(buf.subarray(off, off + need));
+        if (v instanceof Violation) return v;
         if (v) return this.violation(v);
         this.connected = true;
         break;
@@ -291,14 +314,20 @@ export class PacketGuard {
     return undefined;
   }
 
-  private checkConnect(body: Buffer): string | undefined {
+  private checkConnect(body: Buffer): string | Violation | undefined {
     const r = new Reader(body);
     const protocol = r.lengthPrefixed();
     if (!protocol) return 'truncated protocol name';
     const level = r.byte();
     const flags = r.byte();
     if (level === undefined || flags === undefined || r.skip(2) === undefined) return 'truncated variable header';
-    if (protocol.toString('latin1') !== 'MQTT' && protocol.toString('latin1') !== 'MQIsdp') return 'unknown protocol name';
+    const expected = PROTOCOL_LEVELS.get(protocol.toString('latin1'));
+    // [MQTT-3.1.2-1]: another protocol name may be closed without a CONNACK
+    if (expected === undefined) return 'unknown protocol name';
+    if (level !== expected) {
+      // [MQTT-3.1.2-2]; the rest of the packet is not read, its layout depends on the level (MQTT 5 adds properties)
+      return new Violation(`protocol level ${level} is not supported (this broker speaks MQTT 3.1.1, level 4)`, 'CONNECT', UNACCEPTABLE_PROTOCOL_LEVEL);
+    }
     if (flags & 0x01) return 'reserved CONNECT flag set [MQTT-3.1.2-3]';
     const will = (flags & 0x04) !== 0;
     const willQos = (flags >> 3) & 0b11;
@@ -364,12 +393,39 @@ class Reader {
   }
 }
 
-/** UTF-8 strings of the protocol [MQTT-1.5.3-1], [MQTT-1.5.3-2]. */
+/**
+ * UTF-8 strings of the protocol (client ids, user names) [MQTT-1.5.3-1], [MQTT-1.5.3-2]. Control
+ * characters U+0001–U+001F and U+007F–U+009F "SHOULD NOT" appear and a receiver "MAY treat
+ * [them] as malformed" [MQTT-1.5.3]: we do, so none reaches a log line, a terminal or an id.
+ */
 function checkString(s: Buffer, what: string, maxBytes: number): string | undefined {
   if (s.length > maxBytes) return `${what} of ${s.length} bytes is over the ${maxBytes}-byte limit`;
-  if (s.indexOf(0) !== -1) return `${what} contains U+0000 [MQTT-1.5.3-2]`;
+  for (let i = 0; i < s.length; i++) {
+    const c = controlCharacterAt(s, i, s.length);
+    if (c) return `${what} contains ${c}`;
+  }
   if (!isUtf8(s)) return `${what} is not valid UTF-8 [MQTT-1.5.3-1]`;
   return undefined;
+}
+
+/**
+ * Names the control character whose encoding starts at buf[i], if any: U+0000 (MUST NOT,
+ * [MQTT-1.5.3-2]), C0 controls and DEL (one byte), C1 controls (0xC2 0x80–0x9F; 0xC2 is only
+ * ever a lead byte in UTF-8, so this cannot misread the middle of another character).
+ */
+function controlCharacterAt(buf: Buffer, i: number, end: number): string | undefined {
+  const b = buf[i]!;
+  if (b === 0) return 'U+0000 [MQTT-1.5.3-2]';
+  if (b < 0x20 || b === 0x7f) return `the control character U+00${hex2(b)} [MQTT-1.5.3]`;
+  if (b === 0xc2 && i + 1 < end) {
+    const next = buf[i + 1]!;
+    if (next >= 0x80 && next <= 0x9f) return `the control character U+00${hex2(next)} [MQTT-1.5.3]`;
+  }
+  return undefined;
+}
+
+function hex2(n: number): string {
+  return n.toString(16).toUpperCase().padStart(2, '0');
 }
 
 /**
@@ -387,6 +443,10 @@ function checkTopic(buf: Buffer, off: number, length: number, limits: GuardLimit
       if (++levels > limits.maxTopicLevels) return `topic has more than ${limits.maxTopicLevels} levels`;
     } else if (b === 0) {
       return 'topic contains U+0000 [MQTT-4.7.3-2]';
+    } else if (b < 0x20 || b === 0x7f || b === 0xc2) {
+      const c = controlCharacterAt(buf, i, end);
+      if (c) return `topic contains ${c}`;
+      if (b === 0xc2) ascii = false;
     } else if (b === 0x2b || b === 0x23) {
       if (!filter) return 'wildcard in a topic name [MQTT-3.3.2-2]';
       // '+' and '#' occupy a whole level; '#' only the last [MQTT-4.7.1-2], [MQTT-4.7.1-3]
@@ -419,7 +479,7 @@ function checkSubscription(body: Buffer, subscribe: boolean, limits: GuardLimits
       if (qos === undefined) return 'truncated requested QoS';
       if (qos > 2) return `requested QoS byte 0x${qos.toString(16)} is invalid [MQTT-3.8.3-4]`;
     }
-    count++;
+    if (++count > MAX_FILTERS_PER_PACKET) return `more than ${MAX_FILTERS_PER_PACKET} topic filters in one packet`;
   }
   if (count === 0) return 'no topic filters [MQTT-3.8.3-3]';
   return undefined;
@@ -440,8 +500,13 @@ export function guardStream<S extends Duplex>(stream: S, guard: PacketGuard, onV
       if (v) {
         violated = true;
         onViolation(v);
-        // [MQTT-4.8.0-1]: close the network connection, send nothing
-        stream.destroy();
+        if (v.connack === undefined) {
+          // [MQTT-4.8.0-1]: close the network connection, send nothing
+          stream.destroy();
+        } else {
+          // [MQTT-3.2.2-5]: a CONNACK with a non-zero return code, then close; Aedes never saw the CONNECT
+          stream.write(Buffer.from([0x20, 0x02, 0x00, v.connack]), () => stream.destroy());
+        }
         return false;
       }
     }

@@ -1,9 +1,5 @@
 export { createBroker, BrokerConfigError, type BrokerOptions, type RunningBroker } from './broker.js';
 export {
-  hashSecret,
-  verifySecret,
-  verifySecretAsync,
-  isSecretHash,
   assertCredential,
   staticCredentials,
   type Credential,

@@ -31,15 +31,20 @@ export function connect(opts: {
   clientId: string | Buffer;
   username?: string | Buffer;
   password?: string;
-  will?: { topic: string | Buffer; payload: string };
+  will?: { topic: string | Buffer; payload: string; retain?: boolean };
   flags?: number;
+  /** Clean session flag (default true). */
+  clean?: boolean;
+  /** Protocol name and level (default "MQTT", 4). Level 5 adds an empty property list, as MQTT 5 does. */
+  protocol?: { name: string; level: number };
 }): Buffer {
-  let flags = 0x02; // clean session
-  if (opts.will) flags |= 0x04;
+  let flags = opts.clean === false ? 0 : 0x02;
+  if (opts.will) flags |= 0x04 | (opts.will.retain ? 0x20 : 0);
   if (opts.username !== undefined) flags |= 0x80;
   if (opts.password !== undefined) flags |= 0x40;
   if (opts.flags !== undefined) flags = opts.flags;
-  const parts = [str('MQTT'), Buffer.from([4, flags]), u16(30), str(opts.clientId)];
+  const { name, level } = opts.protocol ?? { name: 'MQTT', level: 4 };
+  const parts = [str(name), Buffer.from([level, flags]), u16(30), ...(level === 5 ? [Buffer.from([0])] : []), str(opts.clientId)];
   if (opts.will) parts.push(str(opts.will.topic), str(opts.will.payload));
   if (opts.username !== undefined) parts.push(str(opts.username));
   if (opts.password !== undefined) parts.push(str(opts.password));

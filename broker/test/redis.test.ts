@@ -38,6 +38,7 @@ describe('two broker instances sharing one Redis', () => {
   let redis: ChildProcess;
   let b1: RunningBroker;
   let b2: RunningBroker;
+  let redisPort: number;
   const creds = {
     devices: [{ id: 'dev1', token: TOKEN('dev1'), groups: ['lab'] }],
     operators: [{ id: 'ops', token: TOKEN('ops') }],
@@ -45,7 +46,7 @@ describe('two broker instances sharing one Redis', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'broker-redis-'));
-    const port = await freePort();
+    const port = (redisPort = await freePort());
     redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'], {
       stdio: 'ignore',
     });
@@ -90,6 +91,28 @@ describe('two broker instances sharing one Redis', () => {
     await watched.waitForCount(1);
     expect(watched.messages[0]!.payload.toString()).toBe('online');
     await Promise.all([endClient(device), endClient(op), endClient(watcher)]);
+  });
+
+  it('a broker starting on a Redis that holds retained messages only presence may have (left by an older broker) removes them', async () => {
+    type Store = { storeRetained(p: object): Promise<void>; createRetainedStream(p: string): AsyncIterable<{ topic: string }> };
+    const storeOf = (b: RunningBroker) => (b.aedes as unknown as { persistence: Store }).persistence;
+    // what an older broker let a device plant (a retained `exit` on the legacy topic, a retained event) beside its presence
+    for (const topic of ['hello', topics.device('dev1', 'events'), topics.device('dev1', 'status')]) {
+      await storeOf(b1).storeRetained({ cmd: 'publish', topic, payload: Buffer.from('exit'), qos: 1, retain: true });
+    }
+    const warnings: { msg: string; topic?: string }[] = [];
+    const { pino } = await import('pino');
+    const logger = pino({ level: 'warn' }, { write: (line: string) => warnings.push(JSON.parse(line)) });
+    const b3 = await startTestBroker({ ...creds, persistence: { kind: 'redis', url: `redis://127.0.0.1:${redisPort}` }, legacyTopic: 'hello', logger });
+    try {
+      const removed = warnings.filter((w) => w.msg === 'removed a retained message that only presence may have').map((w) => w.topic);
+      expect(removed.sort()).toEqual([topics.device('dev1', 'events'), 'hello'].sort());
+      const left: string[] = [];
+      for await (const packet of storeOf(b3).createRetainedStream('#')) left.push(packet.topic);
+      expect(left).toEqual([topics.device('dev1', 'status')]); // presence stays
+    } finally {
+      await b3.close();
+    }
   });
 
   it('fails clearly when Redis cannot be reached', async () => {

@@ -1,11 +1,13 @@
-// The agent's public API: the factory, its configuration, and the types its parts meet at.
+// The agent's public API: the factory, its configuration, and the parts a test or
+// benchmark composes without a whole agent (model service, HTTP API, transfer receiver).
 export { createAgent } from './agent.js';
 export type { Agent, AgentDeps } from './agent.js';
 export { loadConfig, parseFlags, redactConfig, ConfigError } from './config.js';
 export type { AgentConfig, LoadedConfig } from './config.js';
 export { createAgentLogger } from './logs.js';
-export type { ModelService } from './models/index.js';
-export type { TransferReceiver } from './transfer.js';
-export type { InferenceServer } from './http.js';
+export { createModelService, createInferenceServer, encodeTensor, decodeInputs } from './models/index.js';
+export type { ModelService, ModelServiceOptions, InferenceServer, InferenceServerOptions } from './models/index.js';
+export { createTransferReceiver } from './transfer/index.js';
+export type { TransferReceiver, TransferReceiverOptions, ReceiverModels, DiskSpace } from './transfer/index.js';
 export { RESTART_EXIT_CODE, installAgentBundle, createAgentUpdater, BundleJsonSchema, BUNDLE_ENTRY } from './update/index.js';
 export type { AgentUpdater, BundleJson, InstallContext, InstalledBundle } from './update/index.js';

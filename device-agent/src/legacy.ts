@@ -11,6 +11,9 @@
  *   done     acknowledged
  *   exit     disconnect and quit
  *
+ * Only operators may publish on the topic (the broker's rule); retained messages
+ * there are ignored, whoever planted them.
+ *
  * The same commands arrive through the `legacy` request command.
  */
 import { spawn } from 'node:child_process';
@@ -49,6 +52,7 @@ export const LEGACY_LINES = {
   done: 'Done acknowledged',
   exiting: 'Exiting...',
   unknown: (text: string) => `Unknown command: ${text}`,
+  ignoredRetained: (topic: string) => `Ignored a retained message on ${topic}: commands are never retained`,
 } as const;
 
 export interface LegacyOptions {
@@ -73,9 +77,17 @@ export class LegacyChannel {
     this.print = options.print ?? ((line) => process.stdout.write(`${line}\n`));
   }
 
-  /** A plain-text message from the legacy topic: prints it as the original did, then runs it. */
-  onMessage(topic: string, payload: Buffer): Promise<string> {
+  /**
+   * A plain-text message from the legacy topic: prints it as the original did, then runs it.
+   * A retained message is ignored: the broker hands it to every new subscriber, so a retained
+   * `exit` would stop the agent on each start (our broker refuses them; a third-party one may not).
+   */
+  onMessage(topic: string, payload: Buffer, retained = false): Promise<string> {
     const text = payload.toString('utf8').trim();
+    if (retained) {
+      this.options.logger.warn({ topic, text: text.slice(0, 80) }, 'ignored a retained message on the legacy topic: commands there are never retained');
+      return Promise.resolve(this.say(LEGACY_LINES.ignoredRetained(topic)));
+    }
     return this.enqueue(async () => {
       this.print(LEGACY_LINES.arrived);
       this.print(LEGACY_LINES.topic(topic));

@@ -13,11 +13,12 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import pino from 'pino';
 import { FleetError } from '@edgefleet/protocol';
-import type { CommandResult, Manifest } from '@edgefleet/protocol';
+import type { Manifest } from '@edgefleet/protocol';
 import { createModelService } from '../src/models/index.js';
 import type { ModelService, ModelServiceOptions } from '../src/models/index.js';
 import { findInstalledRuntimes, planRuntime } from '../src/models/runtime.js';
 import type { InstalledRuntimes } from '../src/models/runtime.js';
+import type { TensorMapResult } from '../src/models/infer.js';
 import { linearModel, multiInputModel, recurrentModel, stageFile, testManifest, unknownOperatorModel } from '../../test/support/onnx-models.js';
 
 const logger = pino({ level: 'silent' });
@@ -86,7 +87,7 @@ describe('which runtime a board gets (plan)', () => {
 });
 
 /** Same tensors: names, dtypes, shapes and integer values exactly, floats within `tol` relative. */
-function expectClose(actual: CommandResult<'infer'>['outputs'], expected: CommandResult<'infer'>['outputs'], tol: number): void {
+function expectClose(actual: TensorMapResult['outputs'], expected: TensorMapResult['outputs'], tol: number): void {
   expect(Object.keys(actual).sort()).toEqual(Object.keys(expected).sort());
   for (const [name, e] of Object.entries(expected)) {
     const a = actual[name]!;
@@ -106,7 +107,7 @@ describe('onnxruntime-web (WebAssembly) serves like onnxruntime-node', () => {
   const rec = recurrentModel();
   const x = [0.5, -1, 2, 0.25, 1.5, -0.75, 0.125, 3, -2, 0.5, 1, 1];
 
-  async function answers(extra: Partial<ModelServiceOptions>): Promise<CommandResult<'infer'>[]> {
+  async function answers(extra: Partial<ModelServiceOptions>): Promise<TensorMapResult[]> {
     const { models, dataDir } = await open(extra);
     try {
       for (const [name, m] of [['lin', lin], ['multi', multi], ['rec', rec]] as const) {
@@ -123,7 +124,7 @@ describe('onnxruntime-web (WebAssembly) serves like onnxruntime-node', () => {
     }
   }
 
-  function askAll(models: ModelService): Promise<CommandResult<'infer'>[]> {
+  function askAll(models: ModelService): Promise<TensorMapResult[]> {
     {
       return Promise.all([
         models.infer({ model: 'lin', inputs: { x: { dtype: 'float32', shape: [3, 4], data: x } } }),

@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import type { TelemetrySample } from '@edgefleet/protocol';
-import { TelemetryBuffer } from '../src/telemetry-buffer.js';
-import { cpuPercent, readTemperature, createSampler } from '../src/telemetry.js';
+import { TelemetryBuffer } from '../src/telemetry/buffer.js';
+import { cpuPercent, readTemperature, createSampler } from '../src/telemetry/sampler.js';
 import { mkdir, writeFile } from 'node:fs/promises';
 
 const logger = pino({ level: 'silent' });

@@ -13,8 +13,8 @@ import type { MqttClient } from 'mqtt';
 import { pino } from 'pino';
 import { FleetError, errorReply, okReply, parseRequest, parseTopic, sha256Hex, topics } from '@edgefleet/protocol';
 import type { CommandName, FleetEvent, Manifest, ModelState, Reply } from '@edgefleet/protocol';
-import { createTransferReceiver } from '../src/transfer.js';
-import type { DiskSpace, ReceiverModels, TransferReceiver } from '../src/transfer.js';
+import { createTransferReceiver } from '../src/transfer/index.js';
+import type { DiskSpace, ReceiverModels, TransferReceiver } from '../src/transfer/index.js';
 
 export function quietLogger(name = 'test') {
   return pino({ name, level: process.env.TEST_LOG_LEVEL ?? 'silent' }, pino.destination(2));
@@ -172,13 +172,8 @@ export async function startInProcessDevice(opts: {
   function send(reply: Reply): void {
     client.publish(topics.device(opts.id, 'replies'), JSON.stringify(reply), { qos: 1 });
   }
-  await client.subscribeAsync(
-    [
-      topics.device(opts.id, 'commands'),
-      topics.transferFilter({ kind: 'device', name: opts.id }),
-      ...groups.flatMap((g) => [topics.group(g, 'commands'), topics.transferFilter({ kind: 'group', name: g })]),
-    ],
-    { qos: 1 },
-  );
+  // as the agent does: commands at QoS 1, chunks at QoS 0 (the broker grants a device's transfer filters no more)
+  await client.subscribeAsync([topics.device(opts.id, 'commands'), ...groups.map((g) => topics.group(g, 'commands'))], { qos: 1 });
+  await client.subscribeAsync([topics.transferFilter({ kind: 'device', name: opts.id }), ...groups.map((g) => topics.transferFilter({ kind: 'group', name: g }))], { qos: 0 });
   return device;
 }

@@ -14,13 +14,8 @@ import type { ManifestInput, SignedManifest, TransferTarget } from '@edgefleet/p
 import type { RunningBroker } from '@edgefleet/broker';
 import { startTestBroker } from '../../test/support/broker.js';
 import { largeModel } from '../../test/support/onnx-models.js';
-import { createRequester } from '../../host-manager/src/requester.js';
-import type { Requester } from '../../host-manager/src/requester.js';
-import { deliverModel, transferIdFor } from '../../host-manager/src/transfer.js';
-import type { DeliverOptions } from '../../host-manager/src/transfer.js';
-import { openState } from '../../host-manager/src/state.js';
-import { createRegistry } from '../../host-manager/src/registry.js';
-import type { ModelVersionRecord } from '../../host-manager/src/state.js';
+import { createRegistry, createRequester, deliverModel, openState, transferIdFor } from '@edgefleet/host-manager';
+import type { DeliverOptions, ModelVersionRecord, Requester } from '@edgefleet/host-manager';
 import { FileModels, startInProcessDevice } from './transfer-harness.js';
 import type { InProcessDevice } from './transfer-harness.js';
 import { refusal } from '../../test/support/refusal.js';

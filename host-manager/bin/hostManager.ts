@@ -3,8 +3,9 @@
  * hostManager: the controller (no sub-command) or a one-shot client of the
  * running controller's HTTP API. See host-manager/README.md.
  */
-import { runCli, processIO } from '../src/cli.js';
-import { runController } from '../src/console.js';
+import { runCli } from '../src/cli/run.js';
+import { processIO } from '../src/cli/io.js';
+import { runController } from '../src/cli/controller.js';
 
 const code = await runCli(process.argv.slice(2), processIO, { controller: (args, io) => runController(args, io) });
 process.exitCode = code;

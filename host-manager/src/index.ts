@@ -1,17 +1,26 @@
-// The host manager's public API: the controller factory, and the pieces a script or
-// benchmark composes without a controller (state, requests, registry, keys, delivery).
-export { createManager, defaultDataDir, DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, DEFAULT_MQTT_WS_PORT } from './manager.js';
-export type { Manager, ManagerOptions, SshDeliveryView } from './manager.js';
-export { openState } from './state.js';
-export type { FleetState, FleetDb, DeviceRecord, ModelVersionRecord, AuditEntry, RolloutRecord, RolloutPolicy } from './state.js';
-export { createRequester, DEFAULT_TIMEOUT_MS } from './requester.js';
-export type { Requester, RequestFn } from './requester.js';
-export { loadOrCreateFleetKeys } from './keys.js';
-export type { FleetKeys } from './keys.js';
-export { createRegistry, checkCompatibility } from './registry.js';
-export type { Registry } from './registry.js';
-export { deliverModel, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW } from './transfer.js';
-export type { DeliverOptions, DeliveryTarget, DeliveryResults } from './transfer.js';
-export { deliverViaSsh } from './ssh.js';
-export type { SshDeliveryOptions, SshDeliveryResult } from './ssh.js';
-export { runCli, EXIT } from './cli.js';
+// The host manager's public API: the controller factory, its contract, and the pieces a
+// script, test or benchmark composes without a controller (state, requests, registry,
+// keys, delivery).
+export { createManager } from './main.js';
+export type { Manager, ManagerOptions } from './main.js';
+export { DEFAULTS, defaultDataDir, DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, DEFAULT_MQTT_WS_PORT } from './defaults.js';
+export type { Operations, SshDeliveryView, ExecResult, PublicDevice, RolloutView } from './api/contract.js';
+export { openState, FleetRepository } from './state/repository.js';
+export { emptyState, FleetStateSchema } from './state/schema.js';
+export type { FleetState, DeviceRecord, ModelVersionRecord, AuditEntry, RolloutRecord, RolloutPolicy } from './state/schema.js';
+export { createRequester, DEFAULT_TIMEOUT_MS } from './devices/requester.js';
+export type { Requester, RequestFn } from './devices/requester.js';
+export { loadOrCreateFleetKeys } from './access/fleet-keys.js';
+export type { FleetKeys } from './access/fleet-keys.js';
+export { createRegistry } from './models/registry.js';
+export type { Registry } from './models/registry.js';
+export { checkCompatibility } from './models/compatibility.js';
+export { deliverModel } from './delivery/mqtt-sender.js';
+export type { DeliverOptions, DeliveryResults } from './delivery/mqtt-sender.js';
+export { DEFAULT_CHUNK_SIZE } from './delivery/chunk-table.js';
+export { DEFAULT_WINDOW, transferIdFor } from './delivery/manifest.js';
+export type { DeliveryTarget } from './delivery/manifest.js';
+export { deliverViaSsh } from './delivery/ssh.js';
+export type { SshDeliveryOptions, SshDeliveryResult } from './delivery/ssh.js';
+export { runCli } from './cli/run.js';
+export { EXIT } from './cli/io.js';

@@ -7,9 +7,10 @@ import type { MqttClient } from 'mqtt';
 import { pino } from 'pino';
 import { makeOffline, makeStatus, makeTelemetry, topics } from '@edgefleet/protocol';
 import type { DeviceInfo } from '@edgefleet/protocol';
-import { createManager } from '../src/manager.js';
-import type { Manager } from '../src/manager.js';
-import { DurableJsonFile, openState } from '../src/state.js';
+import { createManager } from '../src/main.js';
+import type { Manager } from '../src/main.js';
+import { openState } from '../src/state/repository.js';
+import { DurableJsonFile } from '../src/state/store.js';
 
 const info: DeviceInfo = {
   agentVersion: 't',
@@ -96,17 +97,17 @@ describe('the controller in-process', () => {
     await c.publishAsync(topics.device('dev-1', 'status'), JSON.stringify(makeStatus(info)), { qos: 1, retain: true });
     await until('online', () => (m.fleet.isOnline('dev-1') ? true : undefined));
     expect(await bad()).toBe(3);
-    expect(m.db.data.devices['dev-1']!.info?.hostname).toBe('h');
+    expect(m.state.device('dev-1')!.info?.hostname).toBe('h');
 
     const sample = { ts: Date.now(), cpuPercent: 12, load: [0.1], memoryUsedBytes: 1, memoryTotalBytes: 2, diskFreeBytes: null, temperatureC: 41.5, uptimeS: 3, models: { 'm@1': { requests: 10, errors: 1, p50Ms: 1, p95Ms: 2, p99Ms: 3 } } };
     await c.publishAsync(topics.device('dev-1', 'telemetry'), JSON.stringify(makeTelemetry(1, 0, sample)), { qos: 1 });
-    await until('telemetry', () => m.db.data.devices['dev-1']!.telemetry ?? undefined);
+    await until('telemetry', () => m.state.device('dev-1')!.telemetry ?? undefined);
     expect(m.fleet.history.health('dev-1', 'm@1', 0)).toEqual([{ requests: 10, errors: 1, p50Ms: 1, p95Ms: 2, p99Ms: 3 }]);
 
     // The last will marks it offline when the connection drops without a goodbye.
     c.stream.destroy();
     await until('offline', () => (m.fleet.isOnline('dev-1') ? undefined : true));
-    expect(m.db.data.devices['dev-1']!.offlineReason).toBe('connection lost');
+    expect(m.state.device('dev-1')!.offlineReason).toBe('connection lost');
   });
 
   it('keeps acknowledged state across a restart, never the token itself', async () => {
@@ -114,14 +115,14 @@ describe('the controller in-process', () => {
     const text = await readFile(join(dir, 'state.json'), 'utf8');
     expect(text).not.toContain(token);
     const db = await openState(join(dir, 'state.json'));
-    expect(db.data.devices['dev-1']).toMatchObject({ id: 'dev-1', groups: ['g'], provisioned: true });
-    expect(db.data.devices['dev-1']!.tokenHash).toMatch(/^scrypt\$/);
-    expect(db.data.audit.map((a) => a.action)).toContain('device.add');
+    expect(db.device('dev-1')).toMatchObject({ id: 'dev-1', groups: ['g'], provisioned: true });
+    expect(db.device('dev-1')!.tokenHash).toMatch(/^scrypt\$/);
+    expect(db.auditTail(5000).map((a) => a.action)).toContain('device.add');
     // The same data directory starts again with the same operator and keys.
     const again = await createManager({ dataDir: dir, mqttHost: '127.0.0.1', mqttPort: 0, mqttWsPort: false, httpPort: 0, logger: pino({ level: 'silent' }) });
     expect(again.operator.created).toBe(false);
     expect(again.keys.keyId).toBe(m.keys.keyId);
-    expect(again.db.data.devices['dev-1']!.online).toBe(false);
+    expect(again.state.device('dev-1')!.online).toBe(false);
     m = again;
   });
 });

@@ -5,9 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FleetError, sha256Hex } from '@edgefleet/protocol';
 import type { DeviceInfo } from '@edgefleet/protocol';
-import { openState } from '../src/state.js';
-import { checkCompatibility, compareVersions, createRegistry, minOnnxruntimeForOpset } from '../src/registry.js';
-import { loadOrCreateFleetKeys, fleetKeyPaths } from '../src/keys.js';
+import { openState } from '../src/state/repository.js';
+import { createRegistry } from '../src/models/registry.js';
+import { checkCompatibility, compareVersions, minOnnxruntimeForOpset } from '../src/models/compatibility.js';
+import { loadOrCreateFleetKeys, fleetKeyPaths } from '../src/access/fleet-keys.js';
 import { readOnnxMetadata } from '@edgefleet/onnx';
 import { linearModel, multiInputModel, opsetModel } from '../../test/support/onnx-models.js';
 import { refusal as rejection } from '../../test/support/refusal.js';
@@ -78,7 +79,7 @@ describe('registry', () => {
     // persisted: a second process opening the same state sees it
     const reopened = createRegistry(await openState(join(dataDir, 'state.json')), dataDir);
     expect(reopened.get('classifier')).toMatchObject({ version: 1, sha256: rec.sha256, lineage: { gitCommit: 'deadbeef' } });
-    expect(db.data.models['classifier']).toHaveLength(1);
+    expect(db.modelVersions('classifier')).toHaveLength(1);
   });
 
   it('adding the same bytes twice is one version; new bytes get the next version', async () => {

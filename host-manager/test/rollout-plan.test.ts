@@ -1,17 +1,11 @@
 import { describe, expect, it } from '@jest/globals';
-import {
-  DEFAULT_POLICY,
-  evaluateGate,
-  newRollout,
-  nextStep,
-  parseTarget,
-  planWaves,
-  resolvePolicy,
-  summarizeHealth,
-  targetDevices,
-} from '../src/rollout-plan.js';
-import type { PlanDevice } from '../src/rollout-plan.js';
-import type { HealthSummary, RolloutDevice, RolloutRecord } from '../src/state.js';
+import { evaluateGate } from '../src/rollouts/gate.js';
+import { summarizeHealth } from '../src/rollouts/health.js';
+import { newRollout, nextStep, planWaves } from '../src/rollouts/plan.js';
+import { DEFAULT_POLICY, resolvePolicy } from '../src/rollouts/policy.js';
+import { parseTarget, targetDevices } from '../src/rollouts/target.js';
+import type { PlanDevice } from '../src/rollouts/target.js';
+import type { HealthSummary, RolloutDevice, RolloutRecord } from '../src/state/schema.js';
 
 const fleet = (n: number, offline: string[] = [], group = 'lab'): PlanDevice[] =>
   Array.from({ length: n }, (_, i) => {
@@ -176,6 +170,19 @@ describe('nextStep', () => {
     r.devices['pi-02']!.state = 'switched'; // e.g. a returned device of an earlier wave
     expect(nextStep(r, on(), at(2))).toEqual({ kind: 'rollback', devices: ['pi-02'] });
     expect(nextStep(r, on(['pi-02']), at(2))).toMatchObject({ kind: 'wait' });
+  });
+
+  it("finishes a failed rollout with the gate's failures (not its notes) and how many devices were rolled back", () => {
+    const r = make(4);
+    const gate = evaluateGate(r.policy, [{ id: 'pi-01', wave: 0, state: 'failed', previous: 1, attempts: 1, error: { code: 'load_failed', message: 'bad graph' } }], health(0, 0, null), health(0, 0, null));
+    expect(gate.failures).toEqual([expect.stringMatching(/1 of 1 devices failed to install.*bad graph/)]);
+    expect(gate.reasons).toEqual([gate.failures![0], expect.stringMatching(/^only 0 requests/)]);
+    r.waves[0]!.state = 'failed';
+    r.waves[0]!.gate = gate;
+    r.devices['pi-01']!.state = 'failed';
+    expect(nextStep(r, on(), at(2))).toEqual({ kind: 'finish', status: 'failed', reason: `wave 0 (canary) failed its gate: ${gate.failures![0]}` });
+    r.devices['pi-02']!.state = 'rolled-back';
+    expect(nextStep(r, on(), at(2))).toMatchObject({ reason: expect.stringMatching(/bad graph; 1 switched device\(s\) rolled back$/) });
   });
 
   it('parks offline devices, retries them when they return, and skips them after the deadline', () => {

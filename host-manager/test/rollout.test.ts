@@ -9,11 +9,12 @@ import type { Adapter } from 'lowdb';
 import type { MqttClient } from 'mqtt';
 import { pino } from 'pino';
 import { FleetError } from '@edgefleet/protocol';
-import { Fleet } from '../src/fleet.js';
-import { Rollouts } from '../src/rollout.js';
-import type { DeliverFn, DeliveryOutcome, RollbackFn } from '../src/rollout.js';
-import { emptyState } from '../src/state.js';
-import type { FleetState } from '../src/state.js';
+import { Fleet } from '../src/devices/presence.js';
+import { Rollouts } from '../src/rollouts/executor.js';
+import type { DeliverFn, DeliveryOutcome, RollbackFn } from '../src/rollouts/executor.js';
+import { FleetRepository } from '../src/state/repository.js';
+import { emptyState } from '../src/state/schema.js';
+import type { FleetState } from '../src/state/schema.js';
 
 /** Keeps every written state as JSON, like the file would. */
 class RecordingAdapter implements Adapter<FleetState> {
@@ -31,10 +32,10 @@ class RecordingAdapter implements Adapter<FleetState> {
 
 function setup(n: number, deliver: DeliverFn, rollback: RollbackFn = async () => ({ version: 1 })) {
   const adapter = new RecordingAdapter();
-  const db = new Low<FleetState>(adapter, emptyState());
+  const state = new FleetRepository(new Low<FleetState>(adapter, emptyState()));
   for (let i = 1; i <= n; i++) {
     const id = `d${i}`;
-    db.data.devices[id] = {
+    state.putDevice({
       id,
       groups: ['g'],
       tokenHash: 'x',
@@ -43,12 +44,12 @@ function setup(n: number, deliver: DeliverFn, rollback: RollbackFn = async () =>
       lastSeen: null,
       info: { agentVersion: '', hostname: '', arch: 'x64', platform: 'linux', cpus: 1, memoryBytes: 1, onnxruntime: null, docker: false, groups: ['g'], models: [{ name: 'm', version: 1 }] },
       telemetry: null,
-    };
+    });
   }
   const logger = pino({ level: 'silent' });
-  const fleet = new Fleet({ mqtt: {} as MqttClient, db, logger });
-  const rollouts = new Rollouts({ db, fleet, deliver, rollback, logger, tickMs: 10 });
-  return { db, adapter, fleet, rollouts };
+  const fleet = new Fleet({ mqtt: {} as MqttClient, state, logger });
+  const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger, tickMs: 10 });
+  return { state, adapter, fleet, rollouts };
 }
 
 const ok = (devices: string[]): Record<string, DeliveryOutcome> => Object.fromEntries(devices.map((d) => [d, { ok: true, version: 2, previous: 1 }]));
@@ -69,7 +70,7 @@ describe('the rollout executor', () => {
     expect(done.status).toBe('succeeded');
     expect(seen).toEqual([['d1'], ['d2'], ['d3', 'd4']]);
     expect(ctx.adapter.last().rollouts[created.id]!.status).toBe('succeeded');
-    const actions = ctx.db.data.audit.map((a) => a.action);
+    const actions = ctx.state.auditTail(5000).map((a) => a.action);
     expect(actions.filter((a) => a === 'model.deliver')).toHaveLength(4);
     expect(actions.filter((a) => a === 'rollout.gate')).toHaveLength(3);
   });

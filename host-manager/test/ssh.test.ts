@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { FleetError, sha256Hex } from '@edgefleet/protocol';
 import { startSshd } from '../../test/support/sshd.js';
 import type { TestSshd } from '../../test/support/sshd.js';
-import { deliverViaSsh, shellQuote } from '../src/ssh.js';
+import { deliverViaSsh, shellQuote } from '../src/delivery/ssh.js';
 import { refusal } from '../../test/support/refusal.js';
 
 let sshd: TestSshd;

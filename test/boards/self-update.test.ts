@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { EventSchema, topics } from '@edgefleet/protocol';
 import type { FleetEvent, StatusMessage } from '@edgefleet/protocol';
-import { buildAgentBundle } from '../../packages/agent-bundle/src/index.js';
+import { buildAgentBundle } from '@edgefleet/agent-bundle';
 import { connectOperator, watchStatus } from '../support/agent-process.js';
 import type { StatusWatcher } from '../support/agent-process.js';
 import { deliverAgentBundle, rebrandBundle } from '../support/agent-update.js';

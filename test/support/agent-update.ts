@@ -12,7 +12,7 @@ import type { MqttClient } from 'mqtt';
 import { create, extract } from 'tar';
 import { chunkHashes, signManifest, topics } from '@edgefleet/protocol';
 import type { AgentArch, CommandResult } from '@edgefleet/protocol';
-import { createRequester } from '../../host-manager/src/requester.js';
+import { createRequester } from '@edgefleet/host-manager';
 
 export interface BundleDelivery {
   mqtt: MqttClient;

@@ -3,5 +3,5 @@
  * helpers live with the bundle builder (packages/agent-bundle/src/boards.ts) so the footprint
  * benchmark runs bundles on the same boards.
  */
-export { BOARDS, boardRoot, boardsCacheDir, checkEmulation, killBoardProcess, pristineRoot, runInBoard, spawnInBoard } from '../../packages/agent-bundle/src/index.js';
-export type { BoardArch, BoardResult, BoardRoot } from '../../packages/agent-bundle/src/index.js';
+export { BOARDS, boardRoot, boardsCacheDir, checkEmulation, killBoardProcess, pristineRoot, runInBoard, spawnInBoard } from '@edgefleet/agent-bundle';
+export type { BoardArch, BoardResult, BoardRoot } from '@edgefleet/agent-bundle';

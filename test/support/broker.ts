@@ -3,7 +3,8 @@
  * device and operator credentials (tokens hashed exactly as in production).
  */
 import { pino } from 'pino';
-import { createBroker, hashSecret, staticCredentials, type BrokerOptions, type Credential, type RunningBroker } from '@edgefleet/broker';
+import { hashSecret } from '@edgefleet/node-io';
+import { createBroker, staticCredentials, type BrokerOptions, type Credential, type RunningBroker } from '@edgefleet/broker';
 
 export interface TestBrokerOptions extends Omit<Partial<BrokerOptions>, 'credentials'> {
   devices?: { id: string; token: string; groups?: string[] }[];

@@ -5,16 +5,18 @@
  *   <dataDir>/models/<name>/<version>/manifest.json  the manifest it was installed with
  *   <dataDir>/models/<name>/<version>/info.json      inputs, outputs, opset read from the file
  *   <dataDir>/models/<name>/<version>/model.onnx     written last: a version exists once this exists
+ *   <dataDir>/models/<name>/<version>/sample.bin     the sample request its manifest names by hash, once
+ *                                                    delivered whole (sample.part while it arrives)
  *
  * Every write is tmp file + fsync + rename + fsync of the directory, so a `kill -9` or a power cut leaves
  * either the old or the new file, never half of one. Deleting a version renames its directory to a
  * `.trash-*` name first (atomic), then removes it; leftovers are cleaned on the next open.
  */
-import { constants as fsConstants } from 'node:fs';
 import { copyFile, mkdir, open, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { FleetError, ManifestSchema, TensorInfoSchema, isValidName } from '@edgefleet/protocol';
+import { TMP_MARK, fsyncDir, fsyncFile, tmpPathFor, writeFileAtomic } from '@edgefleet/node-io';
+import { FleetError, ManifestSchema, TensorInfoSchema, isValidName, ownEntry, sha256Hex } from '@edgefleet/protocol';
 import type { Manifest, TensorInfo } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
 
@@ -22,6 +24,8 @@ export const MODEL_FILE = 'model.onnx';
 export const MANIFEST_FILE = 'manifest.json';
 export const INFO_FILE = 'info.json';
 export const STATE_FILE = 'state.json';
+export const SAMPLE_FILE = 'sample.bin';
+const SAMPLE_PART = 'sample.part';
 
 const ModelRecordSchema = z.object({
   active: z.number().int().positive().nullable(),
@@ -47,7 +51,7 @@ export type VersionInfo = z.infer<typeof VersionInfoSchema>;
 /** Called at named points of the writes; a crash test kills the process from here. */
 export type StepHook = (step: string) => void | Promise<void>;
 
-let tmpCounter = 0;
+let trashCounter = 0;
 
 export function diskError(error: unknown, what: string): unknown {
   const code = (error as NodeJS.ErrnoException).code;
@@ -57,31 +61,11 @@ export function diskError(error: unknown, what: string): unknown {
   return error;
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, fsConstants.O_RDONLY);
+/** node-io's atomic write, with the crash tests' step hook and disk-full errors in the fleet's words. */
+async function writeStoreFile(path: string, data: string, hook: StepHook | undefined, step: string): Promise<void> {
   try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/** Writes a whole file so that readers (and a restart after a crash) see the old or the new bytes only. */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, dir: string, hook?: StepHook, step?: string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${++tmpCounter}`;
-  try {
-    const fh = await open(tmp, 'w', 0o644);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    if (hook && step) await hook(`${step}:tmp-written`);
-    await rename(tmp, path);
-    await fsyncDir(dir);
+    await writeFileAtomic(path, data, { beforeRename: hook ? () => hook(`${step}:tmp-written`) : undefined });
   } catch (error) {
-    await rm(tmp, { force: true }).catch(() => undefined); // best effort: the original error matters more
     throw diskError(error, `writing ${path}`);
   }
 }
@@ -130,7 +114,7 @@ export class ModelStore {
   }
 
   record(name: string): ModelRecord {
-    return this.state.models[name] ?? { active: null, history: [], highestAccepted: 0 };
+    return ownEntry(this.state.models, name) ?? { active: null, history: [], highestAccepted: 0 };
   }
 
   versions(name: string): number[] {
@@ -153,7 +137,7 @@ export class ModelStore {
     const run = this.writes.then(async () => {
       const record = change(this.record(name));
       const next: StoreState = { version: 1, models: { ...this.state.models, [name]: record } };
-      await writeFileAtomic(join(this.root, STATE_FILE), `${JSON.stringify(next, null, 1)}\n`, this.root, this.hook, step);
+      await writeStoreFile(join(this.root, STATE_FILE), `${JSON.stringify(next, null, 1)}\n`, this.hook, step);
       this.state = next;
       return record;
     });
@@ -173,7 +157,7 @@ export class ModelStore {
     }
     for (const entry of await readdir(this.root, { withFileTypes: true })) {
       const path = join(this.root, entry.name);
-      if (entry.name.startsWith('.trash-') || entry.name.includes('.tmp-')) {
+      if (entry.name.startsWith('.trash-') || entry.name.includes(TMP_MARK)) {
         await rm(path, { recursive: true, force: true });
         continue;
       }
@@ -181,12 +165,12 @@ export class ModelStore {
       const versions = new Map<number, { info: VersionInfo; manifest: Manifest }>();
       for (const v of await readdir(path, { withFileTypes: true })) {
         const vpath = join(path, v.name);
-        if (v.name.startsWith('.trash-') || v.name.includes('.tmp-')) {
+        if (v.name.startsWith('.trash-') || v.name.includes(TMP_MARK)) {
           await rm(vpath, { recursive: true, force: true });
           continue;
         }
         if (!v.isDirectory() || !/^[1-9]\d{0,9}$/.test(v.name)) continue;
-        for (const f of await readdir(vpath)) if (f.includes('.tmp-')) await rm(join(vpath, f), { force: true });
+        for (const f of await readdir(vpath)) if (f.includes(TMP_MARK)) await rm(join(vpath, f), { force: true });
         if (!(await exists(join(vpath, MODEL_FILE)))) {
           // An install that died before its last step: nothing refers to it.
           this.logger.warn({ model: entry.name, version: v.name }, 'removing an incomplete install');
@@ -217,28 +201,18 @@ export class ModelStore {
       await mkdir(dir, { recursive: true });
       await fsyncDir(this.root);
       await fsyncDir(modelDir);
-      await writeFileAtomic(join(dir, MANIFEST_FILE), `${JSON.stringify(manifest, null, 1)}\n`, dir, this.hook, 'install:manifest');
-      await writeFileAtomic(join(dir, INFO_FILE), `${JSON.stringify(info, null, 1)}\n`, dir, this.hook, 'install:info');
+      await writeStoreFile(join(dir, MANIFEST_FILE), `${JSON.stringify(manifest, null, 1)}\n`, this.hook, 'install:manifest');
+      await writeStoreFile(join(dir, INFO_FILE), `${JSON.stringify(info, null, 1)}\n`, this.hook, 'install:info');
       await this.hook?.('install:before-model');
-      const staged = await open(stagedFile, 'r+');
-      try {
-        await staged.sync();
-      } finally {
-        await staged.close();
-      }
+      await fsyncFile(stagedFile);
       const target = join(dir, MODEL_FILE);
       try {
         await rename(stagedFile, target);
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
-        const tmp = `${target}.tmp-${process.pid}-${++tmpCounter}`;
+        const tmp = tmpPathFor(target);
         await copyFile(stagedFile, tmp);
-        const fh = await open(tmp, 'r+');
-        try {
-          await fh.sync();
-        } finally {
-          await fh.close();
-        }
+        await fsyncFile(tmp);
         await rename(tmp, target);
         await unlink(stagedFile);
       }
@@ -252,10 +226,58 @@ export class ModelStore {
     versions.set(version, { info, manifest });
   }
 
+  /** The sample request delivered for a version (models.sample), or undefined when there is none yet. */
+  async readSample(name: string, version: number): Promise<Uint8Array | undefined> {
+    try {
+      return await readFile(join(this.versionDir(name, version), SAMPLE_FILE));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * Appends delivered sample bytes at `offset` (resumable: a part already held is acknowledged, a gap is
+   * refused with the offset to send from). Once `want.length` bytes are there and their sha256 matches the
+   * signed manifest's, they move in as sample.bin (fsync + rename); a mismatch discards them.
+   */
+  async receiveSample(name: string, version: number, offset: number, bytes: Uint8Array, want: { sha256: string; length: number }): Promise<{ received: number; length: number; complete: boolean }> {
+    const dir = this.versionDir(name, version);
+    const done = { received: want.length, length: want.length, complete: true };
+    if (await exists(join(dir, SAMPLE_FILE))) return done;
+    const part = join(dir, SAMPLE_PART);
+    const have = (await stat(part).catch(() => undefined))?.size ?? 0; // no part file yet: nothing held
+    if (offset < have && offset + bytes.byteLength <= have) return { received: have, length: want.length, complete: false };
+    if (offset !== have) throw new FleetError('invalid_params', `the device holds ${have} of the sample's ${want.length} bytes; send from offset ${have}`);
+    if (have + bytes.byteLength > want.length) {
+      throw new FleetError('too_long', `the sample would be ${have + bytes.byteLength} bytes, longer than the ${want.length} its manifest declares`);
+    }
+    try {
+      const fh = await open(part, 'a', 0o644);
+      try {
+        await fh.write(bytes);
+        if (have + bytes.byteLength === want.length) await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      if (have + bytes.byteLength < want.length) return { received: have + bytes.byteLength, length: want.length, complete: false };
+      const sha256 = sha256Hex(await readFile(part));
+      if (sha256 !== want.sha256) {
+        await unlink(part);
+        throw new FleetError('corrupt_chunk', `the delivered sample has sha256 ${sha256}, its manifest says ${want.sha256}; send it again from offset 0`);
+      }
+      await rename(part, join(dir, SAMPLE_FILE));
+      await fsyncDir(dir);
+      return done;
+    } catch (error) {
+      throw diskError(error, `storing the sample of ${name}@${version}`);
+    }
+  }
+
   /** Deletes a stored version: one atomic rename out of the way, then the removal. */
   async deleteVersion(name: string, version: number): Promise<void> {
     const dir = this.versionDir(name, version);
-    const trash = join(this.modelDir(name), `.trash-${version}-${process.pid}-${++tmpCounter}`);
+    const trash = join(this.modelDir(name), `.trash-${version}-${process.pid}-${++trashCounter}`);
     this.installed.get(name)?.delete(version);
     try {
       await rename(dir, trash);

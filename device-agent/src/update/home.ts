@@ -19,7 +19,7 @@ import { readFile, readlink, rename, symlink, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { AgentUpdateStateSchema } from '@edgefleet/protocol';
 import type { AgentUpdateState } from '@edgefleet/protocol';
-import { fsyncDir, writeFileAtomic } from '../models/store.js';
+import { fsyncDir, writeFileAtomic } from '@edgefleet/node-io';
 
 export interface AgentHomePaths {
   root: string;
@@ -50,7 +50,7 @@ export function agentHomePaths(root: string): AgentHomePaths {
 
 /** Writes a file so that a reader (or a crash) sees the old content or the new, never half. */
 export function writeAtomic(file: string, text: string): Promise<void> {
-  return writeFileAtomic(file, text, dirname(file));
+  return writeFileAtomic(file, text);
 }
 
 export { fsyncDir as syncDir };

@@ -94,16 +94,11 @@ async function assemble(plan: BundlePlan, root: string, from: { repoRoot: string
   const modules = join(root, 'app', 'node_modules');
   await copyTree(join(from.deps, 'node_modules'), modules);
   await writeFile(join(root, 'app', 'package.json'), `${JSON.stringify({ name: 'edgefleet-agent-app', private: true, type: 'module' }, null, 2)}\n`);
-  const packages: [string, string][] = [
-    ['device-agent', agent],
-    ['protocol', join(from.repoRoot, 'packages', 'protocol')],
-    ['onnx', join(from.repoRoot, 'packages', 'onnx')],
-  ];
-  for (const [name, dir] of packages) {
-    const target = join(modules, '@edgefleet', name);
+  for (const [name, dir] of await agentWorkspaces(from.repoRoot)) {
+    const target = join(modules, name);
     await copyTree(join(dir, 'dist'), join(target, 'dist'), shipped);
     const pkg = JSON.parse(await readFile(join(dir, 'package.json'), 'utf8')) as Record<string, unknown>;
-    if (name === 'device-agent') pkg.version = plan.version; // what the agent reports as its version
+    if (name === AGENT_PACKAGE) pkg.version = plan.version; // what the agent reports as its version
     await writeFile(join(target, 'package.json'), `${JSON.stringify(pkg, null, 2)}\n`);
   }
   // what npm nested under the workspace (versions that differ from the hoisted ones)
@@ -120,6 +115,27 @@ async function assemble(plan: BundlePlan, root: string, from: { repoRoot: string
   await copyFile(join(agent, 'README.md'), join(root, 'README.md'));
   const bundleJson = { format: 1, name: 'edgefleet-agent', version: plan.version, arch: plan.arch, node: plan.node.version, runtime: plan.runtime };
   await writeFile(join(root, 'bundle.json'), `${JSON.stringify(bundleJson, null, 2)}\n`);
+}
+
+const AGENT_PACKAGE = '@edgefleet/device-agent';
+
+/** The agent's workspace and every workspace it depends on at run time (name → directory), from the package.json files. */
+async function agentWorkspaces(repoRoot: string): Promise<Map<string, string>> {
+  const root = JSON.parse(await readFile(join(repoRoot, 'package.json'), 'utf8')) as { workspaces?: string[] };
+  const dirs = new Map<string, { dir: string; dependencies: string[] }>();
+  for (const w of root.workspaces ?? []) {
+    const pkg = JSON.parse(await readFile(join(repoRoot, w, 'package.json'), 'utf8')) as { name: string; dependencies?: Record<string, string> };
+    dirs.set(pkg.name, { dir: join(repoRoot, w), dependencies: Object.keys(pkg.dependencies ?? {}) });
+  }
+  const found = new Map<string, string>();
+  const visit = (name: string): void => {
+    const w = dirs.get(name);
+    if (!w || found.has(name)) return;
+    found.set(name, w.dir);
+    w.dependencies.forEach(visit);
+  };
+  visit(AGENT_PACKAGE);
+  return found;
 }
 
 async function sha256File(file: string): Promise<string> {

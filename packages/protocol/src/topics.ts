@@ -13,6 +13,9 @@
  */
 
 export const PROTOCOL_VERSION = 1 as const;
+
+/** The original plain-text command topic (start, stop, update, install, done, exit), where the legacy channel is on. */
+export const LEGACY_TOPIC = 'hello';
 export const TOPIC_ROOT = `fleet/v${PROTOCOL_VERSION}`;
 
 /** Device ids, group names, model names and transfer ids: one MQTT topic level, safe as a file name. */

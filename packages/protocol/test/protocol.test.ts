@@ -8,7 +8,9 @@ import {
   generateFleetKeys,
   makeRequest,
   mayPublish,
+  mayRetain,
   maySubscribe,
+  maxSubscribeQos,
   parseRequest,
   parseTopic,
   sha256Hex,
@@ -48,7 +50,32 @@ describe('access rules', () => {
     expect(mayPublish(device, topics.device('pi-1', 'commands'))).toBe(false);
     expect(mayPublish(device, topics.group('lab', 'commands'))).toBe(false);
     expect(mayPublish(device, 'hello')).toBe(false);
-    expect(mayPublish(device, 'hello', { legacyTopic: 'hello' })).toBe(true);
+  });
+  it('lets devices only subscribe to the legacy topic; operators publish there', () => {
+    const legacy = { legacyTopic: 'hello' };
+    expect(mayPublish(device, 'hello', legacy)).toBe(false);
+    expect(maySubscribe(device, 'hello', legacy)).toBe(true);
+    expect(mayPublish(operator, 'hello', legacy)).toBe(true);
+    expect(maySubscribe(operator, 'hello', legacy)).toBe(true);
+    expect(mayPublish(operator, 'hello')).toBe(false); // no legacy topic configured: nobody
+  });
+  it('allows retained messages on presence only, never on the legacy topic', () => {
+    const legacy = { legacyTopic: 'hello' };
+    expect(mayRetain(topics.device('pi-1', 'status'), legacy)).toBe(true);
+    for (const topic of ['hello', topics.device('pi-1', 'events'), topics.device('pi-1', 'telemetry'), topics.device('pi-1', 'replies'), topics.device('pi-1', 'commands'), topics.group('lab', 'commands'), topics.transferChunk({ kind: 'group', name: 'lab' }, 't1', 0), 'elsewhere']) {
+      expect([topic, mayRetain(topic, legacy)]).toEqual([topic, false]);
+    }
+  });
+  it("allows a device's transfer filters at QoS 0 only, so nothing is queued for it while it is away", () => {
+    const groupChunks = topics.transferFilter({ kind: 'group', name: 'lab' });
+    expect(maxSubscribeQos(device, groupChunks)).toBe(0);
+    expect(maxSubscribeQos(device, topics.transferFilter({ kind: 'device', name: 'pi-1' }))).toBe(0);
+    expect(maxSubscribeQos(device, topics.transferChunk({ kind: 'device', name: 'pi-1' }, 't1', 3))).toBe(0);
+    expect(maySubscribe(device, groupChunks, {}, 0)).toBe(true);
+    expect(maySubscribe(device, groupChunks, {}, 1)).toBe(false);
+    expect(maySubscribe(device, topics.device('pi-1', 'commands'), {}, 1)).toBe(true);
+    expect(maxSubscribeQos(device, topics.device('pi-2', 'commands'))).toBeUndefined();
+    expect(maySubscribe(operator, groupChunks, {}, 1)).toBe(true);
   });
   it('lets a device subscribe to its commands, transfers and groups only', () => {
     expect(maySubscribe(device, topics.device('pi-1', 'commands'))).toBe(true);

@@ -1,0 +1,43 @@
+/** What the agent says about its device in its status: hardware, runtime, Docker, groups, active models, self-update. */
+import { readFile } from 'node:fs/promises';
+import { arch, cpus, hostname, platform, totalmem } from 'node:os';
+import type { AgentUpdateState, DeviceInfo } from '@edgefleet/protocol';
+import type { ModelService } from './models/index.js';
+
+export async function agentVersion(): Promise<string> {
+  try {
+    const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? '0.0.0';
+  } catch {
+    return '0.0.0'; // running from an unusual layout; the version is informative only
+  }
+}
+
+export { dockerReachable } from './docker-probe.js';
+
+export interface DeviceInfoArgs {
+  version: string;
+  groups: readonly string[];
+  models: ModelService | undefined;
+  docker: boolean;
+  /** The self-update in progress or last finished (src/update/), when the agent runs from a bundle. */
+  agentUpdate?: AgentUpdateState | undefined;
+}
+
+export function deviceInfo(args: DeviceInfoArgs): DeviceInfo {
+  const runtime = args.models ? args.models.runtime() : null;
+  return {
+    agentVersion: args.version,
+    hostname: hostname(),
+    arch: arch(),
+    platform: platform(),
+    cpus: cpus().length,
+    memoryBytes: totalmem(),
+    onnxruntime: runtime ? { version: runtime.version, executionProviders: runtime.executionProviders } : null,
+    runtime: runtime ? { name: runtime.name, version: runtime.version, backend: runtime.backend } : null,
+    docker: args.docker,
+    groups: [...args.groups],
+    models: args.models ? args.models.active() : [],
+    ...(args.agentUpdate ? { agentUpdate: args.agentUpdate } : {}),
+  };
+}

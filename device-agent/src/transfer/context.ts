@@ -1,0 +1,183 @@
+/**
+ * What the offer, chunk and commit handlers share: the transfers known in memory (and
+ * found on disk after a restart), a lock per transfer id, the counters, events, and the
+ * acceptance check, which is the protocol's (`checkAcceptance`) on a verified manifest.
+ */
+import { readdir, rm, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { FleetError, checkAcceptance, isValidName, makeEvent, verifiedManifest } from '@edgefleet/protocol';
+import type { FleetEvent, Manifest, SignedManifest } from '@edgefleet/protocol';
+import { closeFiles, newTransfer } from './state.js';
+import type { Transfer } from './state.js';
+import { openStaging, readStagedManifest } from './staging.js';
+import type { DiskSpace, ReceiverStats, TransferReceiverOptions } from './types.js';
+
+export interface ReceiverContext {
+  opts: TransferReceiverOptions;
+  /** `<dataDir>/transfers` */
+  root: string;
+  log: Logger;
+  now: () => Date;
+  progressIntervalMs: number;
+  reserveBytes: number;
+  syncEveryBytes: number;
+  diskSpace: (dir: string) => Promise<DiskSpace>;
+  transfers: Map<string, Transfer>;
+  /** Offers, loads and commits of one transfer id run one at a time. */
+  locks: Map<string, Promise<unknown>>;
+  stats: ReceiverStats;
+}
+
+export function createContext(opts: TransferReceiverOptions): ReceiverContext {
+  return {
+    opts,
+    root: join(opts.dataDir, 'transfers'),
+    log: opts.logger.child({ part: 'transfer' }),
+    now: opts.now ?? (() => new Date()),
+    progressIntervalMs: opts.progressIntervalMs ?? 500,
+    reserveBytes: opts.diskReserveBytes ?? 0,
+    syncEveryBytes: opts.backgroundSyncBytes ?? 0,
+    diskSpace:
+      opts.diskSpace ??
+      (async (dir: string): Promise<DiskSpace> => {
+        const s = await statfs(dir);
+        return { freeBytes: Number(s.bavail) * Number(s.bsize) };
+      }),
+    transfers: new Map(),
+    locks: new Map(),
+    stats: { written: 0, duplicates: 0, unknownTransfer: 0, rejected: {} },
+  };
+}
+
+export function locked<T>(ctx: ReceiverContext, id: string, task: () => Promise<T>): Promise<T> {
+  const previous = ctx.locks.get(id) ?? Promise.resolve();
+  const run = previous.then(task, task);
+  const settled = run.catch(() => undefined);
+  ctx.locks.set(id, settled);
+  void settled.then(() => {
+    if (ctx.locks.get(id) === settled) ctx.locks.delete(id);
+  });
+  return run;
+}
+
+export function event(ctx: ReceiverContext, e: FleetEvent): void {
+  try {
+    ctx.opts.publishEvent(e);
+  } catch (error) {
+    // an event that cannot be published must not fail the transfer; it is logged instead
+    ctx.log.warn({ err: error, event: e.event }, 'could not publish event');
+  }
+}
+
+/** A refused chunk is counted, logged and reported as a warning event (it stays missing). */
+export function reject(ctx: ReceiverContext, transferId: string, index: number, code: string, message: string): void {
+  ctx.stats.rejected[code] = (ctx.stats.rejected[code] ?? 0) + 1;
+  ctx.log.warn({ transferId, index, code }, message);
+  event(ctx, makeEvent('log', { level: 'warn', message: `${code}: transfer ${transferId} chunk ${index}: ${message}` }));
+}
+
+/** transfer.progress events, at most one per progressIntervalMs (always the last one). */
+export function progress(ctx: ReceiverContext, t: Transfer, force = false): void {
+  const emit = (): void => {
+    t.progressTimer = null;
+    t.lastProgressAt = Date.now();
+    event(ctx, makeEvent('transfer.progress', { transferId: t.id, received: t.received, total: t.total }));
+  };
+  if (force || t.received === t.total) {
+    if (t.progressTimer) clearTimeout(t.progressTimer);
+    emit();
+    return;
+  }
+  if (t.progressTimer) return;
+  const wait = t.lastProgressAt + ctx.progressIntervalMs - Date.now();
+  if (wait <= 0) emit();
+  else {
+    t.progressTimer = setTimeout(emit, wait);
+    t.progressTimer.unref();
+  }
+}
+
+/** A verified model (or agent bundle) manifest, or the FleetError that says why not. */
+export function verify(ctx: ReceiverContext, signed: SignedManifest): Manifest {
+  const manifest = verifiedManifest(signed, ctx.opts.publicKeyPem);
+  if (manifest.kind === 'agent' && !ctx.opts.agentBundles) {
+    throw new FleetError('unavailable', 'this agent cannot update itself: it was not started by the launcher of an installed bundle (no agentHome)');
+  }
+  if (manifest.kind !== 'model' && manifest.kind !== 'agent') {
+    throw new FleetError('invalid_params', `manifest is for a ${manifest.kind}, not a model; send it with the image commands`);
+  }
+  return manifest;
+}
+
+/** The protocol's acceptance check (target, expiry, anti-rollback) against this device; throws its refusal. */
+export function accept(ctx: ReceiverContext, m: Manifest): void {
+  const refusal = checkAcceptance(m, { device: ctx.opts.identity, highestAccepted: highestAcceptedOf(ctx, m), now: ctx.now() });
+  if (refusal) throw refusal;
+}
+
+/** Models keep a highest accepted version each; agent bundles one for the agent (verify() refused them without agentBundles). */
+function highestAcceptedOf(ctx: ReceiverContext, m: Manifest): number {
+  return m.kind === 'agent' ? ctx.opts.agentBundles!.highestAccepted() : ctx.opts.models.highestAccepted(m.name);
+}
+
+export function isInstalled(ctx: ReceiverContext, m: Manifest): boolean {
+  if (m.kind === 'agent') return false; // a bundle is unpacked at commit; nothing is kept to resume from
+  return ctx.opts.models.list().some((s) => s.name === m.name && s.versions.includes(m.version));
+}
+
+export function transferFor(ctx: ReceiverContext, id: string, signed: SignedManifest, manifest: Manifest): Transfer {
+  return newTransfer(id, join(ctx.root, id), signed, manifest);
+}
+
+export async function drop(ctx: ReceiverContext, t: Transfer): Promise<void> {
+  t.closed = true;
+  ctx.transfers.delete(t.id);
+  await closeFiles(t);
+  await rm(t.dir, { recursive: true, force: true });
+}
+
+/** A transfer known in memory, or found on disk after a restart. */
+export async function load(ctx: ReceiverContext, id: string): Promise<Transfer | undefined> {
+  const known = ctx.transfers.get(id);
+  if (known) return known;
+  const dir = join(ctx.root, id);
+  let signed: SignedManifest;
+  try {
+    signed = await readStagedManifest(dir);
+  } catch {
+    return undefined; // no staging for this id (or a half-created one): the sender offers again
+  }
+  let manifest: Manifest;
+  try {
+    manifest = verify(ctx, signed);
+  } catch (error) {
+    ctx.log.warn({ transferId: id, err: error }, 'staged manifest no longer verifies; discarding the staging');
+    await rm(dir, { recursive: true, force: true });
+    return undefined;
+  }
+  const t = transferFor(ctx, id, signed, manifest);
+  t.installed = isInstalled(ctx, manifest);
+  if (!t.installed) await openStaging(t, true, ctx.log);
+  ctx.transfers.set(id, t);
+  return t;
+}
+
+/** Removes other staging directories of the same model (an abandoned older offer), so a small disk does not fill up. */
+export async function removeStale(ctx: ReceiverContext, keep: string, name: string): Promise<void> {
+  const entries = await readdir(ctx.root).catch(() => [] as string[]);
+  for (const entry of entries) {
+    if (entry === keep || !isValidName(entry) || ctx.locks.has(entry)) continue;
+    const inMemory = ctx.transfers.get(entry);
+    if (inMemory) {
+      if (inMemory.manifest.name === name && !inMemory.committing) await drop(ctx, inMemory);
+      continue;
+    }
+    try {
+      const signed = await readStagedManifest(join(ctx.root, entry));
+      if ((signed.manifest as { name?: unknown }).name === name) await rm(join(ctx.root, entry), { recursive: true, force: true });
+    } catch {
+      // not a staging directory this receiver wrote; leave it alone
+    }
+  }
+}

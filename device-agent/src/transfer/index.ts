@@ -1,0 +1,33 @@
+/**
+ * The receiving end of a model transfer: the offer, chunk and commit handlers
+ * (offer.ts, chunk.ts, commit.ts) around the protocol's acceptance check, with the
+ * staging format in staging.ts. This factory only wires them to one shared context.
+ */
+import { createContext } from './context.js';
+import { offer } from './offer.js';
+import { chunk, status } from './chunk.js';
+import { commit } from './commit.js';
+import { closeFiles, drain } from './state.js';
+import type { TransferReceiver, TransferReceiverOptions } from './types.js';
+
+export type { DiskSpace, ReceiverAgentBundles, ReceiverModels, ReceiverStats, TransferReceiver, TransferReceiverOptions } from './types.js';
+
+export function createTransferReceiver(opts: TransferReceiverOptions): TransferReceiver {
+  const ctx = createContext(opts);
+  return {
+    offer: (p) => offer(ctx, p),
+    status: (p) => status(ctx, p),
+    commit: (p) => commit(ctx, p),
+    chunk: (transferId, index, payload) => chunk(ctx, transferId, index, payload),
+    stats: () => ({ ...ctx.stats, rejected: { ...ctx.stats.rejected } }),
+    async close() {
+      for (const t of ctx.transfers.values()) {
+        t.closed = true;
+        await drain(t);
+        await t.log?.sync().catch(() => undefined); // best effort: the log is re-verified on the next start anyway
+        await closeFiles(t);
+      }
+      ctx.transfers.clear();
+    },
+  };
+}

@@ -1,0 +1,75 @@
+/**
+ * transfer.offer: verify the signed manifest (signature, shape), the protocol's acceptance
+ * rules (target, expiry, anti-rollback) and free disk; open (or resume) the staging and
+ * answer with the chunks still missing.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import { mib } from '@edgefleet/node-io';
+import { FleetError } from '@edgefleet/protocol';
+import type { CommandResult, Manifest, ParsedParams } from '@edgefleet/protocol';
+import { accept, drop, isInstalled, load, locked, removeStale, transferFor, verify } from './context.js';
+import type { ReceiverContext } from './context.js';
+import { closeFiles, missingOf, sameContent } from './state.js';
+import { openStaging, writeStagedManifest } from './staging.js';
+
+export async function offer(ctx: ReceiverContext, p: ParsedParams<'transfer.offer'>): Promise<CommandResult<'transfer.offer'>> {
+  const manifest = verify(ctx, p.manifest);
+  accept(ctx, manifest);
+  if (manifest.kind === 'agent') ctx.opts.agentBundles!.check(manifest); // architecture and launcher, before a byte is sent
+  const { via } = p;
+  const { identity } = ctx.opts;
+  if (via.kind === 'device' ? via.name !== identity.id : !identity.groups.includes(via.name)) {
+    throw new FleetError('wrong_target', `chunks would come through ${via.kind} ${via.name}, which this device (${identity.id}) does not listen to`);
+  }
+  return locked(ctx, p.transferId, async () => {
+    let t = await load(ctx, p.transferId);
+    if (t && !sameContent(t.manifest, manifest)) {
+      ctx.log.info({ transferId: t.id }, 'offer with different content under a known transfer id; starting over');
+      await drop(ctx, t);
+      t = undefined;
+    }
+    if (isInstalled(ctx, manifest)) {
+      // Already in the store (e.g. installed before a restart): nothing to send, commit only activates.
+      if (t) await drop(ctx, t);
+      const done = transferFor(ctx, p.transferId, p.manifest, manifest);
+      done.installed = true;
+      ctx.transfers.set(done.id, done);
+      return { missing: [], total: done.total };
+    }
+    if (t) {
+      t.signed = p.manifest; // a fresh signature (new expiry) for the same content
+      t.manifest = manifest;
+      await writeStagedManifest(t);
+      return { missing: missingOf(t), total: t.total };
+    }
+    return startStaging(ctx, p, manifest);
+  });
+}
+
+/** A first offer: room on the disk, then an empty staging of the declared length. */
+async function startStaging(ctx: ReceiverContext, p: ParsedParams<'transfer.offer'>, manifest: Manifest): Promise<CommandResult<'transfer.offer'>> {
+  const { dataDir } = ctx.opts;
+  await mkdir(ctx.root, { recursive: true });
+  await removeStale(ctx, p.transferId, manifest.name);
+  const free = (await ctx.diskSpace(ctx.root)).freeBytes;
+  if (free < manifest.length + ctx.reserveBytes) {
+    throw new FleetError(
+      'disk_full',
+      `${manifest.name}@${manifest.version} needs ${mib(manifest.length + ctx.reserveBytes)} MiB but only ${mib(free)} MiB are free in ${dataDir}; free space on the device (remove old model versions) and retry`,
+    );
+  }
+  const fresh = transferFor(ctx, p.transferId, p.manifest, manifest);
+  try {
+    await openStaging(fresh, false, ctx.log);
+  } catch (error) {
+    await closeFiles(fresh);
+    await rm(fresh.dir, { recursive: true, force: true });
+    if ((error as NodeJS.ErrnoException).code === 'ENOSPC') {
+      throw new FleetError('disk_full', `no space left in ${dataDir} for ${manifest.name}@${manifest.version}; free space on the device and retry`);
+    }
+    throw error;
+  }
+  ctx.transfers.set(fresh.id, fresh);
+  ctx.log.info({ transferId: fresh.id, model: manifest.name, version: manifest.version, chunks: fresh.total }, 'transfer offered');
+  return { missing: missingOf(fresh), total: fresh.total };
+}

@@ -1,0 +1,70 @@
+/** What the transfer receiver needs from the rest of the agent, and what it offers it. */
+import type { Logger } from 'pino';
+import type { CommandResult, DeviceIdentity, FleetEvent, Manifest, ModelState, ParsedParams } from '@edgefleet/protocol';
+
+/** What the receiver needs from the model store (a subset of ModelService). */
+export interface ReceiverModels {
+  list(): ModelState[];
+  install(manifest: Manifest, stagedFile: string): Promise<void>;
+  activate(name: string, version: number): Promise<{ model: string; version: number; previous: number | null }>;
+  remove?(name: string, version: number): Promise<{ removed: boolean }>;
+  highestAccepted(name: string): number;
+  recordAccepted(name: string, version: number): Promise<void>;
+}
+
+/** Receives agent bundles (manifests of kind 'agent', src/update/). Without it such manifests are refused. */
+export interface ReceiverAgentBundles {
+  highestAccepted(): number;
+  /** Throws (a FleetError) when this device cannot take the bundle (architecture, no launcher): checked at offer. */
+  check(manifest: Manifest): void;
+  /** Unpacks the verified bundle and switches to it; the agent restarts into it after the reply. */
+  install(stagedFile: string, manifest: Manifest): Promise<unknown>;
+}
+
+export interface DiskSpace {
+  /** Bytes available to this process. */
+  freeBytes: number;
+}
+
+export interface TransferReceiverOptions {
+  dataDir: string;
+  publicKeyPem: string;
+  identity: DeviceIdentity;
+  models: ReceiverModels;
+  /** Agent bundles (`kind: 'agent'`) are refused without it (an agent not started by a bundle's launcher). */
+  agentBundles?: ReceiverAgentBundles;
+  publishEvent: (event: FleetEvent) => void;
+  logger: Logger;
+  /** Free space where the staging file goes; defaults to fs.statfs (tests inject a full disk with it). */
+  diskSpace?: (dir: string) => Promise<DiskSpace>;
+  now?: () => Date;
+  /** Least time between two transfer.progress events of one transfer. */
+  progressIntervalMs?: number;
+  /** Bytes kept free beyond the file itself. */
+  diskReserveBytes?: number;
+  /** fdatasync the staging file in the background every this many bytes received; 0 (the default) = only at commit. */
+  backgroundSyncBytes?: number;
+  /**
+   * Always read the staged file back and hash it at commit, even when every chunk arrived in order and
+   * the whole-file hash was computed from the verified chunks as they came (the default skips that
+   * second pass; the model store re-verifies what it installs).
+   */
+  verifyFromDisk?: boolean;
+}
+
+export interface TransferReceiver {
+  offer(p: ParsedParams<'transfer.offer'>): Promise<CommandResult<'transfer.offer'>>;
+  status(p: ParsedParams<'transfer.status'>): Promise<CommandResult<'transfer.status'>>;
+  commit(p: ParsedParams<'transfer.commit'>): Promise<CommandResult<'transfer.commit'>>;
+  chunk(transferId: string, index: number, payload: Buffer): void;
+  close(): Promise<void>;
+  /** Counters for tests and logs: chunks written, duplicates, rejected by reason. */
+  stats(): ReceiverStats;
+}
+
+export interface ReceiverStats {
+  written: number;
+  duplicates: number;
+  unknownTransfer: number;
+  rejected: Record<string, number>;
+}

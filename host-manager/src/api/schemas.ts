@@ -1,0 +1,62 @@
+/** The HTTP API's request bodies, each a zod schema; the infer body is the protocol's `infer` params plus a timeout. */
+import { z } from 'zod';
+import { NameSchema, ProcessingSchema, VersionSchema, describe, inferParamsSchema } from '@edgefleet/protocol';
+import { FleetError } from '@edgefleet/protocol';
+import { LineageSchema } from '../state/schema.js';
+import { RolloutPolicySchema } from '../rollouts/policy.js';
+
+const TargetSchema = z
+  .string()
+  .min(1)
+  .refine((t) => t === 'all' || /^(group:)?[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(t), 'expected a device id, group:NAME or all');
+
+export const schemas = {
+  addDevice: z.object({ id: z.string().min(1), groups: z.array(z.string()).default([]) }).strict(),
+  addModelPath: z
+    .object({
+      path: z.string().min(1),
+      name: NameSchema,
+      lineage: LineageSchema.optional(),
+      processing: ProcessingSchema.optional(),
+      minOnnxruntime: z.string().optional(),
+    })
+    .strict(),
+  deploy: z.object({ model: NameSchema, version: VersionSchema.optional(), to: TargetSchema, policy: RolloutPolicySchema.optional() }).strict(),
+  infer: inferParamsSchema({ timeoutMs: z.number().int().min(1).max(600_000).optional() }),
+  exec: z.object({ to: TargetSchema, command: z.string().min(1), via: z.enum(['command', 'topic']).optional() }).strict(),
+  rollback: z.object({ rollout: z.string().min(1).optional() }).strict(),
+  sshDeliver: z
+    .object({
+      model: NameSchema,
+      version: VersionSchema.optional(),
+      host: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$|^[0-9A-Fa-f:.]{2,45}$/, 'expected a host name, an IPv4 or an IPv6 address (without brackets)'),
+      port: z.number().int().min(1).max(65535).optional(),
+      username: z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$/, 'expected a user name of letters, digits, ".", "_" or "-"'),
+      /** A private key file on the controller host (absolute). The key itself is never sent. */
+      keyPath: z.string().min(1).max(4096),
+      remotePath: z.string().min(1).max(4096).optional(),
+      hostKeyFingerprint: z.string().regex(/^SHA256:[A-Za-z0-9+/]{43}$/, 'expected SHA256:<43 base64 characters>, as `ssh-keygen -lf <host key>.pub` prints it').optional(),
+    })
+    .strict(),
+  enrol: z.object({ id: z.string().min(1).max(64) }).strict(),
+};
+
+/** A request body checked against its schema; `invalid_params` with every problem otherwise. */
+export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.output<S> {
+  const r = schema.safeParse(body);
+  if (!r.success) throw new FleetError('invalid_params', describe(r.error));
+  return r.data;
+}
+
+/** A whole number from the query string, or the fallback when it is absent. */
+export function intParam(value: string | null, what: string, fallback: number): number {
+  if (value === null) return fallback;
+  if (!/^\d+$/.test(value)) throw new FleetError('invalid_params', `${what} must be a whole number`);
+  return Number(value);
+}
+
+/** A version in a path: a positive whole number. */
+export function versionParam(s: string | undefined): number {
+  if (!s || !/^\d+$/.test(s) || Number(s) < 1) throw new FleetError('invalid_params', `version must be a positive whole number, got "${s}"`);
+  return Number(s);
+}

@@ -1,0 +1,122 @@
+/**
+ * The controller's link to the broker: the embedded broker started in this process
+ * (credentials read live from the fleet state), or any MQTT 3.1.1 broker given by
+ * address; the controller's own MQTT client; and the URL devices are told to use.
+ */
+import { randomBytes } from 'node:crypto';
+import { networkInterfaces } from 'node:os';
+import mqtt from 'mqtt';
+import type { MqttClient } from 'mqtt';
+import type { Logger } from 'pino';
+import { createBroker } from '@edgefleet/broker';
+import type { RunningBroker } from '@edgefleet/broker';
+import { FleetError } from '@edgefleet/protocol';
+import { stateCredentials } from './access/broker-credentials.js';
+import { DEFAULTS } from './defaults.js';
+import type { FleetRepository } from './state/repository.js';
+
+export interface BrokerLinkOptions {
+  /** An external broker (IP, host:port or URL). Omitted: the embedded broker starts in this process. */
+  broker?: string | undefined;
+  mqttHost?: string;
+  mqttPort?: number;
+  /** MQTT over WebSocket for the embedded broker; false = off. */
+  mqttWsPort?: number | false;
+  /** Credentials for an external broker (defaults: the operator id and token). */
+  brokerUsername?: string | undefined;
+  brokerPassword?: string | undefined;
+  advertiseUrl?: string | undefined;
+}
+
+export interface BrokerLink {
+  broker: RunningBroker | null;
+  client: MqttClient;
+  /** Where the controller's client is connected. */
+  brokerUrl: string;
+  /** What devices are told to use. */
+  advertised: string;
+  /** Closes the connection of a client of the embedded broker now (a removed device); nothing on an external broker. */
+  disconnect(clientId: string): void;
+  close(): Promise<void>;
+}
+
+/** `10.0.0.5`, `10.0.0.5:1884`, `mqtt://host:1883`, `ws://host:8083` → a URL. */
+export function brokerUrlOf(text: string): string {
+  if (/^[a-z]+:\/\//i.test(text)) return text;
+  if (/:\d+$/.test(text)) return `mqtt://${text}`;
+  return `mqtt://${text}:${DEFAULTS.mqttPort}`;
+}
+
+function lanAddress(): string {
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return '127.0.0.1';
+}
+
+export async function connectBroker(
+  options: BrokerLinkOptions,
+  ctx: { state: FleetRepository; operator: { id: string; token: string }; legacyTopic: string; log: Logger },
+): Promise<BrokerLink> {
+  const { log } = ctx;
+  let broker: RunningBroker | null = null;
+  let brokerUrl: string;
+  let advertised: string;
+  /** Clients of the embedded broker by id, from its public connect/disconnect events. */
+  const clients = new Map<string, { close(): void }>();
+  if (options.broker === undefined) {
+    const host = options.mqttHost ?? DEFAULTS.mqttHost;
+    broker = await createBroker({
+      credentials: stateCredentials(ctx.state),
+      tcp: { host, port: options.mqttPort ?? DEFAULTS.mqttPort },
+      ...(options.mqttWsPort === false ? {} : { ws: { host, port: options.mqttWsPort ?? DEFAULTS.mqttWsPort } }),
+      ...(ctx.legacyTopic ? { legacyTopic: ctx.legacyTopic } : {}),
+      logger: log,
+    });
+    broker.aedes.on('client', (c) => clients.set(c.id, c));
+    broker.aedes.on('clientDisconnect', (c) => {
+      if (clients.get(c.id) === c) clients.delete(c.id);
+    });
+    brokerUrl = `mqtt://127.0.0.1:${broker.ports.tcp}`;
+    const advHost = host === '0.0.0.0' || host === '::' ? lanAddress() : host;
+    advertised = options.advertiseUrl ?? `mqtt://${advHost}:${broker.ports.tcp}`;
+  } else {
+    brokerUrl = brokerUrlOf(options.broker);
+    advertised = options.advertiseUrl ?? brokerUrl;
+  }
+  const client = await connectClient(brokerUrl, options, ctx).catch(async (error: Error) => {
+    await broker?.close();
+    throw new FleetError('unavailable', `cannot connect to the broker at ${brokerUrl}: ${error.message}; check the address and the operator credentials`);
+  });
+  return {
+    broker,
+    client,
+    brokerUrl,
+    advertised,
+    disconnect: (clientId) => clients.get(clientId)?.close(),
+    async close() {
+      await client.endAsync().catch(() => undefined); // closing anyway: a broker that is gone changes nothing
+      await broker?.close();
+    },
+  };
+}
+
+async function connectClient(brokerUrl: string, options: BrokerLinkOptions, ctx: { operator: { id: string; token: string }; log: Logger }): Promise<MqttClient> {
+  const { log } = ctx;
+  const clientId = `${options.brokerUsername ?? ctx.operator.id}-controller-${randomBytes(3).toString('hex')}`;
+  log.info({ broker: brokerUrl }, `Connecting to broker at ${brokerUrl}`);
+  const client = await mqtt.connectAsync(brokerUrl, {
+    clientId,
+    username: options.brokerUsername ?? ctx.operator.id,
+    password: options.brokerPassword ?? ctx.operator.token,
+    protocolVersion: 4,
+    clean: true,
+    reconnectPeriod: 2000,
+    connectTimeout: 10_000,
+  });
+  client.on('error', (error) => log.warn({ err: error.message }, 'broker connection error'));
+  client.on('offline', () => log.warn('lost the broker connection; reconnecting'));
+  client.on('connect', () => log.info('Connected'));
+  log.info({ clientId }, 'Connected');
+  return client;
+}

@@ -1,0 +1,336 @@
+/**
+ * Model delivery over MQTT, the sending side.
+ *
+ *   1. compatibility: devices whose reported runtime or memory cannot run the model get
+ *      'incompatible' and nothing is sent to them;
+ *   2. sign a manifest (name, version, sha256, length, expiry, target, per-chunk sha256);
+ *   3. `transfer.offer` to each device: it checks signature, target, expiry, version and free
+ *      disk, and answers with the chunks it still misses (all, or only some after a restart);
+ *   4. publish chunks (binary, QoS 1) with a bounded window of unacknowledged publishes. A
+ *      group target gets each chunk once on the group's topic (the broker fans it out); what
+ *      a device still misses afterwards (`transfer.status`) goes to its own topic only;
+ *   5. `transfer.commit` per device: whole-file check, install, activate.
+ *
+ * Chunks are read from the blob with positional reads, so memory stays at window × chunk size.
+ */
+import { open } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import type { MqttClient } from 'mqtt';
+import type { Logger } from 'pino';
+import { EventSchema, FleetError, nameRecord, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
+import type { DeviceInfo, ErrorBody, Manifest, TransferTarget } from '@edgefleet/protocol';
+import type { ModelVersionRecord } from '../state/schema.js';
+import type { RequestFn } from '../devices/requester.js';
+import { checkCompatibility } from '../models/compatibility.js';
+import { DEFAULT_CHUNK_SIZE, loadChunkTable } from './chunk-table.js';
+import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, transferIdFor } from './manifest.js';
+import type { DeliveryTarget } from './manifest.js';
+
+export interface DeliverOptions {
+  mqtt: MqttClient;
+  request: RequestFn;
+  record: ModelVersionRecord;
+  blobPath: string;
+  keys: { privateKeyPem: string };
+  target: DeliveryTarget;
+  chunkSize?: number;
+  /** Publishes awaiting the broker's PUBACK at any time. */
+  window?: number;
+  /** Activate after install (default true). */
+  activate?: boolean;
+  /** Signed as an explicit rollback: the devices accept it although they accepted a higher version. */
+  rollback?: boolean;
+  /** Received chunks per device, from the devices' progress events and status replies. */
+  onProgress?: (device: string, received: number, total: number) => void;
+  /** Every chunk publish the broker acknowledged (for counting); a returned promise holds that publish slot until it settles. */
+  onChunk?: (via: TransferTarget, index: number) => void | Promise<void>;
+  /** Whole delivery, offers to commits. */
+  deadlineMs?: number;
+  /** How long the signed manifest stays valid. */
+  expiresInMs?: number;
+  /** Timeout of offer/status requests; commit gets `commitTimeoutMs` (it loads and smoke-tests the model). */
+  requestTimeoutMs?: number;
+  /** Offers and status requests in flight at once (default 32); commits get half. Raise for large fleets. */
+  concurrency?: number;
+  commitTimeoutMs?: number;
+  /** What each device reported about itself; a device that cannot run the model gets 'incompatible'. */
+  deviceInfo?: (device: string) => DeviceInfo | null | undefined;
+  /** Subscribe to the target devices' event topics for progress (leave false when the client already subscribes to all events). */
+  subscribeEvents?: boolean;
+  logger?: Logger;
+  /** Milliseconds spent in each phase (hash, offer, chunks, commit), for benchmarks and logs. */
+  onPhase?: (phase: 'hash' | 'offer' | 'chunks' | 'commit', ms: number) => void;
+}
+
+export type DeviceDelivery =
+  | { ok: true; version: number; activated: boolean; previous: number | null }
+  | { ok: false; error: ErrorBody };
+export type DeliveryResults = Record<string, DeviceDelivery>;
+
+
+type Phase = 'hash' | 'offer' | 'chunks' | 'commit';
+
+/** One delivery in progress: its settings, the signed manifest, and what each device still misses. */
+interface Delivery {
+  opts: DeliverOptions;
+  record: ModelVersionRecord;
+  label: string;
+  chunkSize: number;
+  window: number;
+  concurrency: number;
+  deadline: number;
+  requestTimeout: number;
+  group: string | undefined;
+  transferId: string;
+  total: number;
+  signed: ReturnType<typeof signManifest>;
+  file: FileHandle;
+  missing: Map<string, Set<number>>;
+  results: DeliveryResults;
+}
+
+interface ChunkJob {
+  via: TransferTarget;
+  index: number;
+}
+
+export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResults> {
+  const { record } = opts;
+  const results: DeliveryResults = nameRecord();
+  // 1. compatibility: nothing is sent to a device that cannot run the model
+  const devices: string[] = [];
+  for (const device of new Set(opts.target.devices)) {
+    const info = opts.deviceInfo?.(device);
+    const reason = info ? checkCompatibility(record, info) : undefined;
+    if (reason) results[device] = { ok: false, error: { code: 'incompatible', message: reason } };
+    else devices.push(device);
+  }
+  if (devices.length === 0) return results;
+
+  let phaseStart = Date.now();
+  const phase = (name: Phase): void => {
+    const t = Date.now();
+    opts.onPhase?.(name, t - phaseStart);
+    phaseStart = t;
+  };
+  // 2. manifest
+  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  const hashes = { chunks: await loadChunkTable(opts.blobPath, record, chunkSize) };
+  const signed = signManifest(
+    buildManifest(record, hashes, { chunkSize, target: opts.target, expiresInMs: opts.expiresInMs ?? DEFAULT_EXPIRY_MS, rollback: opts.rollback ?? false }),
+    opts.keys.privateKeyPem,
+  );
+  phase('hash');
+  const d: Delivery = {
+    opts,
+    record,
+    label: `${record.name}@${record.version}`,
+    chunkSize,
+    window: Math.max(1, opts.window ?? DEFAULT_WINDOW),
+    concurrency: Math.max(1, opts.concurrency ?? 32),
+    deadline: Date.now() + (opts.deadlineMs ?? DEFAULT_DEADLINE_MS),
+    requestTimeout: opts.requestTimeoutMs ?? 15_000,
+    group: 'group' in opts.target ? opts.target.group : undefined,
+    transferId: transferIdFor(record, chunkSize),
+    total: (signed.manifest as Manifest).chunking.sha256.length,
+    signed,
+    file: await open(opts.blobPath, 'r'),
+    missing: new Map(),
+    results,
+  };
+  const stopListening = await listenForProgress(d, devices);
+  try {
+    await offerAll(d, devices); // 3.
+    phase('offer');
+    await sendChunks(d); // 4.
+    phase('chunks');
+    await commitAll(d); // 5.
+    phase('commit');
+  } finally {
+    await d.file.close();
+    await stopListening();
+  }
+  return results;
+}
+
+const left = (d: Delivery): number => d.deadline - Date.now();
+const timeout = (d: Delivery, ms: number): number => Math.max(1, Math.min(ms, left(d)));
+
+function fail(d: Delivery, device: string, error: unknown): void {
+  d.missing.delete(device);
+  const body = toErrorBody(error);
+  d.results[device] = { ok: false, error: body };
+  d.opts.logger?.warn({ device, transferId: d.transferId, error: body }, 'delivery to device failed');
+}
+
+function report(d: Delivery, device: string): void {
+  const m = d.missing.get(device);
+  if (m) d.opts.onProgress?.(device, d.total - m.size, d.total);
+}
+
+/** Progress events from the devices (authoritative, throttled on their side); returns how to stop listening. */
+async function listenForProgress(d: Delivery, devices: string[]): Promise<() => Promise<void>> {
+  const { opts } = d;
+  if (!opts.onProgress) return async () => undefined;
+  const onProgress = opts.onProgress;
+  const eventTopics = devices.map((device) => topics.device(device, 'events'));
+  const onMessage = (topic: string, payload: Buffer): void => {
+    const parsed = parseTopic(topic);
+    if (parsed?.kind !== 'device' || parsed.channel !== 'events' || !d.missing.has(parsed.device)) return;
+    let json: unknown;
+    try {
+      json = JSON.parse(payload.toString());
+    } catch {
+      return; // not an event this delivery can use
+    }
+    const e = EventSchema.safeParse(json);
+    if (e.success && e.data.event === 'transfer.progress' && e.data.data.transferId === d.transferId) {
+      onProgress(parsed.device, e.data.data.received, e.data.data.total);
+    }
+  };
+  opts.mqtt.on('message', onMessage);
+  if (opts.subscribeEvents) await opts.mqtt.subscribeAsync(eventTopics, { qos: 0 });
+  return async () => {
+    opts.mqtt.off('message', onMessage);
+    if (opts.subscribeEvents) await opts.mqtt.unsubscribeAsync(eventTopics).catch(() => undefined); // the client may be closing
+  };
+}
+
+async function offerAll(d: Delivery, devices: string[]): Promise<void> {
+  await eachLimited(devices, d.concurrency, async (device) => {
+    try {
+      const via: TransferTarget = d.group ? { kind: 'group', name: d.group } : { kind: 'device', name: device };
+      const answer = await d.opts.request(device, 'transfer.offer', { transferId: d.transferId, manifest: d.signed, via }, timeout(d, d.requestTimeout));
+      if (answer.total !== d.total) throw new FleetError('bad_request', `${device} counts ${answer.total} chunks, the manifest ${d.total}`);
+      d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
+      report(d, device);
+    } catch (error) {
+      fail(d, device, error);
+    }
+  });
+  d.opts.logger?.info({ transferId: d.transferId, model: d.label, devices: d.missing.size, chunks: d.total, chunkSize: d.chunkSize, window: d.window }, 'transfer offered');
+}
+
+/** Chunks once to the group (if any), then to each device what it still misses, until none misses any or they stall. */
+async function sendChunks(d: Delivery): Promise<void> {
+  let round = 0;
+  let stalled = 0;
+  const stillMissing = (): number => [...d.missing.values()].reduce((n, m) => n + m.size, 0);
+  while (stillMissing() > 0) {
+    if (left(d) <= 0) {
+      for (const [device, m] of d.missing) {
+        if (m.size > 0) fail(d, device, new FleetError('deadline_exceeded', `${m.size} of ${d.total} chunks of ${d.label} still missing at the deadline; deliver again to resume`));
+      }
+      return;
+    }
+    try {
+      await publishChunks(d, chunkJobs(d, round));
+    } catch (error) {
+      for (const device of [...d.missing.keys()]) fail(d, device, error);
+      return;
+    }
+    round++;
+    const before = stillMissing();
+    await eachLimited([...d.missing.keys()], d.concurrency, async (device) => {
+      try {
+        const answer = await d.opts.request(device, 'transfer.status', { transferId: d.transferId }, timeout(d, d.requestTimeout));
+        d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
+        report(d, device);
+      } catch (error) {
+        fail(d, device, error);
+      }
+    });
+    stalled = stillMissing() >= before ? stalled + 1 : 0;
+    if (stalled >= 3) {
+      for (const [device, m] of d.missing) {
+        if (m.size > 0) fail(d, device, new FleetError('missing_chunk', `${device} kept missing ${m.size} chunks of ${d.label} after 3 resends (corrupted on the way?); see its log events`));
+      }
+    }
+  }
+}
+
+/** The first round to a group goes once through the group's topic; later rounds interleave devices, so each progresses at the same pace. */
+function chunkJobs(d: Delivery, round: number): ChunkJob[] {
+  const jobs: ChunkJob[] = [];
+  if (d.group && round === 0) {
+    const union = new Set<number>();
+    for (const m of d.missing.values()) for (const i of m) union.add(i);
+    for (const index of [...union].sort((a, b) => a - b)) jobs.push({ via: { kind: 'group', name: d.group }, index });
+    return jobs;
+  }
+  const lists = [...d.missing].map(([device, m]) => [...m].sort((a, b) => a - b).map((index): ChunkJob => ({ via: { kind: 'device', name: device }, index })));
+  for (let k = 0; lists.some((l) => k < l.length); k++) for (const l of lists) if (k < l.length) jobs.push(l[k]!);
+  return jobs;
+}
+
+async function commitAll(d: Delivery): Promise<void> {
+  const { opts } = d;
+  const activate = opts.activate ?? true;
+  const commitTimeout = opts.commitTimeoutMs ?? 120_000;
+  await eachLimited([...d.missing.keys()], Math.max(1, Math.floor(d.concurrency / 2)), async (device) => {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const done = await opts.request(device, 'transfer.commit', { transferId: d.transferId, activate }, timeout(d, commitTimeout));
+        d.results[device] = { ok: true, version: done.version, activated: done.activated, previous: done.previous };
+        opts.onProgress?.(device, d.total, d.total);
+        return;
+      } catch (error) {
+        const code = error instanceof FleetError ? error.code : 'internal';
+        if ((code !== 'missing_chunk' && code !== 'corrupt_chunk') || attempt >= 2 || left(d) <= 0) {
+          fail(d, device, error);
+          return;
+        }
+        // chunks went bad on the device's disk: send what it misses now, then commit again
+        try {
+          const answer = await opts.request(device, 'transfer.status', { transferId: d.transferId }, timeout(d, d.requestTimeout));
+          await publishChunks(d, answer.missing.map((index) => ({ via: { kind: 'device', name: device }, index })));
+        } catch (statusError) {
+          fail(d, device, statusError);
+          return;
+        }
+      }
+    }
+  });
+}
+
+/** Publishes chunks with at most `window` unacknowledged at once. */
+async function publishChunks(d: Delivery, jobs: readonly ChunkJob[]): Promise<void> {
+  let failure: unknown;
+  await eachLimited(jobs, d.window, async (job) => {
+    if (failure !== undefined || left(d) <= 0) return;
+    const offset = job.index * d.chunkSize;
+    const length = Math.min(d.chunkSize, d.record.length - offset);
+    const payload = Buffer.allocUnsafe(length);
+    await readExactly(d.file, payload, offset);
+    try {
+      await d.opts.mqtt.publishAsync(topics.transferChunk(job.via, d.transferId, job.index), payload, { qos: 1 });
+      await d.opts.onChunk?.(job.via, job.index);
+    } catch (error) {
+      failure = error;
+    }
+  });
+  if (failure !== undefined) {
+    throw new FleetError('unavailable', `publishing chunks of ${d.label} failed: ${(failure as Error).message}; is the broker reachable?`);
+  }
+}
+
+/** Runs `task` over `items` with at most `limit` at once. */
+async function eachLimited<T>(items: readonly T[], limit: number, task: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const item = items[next++]!;
+      await task(item);
+    }
+  });
+  await Promise.all(workers);
+}
+
+async function readExactly(file: FileHandle, buffer: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < buffer.length) {
+    const { bytesRead } = await file.read(buffer, done, buffer.length - done, position + done);
+    if (bytesRead === 0) throw new FleetError('internal', 'the registry blob is shorter than its record; add the model again');
+    done += bytesRead;
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * The two device-changing actions rollouts need, bound to this controller's
+ * MQTT connection, registry and keys: deliver a version (mqtt-sender.ts's
+ * deliverModel: signed manifest, chunked fan-out, activation) and roll a device
+ * back to its previous version (with an operator-signed rollback manifest,
+ * since the previous version is lower than the highest the device accepted).
+ */
+import type { MqttClient } from 'mqtt';
+import { FleetError, signManifest } from '@edgefleet/protocol';
+import type { SignedManifest } from '@edgefleet/protocol';
+import type { FleetKeys } from '../access/fleet-keys.js';
+import type { Registry } from '../models/registry.js';
+import type { Requester } from '../devices/requester.js';
+import type { FleetRepository } from '../state/repository.js';
+import type { DeliverFn, RollbackFn } from '../rollouts/executor.js';
+import { DEFAULT_CHUNK_SIZE, hashChunks } from './chunk-table.js';
+import { buildManifest } from './manifest.js';
+import { deliverModel } from './mqtt-sender.js';
+
+export function makeDeliver(ctx: {
+  mqtt: MqttClient;
+  requester: Requester;
+  registry: Registry;
+  keys: FleetKeys;
+  state: FleetRepository;
+  chunkSize?: number;
+  window?: number;
+  requestTimeoutMs?: number;
+  concurrency?: number;
+  onPhase?: (phase: string, ms: number) => void;
+}): DeliverFn {
+  return async ({ model, version, target, devices, onProgress }) => {
+    const record = ctx.registry.require(model, version);
+    // A group target fans each chunk out once through the group's topic; anything else goes device by device.
+    const via = target.kind === 'group' && devices.length > 1 ? { group: target.name, devices } : { devices };
+    const results = await deliverModel({
+      mqtt: ctx.mqtt,
+      request: ctx.requester.request,
+      record,
+      blobPath: ctx.registry.blobPath(record),
+      keys: ctx.keys,
+      target: via,
+      activate: true,
+      subscribeEvents: false,
+      deviceInfo: (device) => ctx.state.device(device)?.info ?? null,
+      // A device busy writing the chunks of a large fan-out answers status late; that is not a failure.
+      requestTimeoutMs: ctx.requestTimeoutMs ?? 60_000,
+      // Offers, status and commits are small requests; a large wave is limited by the devices, not by these.
+      concurrency: ctx.concurrency ?? 256,
+      ...(ctx.chunkSize !== undefined ? { chunkSize: ctx.chunkSize } : {}),
+      ...(ctx.window !== undefined ? { window: ctx.window } : {}),
+      ...(onProgress ? { onProgress } : {}),
+      ...(ctx.onPhase ? { onPhase: ctx.onPhase } : {}),
+    });
+    return Object.fromEntries(
+      Object.entries(results).map(([device, r]) => [device, r.ok ? { ok: true as const, version: r.version, previous: r.previous } : r]),
+    );
+  };
+}
+
+export function makeRollback(ctx: { requester: Requester; registry: Registry; keys: FleetKeys; timeoutMs: number }): RollbackFn {
+  return async ({ device, model, previous }) => {
+    let manifest: SignedManifest | undefined;
+    const record = previous === null ? undefined : ctx.registry.get(model, previous);
+    if (record) {
+      const hashes = await hashChunks(ctx.registry.blobPath(record), DEFAULT_CHUNK_SIZE);
+      manifest = signManifest(
+        buildManifest(record, hashes, { chunkSize: DEFAULT_CHUNK_SIZE, target: { devices: [device] }, expiresInMs: 60 * 60_000, rollback: true }),
+        ctx.keys.privateKeyPem,
+      );
+    } else if (previous === null) {
+      throw new FleetError('not_found', `${device} had no version of ${model} before this rollout; nothing to roll back to (remove the model instead)`);
+    }
+    const res = await ctx.requester.request(device, 'models.rollback', { model, ...(manifest ? { manifest } : {}) }, ctx.timeoutMs);
+    return { version: res.version };
+  };
+}

@@ -1,0 +1,22 @@
+/** What the device operations work with. */
+import type { MqttClient } from 'mqtt';
+import type { FleetKeys } from '../access/fleet-keys.js';
+import type { RecordAudit } from '../state/audit.js';
+import type { FleetRepository } from '../state/repository.js';
+import type { Fleet } from './presence.js';
+import type { Requester } from './requester.js';
+
+export interface DeviceContext {
+  state: FleetRepository;
+  fleet: Fleet;
+  requester: Requester;
+  client: MqttClient;
+  keys: FleetKeys;
+  audit: RecordAudit;
+  /** Closes a removed device's connection on the embedded broker. */
+  disconnect(id: string): void;
+  legacyTopic: string;
+  advertised: string;
+  timeoutMs: number;
+  enrolmentOn: boolean;
+}

@@ -1,0 +1,184 @@
+/**
+ * The controller: `createManager(options)` opens the state, connects to the broker (or
+ * starts the embedded one in this process), learns the fleet, runs rollouts and serves
+ * the HTTP API. This module only wires the feature folders together; every operator
+ * action is one of the `Operations` (api/contract.ts), and the HTTP API, the CLI and
+ * the console are only ways of calling them.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { MqttClient } from 'mqtt';
+import { pino } from 'pino';
+import type { Logger } from 'pino';
+import type { RunningBroker } from '@edgefleet/broker';
+import { writeFileAtomic } from '@edgefleet/node-io';
+import { loadOrCreateFleetKeys } from './access/fleet-keys.js';
+import type { FleetKeys } from './access/fleet-keys.js';
+import { ensureEnrolmentKey, ensureOperator } from './access/tokens.js';
+import type { Operations } from './api/contract.js';
+import { createMetrics } from './api/metrics.js';
+import type { Metrics } from './api/metrics.js';
+import { startApi } from './api/server.js';
+import { connectBroker } from './broker-link.js';
+import type { BrokerLinkOptions } from './broker-link.js';
+import { CONTROLLER_FILE, DEFAULTS } from './defaults.js';
+import { makeDeliver, makeRollback } from './delivery/rollout-actions.js';
+import { createSshDelivery } from './delivery/ssh-operation.js';
+import { createDeviceOperations } from './devices/operations.js';
+import { Fleet } from './devices/presence.js';
+import { createRequester } from './devices/requester.js';
+import type { Requester } from './devices/requester.js';
+import { createModelOperations } from './models/operations.js';
+import { createRegistry } from './models/registry.js';
+import type { Registry } from './models/registry.js';
+import { Rollouts } from './rollouts/executor.js';
+import { createRolloutOperations } from './rollouts/operations.js';
+import { auditRecorder } from './state/audit.js';
+import { openState } from './state/repository.js';
+import type { FleetRepository } from './state/repository.js';
+
+export interface ManagerOptions extends BrokerLinkOptions {
+  dataDir: string;
+  httpHost?: string;
+  httpPort?: number;
+  operatorId?: string;
+  /** The original plain-text command topic; '' = off. Default LEGACY_TOPIC ('hello'). */
+  legacyTopic?: string;
+  logger?: Logger;
+  /** Rollout executor tick (tests). */
+  tickMs?: number;
+  /** Default request timeout in ms for commands sent to devices. */
+  requestTimeoutMs?: number;
+  /** Enrolment with a fleet provisioning key (POST /enrol); off by default. Enrolled devices join `groups`. */
+  enrolment?: { groups?: string[] } | false;
+  /** Transfer tuning passed to deliverModel. */
+  chunkSize?: number;
+  window?: number;
+}
+
+export interface Manager {
+  dataDir: string;
+  /** Base URL of the HTTP API, e.g. http://127.0.0.1:7420 */
+  url: string;
+  /** Where the controller's MQTT client is connected. */
+  brokerUrl: string;
+  /** What devices are told to use. */
+  advertisedBrokerUrl: string;
+  broker: RunningBroker | null;
+  operator: { id: string; token: string; created: boolean };
+  /** The provisioning key when enrolment is on (`created`: made now, print it once). */
+  enrolment: { key: string; created: boolean } | null;
+  keys: FleetKeys;
+  state: FleetRepository;
+  fleet: Fleet;
+  rollouts: Rollouts;
+  registry: Registry;
+  ops: Operations;
+  metrics: Metrics;
+  close(): Promise<void>;
+}
+
+export async function createManager(options: ManagerOptions): Promise<Manager> {
+  const log = options.logger ?? pino({ name: 'hostManager' }, pino.destination(2));
+  const dataDir = resolve(options.dataDir);
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const state = await openState(join(dataDir, 'state.json'));
+  const keys = await loadOrCreateFleetKeys(dataDir);
+  const operator = await ensureOperator(state, dataDir, options.operatorId ?? DEFAULTS.operatorId);
+  const enrolment = options.enrolment ? await ensureEnrolmentKey(state, dataDir, options.enrolment.groups ?? []) : null;
+  const legacyTopic = options.legacyTopic ?? DEFAULTS.legacyTopic;
+  const metrics = createMetrics();
+  const link = await connectBroker(options, { state, operator, legacyTopic, log });
+  const requester = await createRequester(link.client);
+  const fleet = new Fleet({ mqtt: link.client, state, logger: log.child({ component: 'fleet' }), metrics, discover: link.broker === null });
+  await fleet.start();
+  const registry = createRegistry(state, dataDir);
+  const timeoutMs = options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
+  const deliver = makeDeliver({
+    mqtt: link.client,
+    requester,
+    registry,
+    keys,
+    state,
+    ...(options.chunkSize !== undefined ? { chunkSize: options.chunkSize } : {}),
+    ...(options.window !== undefined ? { window: options.window } : {}),
+    onPhase: (phase, ms) => metrics.deliveryPhase.observe({ phase }, ms / 1000),
+  });
+  const rollback = makeRollback({ requester, registry, keys, timeoutMs });
+  const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
+  const ops = createOperations({ state, fleet, registry, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect });
+  const api = await startApi({ ops, state, fleet, metrics, logger: log.child({ component: 'api' }), host: options.httpHost ?? DEFAULTS.httpHost, port: options.httpPort ?? DEFAULTS.httpPort });
+  const controllerFile = join(dataDir, CONTROLLER_FILE);
+  const announced = { pid: process.pid, url: api.url, broker: link.brokerUrl, advertisedBroker: link.advertised, mqtt: link.broker?.ports ?? null, startedAt: new Date().toISOString() };
+  await writeFileAtomic(controllerFile, JSON.stringify(announced, null, 1));
+  rollouts.resumeAll();
+  log.info({ url: api.url, broker: link.brokerUrl }, 'controller ready');
+
+  let closed = false;
+  return {
+    dataDir,
+    url: api.url,
+    brokerUrl: link.brokerUrl,
+    advertisedBrokerUrl: link.advertised,
+    broker: link.broker,
+    operator,
+    enrolment,
+    keys,
+    state,
+    fleet,
+    rollouts,
+    registry,
+    ops,
+    metrics,
+    async close() {
+      if (closed) return;
+      closed = true;
+      await api.close();
+      await rollouts.close();
+      await fleet.stop();
+      requester.close();
+      await link.close();
+      await state.write();
+      await rm(controllerFile, { force: true });
+    },
+  };
+}
+
+/** The operations of every feature folder, as the one `Operations` object the API is written against. */
+function createOperations(ctx: {
+  state: FleetRepository;
+  fleet: Fleet;
+  registry: Registry;
+  rollouts: Rollouts;
+  requester: Requester;
+  client: MqttClient;
+  keys: FleetKeys;
+  legacyTopic: string;
+  advertised: string;
+  broker: RunningBroker | null;
+  dataDir: string;
+  timeoutMs: number;
+  enrolmentOn: boolean;
+  disconnect(id: string): void;
+}): Operations {
+  const { state, fleet, rollouts, client } = ctx;
+  const audit = auditRecorder(state, (entry) => fleet.emitFeed({ type: 'audit', entry }));
+  return {
+    ...createDeviceOperations({ ...ctx, audit }),
+    ...createModelOperations({ ...ctx, audit }),
+    deliverSsh: createSshDelivery({ ...ctx, audit }),
+    ...createRolloutOperations(ctx),
+    dataDir: ctx.dataDir,
+    health() {
+      const all = state.devices();
+      return {
+        ok: client.connected,
+        broker: { connected: client.connected, embedded: ctx.broker !== null, url: ctx.advertised },
+        devices: { total: all.length, online: all.filter((d) => d.online).length },
+        rollouts: { running: rollouts.list().filter((r) => r.status === 'running').length },
+      };
+    },
+    keys: () => ({ keyId: ctx.keys.keyId, publicKeyPem: ctx.keys.publicKeyPem }),
+    audit: (limit) => state.auditTail(limit),
+  };
+}

@@ -1,0 +1,150 @@
+/**
+ * The one way into the fleet's state: every read and write of the lowdb document goes
+ * through here. Lookups by name ask for own entries only (the records have no
+ * prototype), so any device, group, model, rollout or operator name is safe. Records
+ * are returned live: a caller changes one, then awaits `write()`.
+ */
+import type { Low } from 'lowdb';
+import { FleetError, ownEntry } from '@edgefleet/protocol';
+import { AUDIT_LIMIT } from './schema.js';
+import type { AuditEntry, DeviceRecord, EnrolmentRecord, FleetState, GroupRecord, ModelVersionRecord, OperatorRecord, RolloutRecord } from './schema.js';
+import { openStateFile } from './store.js';
+
+export class FleetRepository {
+  readonly #db: Low<FleetState>;
+
+  constructor(db: Low<FleetState>) {
+    this.#db = db;
+  }
+
+  get #data(): FleetState {
+    return this.#db.data;
+  }
+
+  /** Writes the whole state durably; resolves once a write that includes every change so far is on disk. */
+  write(): Promise<void> {
+    return this.#db.write();
+  }
+
+  // ---------------------------------------------------------------- devices
+
+  device(id: string): DeviceRecord | undefined {
+    return ownEntry(this.#data.devices, id);
+  }
+
+  /** The device, or not_found with where to look. */
+  requireDevice(id: string): DeviceRecord {
+    const d = this.device(id);
+    if (!d) throw new FleetError('not_found', `no device ${id}; see \`hostManager devices list\``);
+    return d;
+  }
+
+  devices(): DeviceRecord[] {
+    return Object.values(this.#data.devices);
+  }
+
+  putDevice(device: DeviceRecord): void {
+    this.#data.devices[device.id] = device;
+  }
+
+  removeDevice(id: string): boolean {
+    if (!this.device(id)) return false;
+    delete this.#data.devices[id];
+    return true;
+  }
+
+  // ---------------------------------------------------------------- groups
+
+  groups(): GroupRecord[] {
+    return Object.values(this.#data.groups);
+  }
+
+  /** Records a group the first time a device joins it. */
+  ensureGroup(name: string, createdAt: string): void {
+    if (!ownEntry(this.#data.groups, name)) this.#data.groups[name] = { name, createdAt };
+  }
+
+  // ---------------------------------------------------------------- models
+
+  /** The versions of one model, oldest first (empty when there are none). */
+  modelVersions(name: string): ModelVersionRecord[] {
+    return ownEntry(this.#data.models, name) ?? [];
+  }
+
+  allModelVersions(): ModelVersionRecord[] {
+    return Object.values(this.#data.models).flat();
+  }
+
+  setModelVersions(name: string, versions: ModelVersionRecord[]): void {
+    if (versions.length > 0) this.#data.models[name] = versions;
+    else delete this.#data.models[name];
+  }
+
+  /** The highest version number ever given to this model (removed ones included), or 0. */
+  highestVersionEver(name: string): number {
+    const highWater = this.#data.modelVersionHighWater;
+    return (highWater && ownEntry(highWater, name)) ?? 0;
+  }
+
+  recordVersionGiven(name: string, version: number): void {
+    const highWater = this.#data.modelVersionHighWater ?? (this.#data.modelVersionHighWater = Object.create(null) as Record<string, number>);
+    highWater[name] = Math.max(ownEntry(highWater, name) ?? 0, version);
+  }
+
+  // ---------------------------------------------------------------- rollouts
+
+  rollout(id: string): RolloutRecord | undefined {
+    return ownEntry(this.#data.rollouts, id);
+  }
+
+  rollouts(): RolloutRecord[] {
+    return Object.values(this.#data.rollouts);
+  }
+
+  putRollout(rollout: RolloutRecord): void {
+    this.#data.rollouts[rollout.id] = rollout;
+  }
+
+  // ---------------------------------------------------------------- operators and enrolment
+
+  operator(id: string): OperatorRecord | undefined {
+    return ownEntry(this.#data.operators, id);
+  }
+
+  operators(): OperatorRecord[] {
+    return Object.values(this.#data.operators);
+  }
+
+  putOperator(operator: OperatorRecord): void {
+    this.#data.operators[operator.id] = operator;
+  }
+
+  enrolment(): EnrolmentRecord | undefined {
+    return this.#data.enrolment;
+  }
+
+  setEnrolment(enrolment: EnrolmentRecord): void {
+    this.#data.enrolment = enrolment;
+  }
+
+  // ---------------------------------------------------------------- audit
+
+  /** Appends to the audit log in memory (the caller writes), dropping the oldest entries past the cap. */
+  appendAudit(entry: Omit<AuditEntry, 'ts'> & { ts?: string }): AuditEntry {
+    const full = { ts: entry.ts ?? new Date().toISOString(), ...entry } as AuditEntry;
+    const audit = this.#data.audit;
+    audit.push(full);
+    if (audit.length > AUDIT_LIMIT) audit.splice(0, audit.length - AUDIT_LIMIT);
+    return full;
+  }
+
+  /** The newest `limit` entries (1 to 5000), oldest first. */
+  auditTail(limit = 100): AuditEntry[] {
+    return this.#data.audit.slice(-Math.max(1, Math.min(limit, 5000)));
+  }
+}
+
+/** Opens (and validates) the state file: the controller's repository. */
+export async function openState(file: string): Promise<FleetRepository> {
+  return new FleetRepository(await openStateFile(file));
+}

@@ -1,0 +1,241 @@
+/**
+ * The fleet's state file, declared once: every stored record as a zod schema (the type
+ * is inferred from it), so what the controller reads back is checked field by field.
+ * Records keyed by a name (devices, groups, models, rollouts, operators) come back
+ * without a prototype, so any name is safe as a key.
+ */
+import { z } from 'zod';
+import { DeviceInfoSchema, ErrorBodySchema, NameSchema, ProcessingSchema, TelemetrySampleSchema, TensorInfoSchema, VersionSchema, nameRecord } from '@edgefleet/protocol';
+
+/** A record keyed by names, read back as a null-prototype object. */
+function byName<S extends z.ZodType>(value: S) {
+  // zod's record drops a "__proto__" key without a word; refuse it instead, so nothing stored is lost silently
+  const noProtoKey = z.custom<unknown>((raw) => raw === null || typeof raw !== 'object' || !Object.hasOwn(raw, '__proto__'), { message: 'the key "__proto__" is not a valid name' });
+  return noProtoKey.pipe(z.record(NameSchema, value)).transform((r) => nameRecord(Object.entries(r) as [string, z.output<S>][]));
+}
+
+const Iso = z.string().min(1);
+
+export const DeviceRecordSchema = z
+  .object({
+    id: NameSchema,
+    groups: z.array(NameSchema),
+    /** scrypt hash of the device token (node-io's hashSecret); the token itself is never stored. Empty for a device seen but never provisioned here. */
+    tokenHash: z.string(),
+    createdAt: z.string(),
+    online: z.boolean(),
+    lastSeen: z.string().nullable(),
+    info: DeviceInfoSchema.nullable(),
+    telemetry: TelemetrySampleSchema.nullable(),
+    /** Why it went offline, from its last will or its goodbye. */
+    offlineReason: z.string().nullable().optional(),
+    /** False for a device the controller saw on an external broker without provisioning it. */
+    provisioned: z.boolean().optional(),
+    /** Provisioned by itself with the fleet provisioning key (POST /enrol). */
+    enrolled: z.boolean().optional(),
+  })
+  .strict();
+export type DeviceRecord = z.infer<typeof DeviceRecordSchema>;
+
+export const LineageSchema = z
+  .object({ dataset: z.string().optional(), metrics: z.record(z.string(), z.number()).optional(), notes: z.string().optional(), gitCommit: z.string().optional() })
+  .strict();
+
+export const ModelVersionRecordSchema = z
+  .object({
+    name: NameSchema,
+    version: VersionSchema,
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    length: z.number().int().nonnegative(),
+    addedAt: Iso,
+    /** Path of the content-addressed blob, relative to the data directory. */
+    blob: z.string(),
+    inputs: z.array(TensorInfoSchema),
+    outputs: z.array(TensorInfoSchema),
+    opset: z.number().int().nullable(),
+    minOnnxruntime: z.string().nullable(),
+    lineage: LineageSchema.nullable(),
+    processing: ProcessingSchema.nullable(),
+  })
+  .strict();
+export type ModelVersionRecord = z.infer<typeof ModelVersionRecordSchema>;
+
+export const AuditEntrySchema = z
+  .object({
+    ts: Iso,
+    /** 'operator:<id>', 'device:<id>', 'enrolment' or 'controller'. */
+    actor: z.string(),
+    action: z.string(),
+    target: z.string().optional(),
+    result: z.enum(['ok', 'error']),
+    detail: z.unknown().optional(),
+  })
+  .strict();
+export type AuditEntry = z.infer<typeof AuditEntrySchema>;
+
+// ---------------------------------------------------------------- rollouts
+
+/** What a rollout is allowed to do and when it must stop. */
+export const RolloutPolicyRecordSchema = z
+  .object({
+    /** Devices in the first (canary) wave; 0 = no canary wave. */
+    canary: z.number().int().min(0),
+    /** Cumulative percentages of the target reached after each wave that follows the canary; the last is forced to 100. */
+    waves: z.array(z.number()),
+    /** Install failures tolerated per wave, as a percentage of the wave's devices (0 = none). */
+    maxFailuresPercent: z.number(),
+    /** Seconds the switched devices of a wave are watched before the next wave starts. */
+    soakS: z.number(),
+    /** Error rate (errors / requests) of the new version above which the gate fails, whatever it was before. */
+    maxErrorRate: z.number(),
+    /** Error rate allowed above the same devices' rate before the switch. */
+    maxErrorRateIncrease: z.number(),
+    /** p95 latency of the new version divided by the old version's p95 on the same devices above which the gate fails. */
+    maxLatencyRatio: z.number(),
+    /** p95 latencies under this many milliseconds never fail the gate (noise on tiny models). */
+    latencyFloorMs: z.number(),
+    /** Requests the switched devices must serve during the soak for the health part of the gate to count; fewer = gate passes on install results alone, noted. */
+    minRequests: z.number().int(),
+    /** A device offline during its wave is retried when it returns, until this many seconds after the rollout started. */
+    offlineDeadlineS: z.number(),
+    /** Roll the switched devices back when a gate fails. */
+    rollbackOnFailure: z.boolean(),
+  })
+  .strict();
+export type RolloutPolicy = z.infer<typeof RolloutPolicyRecordSchema>;
+
+export const ROLLOUT_STATUSES = ['running', 'aborted', 'succeeded', 'failed', 'rolled-back'] as const;
+export type RolloutStatus = (typeof ROLLOUT_STATUSES)[number];
+
+export const ROLLOUT_DEVICE_STATES = [
+  'pending', // not reached yet
+  'delivering',
+  'switched', // the new version is active
+  'failed', // delivery or activation failed
+  'waiting', // offline when its wave came; retried when it returns
+  'skipped', // still offline at the deadline
+  'rolled-back',
+] as const;
+export type RolloutDeviceState = (typeof ROLLOUT_DEVICE_STATES)[number];
+
+/** Aggregate inference health of some devices for one model version over a time window. */
+export const HealthSummarySchema = z
+  .object({
+    requests: z.number(),
+    errors: z.number(),
+    errorRate: z.number().nullable(),
+    p95Ms: z.number().nullable(),
+    samples: z.number(),
+  })
+  .strict();
+export type HealthSummary = z.infer<typeof HealthSummarySchema>;
+
+export const RolloutDeviceSchema = z
+  .object({
+    id: NameSchema,
+    wave: z.number().int().nonnegative(),
+    state: z.enum(ROLLOUT_DEVICE_STATES),
+    /** The version active before the switch (null = none). */
+    previous: VersionSchema.nullable(),
+    attempts: z.number().int().nonnegative(),
+    switchedAt: Iso.optional(),
+    error: ErrorBodySchema.optional(),
+    /** Health of the previous version on this device just before the switch. */
+    before: HealthSummarySchema.optional(),
+  })
+  .strict();
+export type RolloutDevice = z.infer<typeof RolloutDeviceSchema>;
+
+export const GateResultSchema = z
+  .object({
+    pass: z.boolean(),
+    /** Every finding of the gate, for people, in order. */
+    reasons: z.array(z.string()),
+    /** The findings that failed the gate (a subset of `reasons`); absent in records written before it was kept. */
+    failures: z.array(z.string()).optional(),
+    install: z.object({ switched: z.number(), failed: z.number(), waiting: z.number() }).strict(),
+    before: HealthSummarySchema,
+    after: HealthSummarySchema,
+  })
+  .strict();
+export type GateResult = z.infer<typeof GateResultSchema>;
+
+export const RolloutWaveSchema = z
+  .object({
+    index: z.number().int().nonnegative(),
+    /** 'canary' or a cumulative percentage. */
+    label: z.string(),
+    devices: z.array(NameSchema),
+    state: z.enum(['pending', 'delivering', 'soaking', 'passed', 'failed']),
+    startedAt: Iso.optional(),
+    switchedAt: Iso.optional(),
+    soakUntil: Iso.optional(),
+    finishedAt: Iso.optional(),
+    gate: GateResultSchema.optional(),
+  })
+  .strict();
+export type RolloutWave = z.infer<typeof RolloutWaveSchema>;
+
+export const RolloutTargetSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('device'), name: NameSchema }).strict(),
+  z.object({ kind: z.literal('group'), name: NameSchema }).strict(),
+  z.object({ kind: z.literal('all') }).strict(),
+]);
+export type RolloutTarget = z.infer<typeof RolloutTargetSchema>;
+
+export const RolloutRecordSchema = z
+  .object({
+    id: NameSchema,
+    model: NameSchema,
+    version: VersionSchema,
+    target: RolloutTargetSchema,
+    policy: RolloutPolicyRecordSchema,
+    status: z.enum(ROLLOUT_STATUSES),
+    createdAt: Iso,
+    updatedAt: Iso,
+    createdBy: z.string(),
+    /** Why it stopped (failed gate, abort, rollback), in a sentence. */
+    reason: z.string().optional(),
+    waves: z.array(RolloutWaveSchema),
+    devices: byName(RolloutDeviceSchema),
+    /** Offline devices are retried until then. */
+    deadline: Iso,
+    finishedAt: Iso.optional(),
+  })
+  .strict();
+export type RolloutRecord = z.infer<typeof RolloutRecordSchema>;
+
+// ---------------------------------------------------------------- the whole file
+
+export const GroupRecordSchema = z.object({ name: NameSchema, createdAt: z.string(), description: z.string().optional() }).strict();
+export type GroupRecord = z.infer<typeof GroupRecordSchema>;
+
+export const OperatorRecordSchema = z.object({ id: NameSchema, tokenHash: z.string(), createdAt: z.string() }).strict();
+export type OperatorRecord = z.infer<typeof OperatorRecordSchema>;
+
+export const EnrolmentRecordSchema = z.object({ keyHash: z.string(), createdAt: z.string(), groups: z.array(NameSchema) }).strict();
+export type EnrolmentRecord = z.infer<typeof EnrolmentRecordSchema>;
+
+export const FleetStateSchema = z
+  .object({
+    devices: byName(DeviceRecordSchema),
+    groups: byName(GroupRecordSchema),
+    /** Model name → its versions, oldest first. */
+    models: byName(z.array(ModelVersionRecordSchema)),
+    /** The highest version number ever given per model, so a removed number is never reused. */
+    modelVersionHighWater: byName(VersionSchema).optional(),
+    rollouts: byName(RolloutRecordSchema),
+    operators: byName(OperatorRecordSchema),
+    /** Enrolment with the fleet provisioning key (off unless the controller runs with --enrolment). */
+    enrolment: EnrolmentRecordSchema.optional(),
+    /** Newest last; capped at AUDIT_LIMIT entries (oldest dropped). */
+    audit: z.array(AuditEntrySchema),
+  })
+  .strict();
+export type FleetState = z.output<typeof FleetStateSchema>;
+
+export const AUDIT_LIMIT = 20_000;
+
+export function emptyState(): FleetState {
+  return { devices: nameRecord(), groups: nameRecord(), models: nameRecord(), rollouts: nameRecord(), operators: nameRecord(), audit: [] };
+}

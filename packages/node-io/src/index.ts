@@ -1,0 +1,5 @@
+// The shared I/O of the Node parts: one atomic write, file hashing, secret hashing.
+export { writeFileAtomic, fsyncDir, fsyncFile, tmpPathFor, mib, TMP_MARK } from './files.js';
+export type { AtomicWriteOptions } from './files.js';
+export { hashFile } from './hashing.js';
+export { hashSecret, verifySecret, verifySecretAsync, isSecretHash, decoySecretHash } from './secrets.js';
