@@ -1,7 +1,7 @@
-/** What the agent says about its device in its status: hardware, runtime, Docker, groups, active models, self-update. */
+/** What the agent says about its device in its status: hardware, runtime, Docker, groups, active models, the fleet's containers, self-update. */
 import { readFile } from 'node:fs/promises';
 import { arch, cpus, hostname, platform, totalmem } from 'node:os';
-import type { AgentUpdateState, DeviceInfo } from '@edgefleet/protocol';
+import type { AgentUpdateState, ContainerState, DeviceInfo } from '@edgefleet/protocol';
 import type { ModelService } from './models/index.js';
 
 export async function agentVersion(): Promise<string> {
@@ -13,13 +13,12 @@ export async function agentVersion(): Promise<string> {
   }
 }
 
-export { dockerReachable } from './docker-probe.js';
-
 export interface DeviceInfoArgs {
   version: string;
   groups: readonly string[];
   models: ModelService | undefined;
   docker: boolean;
+  containers: ContainerState[];
   /** The self-update in progress or last finished (src/update/), when the agent runs from a bundle. */
   agentUpdate?: AgentUpdateState | undefined;
 }
@@ -38,6 +37,7 @@ export function deviceInfo(args: DeviceInfoArgs): DeviceInfo {
     docker: args.docker,
     groups: [...args.groups],
     models: args.models ? args.models.active() : [],
+    containers: args.containers,
     ...(args.agentUpdate ? { agentUpdate: args.agentUpdate } : {}),
   };
 }

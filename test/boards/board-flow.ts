@@ -41,7 +41,8 @@ export function mlpModel(seed: number): Buffer {
   });
 }
 
-const INPUT = { x: { dtype: 'float32', shape: [2, 16], data: Array.from({ length: 32 }, (_, i) => Math.sin(i * 0.7) * 1.5) } };
+/** The request body `hostManager infer --input` takes (a device's inference API body, tensor-map form). */
+const INPUT = { inputs: { x: { dtype: 'float32', shape: [2, 16], data: Array.from({ length: 32 }, (_, i) => Math.sin(i * 0.7) * 1.5) } } };
 
 interface Inference {
   version: number;

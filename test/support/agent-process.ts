@@ -101,7 +101,7 @@ export async function spawnAgent(opts: AgentProcessOptions): Promise<AgentProces
   const [command, ...commandArgs] = opts.wrap?.length ? [...opts.wrap, process.execPath, ...args] : [process.execPath, ...args];
   const child = track(
     spawn(command!, commandArgs, {
-      env: { ...process.env, EDGEFLEET_TOKEN: opts.token, ...opts.env },
+      env: { ...process.env, EDGEFLEET_DEVICE_TOKEN: opts.token, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     }),
   );

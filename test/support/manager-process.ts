@@ -127,7 +127,7 @@ export function runCli(m: Pick<ManagerProcess, 'url' | 'token' | 'dataDir'>, arg
   return new Promise((resolve, reject) => {
     const child = track(spawn(process.execPath, [MANAGER_BIN, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, EDGEFLEET_URL: m.url, EDGEFLEET_TOKEN: m.token, EDGEFLEET_DATA: m.dataDir, ...opts.env },
+      env: { ...process.env, EDGEFLEET_URL: m.url, EDGEFLEET_OPERATOR_TOKEN: m.token, EDGEFLEET_DATA: m.dataDir, ...opts.env },
     }));
     let stdout = '';
     let stderr = '';

@@ -96,6 +96,8 @@ export interface ModelServiceOptions {
   identity?: DeviceIdentity;
   /** Called at named points of installs and activations (crash tests kill the process from here). */
   onStep?: StepHook;
+  /** A session from another runtime (a container) when the manifest names one; undefined: onnxruntime in-process. */
+  openRuntime?: (request: { name: string; version: number; manifest: Manifest; modelFile: string }) => Promise<Session> | undefined;
   now?: () => Date;
 }
 
@@ -170,6 +172,11 @@ class OnnxModelService implements ModelService {
       throw new FleetError('load_failed', `${this.runtimeText()} does not load on this device: ${firstLine(error)}`);
     });
     return this.sessionRuntime;
+  }
+
+  private async openOnnxSession(bytes: Uint8Array): Promise<Session> {
+    const runtime = await this.loadedRuntime();
+    return runtime.open(bytes, this.sessionOptions!, bytes.length >= (this.opts.workerSessionBytes ?? 8 * 1024 * 1024) ? 'worker' : 'inline');
   }
 
   private runtimeText(): string {
@@ -541,10 +548,12 @@ class OnnxModelService implements ModelService {
     readOnnxMetadata(bytes, key);
     let session: Session;
     const loadStart = performance.now();
-    const runtime = await this.loadedRuntime();
     try {
-      session = await runtime.open(bytes, this.sessionOptions!, bytes.length >= (this.opts.workerSessionBytes ?? 8 * 1024 * 1024) ? 'worker' : 'inline');
+      // a container that serves the model (its manifest names one), else the runtime chosen for this board
+      const container = this.opts.openRuntime?.({ name, version, manifest, modelFile: this.store.modelFile(name, version) });
+      session = await (container ?? this.openOnnxSession(bytes));
     } catch (error) {
+      if (error instanceof FleetError) throw error; // a runtime's own reason (no runtime here, a container that did not start)
       throw new FleetError('load_failed', `${key} does not load in ${this.runtimeText()}: ${firstLine(error)}`);
     }
     const inputs = session.inputMetadata.map(tensorInfo);

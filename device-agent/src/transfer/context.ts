@@ -11,7 +11,7 @@ import type { FleetEvent, Manifest, SignedManifest } from '@edgefleet/protocol';
 import { closeFiles, newTransfer } from './state.js';
 import type { Transfer } from './state.js';
 import { openStaging, readStagedManifest } from './staging.js';
-import type { DiskSpace, ReceiverStats, TransferReceiverOptions } from './types.js';
+import type { DiskSpace, ReceiverImages, ReceiverStats, TransferReceiverOptions } from './types.js';
 
 export interface ReceiverContext {
   opts: TransferReceiverOptions;
@@ -98,16 +98,21 @@ export function progress(ctx: ReceiverContext, t: Transfer, force = false): void
   }
 }
 
-/** A verified model (or agent bundle) manifest, or the FleetError that says why not. */
+/** A verified model, image or agent bundle manifest, or the FleetError that says why not. */
 export function verify(ctx: ReceiverContext, signed: SignedManifest): Manifest {
   const manifest = verifiedManifest(signed, ctx.opts.publicKeyPem);
+  if (manifest.kind === 'image' && !ctx.opts.images) {
+    throw new FleetError('unavailable', `${manifest.name}@${manifest.version} is a Docker image, and this agent runs no containers service`);
+  }
   if (manifest.kind === 'agent' && !ctx.opts.agentBundles) {
     throw new FleetError('unavailable', 'this agent cannot update itself: it was not started by the launcher of an installed bundle (no agentHome)');
   }
-  if (manifest.kind !== 'model' && manifest.kind !== 'agent') {
-    throw new FleetError('invalid_params', `manifest is for a ${manifest.kind}, not a model; send it with the image commands`);
-  }
   return manifest;
+}
+
+/** The image half of the receiver (verify() refused image manifests when there is none). */
+export function images(ctx: ReceiverContext): ReceiverImages {
+  return ctx.opts.images!;
 }
 
 /** The protocol's acceptance check (target, expiry, anti-rollback) against this device; throws its refusal. */
@@ -116,13 +121,16 @@ export function accept(ctx: ReceiverContext, m: Manifest): void {
   if (refusal) throw refusal;
 }
 
-/** Models keep a highest accepted version each; agent bundles one for the agent (verify() refused them without agentBundles). */
+/** Models and apps keep a durable highest accepted version each; agent bundles one for the agent (verify() refused those it has no receiver for). */
 function highestAcceptedOf(ctx: ReceiverContext, m: Manifest): number {
-  return m.kind === 'agent' ? ctx.opts.agentBundles!.highestAccepted() : ctx.opts.models.highestAccepted(m.name);
+  if (m.kind === 'image') return images(ctx).highestAccepted(m.name);
+  if (m.kind === 'agent') return ctx.opts.agentBundles!.highestAccepted();
+  return ctx.opts.models.highestAccepted(m.name);
 }
 
 export function isInstalled(ctx: ReceiverContext, m: Manifest): boolean {
   if (m.kind === 'agent') return false; // a bundle is unpacked at commit; nothing is kept to resume from
+  if (m.kind === 'image') return images(ctx).isInstalled(m.name, m.version, m.image!.digest);
   return ctx.opts.models.list().some((s) => s.name === m.name && s.versions.includes(m.version));
 }
 
@@ -158,7 +166,10 @@ export async function load(ctx: ReceiverContext, id: string): Promise<Transfer |
   }
   const t = transferFor(ctx, id, signed, manifest);
   t.installed = isInstalled(ctx, manifest);
-  if (!t.installed) await openStaging(t, true, ctx.log);
+  if (!t.installed) {
+    await openStaging(t, true, ctx.log);
+    ctx.log.info({ transferId: id, name: manifest.name, version: manifest.version, received: t.received, total: t.total }, 'transfer resumed from the staging on disk');
+  }
   ctx.transfers.set(id, t);
   return t;
 }

@@ -1,5 +1,5 @@
 /**
- * Model delivery over MQTT, the sending side.
+ * Delivery of a model or an image archive over MQTT, the sending side.
  *
  *   1. compatibility: devices whose reported runtime or memory cannot run the model get
  *      'incompatible' and nothing is sent to them;
@@ -9,7 +9,8 @@
  *   4. publish chunks (binary, QoS 1) with a bounded window of unacknowledged publishes. A
  *      group target gets each chunk once on the group's topic (the broker fans it out); what
  *      a device still misses afterwards (`transfer.status`) goes to its own topic only;
- *   5. `transfer.commit` per device: whole-file check, install, activate.
+ *   5. `transfer.commit` per device: whole-file check, install, activate (a sample that goes by hash
+ *      is delivered between install and activation: check.ts).
  *
  * Chunks are read from the blob with positional reads, so memory stays at window × chunk size.
  */
@@ -18,18 +19,20 @@ import type { FileHandle } from 'node:fs/promises';
 import type { MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { EventSchema, FleetError, nameRecord, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
-import type { DeviceInfo, ErrorBody, Manifest, TransferTarget } from '@edgefleet/protocol';
-import type { ModelVersionRecord } from '../state/schema.js';
+import type { CommandResult, DeviceInfo, ErrorBody, Manifest, TransferTarget } from '@edgefleet/protocol';
 import type { RequestFn } from '../devices/requester.js';
 import { checkCompatibility } from '../models/compatibility.js';
 import { DEFAULT_CHUNK_SIZE, loadChunkTable } from './chunk-table.js';
-import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, transferIdFor } from './manifest.js';
-import type { DeliveryTarget } from './manifest.js';
+import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, isImageRecord, transferIdFor } from './manifest.js';
+import type { ArtifactRecord, DeliveryTarget } from './manifest.js';
+import { activateWithSample } from './check.js';
+import type { DeliveryCheck } from './check.js';
 
 export interface DeliverOptions {
   mqtt: MqttClient;
   request: RequestFn;
-  record: ModelVersionRecord;
+  /** A model version, or an image version (its manifest pins the image ID and carries the container spec). */
+  record: ArtifactRecord;
   blobPath: string;
   keys: { privateKeyPem: string };
   target: DeliveryTarget;
@@ -40,6 +43,8 @@ export interface DeliverOptions {
   activate?: boolean;
   /** Signed as an explicit rollback: the devices accept it although they accepted a higher version. */
   rollback?: boolean;
+  /** The version's activation check (check.ts deliveryCheck): in the manifest, and a sample by hash to deliver before activating. */
+  check?: DeliveryCheck;
   /** Received chunks per device, from the devices' progress events and status replies. */
   onProgress?: (device: string, received: number, total: number) => void;
   /** Every chunk publish the broker acknowledged (for counting); a returned promise holds that publish slot until it settles. */
@@ -73,7 +78,7 @@ type Phase = 'hash' | 'offer' | 'chunks' | 'commit';
 /** One delivery in progress: its settings, the signed manifest, and what each device still misses. */
 interface Delivery {
   opts: DeliverOptions;
-  record: ModelVersionRecord;
+  record: ArtifactRecord;
   label: string;
   chunkSize: number;
   window: number;
@@ -101,7 +106,8 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
   const devices: string[] = [];
   for (const device of new Set(opts.target.devices)) {
     const info = opts.deviceInfo?.(device);
-    const reason = info ? checkCompatibility(record, info) : undefined;
+    // an image's platform and engine are checked by the device at the offer, before a byte is sent
+    const reason = info && !isImageRecord(record) ? checkCompatibility(record, info) : undefined;
     if (reason) results[device] = { ok: false, error: { code: 'incompatible', message: reason } };
     else devices.push(device);
   }
@@ -117,7 +123,13 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
   const hashes = { chunks: await loadChunkTable(opts.blobPath, record, chunkSize) };
   const signed = signManifest(
-    buildManifest(record, hashes, { chunkSize, target: opts.target, expiresInMs: opts.expiresInMs ?? DEFAULT_EXPIRY_MS, rollback: opts.rollback ?? false }),
+    buildManifest(record, hashes, {
+      chunkSize,
+      target: opts.target,
+      expiresInMs: opts.expiresInMs ?? DEFAULT_EXPIRY_MS,
+      rollback: opts.rollback ?? false,
+      ...(opts.check ? { check: opts.check.manifest } : {}),
+    }),
     opts.keys.privateKeyPem,
   );
   phase('hash');
@@ -266,31 +278,50 @@ function chunkJobs(d: Delivery, round: number): ChunkJob[] {
 async function commitAll(d: Delivery): Promise<void> {
   const { opts } = d;
   const activate = opts.activate ?? true;
+  const sample = opts.check?.sample;
   const commitTimeout = opts.commitTimeoutMs ?? 120_000;
   await eachLimited([...d.missing.keys()], Math.max(1, Math.floor(d.concurrency / 2)), async (device) => {
-    for (let attempt = 0; ; attempt++) {
+    // a sample by hash can only reach the device once the version is installed, so activation waits for it
+    const done = await commitOne(d, device, activate && !sample, commitTimeout);
+    if (!done) return;
+    if (!sample || !activate) {
+      d.results[device] = { ok: true, version: done.version, activated: done.activated, previous: done.previous };
+    } else {
       try {
-        const done = await opts.request(device, 'transfer.commit', { transferId: d.transferId, activate }, timeout(d, commitTimeout));
-        d.results[device] = { ok: true, version: done.version, activated: done.activated, previous: done.previous };
-        opts.onProgress?.(device, d.total, d.total);
-        return;
+        const ref = { model: d.record.name, version: d.record.version };
+        const activated = await activateWithSample(opts.request, device, ref, sample, { request: timeout(d, d.requestTimeout), activate: timeout(d, commitTimeout) });
+        d.results[device] = { ok: true, version: activated.version, activated: true, previous: activated.previous };
       } catch (error) {
-        const code = error instanceof FleetError ? error.code : 'internal';
-        if ((code !== 'missing_chunk' && code !== 'corrupt_chunk') || attempt >= 2 || left(d) <= 0) {
-          fail(d, device, error);
-          return;
-        }
-        // chunks went bad on the device's disk: send what it misses now, then commit again
-        try {
-          const answer = await opts.request(device, 'transfer.status', { transferId: d.transferId }, timeout(d, d.requestTimeout));
-          await publishChunks(d, answer.missing.map((index) => ({ via: { kind: 'device', name: device }, index })));
-        } catch (statusError) {
-          fail(d, device, statusError);
-          return;
-        }
+        fail(d, device, error);
+        return;
       }
     }
+    opts.onProgress?.(device, d.total, d.total);
   });
+}
+
+/** transfer.commit, resending what a device reports missing or corrupt (up to 3 times); undefined when it failed (recorded). */
+async function commitOne(d: Delivery, device: string, activate: boolean, commitTimeout: number): Promise<CommandResult<'transfer.commit'> | undefined> {
+  const { opts } = d;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await opts.request(device, 'transfer.commit', { transferId: d.transferId, activate }, timeout(d, commitTimeout));
+    } catch (error) {
+      const code = error instanceof FleetError ? error.code : 'internal';
+      if ((code !== 'missing_chunk' && code !== 'corrupt_chunk') || attempt >= 2 || left(d) <= 0) {
+        fail(d, device, error);
+        return undefined;
+      }
+      // chunks went bad on the device's disk: send what it misses now, then commit again
+      try {
+        const answer = await opts.request(device, 'transfer.status', { transferId: d.transferId }, timeout(d, d.requestTimeout));
+        await publishChunks(d, answer.missing.map((index) => ({ via: { kind: 'device', name: device }, index })));
+      } catch (statusError) {
+        fail(d, device, statusError);
+        return undefined;
+      }
+    }
+  }
 }
 
 /** Publishes chunks with at most `window` unacknowledged at once. */

@@ -1,11 +1,13 @@
 /** The device operations: list, show, provision (by the operator or by enrolment), remove, groups, and requests to one device. */
 import { verifySecretAsync } from '@edgefleet/node-io';
-import { FleetError, topics } from '@edgefleet/protocol';
+import { FleetError, assertName, topics } from '@edgefleet/protocol';
+import { FACT_KEYS } from '../rollouts/target.js';
 import type { DeviceOperations, GroupView, PublicDevice } from '../api/contract.js';
 import type { FleetRepository } from '../state/repository.js';
 import type { DeviceRecord } from '../state/schema.js';
 import type { DeviceContext } from './context.js';
 import { createLegacyExec } from './legacy-exec.js';
+import { passwdLine } from '../broker-setup/passwords.js';
 import { provisionDevice } from './provisioning.js';
 import type { ProvisionResult } from './provisioning.js';
 
@@ -19,13 +21,15 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
 
   /** Creates a device's credential (by the operator or by enrolment); a bad id or group is the caller's error. */
   async function provision(id: string, groups: string[]): Promise<ProvisionResult> {
+    let result: ProvisionResult;
     try {
       const args = { id, groups, brokerUrl: ctx.advertised, fleetPublicKeyPem: ctx.keys.publicKeyPem, legacyTopic: ctx.legacyTopic || undefined };
-      return await provisionDevice(state, args);
+      result = await provisionDevice(state, args);
     } catch (error) {
       if (error instanceof TypeError) throw new FleetError('invalid_params', error.message);
       throw error;
     }
+    return withBrokerAccount(ctx, result);
   }
 
   return {
@@ -60,19 +64,42 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       state.removeDevice(args.id);
       fleet.forgetDevice(args.id);
       await audit({ actor: args.actor, action: 'device.remove', target: args.id, result: 'ok' });
+      // deleted in the broker's accounts too (which disconnects it); a failure is told, and retried at the next start
+      await ctx.brokerAccounts?.removeDevice(args.id).catch((error: unknown) => {
+        throw new FleetError('unavailable', `${args.id} is removed from the fleet, but ${(error as Error).message}; the controller deletes it there at its next start`);
+      });
       // Its credential is gone: disconnect it now and clear its retained presence.
       ctx.disconnect(args.id);
       ctx.client.publish(topics.device(args.id, 'status'), '', { qos: 1, retain: true });
       return { removed: args.id };
     },
+    async updateDevice(args) {
+      const d = state.requireDevice(args.id);
+      const before = { groups: [...d.groups], labels: { ...(d.labels ?? {}) } };
+      if (args.groups) {
+        for (const g of args.groups) assertName('group', g);
+        d.groups = [...new Set(args.groups)].sort();
+        for (const g of d.groups) state.ensureGroup(g, new Date().toISOString());
+      }
+      if (args.labels) d.labels = mergeLabels(d.labels ?? {}, args.labels);
+      if (args.groups && before.groups.join(',') !== d.groups.join(',')) await ctx.brokerAccounts?.setGroups(d);
+      if (d.labels && Object.keys(d.labels).length === 0) delete d.labels;
+      await audit({ actor: args.actor, action: 'device.update', target: args.id, result: 'ok', detail: { before, after: { groups: d.groups, labels: d.labels ?? {} } } });
+      fleet.emitFeed({ type: 'device', device: d.id, online: d.online, record: d });
+      return { device: publicDevice(d), notes: groupNotes(d) };
+    },
     listGroups: () => groupsOf(state),
     async infer(args) {
       state.requireDevice(args.device);
-      return requester.request(args.device, 'infer', args.params, args.timeoutMs ?? ctx.timeoutMs);
+      return requester.exchange(args.device, 'infer', args.params, { timeoutMs: args.timeoutMs ?? ctx.timeoutMs, ...(args.binary ? { binary: [args.binary] } : {}) });
     },
     async logs(args) {
       state.requireDevice(args.device);
       return requester.request(args.device, 'logs', { lines: args.lines }, ctx.timeoutMs);
+    },
+    telemetryHistory(args) {
+      state.requireDevice(args.device);
+      return { device: args.device, ...fleet.vitals.series(args.device, Date.now() - args.minutes * 60_000) };
     },
     exec: createLegacyExec(ctx),
   };
@@ -90,4 +117,55 @@ function groupsOf(state: FleetRepository): GroupView[] {
     }
   }
   return [...groups.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+}
+
+/** Labels after a merge patch: a string sets, null removes; a fact's name (arch, runtime, ...) is refused. */
+function mergeLabels(current: Readonly<Record<string, string>>, patch: Readonly<Record<string, string | null>>): Record<string, string> {
+  const next: Record<string, string> = { ...current };
+  for (const [key, value] of Object.entries(patch)) {
+    if ((FACT_KEYS as readonly string[]).includes(key)) {
+      throw new FleetError('invalid_params', `"${key}" is a fact the device reports (${FACT_KEYS.join(', ')}); selectors read it as it is, so it cannot be a label`);
+    }
+    if (value === null) delete next[key];
+    else next[key] = value;
+  }
+  return next;
+}
+
+/** Said when the groups the agent subscribed to (its status) differ from the groups it now has. */
+function groupNotes(d: DeviceRecord): string[] {
+  const reported = d.info?.groups;
+  if (!reported || reported.join(',') === d.groups.join(',')) return [];
+  const flag = d.groups.length ? `--groups ${d.groups.join(',')}` : 'no --groups';
+  return [
+    `${d.id}'s agent subscribes to the groups it was started with (${reported.join(',') || 'none'}): rollouts target it by its new groups at once, ` +
+      `but group commands and group fan-out reach it only after it restarts with ${flag} (or "groups" in its config file)`,
+  ];
+}
+
+/**
+ * The device's account on the broker: created in Mosquitto's dynamic security (and the device
+ * taken out of the fleet again if the broker refuses, so nothing is half made); on an external
+ * broker the controller does not manage, the password file line the operator adds there.
+ */
+async function withBrokerAccount(ctx: DeviceContext, result: ProvisionResult): Promise<ProvisionResult> {
+  const { device, token } = result;
+  if (ctx.brokerAccounts) {
+    try {
+      await ctx.brokerAccounts.addDevice(device, token);
+    } catch (error) {
+      ctx.state.removeDevice(device.id);
+      await ctx.state.write();
+      throw error;
+    }
+    return result;
+  }
+  if (ctx.broker !== null) return result;
+  return {
+    ...result,
+    brokerCredential: {
+      mosquittoPasswd: passwdLine(device.id, token),
+      note: `the broker authenticates devices itself: add this line to its password file, regenerate its ACL file (hostManager broker acl > acl) and reload it (kill -HUP <mosquitto pid>)`,
+    },
+  };
 }

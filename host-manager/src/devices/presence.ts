@@ -22,6 +22,7 @@ import type { FleetRepository } from '../state/repository.js';
 import type { AuditEntry, DeviceRecord } from '../state/schema.js';
 import type { Metrics } from '../api/metrics.js';
 import { TelemetryHistory } from './telemetry-history.js';
+import { VitalsHistory } from './vitals-history.js';
 
 export type FeedEvent =
   | { type: 'device'; device: string; online: boolean; record: DeviceRecord }
@@ -47,6 +48,8 @@ export interface FleetOptions {
 
 export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   readonly history = new TelemetryHistory();
+  /** What the dashboard charts (bounded per device; see vitals-history.ts). */
+  readonly vitals = new VitalsHistory();
   readonly #mqtt: MqttClient;
   readonly #state: FleetRepository;
   readonly #log: Logger;
@@ -73,6 +76,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   /** The operator removed this device: forget what we know and ignore its last words. */
   forgetDevice(device: string): void {
     this.history.forget(device);
+    this.vitals.forget(device);
     this.#removed.add(device);
   }
 
@@ -179,6 +183,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     rec.telemetry = msg.sample;
     rec.lastSeen = new Date().toISOString();
     this.history.push(device, msg.sample);
+    this.vitals.push(device, msg.sample);
     for (const [key, h] of Object.entries(msg.sample.models)) {
       const model = key.split('@')[0] ?? key;
       this.#metrics?.inferenceRequests.inc({ model }, h.requests);

@@ -17,6 +17,8 @@ export interface ProvisionResult {
   command: string;
   /** The same, with everything on the command line (no config file needed). */
   commandInline: string;
+  /** On an external broker the controller does not manage: what the operator adds there (a Mosquitto password file line). */
+  brokerCredential?: { mosquittoPasswd: string; note: string };
 }
 
 /** Creates a device's credential. The token is returned once and never stored. */
@@ -32,6 +34,7 @@ export async function provisionDevice(
     throw new FleetError('conflict', `device ${id} already exists; remove it first (devices remove ${id}) to issue a new token`);
   }
   const token = newToken();
+  const httpPort = freeAgentPort(state.devices().filter((d) => d.id !== id));
   const device: DeviceRecord = {
     id,
     groups: [...new Set(args.groups)].sort(),
@@ -42,6 +45,8 @@ export async function provisionDevice(
     info: existing?.info ?? null,
     telemetry: existing?.telemetry ?? null,
     provisioned: true,
+    agentHttpPort: httpPort,
+    ...(existing?.labels ? { labels: existing.labels } : {}),
   };
   state.putDevice(device);
   for (const g of device.groups) state.ensureGroup(g, device.createdAt);
@@ -52,7 +57,9 @@ export async function provisionDevice(
     token,
     fleetPublicKey: args.fleetPublicKeyPem,
     groups: device.groups,
-    dataDir: '/var/lib/edgefleet-agent',
+    // Its own directory and port, so a second agent on the same machine does not clash with this one.
+    dataDir: `/var/lib/edgefleet-agent/${id}`,
+    httpPort,
     ...(args.legacyTopic ? { legacyTopic: args.legacyTopic } : {}),
   };
   const groupsFlag = device.groups.length ? ` --groups ${device.groups.join(',')}` : '';
@@ -65,7 +72,21 @@ export async function provisionDevice(
     command: `deviceAgent --config /etc/edgefleet/${id}.json`,
     commandInline:
       // The token goes in the environment, not a flag: flags are visible to every user in `ps`.
-      `EDGEFLEET_TOKEN=${token} deviceAgent --broker ${args.brokerUrl} --device ${id} --fleet-public-key=${keyInline}${groupsFlag}` +
+      `${DEVICE_TOKEN_ENV}=${token} deviceAgent --broker ${args.brokerUrl} --device ${id} --fleet-public-key=${keyInline}${groupsFlag}` +
+      ` --data-dir ~/.edgefleet-agent/${id} --http-port ${httpPort}` +
       (args.legacyTopic ? ` --legacy-topic ${args.legacyTopic}` : ''),
   };
+}
+
+/** The environment variable the agent reads its token from (the operator's is EDGEFLEET_OPERATOR_TOKEN). */
+export const DEVICE_TOKEN_ENV = 'EDGEFLEET_DEVICE_TOKEN';
+
+/** The agent's default inference API port; each provisioned device gets the lowest one from here that no other device has. */
+export const FIRST_AGENT_PORT = 8470;
+
+function freeAgentPort(others: readonly DeviceRecord[]): number {
+  const taken = new Set(others.map((d) => d.agentHttpPort).filter((p): p is number => p !== undefined));
+  let port = FIRST_AGENT_PORT;
+  while (taken.has(port)) port += 1;
+  return port;
 }
