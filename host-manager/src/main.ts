@@ -31,6 +31,9 @@ import { createRequester } from './devices/requester.js';
 import type { Requester } from './devices/requester.js';
 import { createImageOperations } from './images/operations.js';
 import { createImageRegistry } from './images/registry.js';
+import { createAgentRegistry } from './agents/registry.js';
+import type { AgentRegistry } from './agents/registry.js';
+import { createAgentOperations } from './agents/operations.js';
 import type { ImageRegistry } from './images/registry.js';
 import { createModelOperations } from './models/operations.js';
 import { createRegistry } from './models/registry.js';
@@ -106,21 +109,23 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   await fleet.start();
   const registry = createRegistry(state, dataDir);
   const images = createImageRegistry(state, dataDir);
+  const agents = createAgentRegistry(state, dataDir);
   const timeoutMs = options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
   const deliver = makeDeliver({
     mqtt: link.client,
     requester,
     registry,
     images,
+    agents,
     keys,
     state,
     ...(options.chunkSize !== undefined ? { chunkSize: options.chunkSize } : {}),
     ...(options.window !== undefined ? { window: options.window } : {}),
     onPhase: (phase, ms) => metrics.deliveryPhase.observe({ phase }, ms / 1000),
   });
-  const rollback = makeRollback({ requester, registry, images, keys, timeoutMs });
-  const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
-  const ops = createOperations({ state, fleet, registry, images, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect, ...(accounts ? { brokerAccounts: accounts } : {}) });
+  const rollback = makeRollback({ requester, registry, images, keys, timeoutMs, agents: { mqtt: link.client, requester, agents, keys, state } });
+  const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, agentRelease: (v) => agents.releaseOf(v), ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
+  const ops = createOperations({ state, fleet, registry, images, agents, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect, ...(accounts ? { brokerAccounts: accounts } : {}) });
   const api = await startApi({ ops, state, fleet, metrics, logger: log.child({ component: 'api' }), host: options.httpHost ?? DEFAULTS.httpHost, port: options.httpPort ?? DEFAULTS.httpPort });
   const controllerFile = join(dataDir, CONTROLLER_FILE);
   const announced = { pid: process.pid, url: api.url, broker: link.brokerUrl, advertisedBroker: link.advertised, mqtt: link.broker?.ports ?? null, startedAt: new Date().toISOString() };
@@ -165,6 +170,7 @@ function createOperations(ctx: {
   fleet: Fleet;
   registry: Registry;
   images: ImageRegistry;
+  agents: AgentRegistry;
   rollouts: Rollouts;
   requester: Requester;
   client: MqttClient;
@@ -185,6 +191,7 @@ function createOperations(ctx: {
     ...createModelOperations({ ...ctx, audit }),
     deliverSsh: createSshDelivery({ ...ctx, audit }),
     ...createImageOperations({ ...ctx, audit }),
+    ...createAgentOperations({ ...ctx, audit }),
     ...createRolloutOperations(ctx),
     dataDir: ctx.dataDir,
     health() {

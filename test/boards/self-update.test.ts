@@ -1,9 +1,12 @@
 /**
- * Agent self-update over the real signed, chunked transfer, on this machine's architecture: the x64
- * bundle installed with its install.sh (into a temporary prefix, no systemd), started as the install
- * script says, updated to a healthy new version, then to one that starts but never connects, which the
- * launcher rolls back by itself after the manifest's health deadline; the device reports both. Bundles
- * of another architecture and older manifests are refused at the offer.
+ * Agent self-update on this machine's architecture, through the controller's real path: the x64 bundle
+ * built and registered by `hostManager agent bundle`, installed with its install.sh (into a temporary
+ * prefix, no systemd) and started as the install script says; `hostManager agent deploy` rolls a healthy
+ * new version out (signed, chunked, gated: the device counts as switched when it reports the version),
+ * then one that starts but never connects, which the launcher rolls back by itself after the manifest's
+ * health deadline: the rollout fails with the device's reason. Devices of another architecture are
+ * skipped with the reason, bad bundles are refused by the registry, and the device itself refuses
+ * manifests for another architecture and older versions at the offer (the test-only sender).
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
@@ -15,15 +18,16 @@ import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { EventSchema, topics } from '@edgefleet/protocol';
 import type { FleetEvent, StatusMessage } from '@edgefleet/protocol';
-import { buildAgentBundle } from '@edgefleet/agent-bundle';
 import { connectOperator, watchStatus } from '../support/agent-process.js';
 import type { StatusWatcher } from '../support/agent-process.js';
 import { deliverAgentBundle, rebrandBundle } from '../support/agent-update.js';
-import { eventually, runCli, startManager } from '../support/manager-process.js';
+import { api, eventually, runCli, startManager } from '../support/manager-process.js';
 import type { ManagerProcess } from '../support/manager-process.js';
 import { killBoardProcess } from '../support/boards.js';
 
 const DEVICE = 'upd-1';
+/** Tables fit $COLUMNS when piped: wide enough that no cell is cut. */
+const WIDE = { COLUMNS: '250' };
 let m: ManagerProcess;
 let work: string;
 let operator: MqttClient;
@@ -85,11 +89,16 @@ beforeAll(async () => {
     if (parsed.success) events.push(parsed.data);
   });
   await operator.subscribeAsync(topics.device(DEVICE, 'events'), { qos: 1 });
-  const built = await buildAgentBundle({ arch: 'x64', outDir: work, compression: 1 });
+  // the real command: builds the bundle from this checkout and registers it (release 1)
+  const cli = await runCli(m, ['agent', 'bundle', '--arch', 'x64', '--out', work, '--json']);
+  if (cli.code !== 0) throw new Error(`agent bundle failed: ${cli.stderr}`);
+  const built = { ...cli.json<{ file: string; agentVersion: string; arch: string; version: number; created: boolean }>(), name: 'edgefleet-agent-0.1.0-x64' };
+  expect(built).toMatchObject({ agentVersion: '0.1.0', arch: 'x64', version: 1, created: true });
   bundles['0.1.0'] = built.file;
   bundles.next = await rebrandBundle(built.file, { fromName: built.name, version: '0.1.1', arch: 'x64', outDir: work });
   bundles.broken = await rebrandBundle(built.file, { fromName: built.name, version: '0.1.2-broken', arch: 'x64', broken: true, outDir: work });
-}, 600_000);
+  bundles.arm64Only = await rebrandBundle(built.file, { fromName: built.name, version: '0.1.3', arch: 'arm64', claimArch: 'arm64', outDir: work });
+}, 900_000);
 
 afterAll(async () => {
   if (launcher) {
@@ -122,42 +131,88 @@ describe('agent self-update (x64 bundle, no systemd)', () => {
     const online = await onlineAs('0.1.0', 30_000);
     expect(online.device.runtime).toEqual({ name: 'onnxruntime-node', version: '1.30.0', backend: 'cpu' });
     expect(online.device.agentUpdate).toBeUndefined();
+    // the operator sees the runtime and the agent version
+    const list = await runCli(m, ['devices', 'list'], { env: WIDE });
+    const row = list.stdout.split('\n').find((l) => l.startsWith(DEVICE))!;
+    expect(row).toMatch(/onnxruntime-node 1\.30\.0 \(cpu\)\s+0\.1\.0\s/);
+    expect((await runCli(m, ['devices', 'show', DEVICE])).stdout.split('\n')[0]).toBe(`${DEVICE}: online, arch x64, runtime onnxruntime-node 1.30.0 (cpu), agent 0.1.0`);
   }, 60_000);
 
-  it('updates itself to a healthy new version and reports it', async () => {
-    const updated = waitEvent('agent.updated', 60_000);
-    const updating = waitEvent('agent.updating', 60_000);
-    const commit = await deliverAgentBundle({ mqtt: operator, privateKeyPem: await readFile(join(m.dataDir, 'keys', 'fleet-key.pem'), 'utf8'), device: DEVICE, file: bundles.next!, manifestVersion: 1, agent: { version: '0.1.1', arch: 'x64', healthDeadlineS: 60 } });
-    expect(commit).toMatchObject({ model: 'edgefleet-agent', version: 1, activated: true });
-    expect((await updating).data).toEqual({ from: '0.1.0', to: '0.1.1', version: 1 });
+  it('`agent deploy` rolls a healthy new version out: switched once the device reports it', async () => {
+    const added = await runCli(m, ['agent', 'add', bundles.next!, '--health-deadline', '60', '--json']);
+    expect(added.json()).toMatchObject({ agentVersion: '0.1.1', arch: 'x64', version: 2, healthDeadlineS: 60, created: true });
+    const updated = waitEvent('agent.updated', 120_000);
+    const updating = waitEvent('agent.updating', 120_000);
+    const r = await runCli(m, ['agent', 'deploy', '0.1.1', '--to', DEVICE, '--soak', '0', '--wait', '--json']);
+    const rollout = r.json<{ status: string; kind: string; version: number; agent: unknown; devices: Record<string, { state: string; previous: number | null }> }>();
+    expect({ code: r.code, status: rollout.status, stderr: r.stderr }).toEqual({ code: 0, status: 'succeeded', stderr: '' });
+    expect(rollout).toMatchObject({ kind: 'agent', version: 2, agent: { version: '0.1.1' } });
+    expect(rollout.devices[DEVICE]).toMatchObject({ state: 'switched', previous: 1 });
+    expect((await updating).data).toEqual({ from: '0.1.0', to: '0.1.1', version: 2 });
     expect((await updated).data).toEqual({ from: '0.1.0', to: '0.1.1' });
     const online = await onlineAs('0.1.1', 30_000, (s) => s.device.agentUpdate?.state === 'updated');
     expect(online.device.agentUpdate).toMatchObject({ state: 'updated', from: '0.1.0', to: '0.1.1' });
     expect(readlinkSync(join(paths.prefix, 'agent', 'current'))).toBe('versions/0.1.1');
     await eventually('the launcher ends the trial', async () => (existsSync(join(paths.prefix, 'agent', 'state', 'trial')) ? undefined : true), 10_000);
     expect(launcherLog).toContain('agent 0.1.1 reported healthy; trial over');
-  }, 120_000);
+    expect((await runCli(m, ['devices', 'show', DEVICE])).stdout.split('\n').slice(0, 2)).toEqual([
+      `${DEVICE}: online, arch x64, runtime onnxruntime-node 1.30.0 (cpu), agent 0.1.1`,
+      'last agent update: 0.1.0 → 0.1.1, updated',
+    ]);
+  }, 240_000);
 
-  it('a new version that never becomes healthy is rolled back by the device itself, and the rollback is reported', async () => {
-    const rolledBack = waitEvent('agent.rolled-back', 90_000);
-    const key = await readFile(join(m.dataDir, 'keys', 'fleet-key.pem'), 'utf8');
-    const commit = await deliverAgentBundle({ mqtt: operator, privateKeyPem: key, device: DEVICE, file: bundles.broken!, manifestVersion: 2, agent: { version: '0.1.2-broken', arch: 'x64', healthDeadlineS: 10 } });
-    expect(commit).toMatchObject({ version: 2, activated: true });
+  it('a version that never becomes healthy is rolled back by the device itself; the rollout fails with its reason', async () => {
+    expect((await runCli(m, ['agent', 'add', bundles.broken!, '--health-deadline', '10'])).code).toBe(0);
+    const rolledBack = waitEvent('agent.rolled-back', 150_000);
+    const r = await runCli(m, ['agent', 'deploy', '0.1.2-broken', '--to', DEVICE, '--soak', '0', '--wait', '--json']);
+    const rollout = r.json<{ status: string; reason: string; devices: Record<string, { state: string; error?: { code: string; message: string } }> }>();
+    expect({ code: r.code, status: rollout.status }).toEqual({ code: 1, status: 'failed' });
     const event = await rolledBack;
     expect(event.data).toEqual({ failed: '0.1.2-broken', restored: '0.1.1', reason: 'agent 0.1.2-broken did not connect and report healthy within 10 s' });
+    expect(rollout.devices[DEVICE]).toMatchObject({
+      state: 'failed',
+      error: { code: 'load_failed', message: `agent 0.1.2-broken did not become healthy on ${DEVICE}, which fell back to 0.1.1 by itself: ${event.data.reason}` },
+    });
+    expect(rollout.reason).toContain('1 of 1 devices failed to install');
     // the first status after the fallback says so already
     const online = await onlineAs('0.1.1', 30_000, (s) => s.device.agentUpdate?.to === '0.1.2-broken');
     expect(online.device.agentUpdate).toMatchObject({ state: 'rolled-back', from: '0.1.1', to: '0.1.2-broken', reason: event.data.reason });
     expect(readlinkSync(join(paths.prefix, 'agent', 'current'))).toBe('versions/0.1.1');
     await eventually('the failed version is removed', async () => (existsSync(join(paths.prefix, 'agent', 'versions', '0.1.2-broken')) ? undefined : true), 10_000);
     expect(launcherLog).toContain('rolled back from agent 0.1.2-broken to 0.1.1');
-  }, 150_000);
+    expect((await runCli(m, ['devices', 'list'], { env: WIDE })).stdout).toMatch(/0\.1\.1 \(0\.1\.2-broken rolled back\)/);
+  }, 240_000);
+
+  it('skips a device of another architecture with the reason, and refuses bad bundles and unbuilt architectures', async () => {
+    expect((await runCli(m, ['agent', 'add', bundles.arm64Only!, '--json'])).json()).toMatchObject({ agentVersion: '0.1.3', arch: 'arm64', version: 4 });
+    const r = await runCli(m, ['agent', 'deploy', '0.1.3', '--to', DEVICE, '--soak', '0', '--wait', '--json']);
+    const rollout = r.json<{ status: string; reason: string; devices: Record<string, { state: string; error?: { code: string; message: string } }> }>();
+    expect(rollout.devices[DEVICE]).toEqual(expect.objectContaining({
+      state: 'skipped',
+      error: { code: 'incompatible', message: `no bundle of agent 0.1.3 for x64 (${DEVICE}) in the registry; build one with \`hostManager agent bundle --arch x64 --version 0.1.3\`` },
+    }));
+    expect(rollout.reason).toContain('0 of 1 devices run agent 0.1.3; 1 skipped (no bundle of agent 0.1.3 for x64');
+    // with --arch, devices of other architectures are left out
+    const only = (await runCli(m, ['agent', 'deploy', '0.1.1', '--to', DEVICE, '--arch', 'arm64']));
+    expect({ code: only.code, stderr: only.stderr }).toEqual({ code: 5, stderr: expect.stringContaining('agent 0.1.1 has no bundle for arm64 (built: x64)') });
+    const armOnly = await runCli(m, ['agent', 'deploy', '0.1.3', '--to', DEVICE, '--arch', 'arm64', '--soak', '0', '--wait', '--json']);
+    expect(armOnly.json<{ devices: Record<string, { error?: { message: string } }> }>().devices[DEVICE]?.error?.message).toBe(`${DEVICE} is x64; this rollout of agent 0.1.3 is for arm64 only`);
+    // bad input: not a bundle, an unknown version, an architecture that does not exist
+    await writeFile(join(work, 'not-a-bundle.tar.gz'), 'hello');
+    const bad = await runCli(m, ['agent', 'add', join(work, 'not-a-bundle.tar.gz')]);
+    expect({ code: bad.code, stderr: bad.stderr }).toEqual({ code: 2, stderr: expect.stringMatching(/not a readable tar\.gz .*give the file `hostManager agent bundle` wrote/) });
+    expect((await runCli(m, ['agent', 'deploy', '9.9.9', '--to', DEVICE])).stderr).toMatch(/no bundle of agent 9\.9\.9 in the registry \(registered: 0\.1\.0, 0\.1\.1, 0\.1\.2-broken, 0\.1\.3\)/);
+    expect((await runCli(m, ['agent', 'bundle', '--arch', 'mips', '--no-register'])).stderr).toMatch(/--arch takes x64, arm64, armv7/);
+    const listed = (await api<{ agentVersion: string; arch: string }[]>(m, 'GET', '/api/agent/bundles')).body.map((b) => `${b.agentVersion}/${b.arch}`);
+    expect(listed).toEqual(['0.1.0/x64', '0.1.1/x64', '0.1.2-broken/x64', '0.1.3/arm64']);
+    expect((await onlineAs('0.1.1', 5_000)).device.agentVersion).toBe('0.1.1');
+  }, 120_000);
 
   it('refuses at the offer a bundle for another architecture and an older manifest', async () => {
     const key = await readFile(join(m.dataDir, 'keys', 'fleet-key.pem'), 'utf8');
     const send = (manifestVersion: number, arch: 'arm64' | 'x64') =>
       deliverAgentBundle({ mqtt: operator, privateKeyPem: key, device: DEVICE, file: bundles.next!, manifestVersion, agent: { version: '0.1.3', arch } });
-    await expect(send(3, 'arm64')).rejects.toMatchObject({ code: 'wrong_target', message: expect.stringMatching(/built for arm64, but this device is x64/) });
+    await expect(send(5, 'arm64')).rejects.toMatchObject({ code: 'wrong_target', message: expect.stringMatching(/built for arm64, but this device is x64/) });
     await expect(send(1, 'x64')).rejects.toMatchObject({ code: 'lower_version' });
     expect((await onlineAs('0.1.1', 5_000)).device.agentVersion).toBe('0.1.1');
   }, 60_000);

@@ -1,8 +1,9 @@
 /**
  * Test fixture: delivering an agent bundle to one device through the real signed, chunked transfer
  * (transfer.offer → chunks on the device's transfer topic → transfer.status → transfer.commit), signed
- * with the controller's fleet key. It stands in for the host's agent rollouts, which are not built yet;
- * the device side is the real one. Also: remaking a bundle under another version, optionally broken.
+ * with the controller's fleet key, with any manifest a test wants (another architecture, an old
+ * version): the device's own refusals, which the controller's agent rollouts never send. Also: remaking
+ * a bundle under another version, optionally broken or claiming another architecture.
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -65,9 +66,10 @@ export async function deliverAgentBundle(d: BundleDelivery): Promise<CommandResu
 /**
  * The same bundle under another agent version (bundle.json, the agent's package.json, the top
  * directory). `broken`: its agent runs but never connects (a process that only waits), the kind of
- * release the launcher must fall back from.
+ * release the launcher must fall back from. `claimArch`: bundle.json says another architecture (the
+ * bytes stay this machine's), for a registry entry no device here can take.
  */
-export async function rebrandBundle(file: string, opts: { fromName: string; version: string; arch: string; broken?: boolean; outDir: string }): Promise<string> {
+export async function rebrandBundle(file: string, opts: { fromName: string; version: string; arch: string; broken?: boolean; outDir: string; claimArch?: AgentArch }): Promise<string> {
   const work = await mkdtemp(join(tmpdir(), 'rebrand-'));
   try {
     await extract({ file, cwd: work });
@@ -76,7 +78,7 @@ export async function rebrandBundle(file: string, opts: { fromName: string; vers
     await rename(join(work, opts.fromName), join(work, name));
     const root = join(work, name);
     const bundleJson = JSON.parse(await readFile(join(root, 'bundle.json'), 'utf8')) as Record<string, unknown>;
-    await writeFile(join(root, 'bundle.json'), `${JSON.stringify({ ...bundleJson, version: opts.version }, null, 2)}\n`);
+    await writeFile(join(root, 'bundle.json'), `${JSON.stringify({ ...bundleJson, version: opts.version, ...(opts.claimArch ? { arch: opts.claimArch } : {}) }, null, 2)}\n`);
     const pkgFile = join(root, 'app/node_modules/@edgefleet/device-agent/package.json');
     const pkg = JSON.parse(await readFile(pkgFile, 'utf8')) as Record<string, unknown>;
     await writeFile(pkgFile, `${JSON.stringify({ ...pkg, version: opts.version }, null, 2)}\n`);

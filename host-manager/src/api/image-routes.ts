@@ -67,15 +67,29 @@ async function uploadPath(ops: Operations): Promise<string> {
 }
 
 /** Counts the bytes streaming through and refuses past the limit (before they reach the disk). */
-function capped(limit: number): Transform {
+function capped(limit: number, what: string): Transform {
   let seen = 0;
   return new Transform({
     transform(chunk: Buffer, _enc, done) {
       seen += chunk.length;
-      if (seen > limit) done(new FleetError('too_long', `the image archive is over ${limit} bytes; refused`));
+      if (seen > limit) done(new FleetError('too_long', `${what} is over ${limit} bytes; refused`));
       else done(null, chunk);
     },
   });
+}
+
+/** Streams a request body to a file under the data directory (never held in memory); `what` names it in errors. */
+export async function receiveUpload(ops: Operations, req: IncomingMessage, what: string, limit: number): Promise<string> {
+  const tmp = await uploadPath(ops);
+  try {
+    await pipeline(req, capped(limit, what), createWriteStream(tmp, { mode: 0o600 }));
+  } catch (error) {
+    await rm(tmp, { force: true });
+    if (error instanceof FleetError) throw error;
+    const code = (error as NodeJS.ErrnoException).code === 'ENOSPC' ? 'disk_full' : 'bad_request';
+    throw new FleetError(code, `the upload of ${what} did not arrive whole (${(error as Error).message}); send it again`);
+  }
+  return tmp;
 }
 
 /**
@@ -97,15 +111,7 @@ async function uploadImage(ops: Operations, req: IncomingMessage, c: RequestCont
       throw new FleetError('bad_request', 'x-image-container must be base64 of JSON');
     }
   }
-  const tmp = await uploadPath(ops);
-  try {
-    await pipeline(req, capped(IMAGE_UPLOAD_LIMIT), createWriteStream(tmp, { mode: 0o600 }));
-  } catch (error) {
-    await rm(tmp, { force: true });
-    if (error instanceof FleetError) throw error;
-    const code = (error as NodeJS.ErrnoException).code === 'ENOSPC' ? 'disk_full' : 'bad_request';
-    throw new FleetError(code, `the upload did not arrive whole (${(error as Error).message}); push the image again`);
-  }
+  const tmp = await receiveUpload(ops, req, 'the image archive', IMAGE_UPLOAD_LIMIT);
   return ops.addImage({
     file: tmp,
     opts: { name, ...(reference ? { reference } : {}), ...(container !== undefined ? { container: container as never } : {}), ...(typeof id === 'string' ? { expectId: id } : {}) },

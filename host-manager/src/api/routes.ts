@@ -10,6 +10,7 @@ import type { Operations } from './contract.js';
 import { bearer, route } from './http.js';
 import type { RequestContext, Route } from './http.js';
 import { imageRoutes } from './image-routes.js';
+import { agentRoutes } from './agent-routes.js';
 import { intParam, parseBody, schemas, versionParam } from './schemas.js';
 import { uploadSample, uploadedCheck } from './check-uploads.js';
 import { inferRoute } from './infer-route.js';
@@ -17,7 +18,7 @@ import { parseTarget } from '../rollouts/target.js';
 import { summarize } from '../rollouts/summary.js';
 
 export function apiRoutes(ops: Operations): Route[] {
-  return [...deviceRoutes(ops), ...modelRoutes(ops), ...imageRoutes(ops), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
+  return [...deviceRoutes(ops), ...modelRoutes(ops), ...imageRoutes(ops), ...agentRoutes(ops), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
 }
 
 function deviceRoutes(ops: Operations): Route[] {
@@ -96,8 +97,9 @@ function rolloutRoutes(ops: Operations): Route[] {
       const body = parseBody(schemas.deploy, await c.body());
       return ops.deploy({
         ...(body.kind ? { kind: body.kind } : {}),
-        model: body.model,
+        model: body.model ?? 'edgefleet-agent',
         ...(body.version !== undefined ? { version: body.version } : {}),
+        ...(body.agent ? { agent: body.agent } : {}),
         to: parseTarget(body.to),
         ...(body.policy ? { policy: body.policy } : {}),
         actor: c.actor,

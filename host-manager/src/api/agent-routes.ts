@@ -1,0 +1,28 @@
+/**
+ * The HTTP API's agent bundle routes: the registry (a bundle streamed in as the request body). Rolling an
+ * agent version out is `POST /api/rollouts` with `kind: "agent"` and `agent: {version, arches?}` (routes.ts).
+ */
+import { FleetError } from '@edgefleet/protocol';
+import type { Operations } from './contract.js';
+import { route } from './http.js';
+import type { Route } from './http.js';
+import { receiveUpload } from './image-routes.js';
+
+/** A bundle holds Node.js and the agent's dependencies (~30–60 MB); past this the body is refused, not stored. */
+export const AGENT_UPLOAD_LIMIT = 1024 ** 3;
+
+export function agentRoutes(ops: Operations): Route[] {
+  return [
+    route('GET', '/api/agent/bundles', () => ops.listAgentBundles()),
+    route('POST', '/api/agent/bundles', async (req, _p, c) => {
+      if (!(req.headers['content-type'] ?? '').includes('application/octet-stream')) {
+        throw new FleetError('unsupported_media_type', 'send the bundle (.tar.gz) as the body with Content-Type: application/octet-stream');
+      }
+      const deadline = c.url.searchParams.get('healthDeadlineS');
+      const healthDeadlineS = deadline === null ? undefined : Number(deadline);
+      if (healthDeadlineS !== undefined && !Number.isInteger(healthDeadlineS)) throw new FleetError('invalid_params', `healthDeadlineS must be whole seconds, not "${deadline}"`);
+      const file = await receiveUpload(ops, req, 'the agent bundle', AGENT_UPLOAD_LIMIT);
+      return ops.addAgentBundle({ file, ...(healthDeadlineS !== undefined ? { healthDeadlineS } : {}), actor: c.actor });
+    }, { created: true }),
+  ];
+}
