@@ -37,6 +37,8 @@ let launcherLog = '';
 const events: FleetEvent[] = [];
 const bundles: Record<string, string> = {};
 const paths = { prefix: '', etc: '', data: '' };
+/** The rollout that switched the device to 0.1.1 (rolled back at the end). */
+let healthyRollout = '';
 
 function sh(command: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -144,8 +146,9 @@ describe('agent self-update (x64 bundle, no systemd)', () => {
     const updated = waitEvent('agent.updated', 120_000);
     const updating = waitEvent('agent.updating', 120_000);
     const r = await runCli(m, ['agent', 'deploy', '0.1.1', '--to', DEVICE, '--soak', '0', '--wait', '--json']);
-    const rollout = r.json<{ status: string; kind: string; version: number; agent: unknown; devices: Record<string, { state: string; previous: number | null }> }>();
+    const rollout = r.json<{ id: string; status: string; kind: string; version: number; agent: unknown; devices: Record<string, { state: string; previous: number | null }> }>();
     expect({ code: r.code, status: rollout.status, stderr: r.stderr }).toEqual({ code: 0, status: 'succeeded', stderr: '' });
+    healthyRollout = rollout.id;
     expect(rollout).toMatchObject({ kind: 'agent', version: 2, agent: { version: '0.1.1' } });
     expect(rollout.devices[DEVICE]).toMatchObject({ state: 'switched', previous: 1 });
     expect((await updating).data).toEqual({ from: '0.1.0', to: '0.1.1', version: 2 });
@@ -216,4 +219,15 @@ describe('agent self-update (x64 bundle, no systemd)', () => {
     await expect(send(1, 'x64')).rejects.toMatchObject({ code: 'lower_version' });
     expect((await onlineAs('0.1.1', 5_000)).device.agentVersion).toBe('0.1.1');
   }, 60_000);
+
+  it('`rollback` of the agent rollout sends the previous release back, signed as a rollback', async () => {
+    const updated = waitEvent('agent.updated', 150_000);
+    const r = await runCli(m, ['rollback', healthyRollout, '--json']);
+    const rollout = r.json<{ status: string; devices: Record<string, { state: string; error?: unknown }> }>();
+    expect({ code: r.code, status: rollout.status, device: rollout.devices[DEVICE] }).toEqual({ code: 0, status: 'rolled-back', device: expect.objectContaining({ state: 'rolled-back' }) });
+    expect((await updated).data).toEqual({ from: '0.1.1', to: '0.1.0' });
+    const online = await onlineAs('0.1.0', 30_000, (s) => s.device.agentUpdate?.state === 'updated');
+    expect(online.device.agentUpdate).toMatchObject({ from: '0.1.1', to: '0.1.0' });
+    expect(readlinkSync(join(paths.prefix, 'agent', 'current'))).toBe('versions/0.1.0');
+  }, 240_000);
 });
