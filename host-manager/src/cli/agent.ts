@@ -11,11 +11,9 @@ import { buildAgentBundle } from '@edgefleet/agent-bundle';
 import { AGENT_ARCHES } from '@edgefleet/protocol';
 import type { AgentArch } from '@edgefleet/protocol';
 import type { Client } from './client.js';
-import { EXIT, UsageError, table } from './io.js';
+import { UsageError, table } from './io.js';
 import type { CliContext, CommandOutput, Common } from './io.js';
-import { deployOptions, policyFrom, waitFor } from './rollouts.js';
-import { rolloutText } from './rollout-text.js';
-import type { RolloutView } from './rollout-text.js';
+import { deployOptions, policyFrom, startRollout } from './rollouts.js';
 
 interface AgentBundleView {
   version: number;
@@ -58,10 +56,8 @@ async function bundle(ctx: CliContext, a: Common & { arch: string; out?: string;
 
 async function deployAgent(ctx: CliContext, a: Common & Record<string, unknown> & { version: string; wait?: boolean }, c: Client): Promise<CommandOutput> {
   const only = arches(a['arch'] as string | undefined);
-  const created = await c.call<RolloutView>('POST', '/api/rollouts', { kind: 'agent', agent: { version: a.version, ...(only ? { arches: only } : {}) }, to: a['to'], policy: policyFrom(a) });
-  if (!a.wait) return { json: created, text: `rollout ${created.id} started: agent ${a.version} (release ${created.version}), ${created.waves.length} wave(s); follow it with \`hostManager rollouts show ${created.id} --wait\`` };
-  const done = await waitFor(ctx.io, c, created.id, a.json);
-  return { json: done, text: rolloutText(done), code: done.status === 'succeeded' ? EXIT.ok : EXIT.failed };
+  const body = { kind: 'agent', agent: { version: a.version, ...(only ? { arches: only } : {}) }, to: a['to'], policy: policyFrom(a) };
+  return startRollout(ctx.io, c, body, a.wait ?? false, a.json, (r) => `agent ${a.version} (release ${r.version})`);
 }
 
 export function agentCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
