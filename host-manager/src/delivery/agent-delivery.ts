@@ -35,8 +35,8 @@ export interface AgentDelivery {
   devices: string[];
   /** Only devices of these architectures (absent: any the release has a bundle for). */
   arches?: readonly AgentArch[] | undefined;
-  /** Signed as an explicit rollback (to an earlier release). */
-  rollback?: boolean;
+  /** Signed as an explicit, single-use rollback (to an earlier release) with this sequence number (the state's nextRollbackSeq). */
+  rollbackSeq?: number;
   onProgress?: (device: string, received: number, total: number) => void;
 }
 
@@ -80,7 +80,7 @@ async function deliverBundle(ctx: AgentDeliveryContext, bundle: AgentBundleRecor
     keys: ctx.keys,
     target: { devices },
     activate: true,
-    rollback: d.rollback ?? false,
+    ...(d.rollbackSeq !== undefined ? { rollbackSeq: d.rollbackSeq } : {}),
     subscribeEvents: false,
     requestTimeoutMs: 60_000,
     // the device unpacks the bundle before it answers

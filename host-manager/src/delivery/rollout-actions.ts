@@ -75,7 +75,16 @@ export function makeDeliver(ctx: {
   };
 }
 
-export function makeRollback(ctx: { requester: Requester; registry: Registry; images: ImageRegistry; keys: FleetKeys; timeoutMs: number; agents?: AgentDeliveryContext }): RollbackFn {
+/** A rollback manifest is sent at once and used once; it need not stay valid for long. */
+export const ROLLBACK_EXPIRY_MS = 10 * 60_000;
+
+/**
+ * Rollbacks sign nothing for an app: the device deploys a version it keeps, on the controller's
+ * command (operators only may send it), so there is no manifest to capture and replay. A model goes
+ * back with a single-use rollback manifest (its own rollbackSeq), and so does the agent (the earlier
+ * release's bundle, agent-delivery.ts).
+ */
+export function makeRollback(ctx: { requester: Requester; registry: Registry; images: ImageRegistry; keys: FleetKeys; state: FleetRepository; timeoutMs: number; agents?: AgentDeliveryContext }): RollbackFn {
   return async ({ kind, device, model, previous }) => {
     if (kind === 'agent') return rollbackAgent(ctx.agents!, device, previous);
     if (kind === 'image') {
@@ -92,8 +101,11 @@ export function makeRollback(ctx: { requester: Requester; registry: Registry; im
     const record = previous === null ? undefined : ctx.registry.get(model, previous);
     if (record) {
       const hashes = await hashChunks(ctx.registry.blobPath(record), DEFAULT_CHUNK_SIZE);
+      // single-use: a new sequence number, on disk before the manifest that carries it exists
+      const rollbackSeq = ctx.state.nextRollbackSeq();
+      await ctx.state.write();
       manifest = signManifest(
-        buildManifest(record, hashes, { chunkSize: DEFAULT_CHUNK_SIZE, target: { devices: [device] }, expiresInMs: 60 * 60_000, rollback: true }),
+        { ...buildManifest(record, hashes, { chunkSize: DEFAULT_CHUNK_SIZE, target: { devices: [device] }, expiresInMs: ROLLBACK_EXPIRY_MS, rollback: true }), rollbackSeq },
         ctx.keys.privateKeyPem,
       );
     } else if (previous === null) {
@@ -104,13 +116,16 @@ export function makeRollback(ctx: { requester: Requester; registry: Registry; im
   };
 }
 
-/** An agent: the earlier release's bundle for the device, signed as an explicit rollback, through the same transfer. */
+/** An agent: the earlier release's bundle for the device, signed as a single-use rollback (rollbackSeq), through the same transfer. */
 async function rollbackAgent(ctx: AgentDeliveryContext, device: string, previous: number | null): Promise<{ version: number | null }> {
   if (previous === null) {
     const running = ctx.state.device(device)?.info?.agentVersion ?? 'its version';
     throw new FleetError('not_found', `${device} ran no agent release of the registry before this rollout; nothing to roll back to (it keeps running ${running})`);
   }
-  const outcome = (await deliverAgent(ctx, { version: previous, devices: [device], rollback: true }))[device];
+  // single-use, as for models: a new sequence number, on disk before the manifest that carries it exists
+  const rollbackSeq = ctx.state.nextRollbackSeq();
+  await ctx.state.write();
+  const outcome = (await deliverAgent(ctx, { version: previous, devices: [device], rollbackSeq }))[device];
   if (!outcome?.ok) throw new FleetError(outcome?.error.code ?? 'internal', outcome?.error.message ?? `${device}: the rollback reported nothing`);
   return { version: previous };
 }

@@ -34,36 +34,47 @@ export const ModelStateSchema = z.object({
 });
 export type ModelState = z.infer<typeof ModelStateSchema>;
 
-export const InferenceRuntimeSchema = z.object({ name: z.string(), version: z.string(), backend: z.string() });
+/**
+ * What one device may make the controller keep about itself is bounded here: short strings and
+ * short lists (a status is stored per device and written to the state file).
+ */
+export const DEVICE_INFO_LIMITS = { text: 256, list: 32 } as const;
+/** No control characters, line separators or bidirectional overrides: these strings are shown in terminals and pages. */
+const PRINTABLE = /^[^\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$/;
+const InfoText = z.string().max(DEVICE_INFO_LIMITS.text).regex(PRINTABLE, 'control characters are not allowed');
+
+/** The inference runtime a device reports (device-reported: bounded and printable). */
+export const InferenceRuntimeSchema = z.object({ name: InfoText, version: InfoText, backend: InfoText });
 export type InferenceRuntime = z.infer<typeof InferenceRuntimeSchema>;
 
 /**
  * An agent self-update as the device reports it: on trial (the new version runs, not yet healthy),
  * updated (it connected and reported healthy in time), or rolled back by the device's launcher
- * (with the reason: it exited, or was not healthy within the deadline).
+ * (with the reason: it exited, or was not healthy within the deadline). Device-reported: bounded and
+ * printable like the rest of its status.
  */
 export const AgentUpdateStateSchema = z.object({
   state: z.enum(['trial', 'updated', 'rolled-back']),
   /** Agent versions (of the bundles): the one running before the update, the one it updated to. */
-  from: z.string(),
-  to: z.string(),
-  reason: z.string().optional(),
+  from: InfoText,
+  to: InfoText,
+  reason: InfoText.optional(),
   /** Epoch milliseconds of the last state change. */
   at: z.number().int().nonnegative(),
 });
 export type AgentUpdateState = z.infer<typeof AgentUpdateStateSchema>;
 
-/** A container the fleet owns on a device, as the engine reports it. */
+/** A container the fleet owns on a device, as the engine reports it (device-reported: bounded and printable like the rest of its status). */
 export const ContainerStateSchema = z.object({
   /** The image manifest's name (an app), or the model a container serves. */
   app: NameSchema,
   version: VersionSchema,
   role: z.enum(['app', 'inference']),
   /** The engine's container id and name. */
-  id: z.string().min(1).max(128),
-  name: z.string().min(1).max(256),
+  id: InfoText.min(1).max(128),
+  name: InfoText.min(1),
   /** Image ID (sha256:…). */
-  image: z.string(),
+  image: InfoText,
   state: z.enum(['created', 'running', 'paused', 'restarting', 'removing', 'exited', 'dead']),
   running: z.boolean(),
   /** From the Docker HEALTHCHECK; 'none' when the container has none (the agent's own probes are not shown here). */
@@ -77,32 +88,32 @@ export const ContainerStateSchema = z.object({
 export type ContainerState = z.infer<typeof ContainerStateSchema>;
 
 export const DeviceInfoSchema = z.object({
-  agentVersion: z.string(),
-  hostname: z.string(),
-  arch: z.string(),
-  platform: z.string(),
+  agentVersion: InfoText,
+  hostname: InfoText,
+  arch: InfoText,
+  platform: InfoText,
   cpus: z.number().int(),
   memoryBytes: z.number(),
   /** The onnxruntime version serving models (native or WebAssembly build; see `runtime`), null when none can run. */
-  onnxruntime: z.object({ version: z.string(), executionProviders: z.array(z.string()) }).nullable(),
+  onnxruntime: z.object({ version: InfoText, executionProviders: z.array(InfoText).max(DEVICE_INFO_LIMITS.list) }).nullable(),
   /**
    * Which runtime serves: onnxruntime-node (backend "cpu") or onnxruntime-web (backend "wasm").
    * Optional: agents before it was added do not send it.
    */
   runtime: InferenceRuntimeSchema.nullable().optional(),
   docker: z.boolean(),
-  groups: z.array(NameSchema),
-  models: z.array(z.object({ name: NameSchema, version: VersionSchema })),
+  groups: z.array(NameSchema).max(DEVICE_INFO_LIMITS.list),
+  models: z.array(z.object({ name: NameSchema, version: VersionSchema })).max(DEVICE_INFO_LIMITS.list),
   /** The last agent self-update (optional: absent until there was one). */
   agentUpdate: AgentUpdateStateSchema.optional(),
   /** Containers the fleet owns on this device (absent from agents before containers, empty without an engine). */
-  containers: z.array(ContainerStateSchema).optional(),
+  containers: z.array(ContainerStateSchema).max(DEVICE_INFO_LIMITS.list).optional(),
 });
 export type DeviceInfo = z.infer<typeof DeviceInfoSchema>;
 
 export const StatusMessageSchema = z.discriminatedUnion('online', [
   z.object({ ...envelope, type: z.literal('status'), online: z.literal(true), device: DeviceInfoSchema }),
-  z.object({ ...envelope, type: z.literal('status'), online: z.literal(false), reason: z.string() }),
+  z.object({ ...envelope, type: z.literal('status'), online: z.literal(false), reason: z.string().max(1024).regex(PRINTABLE, 'control characters are not allowed') }),
 ]);
 export type StatusMessage = z.infer<typeof StatusMessageSchema>;
 
@@ -118,7 +129,7 @@ export type ModelHealth = z.infer<typeof ModelHealthSchema>;
 export const TelemetrySampleSchema = z.object({
   ts: z.number().int(),
   cpuPercent: z.number(),
-  load: z.array(z.number()),
+  load: z.array(z.number()).max(16),
   memoryUsedBytes: z.number(),
   memoryTotalBytes: z.number(),
   diskFreeBytes: z.number().nullable(),
@@ -127,7 +138,7 @@ export const TelemetrySampleSchema = z.object({
   /** Per model `name@version`: counts and latency since the previous sample. */
   models: z.record(z.string(), ModelHealthSchema),
   /** The fleet's containers at sampling time (bounded: only owned ones). */
-  containers: z.array(ContainerStateSchema).optional(),
+  containers: z.array(ContainerStateSchema).max(DEVICE_INFO_LIMITS.list).optional(),
 });
 export type TelemetrySample = z.infer<typeof TelemetrySampleSchema>;
 
