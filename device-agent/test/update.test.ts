@@ -13,9 +13,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { create } from 'tar';
-import { ManifestSchema, chunkHashes, sha256Hex } from '@edgefleet/protocol';
-import type { Manifest } from '@edgefleet/protocol';
-import { BUNDLE_ENTRY, installAgentBundle } from '../src/update/index.js';
+import { ManifestSchema, agentArchOf, chunkHashes, generateFleetKeys, sha256Hex, signManifest } from '@edgefleet/protocol';
+import type { Manifest, SignedManifest } from '@edgefleet/protocol';
+import { BUNDLE_ENTRY, createAgentUpdater, installAgentBundle } from '../src/update/index.js';
+import { createTransferReceiver } from '../src/transfer/index.js';
+import type { TransferReceiver } from '../src/transfer/index.js';
+import { FileModels, quietLogger } from './transfer-harness.js';
 
 const LAUNCHER = fileURLToPath(new URL('../bundle/launcher', import.meta.url));
 const dirs: string[] = [];
@@ -201,5 +204,67 @@ describe('launcher', () => {
     const r = await launch(agentHome, { terminateOnceStarted: true });
     expect(r.code).toBe(0);
     expect(await runs(agentHome)).toEqual(['1.0']);
+  });
+});
+
+// ---------------------------------------------------------------- agent rollbacks through the transfer, single-use
+
+describe('an agent rollback manifest works once', () => {
+  const arch = agentArchOf(process.arch)!;
+  const keys = generateFleetKeys();
+
+  /** The real receiver with the real updater as its agent-bundle hook (no broker: the test calls the handlers). */
+  async function device(agentHome: string): Promise<TransferReceiver> {
+    const updater = await createAgentUpdater({ agentHome, version: '2.0', logger: quietLogger(), requestRestart: () => undefined, publishEvent: () => undefined });
+    return createTransferReceiver({
+      dataDir: join(agentHome, 'data'),
+      publicKeyPem: keys.publicKeyPem,
+      identity: { id: 'pi-1', groups: [], arch: process.arch },
+      models: new FileModels(join(agentHome, 'models')),
+      agentBundles: updater.receiver,
+      publishEvent: () => undefined,
+      logger: quietLogger(),
+    });
+  }
+
+  async function send(receiver: TransferReceiver, transferId: string, signed: SignedManifest, bytes: Buffer): Promise<unknown> {
+    await receiver.offer({ transferId, manifest: signed, via: { kind: 'device', name: 'pi-1' } });
+    receiver.chunk(transferId, 0, bytes);
+    const deadline = Date.now() + 10_000;
+    while ((await receiver.status({ transferId })).missing.length > 0) {
+      if (Date.now() > deadline) throw new Error('the chunk was never written');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return receiver.commit({ transferId, activate: true });
+  }
+
+  it('takes a rollback to an earlier release once, records its sequence number, and refuses the replay with `replayed` (also after a restart)', async () => {
+    // running 2.0 from release 2, which it accepted
+    const agentHome = await tempDir();
+    await mkdir(join(agentHome, 'versions', '2.0', 'node', 'bin'), { recursive: true });
+    await mkdir(join(agentHome, 'state'));
+    await symlink('versions/2.0', join(agentHome, 'current'));
+    await writeFile(join(agentHome, 'state', 'accepted'), '2\n');
+    const bytes = await tarball(await tempDir(), { version: '1.0', arch });
+    const back = (rollbackSeq?: number) => signManifest({ ...agentManifest(bytes, { version: '1.0', arch }, 1), rollback: true, ...(rollbackSeq ? { rollbackSeq } : {}) }, keys.privateKeyPem);
+
+    const receiver = await device(agentHome);
+    await expect(receiver.offer({ transferId: 'plain', manifest: signManifest(agentManifest(bytes, { version: '1.0', arch }, 1), keys.privateKeyPem), via: { kind: 'device', name: 'pi-1' } })).rejects.toMatchObject({ code: 'lower_version' });
+    await expect(receiver.offer({ transferId: 'unnumbered', manifest: back(), via: { kind: 'device', name: 'pi-1' } })).rejects.toMatchObject({ code: 'lower_version', message: expect.stringMatching(/no sequence number/) });
+    const captured = back(10);
+    await expect(send(receiver, 'rb1', captured, bytes)).resolves.toMatchObject({ version: 1, activated: true });
+    expect(await readlink(join(agentHome, 'current'))).toBe('versions/1.0');
+    expect(await readFile(join(agentHome, 'state', 'rollback-seq'), 'utf8')).toBe('10\n');
+    expect(await readFile(join(agentHome, 'state', 'accepted'), 'utf8')).toBe('2\n'); // a rollback never lowers the highest accepted
+
+    // the launcher ended the trial (2.0 kept as the previous one); the same manifest is put back in front of the device
+    await rm(join(agentHome, 'state', 'trial'));
+    await expect(receiver.offer({ transferId: 'rb2', manifest: captured, via: { kind: 'device', name: 'pi-1' } })).rejects.toMatchObject({ code: 'replayed', message: expect.stringMatching(/already used 10/) });
+    await receiver.close();
+    const restarted = await device(agentHome);
+    await expect(restarted.offer({ transferId: 'rb3', manifest: captured, via: { kind: 'device', name: 'pi-1' } })).rejects.toMatchObject({ code: 'replayed' });
+    // a fresh rollback (a higher number) is taken
+    await expect(restarted.offer({ transferId: 'rb4', manifest: back(11), via: { kind: 'device', name: 'pi-1' } })).resolves.toMatchObject({ missing: [0] });
+    await restarted.close();
   });
 });

@@ -142,7 +142,7 @@ export function accept(ctx: ReceiverContext, m: Manifest): void {
 function acceptedOf(ctx: ReceiverContext, m: Manifest): { highestAccepted: number; lastRollbackSeq: number } {
   if (m.kind === 'agent') {
     const bundles = ctx.opts.agentBundles!;
-    return { highestAccepted: bundles.highestAccepted(), lastRollbackSeq: bundles.lastRollbackSeq?.() ?? 0 };
+    return { highestAccepted: bundles.highestAccepted(), lastRollbackSeq: bundles.lastRollbackSeq() };
   }
   const { models } = ctx.opts;
   return { highestAccepted: models.highestAccepted(m.name), lastRollbackSeq: models.lastRollbackSeq?.(m.name) ?? 0 };

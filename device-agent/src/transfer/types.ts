@@ -19,8 +19,8 @@ export interface ReceiverModels {
 /** Receives agent bundles (manifests of kind 'agent', src/update/). Without it such manifests are refused. */
 export interface ReceiverAgentBundles {
   highestAccepted(): number;
-  /** The highest rollback sequence number used for the agent (persisted), or 0 (absent: 0). */
-  lastRollbackSeq?(): number;
+  /** The highest rollback sequence number used for the agent (persisted), or 0. */
+  lastRollbackSeq(): number;
   /** Throws (a FleetError) when this device cannot take the bundle (architecture, no launcher): checked at offer. */
   check(manifest: Manifest): void;
   /** Unpacks the verified bundle and switches to it; the agent restarts into it after the reply. */

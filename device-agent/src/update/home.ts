@@ -11,6 +11,7 @@
  *   state/rolled-back     written by the launcher when it fell back: failed= restored= reason= at=
  *   state/update.json     the agent's own record of the last update (reported in its status)
  *   state/accepted        the highest agent-manifest version accepted (anti-rollback)
+ *   state/rollback-seq    the highest rollback sequence number used (a rollback manifest works once)
  *
  * The launcher is a shell script so that a new version that cannot even start (a broken node binary, a
  * crash at import) is still caught: nothing of the new version runs before the launcher decides.
@@ -31,6 +32,7 @@ export interface AgentHomePaths {
   rolledBack: string;
   record: string;
   accepted: string;
+  rollbackSeq: string;
 }
 
 export function agentHomePaths(root: string): AgentHomePaths {
@@ -45,6 +47,7 @@ export function agentHomePaths(root: string): AgentHomePaths {
     rolledBack: join(state, 'rolled-back'),
     record: join(state, 'update.json'),
     accepted: join(state, 'accepted'),
+    rollbackSeq: join(state, 'rollback-seq'),
   };
 }
 
@@ -106,11 +109,14 @@ export async function readRecord(paths: AgentHomePaths): Promise<AgentUpdateStat
   }
 }
 
-export async function readAccepted(paths: AgentHomePaths): Promise<number> {
+/** A counter kept in a file of its own (the highest accepted manifest version, the last rollback sequence), or 0. */
+export async function readCounter(file: string): Promise<number> {
   try {
-    const n = Number((await readFile(paths.accepted, 'utf8')).trim());
-    return Number.isInteger(n) && n > 0 ? n : 0;
+    const n = Number((await readFile(file, 'utf8')).trim());
+    return Number.isSafeInteger(n) && n > 0 ? n : 0;
   } catch {
-    return 0; // nothing accepted yet
+    return 0; // nothing accepted (or used) yet
   }
 }
+
+export const readAccepted = (paths: AgentHomePaths): Promise<number> => readCounter(paths.accepted);

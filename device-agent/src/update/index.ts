@@ -13,9 +13,9 @@
 import { readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { FleetError, makeEvent } from '@edgefleet/protocol';
+import { FleetError, isRollbackBelow, makeEvent, toInfoText } from '@edgefleet/protocol';
 import type { AgentUpdateState, FleetEvent, Manifest } from '@edgefleet/protocol';
-import { agentHomePaths, currentVersion, readAccepted, readKeyValues, readRecord, writeAtomic } from './home.js';
+import { agentHomePaths, currentVersion, readAccepted, readCounter, readKeyValues, readRecord, writeAtomic } from './home.js';
 import type { AgentHomePaths } from './home.js';
 import { checkManifest, installAgentBundle } from './install.js';
 
@@ -41,6 +41,7 @@ export interface AgentUpdater {
   /** The transfer receiver's hook for agent bundles (see transfer.ts `agentBundles`). */
   readonly receiver: {
     highestAccepted(): number;
+    lastRollbackSeq(): number;
     check(manifest: Manifest): void;
     install(stagedFile: string, manifest: Manifest): Promise<{ from: string; to: string }>;
   };
@@ -54,6 +55,7 @@ export async function createAgentUpdater(opts: AgentUpdaterOptions): Promise<Age
   const log = opts.logger.child({ part: 'agent-update' });
   let record = await readRecord(paths);
   let accepted = await readAccepted(paths);
+  let rollbackSeq = await readCounter(paths.rollbackSeq);
   // Fell back before this start: the status says so from the first publish on; the event follows online.
   const fellBackAtStart = await readKeyValues(paths.rolledBack);
   if (fellBackAtStart) {
@@ -64,14 +66,16 @@ export async function createAgentUpdater(opts: AgentUpdaterOptions): Promise<Age
 
   const receiver: AgentUpdater['receiver'] = {
     highestAccepted: () => accepted,
+    lastRollbackSeq: () => rollbackSeq,
     check: (manifest) => void checkManifest(manifest),
     async install(stagedFile, manifest) {
       if (installing) throw new FleetError('conflict', 'an agent bundle is being installed already');
       installing = true;
       try {
-        const done = await installAgentBundle(stagedFile, manifest, { agentHome: opts.agentHome, runningVersion: opts.version });
+        const done = await installAgentBundle(stagedFile, manifest, { agentHome: opts.agentHome, runningVersion: opts.version, highestAccepted: accepted });
         record = done.record;
-        accepted = manifest.version;
+        if (isRollbackBelow(manifest, accepted) && manifest.rollbackSeq !== undefined) rollbackSeq = manifest.rollbackSeq;
+        accepted = Math.max(accepted, manifest.version);
         log.info({ from: done.from, to: done.to, manifestVersion: manifest.version }, 'agent bundle installed; restarting into it');
         opts.publishEvent(makeEvent('agent.updating', { from: done.from, to: done.to, version: manifest.version }));
         setImmediate(opts.requestRestart); // after this reply is on its way: stop() waits for it
@@ -125,9 +129,10 @@ export async function createAgentUpdater(opts: AgentUpdaterOptions): Promise<Age
 function rollbackRecord(fellBack: Record<string, string>, running: string): AgentUpdateState {
   return {
     state: 'rolled-back',
-    from: fellBack.restored ?? running,
-    to: fellBack.failed ?? 'unknown',
-    reason: fellBack.reason ?? 'the launcher fell back to the previous version',
+    // what the launcher wrote goes into the status as it is bounded there (a longer one would get the whole status refused)
+    from: toInfoText(fellBack.restored ?? running),
+    to: toInfoText(fellBack.failed ?? 'unknown'),
+    reason: toInfoText(fellBack.reason ?? 'the launcher fell back to the previous version'),
     at: Number(fellBack.at ?? 0) * 1000 || Date.now(),
   };
 }

@@ -8,8 +8,10 @@
  *   3. its bundle.json must name the architecture and version the signed manifest names, and the
  *      node binary and the agent must be there;
  *   4. it is moved to versions/<version>, the trial is written for the launcher (state/trial), the
- *      record for the status (state/update.json), the accepted manifest version, and `current` is
- *      switched in one rename.
+ *      record for the status (state/update.json), the highest accepted manifest version (never lowered
+ *      by a rollback), a rollback's sequence number (state/rollback-seq: used up before the switch, so
+ *      the same rollback manifest is refused as `replayed` afterwards), and `current` is switched in
+ *      one rename.
  *
  * The caller then restarts the agent (exit 75): the launcher starts the new version and falls back by
  * itself if it does not report healthy in time. Any failure before the switch leaves everything as it
@@ -20,7 +22,7 @@ import { access, mkdir, readFile, rename, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { extract } from 'tar';
 import { z } from 'zod';
-import { AGENT_ARCHES, FleetError, agentArchOf } from '@edgefleet/protocol';
+import { AGENT_ARCHES, FleetError, agentArchOf, isRollbackBelow } from '@edgefleet/protocol';
 import type { AgentUpdateState, Manifest } from '@edgefleet/protocol';
 import { agentHomePaths, currentVersion, keyValues, readKeyValues, switchCurrent, syncDir, writeAtomic } from './home.js';
 import type { AgentHomePaths } from './home.js';
@@ -48,6 +50,8 @@ export interface InstallContext {
   runningVersion: string;
   /** Node.js `process.arch` of this device. */
   arch?: string;
+  /** The highest agent-manifest version accepted before this one (kept when this one is lower: a rollback). */
+  highestAccepted?: number;
   now?: () => number;
 }
 
@@ -82,7 +86,7 @@ export async function installAgentBundle(stagedFile: string, manifest: Manifest,
     await rm(incoming, { recursive: true, force: true });
     throw error;
   }
-  return switchToTrial(paths, running, bundle, manifest.version, ctx.now?.() ?? Date.now());
+  return switchToTrial(paths, running, bundle, manifest, { highestAccepted: ctx.highestAccepted ?? 0, at: ctx.now?.() ?? Date.now() });
 }
 
 /** The bundle this manifest announces, if this board can run it (also the offer-time check). */
@@ -144,12 +148,20 @@ async function checkUnpacked(dir: string, expected: NonNullable<Manifest['agent'
   return bundle;
 }
 
-async function switchToTrial(paths: AgentHomePaths, from: string, bundle: NonNullable<Manifest['agent']>, manifestVersion: number, at: number): Promise<InstalledBundle> {
-  const record: AgentUpdateState = { state: 'trial', from, to: bundle.version, at };
+async function switchToTrial(
+  paths: AgentHomePaths,
+  from: string,
+  bundle: NonNullable<Manifest['agent']>,
+  manifest: Manifest,
+  opts: { highestAccepted: number; at: number },
+): Promise<InstalledBundle> {
+  const record: AgentUpdateState = { state: 'trial', from, to: bundle.version, at: opts.at };
+  // a rollback below the highest accepted uses up its sequence number first (the transfer's acceptance refused a used one)
+  if (isRollbackBelow(manifest, opts.highestAccepted) && manifest.rollbackSeq !== undefined) await writeAtomic(paths.rollbackSeq, `${manifest.rollbackSeq}\n`);
   await unlink(paths.healthy).catch(() => undefined); // a marker from an earlier update must not pass this one
   await writeAtomic(paths.record, JSON.stringify(record));
   await writeAtomic(paths.trial, keyValues({ to: bundle.version, from, deadline_s: bundle.healthDeadlineS, attempts: 0 }));
-  await writeAtomic(paths.accepted, `${manifestVersion}\n`);
+  await writeAtomic(paths.accepted, `${Math.max(opts.highestAccepted, manifest.version)}\n`);
   await switchCurrent(paths, bundle.version);
   return { from, to: bundle.version, record };
 }

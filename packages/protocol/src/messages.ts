@@ -40,8 +40,13 @@ export type ModelState = z.infer<typeof ModelStateSchema>;
  */
 export const DEVICE_INFO_LIMITS = { text: 256, list: 32 } as const;
 /** No control characters, line separators or bidirectional overrides: these strings are shown in terminals and pages. */
-const PRINTABLE = /^[^\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$/;
+const UNPRINTABLE = '\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069';
+const PRINTABLE = new RegExp(`^[^${UNPRINTABLE}]*$`);
 const InfoText = z.string().max(DEVICE_INFO_LIMITS.text).regex(PRINTABLE, 'control characters are not allowed');
+/** Makes a device's own text fit its status: unprintable characters become spaces, cut to DEVICE_INFO_LIMITS.text. */
+export function toInfoText(text: string): string {
+  return text.replace(new RegExp(`[${UNPRINTABLE}]`, 'g'), ' ').slice(0, DEVICE_INFO_LIMITS.text);
+}
 
 /** The inference runtime a device reports (device-reported: bounded and printable). */
 export const InferenceRuntimeSchema = z.object({ name: InfoText, version: InfoText, backend: InfoText });

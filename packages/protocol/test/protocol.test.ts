@@ -8,6 +8,7 @@ import {
   checkAcceptance,
   isRollbackBelow,
   parseMessage,
+  toInfoText,
   chunkHashes,
   generateFleetKeys,
   makeRequest,
@@ -239,5 +240,13 @@ describe('what a device may say about itself', () => {
       expect(() => parseMessage(StatusMessageSchema, status(bad))).toThrow(expect.objectContaining({ code: 'bad_request' }));
     }
     expect(() => parseMessage(StatusMessageSchema, JSON.stringify({ v: 1, id: 's', ts: 1, type: 'status', online: false, reason: 'gone\u001b[1m' }))).toThrow(/control characters/);
+  });
+
+  it('toInfoText makes a device its own text fit: unprintable characters become spaces, cut to the limit', () => {
+    const fitted = toInfoText(`exited\u001b[1m\u202e ${'x'.repeat(400)}`);
+    expect(fitted.startsWith('exited [1m  x')).toBe(true);
+    expect(fitted).toHaveLength(DEVICE_INFO_LIMITS.text);
+    const update = { state: 'rolled-back', from: '0.1.0', to: '0.2.0', reason: fitted, at: 1 };
+    expect(parseMessage(StatusMessageSchema, status({ ...info, agentUpdate: update }))).toMatchObject({ online: true });
   });
 });
