@@ -65,6 +65,8 @@ export interface ManagerOptions extends BrokerLinkOptions {
   httpAllowedHosts?: string[];
   /** The largest model the registry takes (uploads included), in bytes; default DEFAULTS.maxModelBytes (2 GiB). */
   maxModelBytes?: number;
+  /** The largest agent bundle upload, in bytes; default DEFAULTS.maxAgentBundleBytes (1 GiB). */
+  maxAgentBundleBytes?: number;
   /** An external broker's accounts: Mosquitto's dynamic security when it answers (`auto`, the default), required, or `none`. */
   brokerAccounts?: BrokerAccountsMode;
   /** Transfer tuning passed to deliverModel. */
@@ -171,6 +173,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     host: options.httpHost ?? DEFAULTS.httpHost,
     port: options.httpPort ?? DEFAULTS.httpPort,
     maxModelBytes,
+    maxAgentBundleBytes: options.maxAgentBundleBytes ?? DEFAULTS.maxAgentBundleBytes,
     ...(options.httpAllowedHosts ? { allowedHosts: options.httpAllowedHosts } : {}),
   });
   const controllerFile = join(dataDir, CONTROLLER_FILE);

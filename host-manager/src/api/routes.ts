@@ -15,13 +15,15 @@ import { summarize } from '../rollouts/summary.js';
 export interface RouteOptions {
   /** The largest model upload, in bytes (--max-model-mb). */
   maxModelBytes: number;
+  /** The largest agent bundle upload, in bytes (--max-agent-bundle-mb). */
+  maxAgentBundleBytes: number;
 }
 
 /** Bytes an enrolment body may have: `{"id": "<64 characters>"}` with room to spare. */
 const ENROL_BODY_LIMIT = 4096;
 
 export function apiRoutes(ops: Operations, opts: RouteOptions): Route[] {
-  return [...deviceRoutes(ops), ...modelRoutes(ops, opts), ...imageRoutes(ops), ...agentRoutes(ops), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
+  return [...deviceRoutes(ops), ...modelRoutes(ops, opts), ...imageRoutes(ops), ...agentRoutes(ops, opts), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
 }
 
 function deviceRoutes(ops: Operations): Route[] {
