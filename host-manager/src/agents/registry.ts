@@ -6,9 +6,16 @@
  * Release numbers: every bundle of one agent version shares one, whatever its architecture, and a new agent
  * version gets the next number. That number is the signed manifest's version, which a device keeps as its
  * anti-rollback counter for the agent: a device accepts the next release whichever bundle it takes.
+ *
+ * So release numbers must follow the agent versions (semantic versions, compared as such): a new agent
+ * version is registered only above every version registered (it gets the highest number), and a version's
+ * bundle for another architecture only when that architecture has no higher version registered. An older
+ * version registered later would otherwise get a higher release than a newer one, and devices that took
+ * it would refuse the newer one as a downgrade. Such a registration is refused, naming the highest version.
  */
 import { rm, stat } from 'node:fs/promises';
 import { list } from 'tar';
+import semver from 'semver';
 import { BundleJsonSchema } from '@edgefleet/device-agent';
 import type { BundleJson } from '@edgefleet/device-agent';
 import { AgentBundleInfoSchema, FleetError, describe } from '@edgefleet/protocol';
@@ -127,6 +134,7 @@ async function addBundle(
       `agent ${json.version} for ${json.arch} is registered already with other bytes (sha256 ${same.sha256.slice(0, 12)}…); a new build needs a new version: \`hostManager agent bundle --arch ${json.arch} --version <next>\``,
     );
   }
+  checkOrder(bundles, json);
   const { stored, blob } = await adopt(sha256);
   const table = await hashChunks(stored, DEFAULT_CHUNK_SIZE);
   await writeChunkTable(stored, { sha256, length, size: DEFAULT_CHUNK_SIZE, chunks: table.chunks });
@@ -148,4 +156,27 @@ async function addBundle(
   state.recordAgentReleaseGiven(version);
   await state.write();
   return { ...record, created: true };
+}
+
+/** Refuses a bundle whose agent version would break the order of release numbers (see the file comment). */
+export function checkOrder(bundles: readonly AgentBundleRecord[], json: Pick<BundleJson, 'version' | 'arch'>): void {
+  if (!semver.valid(json.version)) {
+    throw new FleetError('invalid_params', `the bundle's agent version "${json.version}" is not a semantic version (e.g. 0.2.0): release numbers follow the versions, so they must be comparable; build it with \`hostManager agent bundle --version <x.y.z>\``);
+  }
+  const highestOf = (list: readonly AgentBundleRecord[]): string | undefined => list.map((b) => b.agentVersion).filter((v) => semver.valid(v)).sort(semver.rcompare)[0];
+  const sameArch = highestOf(bundles.filter((b) => b.arch === json.arch));
+  if (sameArch && semver.lt(json.version, sameArch)) {
+    throw new FleetError(
+      'conflict',
+      `agent ${json.version} for ${json.arch} is below ${sameArch}, the highest registered for ${json.arch}: release numbers follow versions, so an older version cannot be registered after a newer one (roll back with \`hostManager rollback\` of the rollout, or build ${json.arch} as a version above ${sameArch})`,
+    );
+  }
+  if (bundles.some((b) => b.agentVersion === json.version)) return; // another architecture of a version registered: its release number
+  const highest = highestOf(bundles);
+  if (highest && semver.lt(json.version, highest)) {
+    throw new FleetError(
+      'conflict',
+      `agent ${json.version} is below ${highest}, the highest version registered: a new version gets the next release number, which would put it above ${highest}; build it as a version above ${highest}, or as ${highest} itself for ${json.arch}`,
+    );
+  }
 }
