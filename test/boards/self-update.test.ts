@@ -17,10 +17,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { EventSchema, topics } from '@edgefleet/protocol';
-import type { FleetEvent, StatusMessage } from '@edgefleet/protocol';
+import type { FleetEvent, SignedManifest, StatusMessage } from '@edgefleet/protocol';
 import { connectOperator, watchStatus } from '../support/agent-process.js';
 import type { StatusWatcher } from '../support/agent-process.js';
-import { deliverAgentBundle, rebrandBundle } from '../support/agent-update.js';
+import { deliverAgentBundle, offerAgain, rebrandBundle } from '../support/agent-update.js';
 import { api, eventually, runCli, startManager } from '../support/manager-process.js';
 import type { ManagerProcess } from '../support/manager-process.js';
 import { killBoardProcess } from '../support/boards.js';
@@ -220,7 +220,17 @@ describe('agent self-update (x64 bundle, no systemd)', () => {
     expect((await onlineAs('0.1.1', 5_000)).device.agentVersion).toBe('0.1.1');
   }, 60_000);
 
-  it('`rollback` of the agent rollout sends the previous release back, signed as a rollback', async () => {
+  it('`rollback` of the agent rollout sends the previous release back, signed as a single-use rollback; its replay is refused', async () => {
+    // whoever reads the device's command topic captures the rollback manifest the controller sends
+    const commands = topics.device(DEVICE, 'commands');
+    const offered: SignedManifest[] = [];
+    const capture = (topic: string, payload: Buffer): void => {
+      if (topic !== commands) return;
+      const request = JSON.parse(payload.toString()) as { command?: string; params?: { manifest?: SignedManifest } };
+      if (request.command === 'transfer.offer' && request.params?.manifest) offered.push(request.params.manifest);
+    };
+    operator.on('message', capture);
+    await operator.subscribeAsync(commands, { qos: 1 });
     const updated = waitEvent('agent.updated', 150_000);
     const r = await runCli(m, ['rollback', healthyRollout, '--json']);
     const rollout = r.json<{ status: string; devices: Record<string, { state: string; error?: unknown }> }>();
@@ -229,5 +239,17 @@ describe('agent self-update (x64 bundle, no systemd)', () => {
     const online = await onlineAs('0.1.0', 30_000, (s) => s.device.agentUpdate?.state === 'updated');
     expect(online.device.agentUpdate).toMatchObject({ from: '0.1.1', to: '0.1.0' });
     expect(readlinkSync(join(paths.prefix, 'agent', 'current'))).toBe('versions/0.1.0');
+    operator.off('message', capture);
+    await operator.unsubscribeAsync(commands);
+    const captured = offered.find((signed) => (signed.manifest as { rollback?: boolean }).rollback === true);
+    expect(captured?.manifest).toMatchObject({ kind: 'agent', version: 1, rollback: true, rollbackSeq: expect.any(Number) });
+    await expect(offerAgain(operator, DEVICE, captured!)).rejects.toMatchObject({ code: 'replayed', message: expect.stringMatching(/works once/) });
+    // what the device said about its updates is its report, marked as its word, never an operator audit entry
+    const reports = (await api<{ reports: { event: string; reportedBy: string; text: string }[] }>(m, 'GET', `/api/reports?device=${DEVICE}`)).body.reports;
+    expect(reports.filter((e) => e.event.startsWith('agent.')).map((e) => e.event)).toEqual(expect.arrayContaining(['agent.updating', 'agent.updated', 'agent.rolled-back']));
+    for (const e of reports) expect(e).toMatchObject({ reportedBy: `device:${DEVICE}`, text: expect.stringMatching(new RegExp(`^reported by device ${DEVICE}: `)) });
+    const audit = (await api<{ action: string }[]>(m, 'GET', '/api/audit?limit=1000')).body;
+    expect(audit.filter((e) => e.action.startsWith('agent.')).map((e) => e.action).sort()).toEqual(expect.arrayContaining(['agent.add', 'agent.rollback']));
+    expect(audit.some((e) => ['agent.updating', 'agent.updated', 'agent.rolled-back'].includes(e.action))).toBe(false);
   }, 240_000);
 });

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { create, extract } from 'tar';
 import { chunkHashes, signManifest, topics } from '@edgefleet/protocol';
-import type { AgentArch, CommandResult } from '@edgefleet/protocol';
+import type { AgentArch, CommandResult, SignedManifest } from '@edgefleet/protocol';
 import { createRequester } from '@edgefleet/host-manager';
 
 export interface BundleDelivery {
@@ -90,5 +90,15 @@ export async function rebrandBundle(file: string, opts: { fromName: string; vers
     return out;
   } finally {
     await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** Puts a signed manifest someone captured back in front of a device, as a transfer offer (test-only: the replay of a rollback). */
+export async function offerAgain(mqtt: MqttClient, device: string, signed: SignedManifest): Promise<CommandResult<'transfer.offer'>> {
+  const requester = await createRequester(mqtt);
+  try {
+    return await requester.request(device, 'transfer.offer', { transferId: `replay-${Date.now().toString(36)}`, manifest: signed, via: { kind: 'device', name: device } }, 30_000);
+  } finally {
+    requester.close();
   }
 }
