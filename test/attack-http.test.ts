@@ -189,7 +189,8 @@ describe('agent bundle uploads go through the same capped receiver', () => {
     expect(declared.body).toMatch(new RegExp(`the agent bundle of ${60 * MiB} bytes is over the controller's limit of 20\\.0 MiB`));
     const garbage = await call('POST', '/api/agent/bundles', bundleHeaders({}), Buffer.from('not a tarball'));
     expect(garbage.status).toBe(400);
-    expect(garbage.body).toMatch(/not a readable tar\.gz/);
+    expect(garbage.body).toMatch(/the bundle is not a readable tar\.gz/);
+    expect(garbage.body).not.toContain(m.dataDir); // the upload's temporary path means nothing to the sender
     expect(await readdir(join(m.dataDir, 'uploads'))).toEqual([]);
   }, 120_000);
 });

@@ -79,8 +79,11 @@ export function createAgentRegistry(state: FleetRepository, dataDir: string): Ag
   };
 }
 
-/** bundle.json at the bundle's top directory, read from the tarball without unpacking it. */
-export async function readBundleJson(file: string): Promise<BundleJson> {
+/**
+ * bundle.json at the bundle's top directory, read from the tarball without unpacking it. `what` names the
+ * file in errors (an upload's temporary path means nothing to the sender).
+ */
+export async function readBundleJson(file: string, what = 'the bundle'): Promise<BundleJson> {
   const found: Buffer[] = [];
   let size = 0;
   try {
@@ -96,9 +99,9 @@ export async function readBundleJson(file: string): Promise<BundleJson> {
       },
     });
   } catch (error) {
-    throw new FleetError('invalid_params', `${file} is not a readable tar.gz (${(error as Error).message}); give the file \`hostManager agent bundle\` wrote`);
+    throw new FleetError('invalid_params', `${what} is not a readable tar.gz (${(error as Error).message}); give the file \`hostManager agent bundle\` wrote`);
   }
-  if (found.length === 0) throw new FleetError('invalid_params', `${file} has no <top>/bundle.json: it is not an edgefleet agent bundle (build one with \`hostManager agent bundle\`)`);
+  if (found.length === 0) throw new FleetError('invalid_params', `${what} has no <top>/bundle.json: it is not an edgefleet agent bundle (build one with \`hostManager agent bundle\`)`);
   const parsed = BundleJsonSchema.safeParse(safeJson(Buffer.concat(found).toString('utf8')));
   if (!parsed.success) throw new FleetError('invalid_params', `the bundle's bundle.json does not validate: ${describe(parsed.error)}`);
   const version = AgentBundleInfoSchema.shape.version.safeParse(parsed.data.version);
