@@ -82,7 +82,7 @@ const auth = (): Record<string, string> => ({ authorization: `Bearer ${m.token}`
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'attack-http-'));
-  m = await startManager({ args: ['--max-model-mb', '200', '--http-allowed-hosts', 'fleet.example,Other.Example'] });
+  m = await startManager({ args: ['--max-model-mb', '200', '--max-agent-bundle-mb', '20', '--http-allowed-hosts', 'fleet.example,Other.Example'] });
 });
 
 afterAll(async () => {
@@ -168,6 +168,31 @@ describe('model uploads are streamed to disk with a cap', () => {
       await roomy.cleanup();
     }
   }, 180_000);
+});
+
+describe('agent bundle uploads go through the same capped receiver', () => {
+  const bundleHeaders = (extra: Record<string, string>) => ({ ...auth(), 'content-type': 'application/octet-stream', ...extra });
+
+  it('a 60 MiB body against a 20 MiB cap: 413 at the cap with the cap and the flag, temp file removed, nothing registered', async () => {
+    const r = await call('POST', '/api/agent/bundles', bundleHeaders({ 'transfer-encoding': 'chunked' }), bytesStream(60 * MiB));
+    expect(r.status).toBe(413);
+    const error = (JSON.parse(r.body) as { error: { code: string; message: string } }).error;
+    expect(error.code).toBe('too_long');
+    expect(error.message).toMatch(/the agent bundle is over the controller's limit of 20\.0 MiB per bundle upload; .*--max-agent-bundle-mb/);
+    expect(await readdir(join(m.dataDir, 'uploads'))).toEqual([]);
+    expect((await api(m, 'GET', '/api/agent/bundles')).body).toEqual([]);
+  }, 120_000);
+
+  it('a declared Content-Length over the cap is refused before a byte is stored; a small body that is no bundle is refused for what it is', async () => {
+    const declared = await call('POST', '/api/agent/bundles', bundleHeaders({ 'content-length': String(60 * MiB) }), bytesStream(60 * MiB));
+    expect(declared.status).toBe(413);
+    expect(declared.body).toMatch(new RegExp(`the agent bundle of ${60 * MiB} bytes is over the controller's limit of 20\\.0 MiB`));
+    const garbage = await call('POST', '/api/agent/bundles', bundleHeaders({}), Buffer.from('not a tarball'));
+    expect(garbage.status).toBe(400);
+    expect(garbage.body).toMatch(/the bundle is not a readable tar\.gz/);
+    expect(garbage.body).not.toContain(m.dataDir); // the upload's temporary path means nothing to the sender
+    expect(await readdir(join(m.dataDir, 'uploads'))).toEqual([]);
+  }, 120_000);
 });
 
 describe('the Host header and the Origin of browser requests', () => {

@@ -118,7 +118,7 @@ describe('dashboard in headless Chromium', () => {
     expect(row?.slice(0, 2)).toEqual(['online', 'cam-1']);
     expect(row?.[2]).toBe('lab');
     expect(row?.[4]).toBe(process.arch);
-    expect(row?.[5]).toMatch(/^onnxruntime \d/);
+    expect(row?.[5]).toMatch(/^onnxruntime-node \d+\.\d+\.\d+ \(cpu\)$/); // name, version, backend (the runtime the agent reports)
     expect(row?.[6]).toBe('lin@1');
     expect(row?.[7]).toMatch(/^\d+%$/);
     expect(await page.locator('#count').innerText()).toBe('2 devices, 2 online');
@@ -152,6 +152,11 @@ describe('dashboard in headless Chromium', () => {
     await page.locator('#chart-cpu canvas').waitFor({ state: 'attached', timeout: WAIT_MS });
     await page.locator('#chart-mem canvas').waitFor({ state: 'attached', timeout: WAIT_MS });
     expect(await page.locator('#device-models').innerText()).toMatch(/lin\s+1/);
+    // the facts the agent reports: its inference runtime (name, version, backend) and its own version
+    const facts = await page.locator('.facts').innerText();
+    expect(facts).toMatch(/runtime\s*onnxruntime-node \d+\.\d+\.\d+ \(cpu\)/);
+    expect(facts).toMatch(/agent\s*0\.1\.0/);
+    expect(facts).not.toMatch(/agent update/); // none yet: a checkout agent, never updated (the boards suite updates one)
     // the agent's own log lines, made readable (time, level, message)
     await page.waitForFunction(() => /^\d{1,2}:\d\d:\d\d.* (INFO|DEBUG) /m.test(document.getElementById('log')?.textContent ?? ''), null, { timeout: WAIT_MS });
     expect(await page.locator('#device-events').innerText()).toMatch(/device\.add cam-1/);

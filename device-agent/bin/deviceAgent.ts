@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 /**
  * deviceAgent: runs the edgefleet device agent in the foreground (for systemd).
- * Exit codes: 0 after SIGTERM/SIGINT or `exit`, 1 on a fatal error, 2 on bad configuration.
+ * Exit codes: 0 after SIGTERM/SIGINT or `exit`, 1 on a fatal error, 2 on bad configuration,
+ * 75 to be started again (it installed a new agent version; the launcher or systemd restarts it).
  */
-import { ConfigError, createAgent, createAgentLogger, loadConfig, parseFlags, redactConfig } from '../src/index.js';
+import { ConfigError, RESTART_EXIT_CODE, createAgent, createAgentLogger, loadConfig, parseFlags, redactConfig } from '../src/index.js';
 
 async function main(): Promise<number> {
   if (process.argv.includes('--help')) {
@@ -27,7 +28,7 @@ async function main(): Promise<number> {
 
   let done!: (code: number) => void;
   const finished = new Promise<number>((resolve) => (done = resolve));
-  const agent = createAgent(config, { logger, onExit: () => done(0) });
+  const agent = createAgent(config, { logger, onExit: () => done(0), onRestart: () => done(RESTART_EXIT_CODE) });
   const shutdown = (signal: string): void => {
     logger.info({ signal }, 'signal received');
     agent.stop(signal).then(

@@ -3,7 +3,8 @@
  * presence (retained status, retained last will), telemetry through the disk buffer
  * (telemetry/), request/response commands (commands.ts, handlers.ts), model transfers
  * (transfer/), the fleet's containers (containers/), the legacy plain-text channel, the
- * local HTTP inference API, and an orderly stop. This module only wires those parts together.
+ * local HTTP inference API, self-update when it runs from an installed bundle (update/), and an
+ * orderly stop. This module only wires those parts together.
  */
 import { mkdir } from 'node:fs/promises';
 import { arch } from 'node:os';
@@ -30,6 +31,8 @@ import { createTransferReceiver } from './transfer/index.js';
 import type { TransferReceiver } from './transfer/index.js';
 import { createContainerService } from './containers/index.js';
 import type { ContainerService } from './containers/index.js';
+import { createAgentUpdater } from './update/index.js';
+import type { AgentUpdater } from './update/index.js';
 
 export interface AgentDeps {
   logger: Logger;
@@ -39,6 +42,8 @@ export interface AgentDeps {
   print?: (line: string) => void;
   /** Called once the agent stopped because of `exit` on the legacy channel. */
   onExit?: (reason: string) => void;
+  /** Called once the agent stopped to restart into a new version it installed (exit with RESTART_EXIT_CODE). */
+  onRestart?: () => void;
   /** Random source for reconnect jitter (tests). */
   random?: () => number;
 }
@@ -70,6 +75,7 @@ class DeviceAgent implements Agent {
   #ownModels = false;
   #http: InferenceServer | undefined;
   #transfer: TransferReceiver | undefined;
+  #updater: AgentUpdater | undefined;
   #legacy: LegacyChannel | undefined;
   #containers: ContainerService | undefined;
   #telemetry: TelemetryFlusher | undefined;
@@ -117,7 +123,7 @@ class DeviceAgent implements Agent {
 
   async info(): Promise<DeviceInfo> {
     await this.#containers?.start(); // the first engine probe (then cached): `docker` is known before it is reported
-    return deviceInfo({ version: this.#version, groups: this.#config.groups, models: this.#models, docker: this.#dockerOk, containers: await this.#containerStates() });
+    return deviceInfo({ version: this.#version, groups: this.#config.groups, models: this.#models, docker: this.#dockerOk, containers: await this.#containerStates(), agentUpdate: this.#updater?.state() });
   }
 
   /** Empty without an engine; a failing engine call leaves them out of one status or sample, nothing more. */
@@ -149,6 +155,7 @@ class DeviceAgent implements Agent {
       this.#models = await createModelService({
         dataDir: config.dataDir,
         threads: config.inferenceThreads,
+        runtime: config.runtime,
         workerSessionBytes: config.workerSessionMb * 1024 * 1024,
         keepVersions: config.keepVersions,
         logger,
@@ -160,6 +167,15 @@ class DeviceAgent implements Agent {
     }
     const service = (this.#models = this.#metrics.instrument(this.#models));
     containers.useModels((model) => service.active().find((m) => m.name === model)?.version);
+    if (config.agentHome) {
+      this.#updater = await createAgentUpdater({
+        agentHome: config.agentHome,
+        version: this.#version,
+        logger,
+        requestRestart: () => void this.stop('restarting into a new agent version').then(() => this.#deps.onRestart?.()),
+        publishEvent: (e) => this.#publishEvent(e),
+      });
+    }
     if (config.fleetPublicKeyPem) {
       this.#transfer = createTransferReceiver({
         dataDir: config.dataDir,
@@ -167,6 +183,7 @@ class DeviceAgent implements Agent {
         identity: this.#identity,
         models: service,
         images: containers,
+        ...(this.#updater ? { agentBundles: this.#updater.receiver } : {}),
         publishEvent: (e) => {
           this.#publishEvent(e);
           if (e.event === 'model.activated') void this.#publishStatus();
@@ -279,6 +296,9 @@ class DeviceAgent implements Agent {
       if (legacyTopic) this.#legacy?.announce(legacyTopic);
     }
     await this.#publishStatus();
+    // a new version on trial is healthy now: connected, status published (see update/)
+    const events = topics.device(device, 'events');
+    if (this.#updater && (await this.#updater.onOnline((e) => this.#link.publishJson(events, e)))) await this.#publishStatus();
     const flushed = this.#telemetry?.flush();
     // the engine may have come or gone while we were away: say so when it changed
     // (start() again: it retries its clean-up if the engine was absent before)

@@ -5,7 +5,6 @@
  * drift apart. Sources merge as: JSON config file < environment < flags.
  */
 import { readFileSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { NAME_PATTERN } from '@edgefleet/protocol';
@@ -77,10 +76,15 @@ export const CONFIG_KEYS = {
     describe: 'largest HTTP inference request body in MB (MiB); larger ones get 413',
     schema: z.number().positive().max(4096).default(64),
   },
+  runtime: {
+    kind: 'string',
+    describe: 'inference runtime: auto (onnxruntime-node where its package has a binary for this board, else onnxruntime-web), onnxruntime-node, or onnxruntime-web (WebAssembly)',
+    schema: z.enum(['auto', 'onnxruntime-node', 'onnxruntime-web']).default('auto'),
+  },
   inferenceThreads: {
     kind: 'number',
-    describe: 'onnxruntime intra-op threads (default: cores - 1, at least 1)',
-    schema: z.number().int().min(1).max(256).default(Math.max(1, availableParallelism() - 1)),
+    describe: 'inference threads (default: cores - 1, at least 1, for onnxruntime-node; 1 for onnxruntime-web)',
+    schema: z.number().int().min(1).max(256).optional(),
   },
   workerSessionMb: {
     kind: 'number',
@@ -151,6 +155,11 @@ export const CONFIG_KEYS = {
     kind: 'number',
     describe: 'how long SIGTERM waits for in-flight requests before giving up',
     schema: z.number().int().min(0).max(600_000).default(20_000),
+  },
+  agentHome: {
+    kind: 'string',
+    describe: 'where the agent bundle is installed (versions/, current, launcher); set by the launcher, enables agent self-update',
+    schema: z.string().min(1).optional(),
   },
   logLevel: {
     kind: 'string',

@@ -85,6 +85,8 @@ export class DeviceConnection {
       reconnectPeriod: 0, // reconnects are ours: exponential backoff with full jitter
       connectTimeout: 10_000,
       resubscribe: false,
+      // mqtt-packet would otherwise build 65,536 two-byte buffers (~6 MB of heap) for message ids at the first packet
+      writeCache: false,
       will: { topic: topics.device(id, 'status'), payload: Buffer.from(JSON.stringify(will)), qos: 1, retain: true },
       ...(config.tls.ca ? { ca: config.tls.ca } : {}),
       ...(config.tls.cert ? { cert: config.tls.cert } : {}),

@@ -1,7 +1,7 @@
-/** What the agent says about its device in its status: hardware, runtime, Docker, groups, active models, the fleet's containers. */
+/** What the agent says about its device in its status: hardware, runtime, Docker, groups, active models, the fleet's containers, self-update. */
 import { readFile } from 'node:fs/promises';
 import { arch, cpus, hostname, platform, totalmem } from 'node:os';
-import type { ContainerState, DeviceInfo } from '@edgefleet/protocol';
+import type { AgentUpdateState, ContainerState, DeviceInfo } from '@edgefleet/protocol';
 import type { ModelService } from './models/index.js';
 
 export async function agentVersion(): Promise<string> {
@@ -13,7 +13,18 @@ export async function agentVersion(): Promise<string> {
   }
 }
 
-export function deviceInfo(args: { version: string; groups: readonly string[]; models: ModelService | undefined; docker: boolean; containers: ContainerState[] }): DeviceInfo {
+export interface DeviceInfoArgs {
+  version: string;
+  groups: readonly string[];
+  models: ModelService | undefined;
+  docker: boolean;
+  containers: ContainerState[];
+  /** The self-update in progress or last finished (src/update/), when the agent runs from a bundle. */
+  agentUpdate?: AgentUpdateState | undefined;
+}
+
+export function deviceInfo(args: DeviceInfoArgs): DeviceInfo {
+  const runtime = args.models ? args.models.runtime() : null;
   return {
     agentVersion: args.version,
     hostname: hostname(),
@@ -21,10 +32,12 @@ export function deviceInfo(args: { version: string; groups: readonly string[]; m
     platform: platform(),
     cpus: cpus().length,
     memoryBytes: totalmem(),
-    onnxruntime: args.models ? args.models.runtime() : null,
+    onnxruntime: runtime ? { version: runtime.version, executionProviders: runtime.executionProviders } : null,
+    runtime: runtime ? { name: runtime.name, version: runtime.version, backend: runtime.backend } : null,
     docker: args.docker,
     groups: [...args.groups],
     models: args.models ? args.models.active() : [],
     containers: args.containers,
+    ...(args.agentUpdate ? { agentUpdate: args.agentUpdate } : {}),
   };
 }

@@ -12,6 +12,8 @@ export { prepareRequest, decodeTensor, zerosFor, tensorFromBytes } from './model
 export type { OrtTensor, ServedModel, InferParams } from './models/index.js';
 export type { ModelService, ModelServiceOptions, InferenceServer, InferenceServerOptions } from './models/index.js';
 export { createTransferReceiver } from './transfer/index.js';
-export type { TransferReceiver, TransferReceiverOptions, ReceiverModels, ReceiverImages, DiskSpace } from './transfer/index.js';
+export type { TransferReceiver, TransferReceiverOptions, ReceiverAgentBundles, ReceiverModels, ReceiverImages, DiskSpace } from './transfer/index.js';
 export { createContainerService } from './containers/index.js';
 export type { ContainerService, ContainerServiceOptions } from './containers/index.js';
+export { RESTART_EXIT_CODE, installAgentBundle, createAgentUpdater, BundleJsonSchema, BUNDLE_ENTRY } from './update/index.js';
+export type { AgentUpdater, BundleJson, InstallContext, InstalledBundle } from './update/index.js';

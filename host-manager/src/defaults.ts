@@ -19,6 +19,8 @@ export const DEFAULTS = {
   logLevel: 'info',
   /** The largest model the registry takes (uploads and files on the controller host): 2 GiB, protobuf's own limit for an ONNX file. */
   maxModelBytes: 2 * 1024 * 1024 * 1024,
+  /** The largest agent bundle upload: 1 GiB (a bundle, Node.js and the agent's dependencies, is ~30–60 MB). */
+  maxAgentBundleBytes: 1024 * 1024 * 1024,
 } as const;
 
 export const DEFAULT_MQTT_PORT = DEFAULTS.mqttPort;

@@ -31,6 +31,9 @@ import { createRequester } from './devices/requester.js';
 import type { Requester } from './devices/requester.js';
 import { createImageOperations } from './images/operations.js';
 import { createImageRegistry } from './images/registry.js';
+import { createAgentRegistry } from './agents/registry.js';
+import type { AgentRegistry } from './agents/registry.js';
+import { createAgentOperations } from './agents/operations.js';
 import type { ImageRegistry } from './images/registry.js';
 import { createModelOperations } from './models/operations.js';
 import { INCOMING_DIR } from './models/blobs.js';
@@ -62,6 +65,8 @@ export interface ManagerOptions extends BrokerLinkOptions {
   httpAllowedHosts?: string[];
   /** The largest model the registry takes (uploads included), in bytes; default DEFAULTS.maxModelBytes (2 GiB). */
   maxModelBytes?: number;
+  /** The largest agent bundle upload, in bytes; default DEFAULTS.maxAgentBundleBytes (1 GiB). */
+  maxAgentBundleBytes?: number;
   /** An external broker's accounts: Mosquitto's dynamic security when it answers (`auto`, the default), required, or `none`. */
   brokerAccounts?: BrokerAccountsMode;
   /** Transfer tuning passed to deliverModel. */
@@ -120,6 +125,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const maxModelBytes = options.maxModelBytes ?? DEFAULTS.maxModelBytes;
   const registry = createRegistry(state, dataDir, { maxModelBytes });
   const images = createImageRegistry(state, dataDir);
+  const agents = createAgentRegistry(state, dataDir);
   // uploads and copies cut off by a crash are never kept
   for (const leftovers of ['uploads', INCOMING_DIR]) await rm(join(dataDir, leftovers), { recursive: true, force: true });
   const timeoutMs = options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
@@ -128,20 +134,22 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     requester,
     registry,
     images,
+    agents,
     keys,
     state,
     ...(options.chunkSize !== undefined ? { chunkSize: options.chunkSize } : {}),
     ...(options.window !== undefined ? { window: options.window } : {}),
     onPhase: (phase, ms) => metrics.deliveryPhase.observe({ phase }, ms / 1000),
   });
-  const rollback = makeRollback({ requester, registry, images, keys, state, timeoutMs });
-  const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
+  const rollback = makeRollback({ requester, registry, images, keys, state, timeoutMs, agents: { mqtt: link.client, requester, agents, keys, state } });
+  const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, agentRelease: (v) => agents.releaseOf(v), ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
   fleet.expectModels((device, name, version) => rollouts.expects(device, name, version));
   const ops = createOperations({
     state,
     fleet,
     registry,
     images,
+    agents,
     rollouts,
     requester,
     client: link.client,
@@ -165,6 +173,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     host: options.httpHost ?? DEFAULTS.httpHost,
     port: options.httpPort ?? DEFAULTS.httpPort,
     maxModelBytes,
+    maxAgentBundleBytes: options.maxAgentBundleBytes ?? DEFAULTS.maxAgentBundleBytes,
     ...(options.httpAllowedHosts ? { allowedHosts: options.httpAllowedHosts } : {}),
   });
   const controllerFile = join(dataDir, CONTROLLER_FILE);
@@ -210,6 +219,7 @@ function createOperations(ctx: {
   fleet: Fleet;
   registry: Registry;
   images: ImageRegistry;
+  agents: AgentRegistry;
   rollouts: Rollouts;
   requester: Requester;
   client: MqttClient;
@@ -231,6 +241,7 @@ function createOperations(ctx: {
     ...createModelOperations({ ...ctx, audit }),
     deliverSsh: createSshDelivery({ ...ctx, audit }),
     ...createImageOperations({ ...ctx, audit }),
+    ...createAgentOperations({ ...ctx, audit }),
     ...createRolloutOperations(ctx),
     dataDir: ctx.dataDir,
     health() {

@@ -49,7 +49,7 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-export async function startManager(opts: { dataDir?: string; mqttPort?: number; args?: string[]; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<ManagerProcess> {
+export async function startManager(opts: { dataDir?: string; mqttPort?: number; args?: string[]; timeoutMs?: number; env?: Record<string, string>; requestTimeoutMs?: number } = {}): Promise<ManagerProcess> {
   const ownDir = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'manager-')));
   const child = track(spawn(
@@ -62,7 +62,7 @@ export async function startManager(opts: { dataDir?: string; mqttPort?: number; 
       '--mqtt-ws-port', '-1',
       '--http-port', '0',
       '--log-level', process.env.TEST_MANAGER_LOGS ? 'debug' : 'info',
-      '--request-timeout', '5000',
+      '--request-timeout', String(opts.requestTimeoutMs ?? 5000),
       ...(opts.args ?? []),
     ],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } },

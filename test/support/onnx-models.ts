@@ -351,6 +351,16 @@ export function slowModel(opts: { matmuls?: number; size?: number } = {}): Built
 }
 
 /** Same interface as linearModel (x ['batch', 4] → y ['batch', 3]); loads, but every run fails. */
+/** A well-formed model no onnxruntime build can load: an operator it has no kernel for. */
+export function unknownOperatorModel(inFeatures = 4, output = 'y'): Buffer {
+  return encodeModel({
+    name: 'bad',
+    inputs: [valueInfo('x', 'float32', ['batch', inFeatures])],
+    outputs: [valueInfo(output, 'float32', ['batch', inFeatures])],
+    nodes: [node('NoSuchOperator', ['x'], [output])],
+  });
+}
+
 export function alwaysFailingModel(): BuiltModel {
   const inputs = [{ name: 'x', dtype: 'float32' as const, shape: ['batch', 4] as Dim[] }];
   const outputs = [{ name: 'y', dtype: 'float32' as const, shape: ['batch', 3] as Dim[] }];

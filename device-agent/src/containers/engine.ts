@@ -9,6 +9,7 @@
 import type Docker from 'dockerode';
 import { FleetError } from '@edgefleet/protocol';
 import type { ContainerState } from '@edgefleet/protocol';
+import { dockerReachable } from '../docker-probe.js';
 import { LABELS, isOwned, ownedFilter } from './labels.js';
 import type { ContainerRole } from './labels.js';
 
@@ -169,6 +170,10 @@ export class DockerEngine implements Engine {
   async status(timeoutMs?: number): Promise<EngineStatus> {
     const ms = timeoutMs ?? this.opts.pingTimeoutMs ?? 1500;
     let timer: NodeJS.Timeout | undefined;
+    // a bare GET /_ping first while dockerode is not loaded: importing it costs ~17 MB resident, which a board without an engine should not pay
+    if (!this.client && !(await dockerReachable(ms, this.opts.socketPath ? { DOCKER_HOST: `unix://${this.opts.socketPath}` } : process.env))) {
+      return { available: false, version: null, reason: `no Docker engine answers at ${this.where} (GET /_ping got no answer)`, rootDir: null };
+    }
     try {
       const d = await this.docker();
       const timeout = new Promise<never>((_, reject) => {

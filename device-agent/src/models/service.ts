@@ -5,6 +5,10 @@
  * A large model's session lives on a worker thread of its own (session.ts), so building a new version
  * of it and running it do not pause this thread's MQTT and HTTP traffic or the other models.
  *
+ * The runtime (onnxruntime-node or onnxruntime-web's WebAssembly build, runtime.ts) is chosen when the
+ * service is created and loaded when the first session is built: an agent with no model to serve does
+ * not pay for it.
+ *
  * Hot swap: the new version is loaded beside the old one and smoke-tested, state.json is written, then
  * `serving.set(name, next)` switches every later request in one step. A request takes its session
  * reference and counts itself in-flight in the same synchronous step, so the old session is released only
@@ -12,9 +16,7 @@
  * and leaves the old one serving.
  */
 import { readFile, stat, unlink } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import ort from 'onnxruntime-node';
 import { createHash } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { FleetError, activationCheck, checkAcceptance, isRollbackBelow, verifiedManifest } from '@edgefleet/protocol';
@@ -37,8 +39,10 @@ import type { InferAnswer, InferParams, OipParams, TensorMapParams, TensorMapRes
 import { HealthCounters } from './health.js';
 import { ModelStore } from './store.js';
 import type { StepHook } from './store.js';
-import { openSession } from './session.js';
-import type { Session } from './session.js';
+import { loadRuntime, sessionOptions } from './session.js';
+import type { Session, SessionOptions, SessionRuntime } from './session.js';
+import { findInstalledRuntimes, planRuntime, thisBoard } from './runtime.js';
+import type { Board, InstalledRuntimes, RuntimeInfo, RuntimePlan, RuntimeSetting } from './runtime.js';
 import { tensorInfo } from './tensors.js';
 import type { OrtTensor } from './tensors.js';
 
@@ -68,22 +72,26 @@ export interface ModelService {
   recordAccepted(name: string, version: number): Promise<void>;
   active(): { name: string; version: number }[];
   drainHealth(): Record<string, ModelHealth>;
-  runtime(): { version: string; executionProviders: string[] };
+  /** The runtime that serves (or will serve, once a model is activated), or null when none can run here. */
+  runtime(): RuntimeInfo | null;
   close(): Promise<void>;
 }
 
 export interface ModelServiceOptions {
   dataDir: string;
-  /** Intra-op threads per session; default max(1, cores - 1). Spinning is always off. */
+  /** Intra-op threads per session; default max(1, cores - 1) for onnxruntime-node, 1 for onnxruntime-web. Spinning is always off. */
   threads?: number;
+  /** Which runtime serves: 'auto' (default) takes onnxruntime-node where it has a binary for this board, onnxruntime-web otherwise. */
+  runtime?: RuntimeSetting;
+  /** What is installed and what this board is (tests); default: found next to the agent, this machine. */
+  installedRuntimes?: InstalledRuntimes;
+  board?: Board;
   /** Models of at least this many bytes are built and run on a worker thread of their own (session.ts); default 8 MiB. */
   workerSessionBytes?: number;
   /** Previously active versions kept on disk for instant rollback; default 2. */
   keepVersions?: number;
   logger: Logger;
   graphOptimizationLevel?: GraphOptimizationLevel;
-  /** Default ['cpu']. */
-  executionProviders?: string[];
   /** The fleet public key: needed (with `identity`) to accept an operator-signed rollback below the highest accepted version. */
   publicKeyPem?: string;
   /** This device, to check a signed rollback manifest's target (checkAcceptance). */
@@ -137,8 +145,9 @@ class OnnxModelService implements ModelService {
   private readonly health = new HealthCounters();
   private readonly logger: Logger;
   private readonly keepVersions: number;
-  private readonly executionProviders: string[];
-  private readonly sessionOptions: ort.InferenceSession.SessionOptions;
+  private readonly plan: RuntimePlan;
+  private readonly sessionOptions: SessionOptions | undefined;
+  private sessionRuntime: Promise<SessionRuntime> | undefined;
   private closing = false;
 
   constructor(
@@ -147,18 +156,33 @@ class OnnxModelService implements ModelService {
   ) {
     this.logger = opts.logger;
     this.keepVersions = Math.max(0, opts.keepVersions ?? 2);
-    this.executionProviders = opts.executionProviders ?? ['cpu'];
-    this.sessionOptions = {
-      executionProviders: this.executionProviders,
-      intraOpNumThreads: Math.max(1, opts.threads ?? availableParallelism() - 1),
-      interOpNumThreads: 1,
-      executionMode: 'sequential',
-      graphOptimizationLevel: opts.graphOptimizationLevel ?? 'all',
-      // Failures reach the caller as FleetErrors with onnxruntime's message; keep its own logging quiet.
-      logSeverityLevel: 4,
-      // Idle intra-op threads must not spin: on 2-4 core boards they would keep cores busy after every run.
-      extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
-    };
+    this.plan = planRuntime(opts.runtime ?? 'auto', opts.board ?? thisBoard(), opts.installedRuntimes ?? findInstalledRuntimes(), opts.threads);
+    this.sessionOptions = this.plan.ok ? sessionOptions(this.plan.runtime, opts.graphOptimizationLevel ?? 'all') : undefined;
+    if (this.plan.ok) {
+      const { name, version, backend, threads, why } = this.plan.runtime;
+      this.logger.info({ runtime: name, version, backend, threads }, `inference runtime: ${name} ${version} (${backend}); ${why}; loaded with the first model`);
+    } else {
+      this.logger.error({ reason: this.plan.reason }, 'no inference runtime: models cannot be activated on this device');
+    }
+  }
+
+  /** The runtime's module, loaded on first use (the first session build). */
+  private loadedRuntime(): Promise<SessionRuntime> {
+    if (!this.plan.ok) return Promise.reject(new FleetError('load_failed', this.plan.reason));
+    this.sessionRuntime ??= loadRuntime(this.plan.runtime).catch((error: unknown) => {
+      this.sessionRuntime = undefined; // a later activation tries again
+      throw new FleetError('load_failed', `${this.runtimeText()} does not load on this device: ${firstLine(error)}`);
+    });
+    return this.sessionRuntime;
+  }
+
+  private async openOnnxSession(bytes: Uint8Array): Promise<Session> {
+    const runtime = await this.loadedRuntime();
+    return runtime.open(bytes, this.sessionOptions!, bytes.length >= (this.opts.workerSessionBytes ?? 8 * 1024 * 1024) ? 'worker' : 'inline');
+  }
+
+  private runtimeText(): string {
+    return this.plan.ok ? `onnxruntime ${this.plan.runtime.version} (${this.plan.runtime.name}, ${this.plan.runtime.backend})` : 'no runtime';
   }
 
   /** Loads the active version of every model; falls back to earlier versions if one no longer loads. */
@@ -231,8 +255,8 @@ class OnnxModelService implements ModelService {
     return this.health.drain();
   }
 
-  runtime(): { version: string; executionProviders: string[] } {
-    return { version: ort.env.versions.node ?? ort.env.versions.common, executionProviders: [...this.executionProviders] };
+  runtime(): RuntimeInfo | null {
+    return this.plan.ok ? { ...this.plan.runtime, executionProviders: [...this.plan.runtime.executionProviders] } : null;
   }
 
   private installedText(name: string): string {
@@ -535,11 +559,12 @@ class OnnxModelService implements ModelService {
     let session: Session;
     const loadStart = performance.now();
     try {
-      const runtime = this.opts.openRuntime?.({ name, version, manifest, modelFile: this.store.modelFile(name, version) });
-      session = await (runtime ?? openSession(bytes, this.sessionOptions, bytes.length >= (this.opts.workerSessionBytes ?? 8 * 1024 * 1024) ? 'worker' : 'inline'));
+      // a container that serves the model (its manifest names one), else the runtime chosen for this board
+      const container = this.opts.openRuntime?.({ name, version, manifest, modelFile: this.store.modelFile(name, version) });
+      session = await (container ?? this.openOnnxSession(bytes));
     } catch (error) {
-      if (error instanceof FleetError) throw error; // a runtime's own reason (a container that did not start)
-      throw new FleetError('load_failed', `${key} does not load in onnxruntime ${this.runtime().version}: ${firstLine(error)}`);
+      if (error instanceof FleetError) throw error; // a runtime's own reason (no runtime here, a container that did not start)
+      throw new FleetError('load_failed', `${key} does not load in ${this.runtimeText()}: ${firstLine(error)}`);
     }
     const inputs = session.inputMetadata.map(tensorInfo);
     const outputs = session.outputMetadata.map(tensorInfo);

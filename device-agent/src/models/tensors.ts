@@ -11,7 +11,7 @@
  *   value is a safe integer, otherwise decimal strings for the whole tensor.
  * - bool: true/false (0/1 accepted in requests). string: strings.
  */
-import ort from 'onnxruntime-node';
+import * as ort from 'onnxruntime-common';
 import { DTYPES, ELEMENT_BYTES, FleetError, decodeBytesElements, encodeBytesElements } from '@edgefleet/protocol';
 import type { DType, Tensor, TensorInfo } from '@edgefleet/protocol';
 

@@ -7,9 +7,8 @@
  *   threshold to one of two labels → `{ label, score }`.
  * Bad images and unknown words are FleetError('invalid_input') with a sentence, never a crash.
  */
-import ort from 'onnxruntime-node';
-import sharp from 'sharp';
-import type { OutputInfo } from 'sharp';
+import * as ort from 'onnxruntime-common';
+import type { OutputInfo, default as Sharp } from 'sharp';
 import { FleetError } from '@edgefleet/protocol';
 import type { Processing, TensorInfo } from '@edgefleet/protocol';
 import type { OrtTensor } from '../models/tensors.js';
@@ -76,11 +75,34 @@ export async function preprocess(p: Processing, raw: RawInput, model: string, in
 
 // ------------------------------------------------------------------ image
 
+let sharpLoad: Promise<typeof Sharp> | undefined;
+
+/**
+ * sharp (libvips, native), imported with the first image rather than at start: most devices never
+ * decode one, and its library costs resident memory. Where its binary does not load on this board, image
+ * requests are refused with the reason; tensor inputs keep working.
+ */
+function loadSharp(): Promise<typeof Sharp> {
+  sharpLoad ??= import('sharp').then(
+    (m) => m.default,
+    (error: unknown) => {
+      sharpLoad = undefined; // a later request tries again (e.g. after the missing package was installed)
+      const reason = String((error as Error)?.message ?? error).split('\n')[0];
+      throw new FleetError(
+        'unavailable',
+        `image pre-processing is not available on this device: sharp does not load on ${process.platform}/${process.arch} (${reason}); send tensors in "inputs" instead, or install the agent bundle built for this board`,
+      );
+    },
+  );
+  return sharpLoad;
+}
+
 async function imageTensor(p: ImageClassification, base64: string): Promise<OrtTensor> {
   if (!/^[A-Za-z0-9+/_-]*={0,2}\s*$/.test(base64.replace(/\s+/g, ''))) throw bad('raw.imageBase64 is not base64');
   const bytes = Buffer.from(base64, 'base64');
   if (bytes.length === 0) throw bad('raw.imageBase64 is empty: send a JPEG or PNG image, base64-encoded');
   const shorter = p.resize ?? Math.max(p.width, p.height);
+  const sharp = await loadSharp();
   let pixels: Buffer;
   let info: OutputInfo;
   try {

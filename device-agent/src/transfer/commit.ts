@@ -4,7 +4,7 @@
  * is installed into the engine instead (the loaded ID must be the pin) and, when its
  * manifest has a container spec, run (health-checked, rolled back on failure). A failure
  * keeps the staging when the sender can repair it (missing or corrupt chunks, an expiry it
- * can re-sign), and drops it otherwise.
+ * can re-sign), and drops it otherwise. An agent bundle is handed to the updater instead.
  */
 import { hashFile } from '@edgefleet/node-io';
 import { FleetError, asFleetError, isRollbackBelow, makeEvent } from '@edgefleet/protocol';
@@ -24,7 +24,8 @@ export async function commit(ctx: ReceiverContext, p: ParsedParams<'transfer.com
   const t = await locked(ctx, p.transferId, () => load(ctx, p.transferId));
   if (!t) throw new FleetError('not_found', `no transfer ${p.transferId} on this device; offer it first`);
   if (t.committing) return t.committing;
-  t.committing = t.manifest.kind === 'image' ? installAndRunImage(ctx, t, p.activate) : installAndActivate(ctx, t, p.activate);
+  const kind = t.manifest.kind;
+  t.committing = kind === 'image' ? installAndRunImage(ctx, t, p.activate) : kind === 'agent' ? installAgentBundle(ctx, t) : installAndActivate(ctx, t, p.activate);
   try {
     const result = await t.committing;
     await drop(ctx, t);
@@ -80,6 +81,18 @@ function activateStaged(ctx: ReceiverContext, t: Transfer): Promise<{ previous: 
   if (!isRollbackBelow(m, models.highestAccepted(m.name))) return models.activate(m.name, m.version);
   if (!models.rollback) throw new FleetError('lower_version', `${m.name}@${m.version} is below the highest version accepted and this device cannot take rollbacks`);
   return models.rollback(m.name, t.signed);
+}
+
+/** An agent bundle: verified whole, then unpacked and switched to by the updater (src/update/); the agent restarts after this reply. */
+async function installAgentBundle(ctx: ReceiverContext, t: Transfer): Promise<CommandResult<'transfer.commit'>> {
+  const m = t.manifest;
+  accept(ctx, m);
+  ctx.opts.agentBundles!.check(m);
+  await drain(t);
+  await verifyWhole(ctx, t);
+  await closeFiles(t);
+  await ctx.opts.agentBundles!.install(dataFile(t), m);
+  return { model: m.name, version: m.version, activated: true, previous: null };
 }
 
 /**

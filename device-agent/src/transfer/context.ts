@@ -113,11 +113,14 @@ export function progress(ctx: ReceiverContext, t: Transfer, force = false): void
   }
 }
 
-/** A verified model or image manifest, or the FleetError that says why not. */
+/** A verified model, image or agent bundle manifest, or the FleetError that says why not. */
 export function verify(ctx: ReceiverContext, signed: SignedManifest): Manifest {
   const manifest = verifiedManifest(signed, ctx.opts.publicKeyPem);
   if (manifest.kind === 'image' && !ctx.opts.images) {
     throw new FleetError('unavailable', `${manifest.name}@${manifest.version} is a Docker image, and this agent runs no containers service`);
+  }
+  if (manifest.kind === 'agent' && !ctx.opts.agentBundles) {
+    throw new FleetError('unavailable', 'this agent cannot update itself: it was not started by the launcher of an installed bundle (no agentHome)');
   }
   return manifest;
 }
@@ -130,10 +133,19 @@ export function images(ctx: ReceiverContext): ReceiverImages {
 /** The protocol's acceptance check (target, expiry, anti-rollback) against this device; throws its refusal. */
 export function accept(ctx: ReceiverContext, m: Manifest): void {
   if (m.kind === 'image') return acceptImage(ctx, m);
-  const { models } = ctx.opts;
-  const lastRollbackSeq = models.lastRollbackSeq?.(m.name) ?? 0;
-  const refusal = checkAcceptance(m, { device: ctx.opts.identity, highestAccepted: models.highestAccepted(m.name), lastRollbackSeq, now: ctx.now() });
+  const { highestAccepted, lastRollbackSeq } = acceptedOf(ctx, m);
+  const refusal = checkAcceptance(m, { device: ctx.opts.identity, highestAccepted, lastRollbackSeq, now: ctx.now() });
   if (refusal) throw refusal;
+}
+
+/** Models keep a durable highest accepted version and last rollback sequence each; the agent one pair for its bundles (verify() refused agent manifests it has no receiver for). */
+function acceptedOf(ctx: ReceiverContext, m: Manifest): { highestAccepted: number; lastRollbackSeq: number } {
+  if (m.kind === 'agent') {
+    const bundles = ctx.opts.agentBundles!;
+    return { highestAccepted: bundles.highestAccepted(), lastRollbackSeq: bundles.lastRollbackSeq() };
+  }
+  const { models } = ctx.opts;
+  return { highestAccepted: models.highestAccepted(m.name), lastRollbackSeq: models.lastRollbackSeq?.(m.name) ?? 0 };
 }
 
 /**
@@ -154,6 +166,7 @@ function acceptImage(ctx: ReceiverContext, m: Manifest): void {
 }
 
 export function isInstalled(ctx: ReceiverContext, m: Manifest): boolean {
+  if (m.kind === 'agent') return false; // a bundle is unpacked at commit; nothing is kept to resume from
   if (m.kind === 'image') return images(ctx).isInstalled(m.name, m.version, m.image!.digest);
   return ctx.opts.models.list().some((s) => s.name === m.name && s.versions.includes(m.version));
 }

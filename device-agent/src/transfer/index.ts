@@ -12,7 +12,7 @@ import { commit } from './commit.js';
 import { closeFiles, drain } from './state.js';
 import type { TransferReceiver, TransferReceiverOptions } from './types.js';
 
-export type { DiskSpace, ReceiverImages, ReceiverModels, ReceiverStats, TransferReceiver, TransferReceiverOptions } from './types.js';
+export type { DiskSpace, ReceiverAgentBundles, ReceiverImages, ReceiverModels, ReceiverStats, TransferReceiver, TransferReceiverOptions } from './types.js';
 
 export function createTransferReceiver(opts: TransferReceiverOptions): TransferReceiver {
   const ctx = createContext(opts);

@@ -18,6 +18,7 @@ export async function offer(ctx: ReceiverContext, p: ParsedParams<'transfer.offe
   const manifest = verify(ctx, p.manifest);
   accept(ctx, manifest);
   if (manifest.kind === 'image') await images(ctx).checkOffer(manifest); // platform and engine, before a byte is sent
+  if (manifest.kind === 'agent') ctx.opts.agentBundles!.check(manifest); // architecture and launcher, before a byte is sent
   const { via } = p;
   const { identity } = ctx.opts;
   if (via.kind === 'device' ? via.name !== identity.id : !identity.groups.includes(via.name)) {

@@ -16,6 +16,17 @@ export interface ReceiverModels {
   recordAccepted(name: string, version: number): Promise<void>;
 }
 
+/** Receives agent bundles (manifests of kind 'agent', src/update/). Without it such manifests are refused. */
+export interface ReceiverAgentBundles {
+  highestAccepted(): number;
+  /** The highest rollback sequence number used for the agent (persisted), or 0. */
+  lastRollbackSeq(): number;
+  /** Throws (a FleetError) when this device cannot take the bundle (architecture, no launcher): checked at offer. */
+  check(manifest: Manifest): void;
+  /** Unpacks the verified bundle and switches to it; the agent restarts into it after the reply. */
+  install(stagedFile: string, manifest: Manifest): Promise<unknown>;
+}
+
 /** What the receiver needs from the containers service for image manifests (a subset of ContainerService). */
 export interface ReceiverImages {
   /** Refuses (throws) an image this device cannot take: wrong platform, no engine. */
@@ -45,6 +56,8 @@ export interface TransferReceiverOptions {
   models: ReceiverModels;
   /** Image manifests (`kind: 'image'`) are refused without it. */
   images?: ReceiverImages;
+  /** Agent bundles (`kind: 'agent'`) are refused without it (an agent not started by a bundle's launcher). */
+  agentBundles?: ReceiverAgentBundles;
   publishEvent: (event: FleetEvent) => void;
   logger: Logger;
   /** Free space where the staging file goes; defaults to fs.statfs (tests inject a full disk with it). */

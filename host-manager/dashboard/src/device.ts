@@ -68,12 +68,21 @@ export function deviceView(store: Store, id: string): View {
     charts['p95']?.set(models.length ? x : [], models.map(([k, m]) => ({ label: k, values: m.p95Ms })));
   }
 
+  /** The last self-update as the device reports it: on trial, done, or rolled back with the launcher's reason. */
+  function agentUpdateText(info: DeviceView['info']): string {
+    const u = info?.agentUpdate;
+    if (!u) return '';
+    if (u.state === 'trial') return `${u.from} → ${u.to}, on trial`;
+    if (u.state === 'updated') return `${u.from} → ${u.to}`;
+    return `${u.to} rolled back to ${u.from}${u.reason ? `: ${u.reason}` : ''}`;
+  }
+
   function header(d: DeviceView): string {
     const info = d.info;
     const fact = (k: string, v: unknown): string => (v === undefined || v === null || v === '' ? '' : `<div><span>${k}</span>${esc(v)}</div>`);
     return `<h2><a href="#/fleet">Fleet</a> / ${esc(d.id)} <span class="pill ${d.online ? 'online' : 'offline'}">${d.online ? 'online' : 'offline'}</span></h2>
       <div class="facts">${fact('groups', d.groups.join(', ') || '(none)')}${fact('labels', Object.entries(d.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(', ') || '(none)')}
-      ${fact('arch', info?.arch)}${fact('runtime', runtimeText(info))}${fact('host', info?.hostname)}${fact('agent', info?.agentVersion)}${fact('memory', bytes(info?.memoryBytes))}
+      ${fact('arch', info?.arch)}${fact('runtime', runtimeText(info))}${fact('host', info?.hostname)}${fact('agent', info?.agentVersion)}${fact('agent update', agentUpdateText(info))}${fact('memory', bytes(info?.memoryBytes))}
       ${fact('last seen', d.lastSeen ? ago(d.lastSeen) : 'never')}${d.online ? '' : fact('offline because', d.offlineReason)}</div>
       <div class="toolbar"><button type="button" data-act="edit">Edit groups and labels</button><button type="button" data-act="deploy">Deploy to this device</button></div>`;
   }

@@ -26,7 +26,7 @@ interface Row {
 export function runtimeText(info: DeviceView['info']): string {
   const r = info?.runtime;
   if (typeof r === 'string') return r;
-  if (r && typeof r === 'object') return [r.name, r.version].filter(Boolean).join(' ');
+  if (r && typeof r === 'object') return [r.name, r.version, r.backend ? `(${r.backend})` : ''].filter(Boolean).join(' ');
   return info?.onnxruntime ? `onnxruntime ${info.onnxruntime.version}` : '';
 }
 

@@ -8,12 +8,13 @@ import type { CommandParams, CommandResult, ErrorBody } from '@edgefleet/protoco
 import type { VitalsSeries } from '../devices/vitals-history.js';
 import type { AddedModel, AddOptions } from '../models/registry.js';
 import type { AddedImage, AddImageOptions } from '../images/registry.js';
+import type { AddedAgentBundle } from '../agents/registry.js';
 import type { ExpectedUpload, SampleUpload } from '../models/check-files.js';
 import type { ProvisionResult } from '../devices/provisioning.js';
 import type { DeviceReport, DroppedCounts } from '../devices/reports.js';
 import type { CreateRolloutInput } from '../rollouts/executor.js';
 import type { RolloutTiming } from '../rollouts/summary.js';
-import type { ArtifactKind, AuditEntry, DeviceRecord, ImageVersionRecord, ModelVersionRecord, RolloutRecord, RolloutTarget } from '../state/schema.js';
+import type { AgentBundleRecord, ArtifactKind, AuditEntry, DeviceRecord, ImageVersionRecord, ModelVersionRecord, RolloutRecord, RolloutTarget } from '../state/schema.js';
 
 /** A device as the API shows it: never its token hash. */
 export type PublicDevice = Omit<DeviceRecord, 'tokenHash'> & { provisioned: boolean };
@@ -164,6 +165,12 @@ export interface ImageOperations {
   deliverImageSsh(args: SshImageDeliveryRequest): Promise<SshImageDeliveryView>;
 }
 
+export interface AgentOperations {
+  listAgentBundles(): AgentBundleRecord[];
+  /** Registers an agent bundle the registry may consume (an upload). */
+  addAgentBundle(args: { file: string; healthDeadlineS?: number; actor: string }): Promise<AddedAgentBundle>;
+}
+
 export interface RolloutOperations {
   deploy(input: CreateRolloutInput): Promise<RolloutRecord>;
   listRollouts(): RolloutRecord[];
@@ -185,4 +192,4 @@ export interface ControllerOperations {
   audit(limit?: number): AuditEntry[];
 }
 
-export interface Operations extends DeviceOperations, ModelOperations, ImageOperations, RolloutOperations, ControllerOperations {}
+export interface Operations extends DeviceOperations, ModelOperations, ImageOperations, AgentOperations, RolloutOperations, ControllerOperations {}

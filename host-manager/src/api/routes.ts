@@ -4,6 +4,7 @@ import type { Operations } from './contract.js';
 import { bearer, route } from './http.js';
 import type { Route } from './http.js';
 import { imageRoutes } from './image-routes.js';
+import { agentRoutes } from './agent-routes.js';
 import { intParam, parseBody, schemas, versionParam } from './schemas.js';
 import { uploadModel } from './upload.js';
 import { uploadSample } from './check-uploads.js';
@@ -14,13 +15,15 @@ import { summarize } from '../rollouts/summary.js';
 export interface RouteOptions {
   /** The largest model upload, in bytes (--max-model-mb). */
   maxModelBytes: number;
+  /** The largest agent bundle upload, in bytes (--max-agent-bundle-mb). */
+  maxAgentBundleBytes: number;
 }
 
 /** Bytes an enrolment body may have: `{"id": "<64 characters>"}` with room to spare. */
 const ENROL_BODY_LIMIT = 4096;
 
 export function apiRoutes(ops: Operations, opts: RouteOptions): Route[] {
-  return [...deviceRoutes(ops), ...modelRoutes(ops, opts), ...imageRoutes(ops), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
+  return [...deviceRoutes(ops), ...modelRoutes(ops, opts), ...imageRoutes(ops), ...agentRoutes(ops, opts), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
 }
 
 function deviceRoutes(ops: Operations): Route[] {
@@ -103,8 +106,9 @@ function rolloutRoutes(ops: Operations): Route[] {
       const body = parseBody(schemas.deploy, await c.body());
       return ops.deploy({
         ...(body.kind ? { kind: body.kind } : {}),
-        model: body.model,
+        model: body.model ?? 'edgefleet-agent',
         ...(body.version !== undefined ? { version: body.version } : {}),
+        ...(body.agent ? { agent: body.agent } : {}),
         to: parseTarget(body.to),
         ...(body.policy ? { policy: body.policy } : {}),
         actor: c.actor,

@@ -1,6 +1,6 @@
 /** The HTTP API's request bodies, each a zod schema; the infer body is the protocol's `infer` params plus a timeout. */
 import { z } from 'zod';
-import { ContainerSpecSchema, NameSchema, ProcessingSchema, VersionSchema, describe, inferParamsSchema } from '@edgefleet/protocol';
+import { AGENT_ARCHES, ContainerSpecSchema, NameSchema, ProcessingSchema, VersionSchema, describe, inferParamsSchema } from '@edgefleet/protocol';
 import { FleetError } from '@edgefleet/protocol';
 import { ARTIFACT_KINDS, LabelKeySchema, LabelValueSchema, LineageSchema } from '../state/schema.js';
 import { RolloutPolicySchema } from '../rollouts/policy.js';
@@ -41,7 +41,20 @@ export const schemas = {
       check: CheckRequestSchema.optional(),
     })
     .strict(),
-  deploy: z.object({ kind: z.enum(ARTIFACT_KINDS).optional(), model: NameSchema, version: VersionSchema.optional(), to: TargetSchema, policy: RolloutPolicySchema.optional() }).strict(),
+  deploy: z
+    .object({
+      kind: z.enum(ARTIFACT_KINDS).optional(),
+      /** Required for a model or an image; an agent rollout is always of 'edgefleet-agent'. */
+      model: NameSchema.optional(),
+      version: VersionSchema.optional(),
+      /** kind 'agent': the agent version, and the architectures (default: every one it has a bundle for). */
+      agent: z.object({ version: z.string().min(1).max(64), arches: z.array(z.enum(AGENT_ARCHES)).min(1).optional() }).strict().optional(),
+      to: TargetSchema,
+      policy: RolloutPolicySchema.optional(),
+    })
+    .strict()
+    .refine((b) => b.kind === 'agent' || b.model !== undefined, { message: 'name the model (or image) to roll out', path: ['model'] })
+    .refine((b) => (b.kind === 'agent') === (b.agent !== undefined), { message: 'an agent rollout ({"kind": "agent"}) names the agent: {"agent": {"version": "0.2.0"}}, and only an agent rollout does', path: ['agent'] }),
   infer: inferParamsSchema({ timeoutMs: z.number().int().min(1).max(600_000).optional() }),
   exec: z.object({ to: TargetSchema, command: z.string().min(1), via: z.enum(['command', 'topic']).optional() }).strict(),
   rollback: z.object({ rollout: z.string().min(1).optional(), kind: z.enum(ARTIFACT_KINDS).optional() }).strict(),

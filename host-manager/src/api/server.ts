@@ -44,6 +44,8 @@ export interface ApiOptions {
   allowedHosts?: readonly string[];
   /** The largest model upload, in bytes. */
   maxModelBytes: number;
+  /** The largest agent bundle upload, in bytes. */
+  maxAgentBundleBytes: number;
 }
 
 interface AnswerContext {
@@ -57,7 +59,7 @@ interface AnswerContext {
 export async function startApi(opts: ApiOptions): Promise<RunningApi> {
   const checkToken = createTokenChecker(opts.state);
   const hostCheck = createHostCheck({ host: opts.host, ...(opts.allowedHosts ? { allowedHosts: opts.allowedHosts } : {}) });
-  const routes = apiRoutes(opts.ops, { maxModelBytes: opts.maxModelBytes });
+  const routes = apiRoutes(opts.ops, { maxModelBytes: opts.maxModelBytes, maxAgentBundleBytes: opts.maxAgentBundleBytes });
   const server = createServer((req, res) => void answer(req, res, { routes, checkToken, hostCheck, metrics: opts.metrics, log: opts.logger }));
   const feed = attachFeed(server, { ops: opts.ops, fleet: opts.fleet, checkToken, hostCheck });
   await new Promise<void>((resolve, reject) => {

@@ -37,6 +37,7 @@ export interface ControllerArgs {
   'enrolment-group'?: string[];
   'http-allowed-hosts'?: string[];
   'max-model-mb'?: number;
+  'max-agent-bundle-mb'?: number;
 }
 
 export async function runController(args: ControllerArgs, io: CliIO, opts: { stdin?: NodeJS.ReadableStream & { isTTY?: boolean }; env?: NodeJS.ProcessEnv } = {}): Promise<number> {
@@ -49,10 +50,12 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
     ? pino({ name: 'hostManager', level }, pino.destination({ dest: join(dataDir, 'controller.log'), mkdir: true, sync: false }))
     : pino({ name: 'hostManager', level }, pino.destination(2));
 
-  const maxModelMb = args['max-model-mb'];
-  if (maxModelMb !== undefined && !(Number.isFinite(maxModelMb) && maxModelMb > 0)) {
-    io.err(`hostManager: --max-model-mb must be a positive number of MiB (got ${String(maxModelMb)}); the default is ${DEFAULTS.maxModelBytes / (1024 * 1024)}`);
-    return EXIT.usage;
+  for (const [flag, fallback] of [['max-model-mb', DEFAULTS.maxModelBytes], ['max-agent-bundle-mb', DEFAULTS.maxAgentBundleBytes]] as const) {
+    const mb = args[flag];
+    if (mb !== undefined && !(Number.isFinite(mb) && mb > 0)) {
+      io.err(`hostManager: --${flag} must be a positive number of MiB (got ${String(mb)}); the default is ${fallback / (1024 * 1024)}`);
+      return EXIT.usage;
+    }
   }
   const target = args.broker ? brokerUrlsOf(args.broker).join(', ') : 'the embedded broker';
   if (interactive) io.out(`Connecting to broker at ${target}...`);
@@ -77,6 +80,7 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
       enrolment: args.enrolment ? { groups: (args['enrolment-group'] ?? []).flatMap((g) => g.split(',')).filter(Boolean) } : false,
       httpAllowedHosts: (args['http-allowed-hosts'] ?? []).flatMap((h) => h.split(',')).map((h) => h.trim()).filter(Boolean),
       maxModelBytes: Math.round((args['max-model-mb'] ?? DEFAULTS.maxModelBytes / (1024 * 1024)) * 1024 * 1024),
+      maxAgentBundleBytes: Math.round((args['max-agent-bundle-mb'] ?? DEFAULTS.maxAgentBundleBytes / (1024 * 1024)) * 1024 * 1024),
     });
   } catch (error) {
     io.err(`hostManager: ${startErrorText(error, args)}`);

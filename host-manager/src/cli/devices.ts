@@ -61,8 +61,12 @@ export function deviceCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
           return { json: list, text: list.length ? table(list.map((d) => deviceRow(d, now)), DEVICE_COLUMNS, undefined, { shrinkFirst: ['labels', 'models', 'groups'] }) : `no devices yet; add one with \`${invocation()} devices add <id>\`` };
         }))
         .command('show <id>', 'show one device', id, ctx.run<{ id: string }>(async (a, c) => {
-          const d = await c.call('GET', `/api/devices/${encodeURIComponent(a.id)}`);
-          return { json: d, text: JSON.stringify(d, null, 2) };
+          const d = await c.call<DeviceView>('GET', `/api/devices/${encodeURIComponent(a.id)}`);
+          const row = deviceRow(d);
+          const facts = [`${d.id}: ${row.status}`, `arch ${row.arch || '?'}`, `runtime ${row.runtime || 'none'}`, `agent ${row.agent || '?'}`].join(', ');
+          const update = d.info?.agentUpdate;
+          const updateLine = update ? `\nlast agent update: ${update.from} → ${update.to}, ${update.state}${update.reason ? ` (${update.reason})` : ''}` : '';
+          return { json: d, text: `${facts}${updateLine}\n${JSON.stringify(d, null, 2)}` };
         }))
         .command(
           'add <id>',

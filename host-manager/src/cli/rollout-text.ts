@@ -13,6 +13,8 @@ export interface RolloutView {
   kind?: string;
   model: string;
   version: number;
+  /** An agent rollout's agent version. */
+  agent?: { version: string };
   status: string;
   reason?: string;
   target: { kind: string; name?: string; match?: { key: string; op: string; value: string }[] };
@@ -63,7 +65,8 @@ export function etaText(timing: RolloutTiming | undefined, now: Date): string {
 export function rolloutText(r: RolloutView, now = new Date()): string {
   const said: string[] = [];
   const fresh = (text: string): boolean => !said.some((s) => s.includes(text));
-  const lines = [`rollout ${r.id}: ${r.kind === 'image' ? 'image ' : ''}${r.model}@${r.version} → ${targetText(r.target)}  [${r.status}]`];
+  const what = r.kind === 'agent' && r.agent ? `agent ${r.agent.version} (release ${r.version})` : `${r.kind === 'image' ? 'image ' : ''}${r.model}@${r.version}`;
+  const lines = [`rollout ${r.id}: ${what} → ${targetText(r.target)}  [${r.status}]`];
   if (r.reason) {
     lines.push(`  ${r.reason}`);
     said.push(r.reason);

@@ -104,13 +104,19 @@ export async function waitFor(io: CliIO, c: Client, id: string, json: boolean): 
   }
 }
 
+/** Starts a rollout (`body` as `POST /api/rollouts` takes it) and, with --wait, follows it to its end; `what` names it in the started line. */
+export async function startRollout(io: CliIO, c: Client, body: Record<string, unknown>, wait: boolean, json: boolean, what: (r: RolloutView) => string): Promise<CommandOutput> {
+  const created = await c.call<RolloutView>('POST', '/api/rollouts', body);
+  if (!wait) return { json: created, text: `rollout ${created.id} started: ${what(created)}, ${created.waves.length} wave(s); follow it with \`hostManager rollouts show ${created.id} --wait\` or \`hostManager rollouts watch\`` };
+  const done = await waitFor(io, c, created.id, json);
+  return { json: done, text: rolloutText(done), code: done.status === 'succeeded' ? EXIT.ok : EXIT.failed };
+}
+
 /** Starts a rollout of a model (or, with `kind: 'image'`, an image) version and follows it with --wait. */
 export async function deploy(io: CliIO, c: Client, ref: string, a: Record<string, unknown>, wait: boolean, json: boolean, kind: 'model' | 'image' = 'model'): Promise<CommandOutput> {
   const { model, version } = parseModelRef(ref);
-  const created = await c.call<RolloutView>('POST', '/api/rollouts', { ...(kind === 'image' ? { kind } : {}), model, ...(version ? { version } : {}), to: a['to'], policy: policyFrom(a) });
-  if (!wait) return { json: created, text: `rollout ${created.id} started: ${created.model}@${created.version}, ${created.waves.length} wave(s); follow it with \`hostManager rollouts show ${created.id} --wait\` or \`hostManager rollouts watch\`` };
-  const done = await waitFor(io, c, created.id, json);
-  return { json: done, text: rolloutText(done), code: done.status === 'succeeded' ? EXIT.ok : EXIT.failed };
+  const body = { ...(kind === 'image' ? { kind } : {}), model, ...(version ? { version } : {}), to: a['to'], policy: policyFrom(a) };
+  return startRollout(io, c, body, wait, json, (r) => `${r.model}@${r.version}`);
 }
 
 export function rolloutCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {

@@ -9,11 +9,11 @@ export interface DeviceView {
   labels?: Record<string, string>;
   lastSeen: string | null;
   offlineReason?: string | null;
-  info: { models?: { name: string; version: number }[]; arch?: string; runtime?: unknown; hostname?: string } | null;
+  info: { models?: { name: string; version: number }[]; arch?: string; runtime?: unknown; hostname?: string; agentVersion?: string; agentUpdate?: { state: string; from: string; to: string; reason?: string } } | null;
   telemetry: { cpuPercent?: number; memoryUsedBytes?: number; memoryTotalBytes?: number; temperatureC?: number | null } | null;
 }
 
-export const DEVICE_COLUMNS = ['id', 'status', 'groups', 'labels', 'models', 'arch', 'runtime', 'cpu', 'mem', 'temp', 'lastSeen'];
+export const DEVICE_COLUMNS = ['id', 'status', 'groups', 'labels', 'models', 'arch', 'runtime', 'agent', 'cpu', 'mem', 'temp', 'lastSeen'];
 
 /** `12 s ago`, `4 min ago`, `3 h ago`, `2 d ago`, or `never`. */
 export function ago(iso: string | null | undefined, now = Date.now()): string {
@@ -28,11 +28,21 @@ export function ago(iso: string | null | undefined, now = Date.now()): string {
 function runtimeText(runtime: unknown): string {
   if (typeof runtime === 'string') return runtime;
   if (runtime && typeof runtime === 'object') {
-    const r = runtime as { kind?: unknown; name?: unknown; version?: unknown };
+    const r = runtime as { kind?: unknown; name?: unknown; version?: unknown; backend?: unknown };
     const name = typeof r.kind === 'string' ? r.kind : typeof r.name === 'string' ? r.name : '';
-    return typeof r.version === 'string' && name ? `${name} ${r.version}` : name;
+    const text = typeof r.version === 'string' && name ? `${name} ${r.version}` : name;
+    return typeof r.backend === 'string' && text ? `${text} (${r.backend})` : text;
   }
   return '';
+}
+
+/** The agent version, and a self-update on trial or rolled back (an update that went through needs no word). */
+export function agentText(info: DeviceView['info']): string {
+  const version = info?.agentVersion ?? '';
+  const u = info?.agentUpdate;
+  if (u?.state === 'trial') return `${version} (updating to ${u.to})`;
+  if (u?.state === 'rolled-back' && u.from === version) return `${version} (${u.to} rolled back)`;
+  return version;
 }
 
 export function deviceRow(d: DeviceView, now = Date.now()): Record<string, string> {
@@ -45,6 +55,7 @@ export function deviceRow(d: DeviceView, now = Date.now()): Record<string, strin
     models: (d.info?.models ?? []).map((m) => `${m.name}@${m.version}`).join(','),
     arch: d.info?.arch ?? '',
     runtime: runtimeText(d.info?.runtime),
+    agent: agentText(d.info),
     cpu: t?.cpuPercent !== undefined ? `${t.cpuPercent.toFixed(0)}%` : '',
     mem: t?.memoryTotalBytes ? `${Math.round((100 * (t.memoryUsedBytes ?? 0)) / t.memoryTotalBytes)}%` : '',
     temp: t?.temperatureC !== undefined && t.temperatureC !== null ? `${t.temperatureC.toFixed(0)}°C` : '',

@@ -6,6 +6,7 @@
  */
 import yargs from 'yargs';
 import { defaultDataDir } from '../defaults.js';
+import { agentCommands } from './agent.js';
 import { brokerCommands } from './broker.js';
 import { controllerCommand } from './controller-command.js';
 import type { ControllerRunner } from './controller-command.js';
@@ -38,6 +39,7 @@ export async function runCli(argv: readonly string[], io: CliIO = processIO, opt
   parser = brokerCommands(parser, ctx);
   parser = modelCommands(parser, ctx);
   parser = imageCommands(parser, ctx);
+  parser = agentCommands(parser, ctx);
   parser = rolloutCommands(parser, ctx);
   parser = requestCommands(parser, ctx)
     .fail((msg, err) => {

@@ -1,7 +1,7 @@
-/** The signed manifest of a delivery (a model or an image): what it names, for whom, until when, with the chunk table of the blob. */
+/** The signed manifest of a delivery (a model, an image or an agent bundle): what it names, for whom, until when, with the chunk table of the blob. */
 import { createHash } from 'node:crypto';
 import type { ManifestInput } from '@edgefleet/protocol';
-import type { ImageVersionRecord, ModelVersionRecord } from '../state/schema.js';
+import type { AgentBundleRecord, ImageVersionRecord, ModelVersionRecord } from '../state/schema.js';
 import { estimatedMemoryBytes } from '../models/compatibility.js';
 
 /** Chosen by `npm run bench:transfer` (see README.registry.md). */
@@ -11,8 +11,12 @@ export const DEFAULT_DEADLINE_MS = 10 * 60 * 1000;
 
 export type DeliveryTarget = { devices: string[] } | { group: string; devices: string[] };
 
-/** What a transfer delivers: a model version, or an image version (a `docker save` archive). */
-export type ArtifactRecord = ModelVersionRecord | ImageVersionRecord;
+/** What a transfer delivers: a model version, an image version (a `docker save` archive), or an agent bundle. */
+export type ArtifactRecord = ModelVersionRecord | ImageVersionRecord | AgentBundleRecord;
+
+export function isAgentRecord(record: ArtifactRecord): record is AgentBundleRecord {
+  return 'agentVersion' in record;
+}
 
 export function isImageRecord(record: ArtifactRecord): record is ImageVersionRecord {
   return 'image' in record && 'layerBytes' in record;
@@ -54,6 +58,10 @@ export function buildManifest(record: ArtifactRecord, hashes: { chunks: string[]
   if (isImageRecord(record)) {
     // the image ID read from the archive is the pin; the container spec says how devices run it
     return { kind: 'image', ...common(record, hashes, opts), image: record.image, ...(record.container ? { container: record.container } : {}) };
+  }
+  if (isAgentRecord(record)) {
+    // the device checks the architecture at the offer, and the unpacked bundle.json against this before it switches
+    return { kind: 'agent', ...common(record, hashes, opts), agent: { version: record.agentVersion, arch: record.arch, healthDeadlineS: record.healthDeadlineS } };
   }
   return {
     kind: 'model',

@@ -23,7 +23,7 @@ import type { CommandResult, DeviceInfo, ErrorBody, FleetEvent, Manifest, Transf
 import type { RequestFn } from '../devices/requester.js';
 import { checkCompatibility } from '../models/compatibility.js';
 import { DEFAULT_CHUNK_SIZE, loadChunkTable } from './chunk-table.js';
-import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, isImageRecord, transferIdFor } from './manifest.js';
+import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, isAgentRecord, isImageRecord, transferIdFor } from './manifest.js';
 import type { ArtifactRecord, DeliveryTarget } from './manifest.js';
 import { activateWithSample } from './check.js';
 import type { DeliveryCheck } from './check.js';
@@ -109,8 +109,8 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
   const devices: string[] = [];
   for (const device of new Set(opts.target.devices)) {
     const info = opts.deviceInfo?.(device);
-    // an image's platform and engine are checked by the device at the offer, before a byte is sent
-    const reason = info && !isImageRecord(record) ? checkCompatibility(record, info) : undefined;
+    // an image's platform and engine, and an agent bundle's architecture, are checked by the device at the offer, before a byte is sent
+    const reason = info && !isImageRecord(record) && !isAgentRecord(record) ? checkCompatibility(record, info) : undefined;
     if (reason) results[device] = { ok: false, error: { code: 'incompatible', message: reason } };
     else devices.push(device);
   }

@@ -1,8 +1,9 @@
 /**
  * The two device-changing actions rollouts need, bound to this controller's
- * MQTT connection, registries and keys: deliver a version of a model or an image
+ * MQTT connection, registries and keys: deliver a version of a model, an image or the agent
  * (mqtt-sender.ts's deliverModel: signed manifest, chunked fan-out, activation) and
- * roll a device back to its previous version (a model: with an operator-signed
+ * roll a device back to its previous version (an agent: the earlier release's bundle, see
+ * agent-delivery.ts; a model: with an operator-signed
  * rollback manifest, since the previous version is lower than the highest the device
  * accepted; an app: `containers.deploy` of the previous version, whose image the
  * device keeps, or `containers.stop` when it ran none before).
@@ -20,12 +21,16 @@ import { DEFAULT_CHUNK_SIZE, hashChunks } from './chunk-table.js';
 import { buildManifest } from './manifest.js';
 import { deliverModel } from './mqtt-sender.js';
 import { deliveryCheck } from './check.js';
+import { deliverAgent } from './agent-delivery.js';
+import type { AgentDeliveryContext } from './agent-delivery.js';
+import type { AgentRegistry } from '../agents/registry.js';
 
 export function makeDeliver(ctx: {
   mqtt: MqttClient;
   requester: Requester;
   registry: Registry;
   images: ImageRegistry;
+  agents: AgentRegistry;
   keys: FleetKeys;
   state: FleetRepository;
   chunkSize?: number;
@@ -34,7 +39,8 @@ export function makeDeliver(ctx: {
   concurrency?: number;
   onPhase?: (phase: string, ms: number) => void;
 }): DeliverFn {
-  return async ({ kind, model, version, target, devices, onProgress }) => {
+  return async ({ kind, model, version, target, devices, agent, onProgress }) => {
+    if (kind === 'agent') return deliverAgent(ctx, { version, devices, arches: agent?.arches, ...(onProgress ? { onProgress } : {}) });
     const record = kind === 'image' ? ctx.images.require(model, version) : ctx.registry.require(model, version);
     const blobPath = kind === 'image' ? ctx.images.blobPath(record) : ctx.registry.blobPath(record);
     // an image's commit loads the archive into the engine and waits for the new container to become healthy
@@ -75,10 +81,12 @@ export const ROLLBACK_EXPIRY_MS = 10 * 60_000;
 /**
  * Rollbacks sign nothing for an app: the device deploys a version it keeps, on the controller's
  * command (operators only may send it), so there is no manifest to capture and replay. A model goes
- * back with a single-use rollback manifest (its own rollbackSeq).
+ * back with a single-use rollback manifest (its own rollbackSeq), and so does the agent (the earlier
+ * release's bundle, agent-delivery.ts).
  */
-export function makeRollback(ctx: { requester: Requester; registry: Registry; images: ImageRegistry; keys: FleetKeys; state: FleetRepository; timeoutMs: number }): RollbackFn {
+export function makeRollback(ctx: { requester: Requester; registry: Registry; images: ImageRegistry; keys: FleetKeys; state: FleetRepository; timeoutMs: number; agents?: AgentDeliveryContext }): RollbackFn {
   return async ({ kind, device, model, previous }) => {
+    if (kind === 'agent') return rollbackAgent(ctx.agents!, device, previous);
     if (kind === 'image') {
       if (previous === null) {
         await ctx.requester.request(device, 'containers.stop', { app: model }, ctx.timeoutMs);
@@ -106,4 +114,18 @@ export function makeRollback(ctx: { requester: Requester; registry: Registry; im
     const res = await ctx.requester.request(device, 'models.rollback', { model, ...(manifest ? { manifest } : {}) }, ctx.timeoutMs);
     return { version: res.version };
   };
+}
+
+/** An agent: the earlier release's bundle for the device, signed as a single-use rollback (rollbackSeq), through the same transfer. */
+async function rollbackAgent(ctx: AgentDeliveryContext, device: string, previous: number | null): Promise<{ version: number | null }> {
+  if (previous === null) {
+    const running = ctx.state.device(device)?.info?.agentVersion ?? 'its version';
+    throw new FleetError('not_found', `${device} ran no agent release of the registry before this rollout; nothing to roll back to (it keeps running ${running})`);
+  }
+  // single-use, as for models: a new sequence number, on disk before the manifest that carries it exists
+  const rollbackSeq = ctx.state.nextRollbackSeq();
+  await ctx.state.write();
+  const outcome = (await deliverAgent(ctx, { version: previous, devices: [device], rollbackSeq }))[device];
+  if (!outcome?.ok) throw new FleetError(outcome?.error.code ?? 'internal', outcome?.error.message ?? `${device}: the rollback reported nothing`);
+  return { version: previous };
 }

@@ -1,6 +1,6 @@
 /**
- * What devices say about themselves (activation results and failures of models and containers, log
- * lines), kept apart from
+ * What devices say about themselves (activation results and failures of models and containers, agent
+ * self-updates and their fallbacks, log lines), kept apart from
  * the operator audit: a device's word is not a fact the controller saw, and a device must not be
  * able to push operator actions out of the audit by talking a lot.
  *
@@ -60,6 +60,12 @@ function describeEvent(device: string, e: ReportedEvent): string {
       return cut(`${by} ${e.event} ${e.data.app}@${e.data.version} (${e.data.strategy}${e.data.previous !== null ? `, previous ${e.data.previous}` : ''})`);
     case 'container.failed':
       return cut(`${by} ${e.event} ${e.data.app}@${e.data.version}: ${e.data.error.code}: ${e.data.error.message}${e.data.restored !== null ? ` (running ${e.data.restored} again)` : ''}`);
+    case 'agent.updating':
+      return cut(`${by} ${e.event} agent ${e.data.from} → ${e.data.to} (release ${e.data.version})`);
+    case 'agent.updated':
+      return cut(`${by} ${e.event} agent ${e.data.from} → ${e.data.to}`);
+    case 'agent.rolled-back':
+      return cut(`${by} ${e.event} agent ${e.data.failed} failed, running ${e.data.restored} again: ${e.data.reason}`);
     case 'log':
       return cut(`${by} log ${e.data.level}: ${e.data.message}`);
   }
@@ -76,6 +82,12 @@ function fieldsOf(e: ReportedEvent): Record<string, unknown> {
       return { app: e.data.app, version: e.data.version, previous: e.data.previous, strategy: e.data.strategy };
     case 'container.failed':
       return { app: e.data.app, version: e.data.version, restored: e.data.restored, error: { code: e.data.error.code } };
+    case 'agent.updating':
+      return { from: cut(e.data.from, 64), to: cut(e.data.to, 64), version: e.data.version };
+    case 'agent.updated':
+      return { from: cut(e.data.from, 64), to: cut(e.data.to, 64) };
+    case 'agent.rolled-back':
+      return { failed: cut(e.data.failed, 64), restored: cut(e.data.restored, 64) };
     case 'log':
       return { level: cut(e.data.level, 16) };
   }

@@ -14,7 +14,7 @@ import type { ArtifactKind, DeviceRecord, RolloutDevice, RolloutRecord, RolloutT
 import type { Fleet } from '../devices/presence.js';
 import type { Metrics } from '../api/metrics.js';
 import { EMPTY_HEALTH, combineHealth, summarizeHealth } from './health.js';
-import { containerVerdicts, evaluateGate, gateFailureReason } from './gate.js';
+import { agentVerdicts, containerVerdicts, evaluateGate, gateFailureReason } from './gate.js';
 import { applyRewave, newRollout, nextStep } from './plan.js';
 import type { RolloutStep } from './plan.js';
 import { resolvePolicy } from './policy.js';
@@ -31,6 +31,8 @@ export type DeliverFn = (args: {
   version: number;
   target: RolloutTarget;
   devices: string[];
+  /** An agent rollout: the agent version and its architectures. */
+  agent?: RolloutRecord['agent'];
   onProgress?: (device: string, received: number, total: number) => void;
 }) => Promise<Record<string, DeliveryOutcome>>;
 
@@ -46,6 +48,8 @@ export interface RolloutsOptions {
   metrics?: Metrics;
   /** How often a waiting rollout re-checks presence and clocks at most. Default 1000 ms. */
   tickMs?: number;
+  /** The registry's release number of an agent version (agent rollouts: what a device ran before). */
+  agentRelease?: (agentVersion: string) => number | undefined;
 }
 
 export interface CreateRolloutInput {
@@ -56,6 +60,8 @@ export interface CreateRolloutInput {
   to: RolloutTarget;
   policy?: PolicyInput;
   actor: string;
+  /** kind 'agent': the agent version (its release is `version`) and the architectures. */
+  agent?: RolloutRecord['agent'];
 }
 
 export class Rollouts {
@@ -66,6 +72,7 @@ export class Rollouts {
   readonly #log: Logger;
   readonly #metrics: Metrics | undefined;
   readonly #tickMs: number;
+  readonly #agentRelease: RolloutsOptions['agentRelease'];
   readonly #running = new Map<string, Promise<void>>();
   readonly #wakers = new Set<() => void>();
   /** Live transfer progress per rollout and device (not persisted). */
@@ -80,6 +87,7 @@ export class Rollouts {
     this.#log = opts.logger.child({ component: 'rollouts' });
     this.#metrics = opts.metrics;
     this.#tickMs = opts.tickMs ?? 1000;
+    this.#agentRelease = opts.agentRelease;
     this.#fleet.on('feed', (e) => {
       if (e.type === 'device' && e.online) this.#wake();
     });
@@ -145,6 +153,7 @@ export class Rollouts {
       kind,
       model: input.model,
       version,
+      ...(input.agent ? { agent: input.agent } : {}),
       target: input.to,
       policy,
       devices: chosen,
@@ -254,6 +263,7 @@ export class Rollouts {
   #activeVersion(device: string, kind: ArtifactKind, name: string): number | null {
     const info = this.#state.device(device)?.info;
     if (kind === 'image') return info?.containers?.find((c) => c.role === 'app' && c.app === name && c.running)?.version ?? null;
+    if (kind === 'agent') return info ? (this.#agentRelease?.(info.agentVersion) ?? null) : null;
     return info?.models.find((m) => m.name === name)?.version ?? null;
   }
 
@@ -341,8 +351,10 @@ export class Rollouts {
             summarizeHealth(this.#fleet.history.health(d.id, `${r.model}@${r.version}`, Date.parse(d.switchedAt ?? wave.switchedAt ?? r.createdAt))),
           ),
         );
-        const containers = r.kind === 'image' ? containerVerdicts(r.model, r.version, switched, (id) => this.#state.device(id)) : undefined;
-        const gate = evaluateGate(r.policy, devices, before, after, containers);
+        const device = (id: string) => this.#state.device(id);
+        const containers = r.kind === 'image' ? containerVerdicts(r.model, r.version, switched, device) : undefined;
+        const agents = r.kind === 'agent' && r.agent ? agentVerdicts(r.agent.version, switched, device) : undefined;
+        const gate = evaluateGate(r.policy, devices, before, after, containers, agents);
         wave.gate = gate;
         wave.state = gate.pass ? 'passed' : 'failed';
         wave.finishedAt = now.toISOString();
@@ -396,6 +408,7 @@ export class Rollouts {
         version: r.version,
         target: r.target,
         devices: ids,
+        ...(r.agent ? { agent: r.agent } : {}),
         onProgress: (device, received, total) => progress.set(device, { received, total }),
       });
     } catch (error) {
@@ -412,6 +425,9 @@ export class Rollouts {
         if (outcome.previous !== undefined && outcome.previous !== r.version) d.previous = outcome.previous;
         delete d.error;
         this.#metrics?.deliveries.inc({ result: 'ok' });
+      } else if (r.kind === 'agent' && outcome.error.code === 'incompatible') {
+        d.state = 'skipped'; // another architecture, or no bundle for it: nothing was sent (agent-delivery.ts)
+        d.error = outcome.error;
       } else if (!this.#fleet.isOnline(id) && outcome.error.code === 'deadline_exceeded') {
         d.state = 'waiting'; // went offline during the transfer: resumed when it returns
         d.error = outcome.error;

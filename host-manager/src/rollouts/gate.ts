@@ -1,6 +1,7 @@
 /**
  * A wave's gate (pure): install results first; for an image, whether each switched device's
- * container of the new version still runs healthy; then the inference health of the new
+ * container of the new version still runs healthy; for the agent, whether each switched device
+ * still reports the new agent version; then the inference health of the new
  * version on the switched devices during the soak against the old version on the same
  * devices before the switch (an image app that serves inference reports the same figures as
  * a model). The result keeps the failures apart from the notes, so nobody has to tell them
@@ -45,12 +46,31 @@ export function containerVerdicts(app: string, version: number, switched: readon
   return verdicts;
 }
 
+/** Agent rollouts: per switched device, whether it still reports the new agent version (and has not fallen back). */
+export function agentVerdicts(agentVersion: string, switched: readonly RolloutDevice[], device: (id: string) => DeviceRecord | undefined): ContainerVerdicts {
+  const verdicts: ContainerVerdicts = { healthy: 0, unhealthy: [] };
+  for (const d of switched) {
+    const info = device(d.id)?.info;
+    const update = info?.agentUpdate;
+    const problem =
+      update?.to === agentVersion && update.state === 'rolled-back'
+        ? `it fell back to ${update.from}: ${update.reason ?? 'no reason given'}`
+        : info?.agentVersion !== agentVersion
+          ? `it reports agent ${info?.agentVersion ?? 'nothing'}`
+          : undefined;
+    if (problem) verdicts.unhealthy.push({ device: d.id, reason: problem });
+    else verdicts.healthy++;
+  }
+  return verdicts;
+}
+
 export function evaluateGate(
   policy: RolloutPolicy,
   waveDevices: readonly RolloutDevice[],
   before: HealthSummary,
   after: HealthSummary,
   containers?: ContainerVerdicts,
+  agents?: ContainerVerdicts,
 ): GateResult {
   const switched = waveDevices.filter((d) => d.state === 'switched').length;
   const failed = waveDevices.filter((d) => d.state === 'failed').length;
@@ -68,6 +88,10 @@ export function evaluateGate(
   if (containers && containers.unhealthy.length > 0) {
     const first = containers.unhealthy[0]!;
     findings.push({ fails: true, text: `${containers.unhealthy.length} switched device(s) do not run the new container healthy: ${first.device}: ${first.reason}` });
+  }
+  if (agents && agents.unhealthy.length > 0) {
+    const first = agents.unhealthy[0]!;
+    findings.push({ fails: true, text: `${agents.unhealthy.length} switched device(s) do not report the new agent version: ${first.device}: ${first.reason}` });
   }
   if (after.requests < policy.minRequests) {
     findings.push({ fails: false, text: `only ${after.requests} requests during the soak (minimum ${policy.minRequests}): gated on install results only` });

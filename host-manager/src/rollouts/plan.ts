@@ -50,6 +50,7 @@ export function newRollout(args: {
   kind?: ArtifactKind;
   model: string;
   version: number;
+  agent?: RolloutRecord['agent'];
   target: RolloutTarget;
   policy: RolloutPolicy;
   devices: readonly PlanDevice[];
@@ -68,9 +69,10 @@ export function newRollout(args: {
   });
   return {
     id: args.id,
-    ...(args.kind === 'image' ? { kind: 'image' as const } : {}),
+    ...(args.kind === 'image' || args.kind === 'agent' ? { kind: args.kind } : {}),
     model: args.model,
     version: args.version,
+    ...(args.agent ? { agent: args.agent } : {}),
     target: args.target,
     policy: args.policy,
     status: 'running',
@@ -136,12 +138,16 @@ export function nextStep(r: RolloutRecord, online: (device: string) => boolean, 
     }
     const switched = devices.filter((d) => d.state === 'switched').length;
     const failed = devices.filter((d) => d.state === 'failed').length;
-    const skipped = devices.filter((d) => d.state === 'skipped').length;
+    const skipped = devices.filter((d) => d.state === 'skipped');
+    const offline = skipped.filter((d) => d.error?.code === 'deadline_exceeded').length;
+    const refused = skipped.length - offline;
+    const what = r.kind === 'agent' && r.agent ? `agent ${r.agent.version}` : `${r.model}@${r.version}`;
     return {
       kind: 'finish',
       status: 'succeeded',
-      reason: `${switched} of ${devices.length} devices run ${r.model}@${r.version}` +
-        (failed ? `; ${failed} failed to install` : '') + (skipped ? `; ${skipped} offline until the deadline` : ''),
+      reason: `${switched} of ${devices.length} devices run ${what}` +
+        (failed ? `; ${failed} failed to install` : '') + (offline ? `; ${offline} offline until the deadline` : '') +
+        (refused ? `; ${refused} skipped (${skipped.find((d) => d.error?.code !== 'deadline_exceeded')?.error?.message ?? 'see the devices'})` : ''),
     };
   }
 

@@ -1,5 +1,5 @@
 /** Short views of a rollout, for lists, the live feed and progress bars. */
-import type { RolloutRecord, RolloutWave } from '../state/schema.js';
+import type { ArtifactKind, RolloutRecord, RolloutWave } from '../state/schema.js';
 import { formatTarget } from './target.js';
 import { inWindow, nextWindowOpen } from './window.js';
 
@@ -59,7 +59,7 @@ export function rolloutTiming(r: RolloutRecord, now: Date): RolloutTiming {
 
 export interface RolloutSummary {
   id: string;
-  kind: 'model' | 'image';
+  kind: ArtifactKind;
   model: string;
   version: number;
   target: string;

@@ -7,7 +7,7 @@
 import type { Low } from 'lowdb';
 import { FleetError, ownEntry } from '@edgefleet/protocol';
 import { AUDIT_LIMIT } from './schema.js';
-import type { AuditEntry, DeviceRecord, EnrolmentRecord, FleetState, GroupRecord, ImageVersionRecord, ModelVersionRecord, OperatorRecord, RolloutRecord } from './schema.js';
+import type { AgentBundleRecord, AuditEntry, DeviceRecord, EnrolmentRecord, FleetState, GroupRecord, ImageVersionRecord, ModelVersionRecord, OperatorRecord, RolloutRecord } from './schema.js';
 import { openStateFile } from './store.js';
 import { cutText } from '../text.js';
 
@@ -126,6 +126,26 @@ export class FleetRepository {
   recordImageVersionGiven(name: string, version: number): void {
     const highWater = this.#data.imageVersionHighWater ?? (this.#data.imageVersionHighWater = Object.create(null) as Record<string, number>);
     highWater[name] = Math.max(ownEntry(highWater, name) ?? 0, version);
+  }
+
+  // ---------------------------------------------------------------- agent bundles
+
+  /** Every agent bundle in the registry, oldest first. */
+  agentBundles(): AgentBundleRecord[] {
+    return this.#data.agentBundles ?? [];
+  }
+
+  setAgentBundles(bundles: AgentBundleRecord[]): void {
+    this.#data.agentBundles = bundles;
+  }
+
+  /** The highest agent release number ever given (removed ones included), or 0. */
+  highestAgentReleaseEver(): number {
+    return this.#data.agentReleaseHighWater ?? 0;
+  }
+
+  recordAgentReleaseGiven(version: number): void {
+    this.#data.agentReleaseHighWater = Math.max(this.#data.agentReleaseHighWater ?? 0, version);
   }
 
   // ---------------------------------------------------------------- rollouts

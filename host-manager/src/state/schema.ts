@@ -6,6 +6,8 @@
  */
 import { z } from 'zod';
 import {
+  AGENT_ARCHES,
+  AgentBundleInfoSchema,
   CHECK_POLICIES,
   ContainerSpecSchema,
   DeviceInfoSchema,
@@ -139,6 +141,26 @@ export const ImageVersionRecordSchema = z
   })
   .strict();
 export type ImageVersionRecord = z.infer<typeof ImageVersionRecordSchema>;
+
+/**
+ * An agent bundle in the registry (`hostManager agent bundle|add`): the tarball (content-addressed like a model)
+ * and what its own bundle.json says. `version` is the release number every bundle of one agent version shares,
+ * across architectures: it is the signed manifest's version, the devices' anti-rollback counter for the agent.
+ */
+export const AgentBundleRecordSchema = z
+  .object({
+    ...storedBlob,
+    name: z.literal('edgefleet-agent'),
+    agentVersion: AgentBundleInfoSchema.shape.version,
+    arch: z.enum(AGENT_ARCHES),
+    /** Node.js and the inference runtime inside, from bundle.json. */
+    node: z.string(),
+    runtime: z.string(),
+    /** Signed into the manifest: the new version must report healthy within this, or the device falls back. */
+    healthDeadlineS: z.number().int().min(5).max(3600),
+  })
+  .strict();
+export type AgentBundleRecord = z.infer<typeof AgentBundleRecordSchema>;
 
 export const AuditEntrySchema = z
   .object({
@@ -283,7 +305,7 @@ export const RolloutTargetSchema = z.discriminatedUnion('kind', [
 ]);
 export type RolloutTarget = z.infer<typeof RolloutTargetSchema>;
 
-export const ARTIFACT_KINDS = ['model', 'image'] as const;
+export const ARTIFACT_KINDS = ['model', 'image', 'agent'] as const;
 export type ArtifactKind = (typeof ARTIFACT_KINDS)[number];
 
 export const RolloutRecordSchema = z
@@ -291,9 +313,12 @@ export const RolloutRecordSchema = z
     id: NameSchema,
     /** What is rolled out: a model version, or an image version (an app); absent in records written before images. */
     kind: z.enum(ARTIFACT_KINDS).optional(),
-    /** The model's name, or the image's (the app on the devices). */
+    /** The model's name, or the image's (the app on the devices); 'edgefleet-agent' for an agent rollout. */
     model: NameSchema,
+    /** The version; for an agent rollout the release number of its bundles. */
     version: VersionSchema,
+    /** An agent rollout: the agent version, and the architectures it is for (absent: every one it has a bundle for). */
+    agent: z.object({ version: z.string(), arches: z.array(z.enum(AGENT_ARCHES)).min(1).optional() }).strict().optional(),
     target: RolloutTargetSchema,
     policy: RolloutPolicyRecordSchema,
     status: z.enum(ROLLOUT_STATUSES),
@@ -334,6 +359,9 @@ export const FleetStateSchema = z
     images: byName(z.array(ImageVersionRecordSchema)).optional(),
     /** The highest version number ever given per image. */
     imageVersionHighWater: byName(VersionSchema).optional(),
+    /** Agent bundles, oldest first; the highest release number ever given (a removed one is never reused). */
+    agentBundles: z.array(AgentBundleRecordSchema).optional(),
+    agentReleaseHighWater: VersionSchema.optional(),
     rollouts: byName(RolloutRecordSchema),
     operators: byName(OperatorRecordSchema),
     /**

@@ -60,6 +60,27 @@ const SampleTensorSchema = z.object({
   data: z.array(z.union([z.number(), z.string(), z.boolean()])),
 });
 
+/** The architectures an agent bundle is built for (`deviceAgent` bundles, manifests of kind 'agent'). */
+export const AGENT_ARCHES = ['x64', 'arm64', 'armv7'] as const;
+export type AgentArch = (typeof AGENT_ARCHES)[number];
+
+/** The bundle architecture for a Node.js `process.arch` (armv7 boards report "arm"), or undefined. */
+export function agentArchOf(nodeArch: string): AgentArch | undefined {
+  if (nodeArch === 'x64' || nodeArch === 'arm64') return nodeArch;
+  if (nodeArch === 'arm') return 'armv7';
+  return undefined;
+}
+
+/** For kind 'agent': what the bundle is, checked against the bundle's own bundle.json before it is installed. */
+export const AgentBundleInfoSchema = z.object({
+  /** The agent version inside (its package version, e.g. "0.2.0"). */
+  version: z.string().regex(/^[0-9A-Za-z][0-9A-Za-z.+-]{0,63}$/, 'a version of letters, digits, ".", "+" and "-", starting with a letter or digit'),
+  arch: z.enum(AGENT_ARCHES),
+  /** The new version must connect and report healthy within this many seconds, or the device falls back. */
+  healthDeadlineS: z.number().int().min(5).max(3600).default(180),
+});
+export type AgentBundleInfo = z.infer<typeof AgentBundleInfoSchema>;
+
 // ---------------------------------------------------------------- images and containers
 
 /**
@@ -243,7 +264,7 @@ export type Check = z.infer<typeof CheckSchema>;
 
 export const ManifestSchema = z
   .object({
-    kind: z.enum(['model', 'image']),
+    kind: z.enum(['model', 'image', 'agent']),
     name: Name,
     version: z.number().int().positive(),
     sha256: Sha256Hex,
@@ -286,6 +307,12 @@ export const ManifestSchema = z
     image: ImageRefSchema.optional(),
     /** kind 'image': how the image runs. kind 'model': a container that serves the model (needs `inference`). */
     container: ContainerSpecSchema.optional(),
+    /** For kind 'agent': the agent bundle (version, architecture, health deadline). */
+    agent: AgentBundleInfoSchema.optional(),
+  })
+  .refine((m) => (m.kind === 'agent') === (m.agent !== undefined), {
+    message: "a manifest of kind 'agent' carries `agent` (version, arch), and only such a manifest does",
+    path: ['agent'],
   })
   .refine((m) => m.chunking.sha256.length === Math.max(1, Math.ceil(m.length / m.chunking.size)), {
     message: 'chunking.sha256 must list one hash per chunk',

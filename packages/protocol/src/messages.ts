@@ -40,8 +40,34 @@ export type ModelState = z.infer<typeof ModelStateSchema>;
  */
 export const DEVICE_INFO_LIMITS = { text: 256, list: 32 } as const;
 /** No control characters, line separators or bidirectional overrides: these strings are shown in terminals and pages. */
-const PRINTABLE = /^[^\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$/;
+const UNPRINTABLE = '\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069';
+const PRINTABLE = new RegExp(`^[^${UNPRINTABLE}]*$`);
 const InfoText = z.string().max(DEVICE_INFO_LIMITS.text).regex(PRINTABLE, 'control characters are not allowed');
+/** Makes a device's own text fit its status: unprintable characters become spaces, cut to DEVICE_INFO_LIMITS.text. */
+export function toInfoText(text: string): string {
+  return text.replace(new RegExp(`[${UNPRINTABLE}]`, 'g'), ' ').slice(0, DEVICE_INFO_LIMITS.text);
+}
+
+/** The inference runtime a device reports (device-reported: bounded and printable). */
+export const InferenceRuntimeSchema = z.object({ name: InfoText, version: InfoText, backend: InfoText });
+export type InferenceRuntime = z.infer<typeof InferenceRuntimeSchema>;
+
+/**
+ * An agent self-update as the device reports it: on trial (the new version runs, not yet healthy),
+ * updated (it connected and reported healthy in time), or rolled back by the device's launcher
+ * (with the reason: it exited, or was not healthy within the deadline). Device-reported: bounded and
+ * printable like the rest of its status.
+ */
+export const AgentUpdateStateSchema = z.object({
+  state: z.enum(['trial', 'updated', 'rolled-back']),
+  /** Agent versions (of the bundles): the one running before the update, the one it updated to. */
+  from: InfoText,
+  to: InfoText,
+  reason: InfoText.optional(),
+  /** Epoch milliseconds of the last state change. */
+  at: z.number().int().nonnegative(),
+});
+export type AgentUpdateState = z.infer<typeof AgentUpdateStateSchema>;
 
 /** A container the fleet owns on a device, as the engine reports it (device-reported: bounded and printable like the rest of its status). */
 export const ContainerStateSchema = z.object({
@@ -73,10 +99,18 @@ export const DeviceInfoSchema = z.object({
   platform: InfoText,
   cpus: z.number().int(),
   memoryBytes: z.number(),
+  /** The onnxruntime version serving models (native or WebAssembly build; see `runtime`), null when none can run. */
   onnxruntime: z.object({ version: InfoText, executionProviders: z.array(InfoText).max(DEVICE_INFO_LIMITS.list) }).nullable(),
+  /**
+   * Which runtime serves: onnxruntime-node (backend "cpu") or onnxruntime-web (backend "wasm").
+   * Optional: agents before it was added do not send it.
+   */
+  runtime: InferenceRuntimeSchema.nullable().optional(),
   docker: z.boolean(),
   groups: z.array(NameSchema).max(DEVICE_INFO_LIMITS.list),
   models: z.array(z.object({ name: NameSchema, version: VersionSchema })).max(DEVICE_INFO_LIMITS.list),
+  /** The last agent self-update (optional: absent until there was one). */
+  agentUpdate: AgentUpdateStateSchema.optional(),
   /** Containers the fleet owns on this device (absent from agents before containers, empty without an engine). */
   containers: z.array(ContainerStateSchema).max(DEVICE_INFO_LIMITS.list).optional(),
 });
@@ -143,6 +177,27 @@ export const EventSchema = z.discriminatedUnion('event', [
     type: z.literal('event'),
     event: z.literal('model.failed'),
     data: z.object({ model: NameSchema, version: VersionSchema, error: ErrorBodySchema }),
+  }),
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    /** An agent bundle was verified and installed; the agent restarts into it now. */
+    event: z.literal('agent.updating'),
+    data: z.object({ from: z.string(), to: z.string(), version: VersionSchema }),
+  }),
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    /** The new agent version connected and reported healthy within its deadline. */
+    event: z.literal('agent.updated'),
+    data: z.object({ from: z.string(), to: z.string() }),
+  }),
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    /** The device fell back by itself from the new agent version (`failed`) to the one it ran before (`restored`). */
+    event: z.literal('agent.rolled-back'),
+    data: z.object({ failed: z.string(), restored: z.string(), reason: z.string() }),
   }),
   z.object({
     ...envelope,

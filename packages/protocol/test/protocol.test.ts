@@ -1,10 +1,14 @@
 import { describe, expect, it } from '@jest/globals';
 import {
+  DeviceInfoSchema,
+  ManifestSchema,
+  agentArchOf,
   DEVICE_INFO_LIMITS,
   StatusMessageSchema,
   checkAcceptance,
   isRollbackBelow,
   parseMessage,
+  toInfoText,
   chunkHashes,
   generateFleetKeys,
   makeRequest,
@@ -179,6 +183,44 @@ describe('manifests', () => {
   });
 });
 
+describe('agent bundle manifests and device info', () => {
+  const base = (extra: Partial<ManifestInput>): ManifestInput => ({
+    kind: 'agent',
+    name: 'edgefleet-agent',
+    version: 3,
+    sha256: sha256Hex(Buffer.from('bundle')),
+    length: 6,
+    issuedAt: new Date().toISOString(),
+    expiresAt: new Date(Date.now() + 60_000).toISOString(),
+    target: { devices: ['pi-1'] },
+    chunking: { size: 1024, sha256: chunkHashes(Buffer.from('bundle'), 1024) },
+    ...extra,
+  });
+
+  it('an agent manifest names the bundle version and architecture; the health deadline defaults to 180 s', () => {
+    const parsed = ManifestSchema.parse(base({ agent: { version: '0.2.0', arch: 'armv7' } }));
+    expect(parsed.agent).toEqual({ version: '0.2.0', arch: 'armv7', healthDeadlineS: 180 });
+  });
+
+  it('refuses an agent manifest without its bundle, a bundle on another kind, unknown architectures and path-like versions', () => {
+    expect(ManifestSchema.safeParse(base({})).success).toBe(false);
+    expect(ManifestSchema.safeParse(base({ kind: 'model', agent: { version: '0.2.0', arch: 'x64' } })).success).toBe(false);
+    expect(ManifestSchema.safeParse(base({ agent: { version: '0.2.0', arch: 'mips' as 'x64' } })).success).toBe(false);
+    for (const version of ['..', '../x', 'a/b', '']) expect(ManifestSchema.safeParse(base({ agent: { version, arch: 'x64' } })).success).toBe(false);
+  });
+
+  it('maps Node.js architectures to bundle architectures', () => {
+    expect([agentArchOf('x64'), agentArchOf('arm64'), agentArchOf('arm'), agentArchOf('ia32')]).toEqual(['x64', 'arm64', 'armv7', undefined]);
+  });
+
+  it('device info from an agent that predates the runtime and update fields still parses', () => {
+    const old = { agentVersion: '0.1.0', hostname: 'h', arch: 'x64', platform: 'linux', cpus: 2, memoryBytes: 1, onnxruntime: null, docker: false, groups: [], models: [] };
+    expect(DeviceInfoSchema.safeParse(old).success).toBe(true);
+    const now = { ...old, runtime: { name: 'onnxruntime-web', version: '1.30.0', backend: 'wasm' }, agentUpdate: { state: 'rolled-back', from: '0.1.0', to: '0.2.0', reason: 'r', at: 1 } };
+    expect(DeviceInfoSchema.parse(now)).toEqual(now);
+  });
+});
+
 describe('what a device may say about itself', () => {
   const info = { agentVersion: '1', hostname: 'pi-1', arch: 'arm64', platform: 'linux', cpus: 4, memoryBytes: 1, onnxruntime: null, docker: false, groups: [], models: [] };
   const status = (device: object) => JSON.stringify({ v: 1, id: 's', ts: 1, type: 'status', online: true, device });
@@ -189,9 +231,22 @@ describe('what a device may say about itself', () => {
       { ...info, hostname: 'pi-1\r\u001b[2Kcontroller' },
       { ...info, platform: 'linux\u202e' },
       { ...info, models: Array.from({ length: DEVICE_INFO_LIMITS.list + 1 }, (_, i) => ({ name: `m${i}`, version: 1 })) },
+      // the runtime and the last agent update are the device's word too
+      { ...info, runtime: { name: 'onnxruntime-web', version: '1'.repeat(DEVICE_INFO_LIMITS.text + 1), backend: 'wasm' } },
+      { ...info, runtime: { name: 'onnxruntime-web\u001b[31m', version: '1.30.0', backend: 'wasm' } },
+      { ...info, agentUpdate: { state: 'rolled-back', from: '0.1.0', to: '0.2.0', reason: 'r'.repeat(DEVICE_INFO_LIMITS.text + 1), at: 1 } },
+      { ...info, agentUpdate: { state: 'updated', from: '0.1.0\u2028', to: '0.2.0', at: 1 } },
     ]) {
       expect(() => parseMessage(StatusMessageSchema, status(bad))).toThrow(expect.objectContaining({ code: 'bad_request' }));
     }
     expect(() => parseMessage(StatusMessageSchema, JSON.stringify({ v: 1, id: 's', ts: 1, type: 'status', online: false, reason: 'gone\u001b[1m' }))).toThrow(/control characters/);
+  });
+
+  it('toInfoText makes a device its own text fit: unprintable characters become spaces, cut to the limit', () => {
+    const fitted = toInfoText(`exited\u001b[1m\u202e ${'x'.repeat(400)}`);
+    expect(fitted.startsWith('exited [1m  x')).toBe(true);
+    expect(fitted).toHaveLength(DEVICE_INFO_LIMITS.text);
+    const update = { state: 'rolled-back', from: '0.1.0', to: '0.2.0', reason: fitted, at: 1 };
+    expect(parseMessage(StatusMessageSchema, status({ ...info, agentUpdate: update }))).toMatchObject({ online: true });
   });
 });

@@ -1,0 +1,4 @@
+/** The emulated arm64 board: install from its bundle, run, deploy, infer, roll back (see board-flow.ts). */
+import { describeBoard } from './board-flow.js';
+
+describeBoard('arm64');
