@@ -8,6 +8,7 @@
  * 5 not found.
  */
 import { basename, relative } from 'node:path';
+import { FleetError } from '@edgefleet/protocol';
 import { ClientError, createClient, resolveConnection, tokenProblem } from './client.js';
 import type { Client, TokenSource } from './client.js';
 
@@ -53,6 +54,8 @@ export interface CliContext {
   inConsole: boolean;
   /** Wraps a command: prints its output (JSON or text), maps errors to exit codes. */
   run<A>(fn: CommandFn<A>): (raw: Record<string, unknown>) => Promise<void>;
+  /** The same for a command that runs on this machine only and needs no controller (e.g. `build`). */
+  local<A>(fn: (a: A & Common) => Promise<CommandOutput>): (raw: Record<string, unknown>) => Promise<void>;
   /** The client of the running controller, from the flags, the environment or the data directory. */
   api(a: Common): Promise<Client>;
   setCode(code: number): void;
@@ -66,6 +69,7 @@ export function exitCodeOf(error: unknown): number {
     if (error.status === 400 || error.status === 415) return EXIT.usage;
     return EXIT.failed;
   }
+  if (error instanceof FleetError && error.code === 'invalid_params') return EXIT.usage; // a local command refused its options
   return EXIT.failed;
 }
 
@@ -102,21 +106,23 @@ export function createCliContext(io: CliIO, env: NodeJS.ProcessEnv, inConsole: b
     api,
     setCode: (c) => (code = c),
     code: () => code,
-    run:
-      <A>(fn: CommandFn<A>) =>
-      async (raw: Record<string, unknown>): Promise<void> => {
-        const a = raw as unknown as A & Common;
-        try {
-          const result = await fn(a, await api(a));
-          // a streaming command (watch, logs -f) has printed its own lines and returns no json
-          if (a.json && result.json !== undefined) io.out(JSON.stringify(result.json, null, 2));
-          else if (!a.json && result.text !== undefined) io.out(result.text);
-          code = result.code ?? EXIT.ok;
-        } catch (error) {
-          report(a.json, error);
-        }
-      },
+    run: <A>(fn: CommandFn<A>) => execute<A>(async (a) => fn(a, await api(a))),
+    local: execute,
   };
+  function execute<A>(fn: (a: A & Common) => Promise<CommandOutput>) {
+    return async (raw: Record<string, unknown>): Promise<void> => {
+      const a = raw as unknown as A & Common;
+      try {
+        const result = await fn(a);
+        // a streaming command (watch, logs -f) has printed its own lines and returns no json
+        if (a.json && result.json !== undefined) io.out(JSON.stringify(result.json, null, 2));
+        else if (!a.json && result.text !== undefined) io.out(result.text);
+        code = result.code ?? EXIT.ok;
+      } catch (error) {
+        report(a.json, error);
+      }
+    };
+  }
 }
 
 /**

@@ -7,6 +7,7 @@
 import yargs from 'yargs';
 import { defaultDataDir } from '../defaults.js';
 import { agentCommands } from './agent.js';
+import { buildCommands } from './build.js';
 import { brokerCommands } from './broker.js';
 import { controllerCommand } from './controller-command.js';
 import type { ControllerRunner } from './controller-command.js';
@@ -40,6 +41,7 @@ export async function runCli(argv: readonly string[], io: CliIO = processIO, opt
   parser = modelCommands(parser, ctx);
   parser = imageCommands(parser, ctx);
   parser = agentCommands(parser, ctx);
+  parser = buildCommands(parser, ctx);
   parser = rolloutCommands(parser, ctx);
   parser = requestCommands(parser, ctx)
     .fail((msg, err) => {
