@@ -82,12 +82,12 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const log = options.logger ?? pino({ name: 'hostManager' }, pino.destination(2));
   const dataDir = resolve(options.dataDir);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const state = await openState(join(dataDir, 'state.json'));
+  const metrics = createMetrics();
+  const state = await openState(join(dataDir, 'state.json'), { onWritten: (bytes) => metrics.stateBytesWritten.inc(bytes) });
   const keys = await loadOrCreateFleetKeys(dataDir);
   const operator = await ensureOperator(state, dataDir, options.operatorId ?? DEFAULTS.operatorId);
   const enrolment = options.enrolment ? await ensureEnrolmentKey(state, dataDir, options.enrolment.groups ?? []) : null;
   const legacyTopic = options.legacyTopic ?? DEFAULTS.legacyTopic;
-  const metrics = createMetrics();
   const link = await connectBroker(options, { state, operator, legacyTopic, log });
   const requester = await createRequester(link.client);
   const fleet = new Fleet({ mqtt: link.client, state, logger: log.child({ component: 'fleet' }), metrics, discover: link.broker === null });

@@ -6,7 +6,7 @@
  */
 import type { CommandParams, CommandResult, ErrorBody } from '@edgefleet/protocol';
 import type { AddedModel, AddOptions } from '../models/registry.js';
-import type { ProvisionResult } from '../devices/provisioning.js';
+import type { BatchProvisionResult, ProvisionResult } from '../devices/provisioning.js';
 import type { CreateRolloutInput } from '../rollouts/executor.js';
 import type { AuditEntry, DeviceRecord, ModelVersionRecord, RolloutRecord, RolloutTarget } from '../state/schema.js';
 
@@ -66,9 +66,13 @@ export interface DeviceOperations {
   listDevices(): PublicDevice[];
   showDevice(id: string): PublicDevice;
   addDevice(args: { id: string; groups: string[]; actor: string }): Promise<ProvisionResult>;
+  /** Many devices with one durable write (at most MAX_BATCH): all or none. */
+  addDevices(args: { devices: { id: string; groups: string[] }[]; actor: string }): Promise<BatchProvisionResult>;
   /** A new device exchanges the fleet provisioning key for its own credential; undefined when the key is wrong. */
   enrol(args: { id: string; key: string | undefined }): Promise<ProvisionResult | undefined>;
   removeDevice(args: { id: string; actor: string }): Promise<{ removed: string }>;
+  /** Removes those of `ids` that exist; the others are listed as not found. */
+  removeDevices(args: { ids: string[]; actor: string }): Promise<{ removed: string[]; notFound: string[] }>;
   listGroups(): GroupView[];
   infer(args: { device: string; params: CommandParams<'infer'>; actor: string; timeoutMs?: number }): Promise<CommandResult<'infer'>>;
   logs(args: { device: string; lines: number }): Promise<CommandResult<'logs'>>;

@@ -12,6 +12,8 @@ export interface Metrics {
   rollouts: Gauge<'status'>;
   deliveries: Counter<'result'>;
   deliveryPhase: Histogram<'phase'>;
+  /** Bytes the durable state writes put on disk (the file and its last-good copy). */
+  stateBytesWritten: Counter;
   /** Where the devices gauge reads its values at scrape time (counting on every message would be O(fleet) each). */
   onCollectDevices(read: () => { online: number; offline: number }): void;
 }
@@ -64,6 +66,7 @@ export function createMetrics(): Metrics {
       registers,
     }),
     rollouts: new Gauge({ name: 'edgefleet_rollouts', help: 'Rollouts by status', labelNames: ['status'], registers }),
+    stateBytesWritten: new Counter({ name: 'edgefleet_state_bytes_written_total', help: 'Bytes written to the state file and its last-good copy', registers }),
     deliveries: new Counter({ name: 'edgefleet_deliveries_total', help: 'Model deliveries to devices, by result', labelNames: ['result'], registers }),
     deliveryPhase: new Histogram({
       name: 'edgefleet_delivery_phase_seconds',

@@ -12,6 +12,14 @@ const TargetSchema = z
 
 export const schemas = {
   addDevice: z.object({ id: z.string().min(1), groups: z.array(z.string()).default([]) }).strict(),
+  addDevices: z
+    .object({
+      devices: z.array(z.object({ id: z.string().min(1).max(64), groups: z.array(z.string()).optional() }).strict()).min(1),
+      /** Groups every device of the batch joins (besides its own). */
+      groups: z.array(z.string()).default([]),
+    })
+    .strict(),
+  removeDevices: z.object({ ids: z.array(z.string().min(1).max(64)).min(1) }).strict(),
   addModelPath: z
     .object({
       path: z.string().min(1),

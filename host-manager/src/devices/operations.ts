@@ -6,7 +6,7 @@ import type { FleetRepository } from '../state/repository.js';
 import type { DeviceRecord } from '../state/schema.js';
 import type { DeviceContext } from './context.js';
 import { createLegacyExec } from './legacy-exec.js';
-import { provisionDevice } from './provisioning.js';
+import { MAX_BATCH, provisionDevice, provisionDevices } from './provisioning.js';
 import type { ProvisionResult } from './provisioning.js';
 
 function publicDevice(d: DeviceRecord): PublicDevice {
@@ -18,14 +18,22 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
   const { state, fleet, requester, audit } = ctx;
 
   /** Creates a device's credential (by the operator or by enrolment); a bad id or group is the caller's error. */
+  const shared = { brokerUrl: ctx.advertised, fleetPublicKeyPem: ctx.keys.publicKeyPem, legacyTopic: ctx.legacyTopic || undefined };
   async function provision(id: string, groups: string[]): Promise<ProvisionResult> {
     try {
-      const args = { id, groups, brokerUrl: ctx.advertised, fleetPublicKeyPem: ctx.keys.publicKeyPem, legacyTopic: ctx.legacyTopic || undefined };
-      return await provisionDevice(state, args);
+      return await provisionDevice(state, { ...shared, id, groups });
     } catch (error) {
       if (error instanceof TypeError) throw new FleetError('invalid_params', error.message);
       throw error;
     }
+  }
+
+  /** Its credential is gone: forget it, disconnect it now and clear its retained presence. */
+  function removeOne(id: string): void {
+    state.removeDevice(id);
+    fleet.forgetDevice(id);
+    ctx.disconnect(id);
+    ctx.client.publish(topics.device(id, 'status'), '', { qos: 1, retain: true });
   }
 
   return {
@@ -39,6 +47,13 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       const result = await provision(args.id, args.groups);
       fleet.admitDevice(args.id);
       await audit({ actor: args.actor, action: 'device.add', target: args.id, result: 'ok', detail: { groups: result.device.groups } });
+      return result;
+    },
+    async addDevices(args) {
+      const result = await provisionDevices(state, { ...shared, devices: args.devices });
+      for (const d of result.devices) fleet.admitDevice(d.id);
+      // one audit entry per batch: ten thousand devices must not push the rest of the log out
+      await audit({ actor: args.actor, action: 'device.add', target: `${result.devices.length} devices`, result: 'ok', detail: { ids: result.devices.map((d) => d.id) } });
       return result;
     },
     async enrol(args) {
@@ -58,12 +73,18 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
     async removeDevice(args) {
       state.requireDevice(args.id);
       state.removeDevice(args.id);
-      fleet.forgetDevice(args.id);
       await audit({ actor: args.actor, action: 'device.remove', target: args.id, result: 'ok' });
-      // Its credential is gone: disconnect it now and clear its retained presence.
-      ctx.disconnect(args.id);
-      ctx.client.publish(topics.device(args.id, 'status'), '', { qos: 1, retain: true });
+      removeOne(args.id);
       return { removed: args.id };
+    },
+    async removeDevices(args) {
+      if (args.ids.length > MAX_BATCH) throw new FleetError('invalid_params', `at most ${MAX_BATCH} devices per batch, got ${args.ids.length}; split the list`);
+      const removed = [...new Set(args.ids)].filter((id) => state.device(id) !== undefined);
+      const notFound = args.ids.filter((id) => state.device(id) === undefined);
+      for (const id of removed) state.removeDevice(id);
+      if (removed.length > 0) await audit({ actor: args.actor, action: 'device.remove', target: `${removed.length} devices`, result: 'ok', detail: { ids: removed } });
+      for (const id of removed) removeOne(id);
+      return { removed, notFound };
     },
     listGroups: () => groupsOf(state),
     async infer(args) {

@@ -2,7 +2,7 @@
  * Provisioning a device: its credential is created here (the token returned once,
  * only its hash stored), with the agent's config file and start command.
  */
-import { hashSecret } from '@edgefleet/node-io';
+import { hashRandomToken } from '@edgefleet/node-io';
 import { FleetError, assertDeviceId, assertName } from '@edgefleet/protocol';
 import type { FleetRepository } from '../state/repository.js';
 import type { DeviceRecord } from '../state/schema.js';
@@ -19,23 +19,37 @@ export interface ProvisionResult {
   commandInline: string;
 }
 
-/** Creates a device's credential. The token is returned once and never stored. */
-export async function provisionDevice(
-  state: FleetRepository,
-  args: { id: string; groups: string[]; brokerUrl: string; fleetPublicKeyPem: string; legacyTopic?: string | undefined },
-): Promise<ProvisionResult> {
+/** At most this many devices per batch request (a 10,000-device fleet is 10 requests; each answer stays a few MB). */
+export const MAX_BATCH = 1000;
+
+export interface ProvisionArgs {
+  brokerUrl: string;
+  fleetPublicKeyPem: string;
+  legacyTopic?: string | undefined;
+}
+
+/** Devices provisioned at once: what each needs beside the shared broker URL and fleet key. */
+export interface BatchProvisionResult {
+  broker: string;
+  fleetPublicKey: string;
+  legacyTopic?: string;
+  devices: { id: string; groups: string[]; token: string }[];
+}
+
+/** Checks one new device (id rules, groups, not taken) and makes its record; stores nothing. */
+function newDevice(state: FleetRepository, id: string, groups: string[], operators: string[]): { device: DeviceRecord; token: string } {
   // one namespace with operators (their ids and client-id prefixes); reserved ids refused
-  const id = assertDeviceId(args.id, { operators: state.operators().map((o) => o.id) });
-  for (const g of args.groups) assertName('group', g);
-  const existing = state.device(id);
+  const checked = assertDeviceId(id, { operators });
+  for (const g of groups) assertName('group', g);
+  const existing = state.device(checked);
   if (existing?.tokenHash) {
-    throw new FleetError('conflict', `device ${id} already exists; remove it first (devices remove ${id}) to issue a new token`);
+    throw new FleetError('conflict', `device ${checked} already exists; remove it first (devices remove ${checked}) to issue a new token`);
   }
   const token = newToken();
   const device: DeviceRecord = {
-    id,
-    groups: [...new Set(args.groups)].sort(),
-    tokenHash: hashSecret(token),
+    id: checked,
+    groups: [...new Set(groups)].sort(),
+    tokenHash: hashRandomToken(token),
     createdAt: new Date().toISOString(),
     online: existing?.online ?? false,
     lastSeen: existing?.lastSeen ?? null,
@@ -43,9 +57,60 @@ export async function provisionDevice(
     telemetry: existing?.telemetry ?? null,
     provisioned: true,
   };
+  return { device, token };
+}
+
+function store(state: FleetRepository, device: DeviceRecord): void {
   state.putDevice(device);
   for (const g of device.groups) state.ensureGroup(g, device.createdAt);
+}
+
+/** Creates a device's credential. The token is returned once and never stored. */
+export async function provisionDevice(state: FleetRepository, args: ProvisionArgs & { id: string; groups: string[] }): Promise<ProvisionResult> {
+  const { device, token } = newDevice(state, args.id, args.groups, state.operators().map((o) => o.id));
+  store(state, device);
   await state.write();
+  return { device, token, ...startInstructions(device, token, args) };
+}
+
+/**
+ * Creates the credentials of many devices with one durable write: all of them, or none
+ * when any id is refused (the error names the first few and why). Tokens are returned once.
+ */
+export async function provisionDevices(state: FleetRepository, args: ProvisionArgs & { devices: { id: string; groups: string[] }[] }): Promise<BatchProvisionResult> {
+  if (args.devices.length === 0) throw new FleetError('invalid_params', 'give at least one device');
+  if (args.devices.length > MAX_BATCH) throw new FleetError('invalid_params', `at most ${MAX_BATCH} devices per batch, got ${args.devices.length}; split the list`);
+  const operators = state.operators().map((o) => o.id);
+  const seen = new Set<string>();
+  const made: { device: DeviceRecord; token: string }[] = [];
+  const problems: { conflict: boolean; message: string }[] = [];
+  for (const d of args.devices) {
+    try {
+      if (seen.has(d.id)) throw new FleetError('conflict', `device ${d.id} is in the list twice`);
+      seen.add(d.id);
+      made.push(newDevice(state, d.id, d.groups, operators));
+    } catch (error) {
+      // a bad id or group is a TypeError from the protocol's checks, a taken one a conflict
+      problems.push({ conflict: error instanceof FleetError && error.code === 'conflict', message: (error as Error).message });
+    }
+  }
+  if (problems.length > 0) {
+    const list = problems.slice(0, 3).map((p) => p.message).join('; ') + (problems.length > 3 ? '; …' : '');
+    throw new FleetError(problems.every((p) => p.conflict) ? 'conflict' : 'invalid_params', `${problems.length} of ${args.devices.length} devices refused, none provisioned: ${list}`);
+  }
+  for (const m of made) store(state, m.device);
+  await state.write();
+  return {
+    broker: args.brokerUrl,
+    fleetPublicKey: args.fleetPublicKeyPem,
+    ...(args.legacyTopic ? { legacyTopic: args.legacyTopic } : {}),
+    devices: made.map((m) => ({ id: m.device.id, groups: m.device.groups, token: m.token })),
+  };
+}
+
+/** The agent's config file and the two ways to start it, for one provisioned device. */
+function startInstructions(device: DeviceRecord, token: string, args: ProvisionArgs): Pick<ProvisionResult, 'config' | 'command' | 'commandInline'> {
+  const { id } = device;
   const config: Record<string, unknown> = {
     broker: args.brokerUrl,
     device: id,
@@ -59,8 +124,6 @@ export async function provisionDevice(
   // bash/zsh ANSI-C quoting keeps the PEM's newlines on one line (a PEM has no quotes or backslashes).
   const keyInline = `$'${args.fleetPublicKeyPem.trimEnd().replace(/\n/g, '\\n')}'`;
   return {
-    device,
-    token,
     config,
     command: `deviceAgent --config /etc/edgefleet/${id}.json`,
     commandInline:

@@ -9,6 +9,7 @@ import { FleetError, ownEntry } from '@edgefleet/protocol';
 import { AUDIT_LIMIT } from './schema.js';
 import type { AuditEntry, DeviceRecord, EnrolmentRecord, FleetState, GroupRecord, ModelVersionRecord, OperatorRecord, RolloutRecord } from './schema.js';
 import { openStateFile } from './store.js';
+import type { StateFileOptions } from './store.js';
 
 export class FleetRepository {
   readonly #db: Low<FleetState>;
@@ -145,6 +146,6 @@ export class FleetRepository {
 }
 
 /** Opens (and validates) the state file: the controller's repository. */
-export async function openState(file: string): Promise<FleetRepository> {
-  return new FleetRepository(await openStateFile(file));
+export async function openState(file: string, opts: StateFileOptions = {}): Promise<FleetRepository> {
+  return new FleetRepository(await openStateFile(file, opts));
 }

@@ -20,7 +20,7 @@ export const DeviceRecordSchema = z
   .object({
     id: NameSchema,
     groups: z.array(NameSchema),
-    /** scrypt hash of the device token (node-io's hashSecret); the token itself is never stored. Empty for a device seen but never provisioned here. */
+    /** hash of the device token (node-io: hashRandomToken, or scrypt hashSecret from before); the token itself is never stored. Empty for a device seen but never provisioned here. */
     tokenHash: z.string(),
     createdAt: z.string(),
     online: z.boolean(),

@@ -25,9 +25,12 @@ export class DurableJsonFile<T> implements Adapter<T> {
   /** The next write: serialized only when it starts, so a burst of changes costs one JSON.stringify. */
   #queued: { data: T; waiters: { resolve(): void; reject(e: unknown): void }[] } | null = null;
 
-  constructor(file: string, opts: { lastGood?: string } = {}) {
+  readonly #onWritten: ((bytes: number) => void) | undefined;
+
+  constructor(file: string, opts: { lastGood?: string; onWritten?: (bytes: number) => void } = {}) {
     this.#file = file;
     this.#lastGood = opts.lastGood;
+    this.#onWritten = opts.onWritten;
   }
 
   async read(): Promise<T | null> {
@@ -72,7 +75,13 @@ export class DurableJsonFile<T> implements Adapter<T> {
   async #writeNow(text: string): Promise<void> {
     await writeFileAtomic(this.#file, text, { mode: 0o600 });
     if (this.#lastGood) await writeFileAtomic(this.#lastGood, text, { mode: 0o600 });
+    this.#onWritten?.(Buffer.byteLength(text) * (this.#lastGood ? 2 : 1));
   }
+}
+
+export interface StateFileOptions {
+  /** Bytes written per durable write (the file and its last-good copy), e.g. for a metric. */
+  onWritten?: (bytes: number) => void;
 }
 
 /**
@@ -80,10 +89,10 @@ export class DurableJsonFile<T> implements Adapter<T> {
  * with one that is not JSON or does not match the schema: the error names the file and
  * the first problem, and how to restore the last good copy.
  */
-export async function openStateFile(file: string): Promise<Low<FleetState>> {
+export async function openStateFile(file: string, opts: StateFileOptions = {}): Promise<Low<FleetState>> {
   await mkdir(dirname(file), { recursive: true });
   const lastGood = `${file}${LAST_GOOD_SUFFIX}`;
-  const adapter = new DurableJsonFile<FleetState>(file, { lastGood });
+  const adapter = new DurableJsonFile<FleetState>(file, { lastGood, ...(opts.onWritten ? { onWritten: opts.onWritten } : {}) });
   let raw: unknown;
   try {
     raw = await adapter.read();

@@ -1,0 +1,96 @@
+/**
+ * The controller process of bench/telemetry.js: `createManager` as `hostManager` runs it
+ * (embedded broker + controller + HTTP API and live feed in one process), plus a listener
+ * on the fleet's feed that measures, for every telemetry message, the time from the
+ * device's sample to the moment the controller's state holds it. SIGTERM stops it as the
+ * daemon does (manager.close(), exit 0; any other exit code is reported by the bench).
+ *
+ *   → {type:'ready', url, brokerUrl, token, publicKeyPem, stateFile}
+ *   {type:'stats', reset?} → {type:'stats', latency:{counts}, received, receivedById, outOfOrder, cpu, rss, heap, elu, stateBytes}
+ *
+ * Env: INTAKE (in-process|mqtt), DATA_DIR.
+ */
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { createManager } from '@edgefleet/host-manager';
+import { Histogram } from './sim/histogram.js';
+
+const logger = pino({ level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination(2));
+const manager = await createManager({
+  dataDir: process.env.DATA_DIR,
+  mqttHost: '127.0.0.1',
+  mqttPort: 0,
+  mqttWsPort: false,
+  httpPort: 0,
+  logger,
+  requestTimeoutMs: 60_000,
+  ...(process.env.INTAKE ? { intake: process.env.INTAKE } : {}),
+});
+
+const latency = new Histogram();
+const lastTs = new Map();
+const receivedById = new Map();
+let received = 0;
+let outOfOrder = 0;
+manager.fleet.on('feed', (e) => {
+  if (e.type !== 'telemetry') return;
+  const now = Date.now();
+  latency.record(now - e.sample.ts);
+  received++;
+  receivedById.set(e.device, (receivedById.get(e.device) ?? 0) + 1);
+  const prev = lastTs.get(e.device);
+  if (prev !== undefined && e.sample.ts < prev) outOfOrder++;
+  lastTs.set(e.device, e.sample.ts);
+});
+
+const delay = monitorEventLoopDelay({ resolution: 10 });
+delay.enable();
+let elu = performance.eventLoopUtilization();
+let cpu = process.cpuUsage();
+let since = Date.now();
+
+process.on('message', async (msg) => {
+  if (msg.type !== 'stats') return;
+  const bytes = (await manager.metrics.stateBytesWritten.get()).values[0]?.value ?? 0;
+  const nowCpu = process.cpuUsage(cpu);
+  const nowElu = performance.eventLoopUtilization(elu);
+  const mem = process.memoryUsage();
+  process.send({
+    type: 'stats',
+    latency: latency.snapshot(),
+    received,
+    receivedById: msg.withIds ? Object.fromEntries(receivedById) : undefined,
+    outOfOrder,
+    seconds: (Date.now() - since) / 1000,
+    cpuS: (nowCpu.user + nowCpu.system) / 1e6,
+    elu: nowElu.utilization,
+    loopDelayP99Ms: delay.percentile(99) / 1e6,
+    rss: mem.rss,
+    heapUsed: mem.heapUsed,
+    stateBytes: bytes,
+    online: manager.state.devices().filter((d) => d.online).length,
+  });
+  if (msg.reset) {
+    latency.reset();
+    delay.reset();
+    elu = performance.eventLoopUtilization();
+    cpu = process.cpuUsage();
+    since = Date.now();
+  }
+});
+
+let stopping = false;
+process.on('SIGTERM', () => {
+  if (stopping) return;
+  stopping = true;
+  manager.close().then(
+    () => process.exit(0),
+    (error) => {
+      process.stderr.write(`close failed: ${error.stack}\n`);
+      process.exit(1);
+    },
+  );
+});
+
+process.send({ type: 'ready', url: manager.url, brokerUrl: manager.brokerUrl, token: manager.operator.token, publicKeyPem: manager.keys.publicKeyPem, stateFile: join(manager.dataDir, 'state.json') });
