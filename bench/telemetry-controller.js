@@ -11,6 +11,7 @@
  * Env: INTAKE (in-process|mqtt), DATA_DIR.
  */
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { createManager } from '@edgefleet/host-manager';
@@ -50,7 +51,26 @@ let elu = performance.eventLoopUtilization();
 let cpu = process.cpuUsage();
 let since = Date.now();
 
+/** PROFILE: the bench asks for a CPU profile of each measurement window only (not of provisioning and connecting). */
+let profiler = null;
+async function profile(msg) {
+  const { Session } = await import('node:inspector/promises');
+  if (msg.type === 'profile-start') {
+    profiler = new Session();
+    profiler.connect();
+    await profiler.post('Profiler.enable');
+    await profiler.post('Profiler.start');
+  } else if (profiler) {
+    const { profile: p } = await profiler.post('Profiler.stop');
+    await writeFile(msg.file, JSON.stringify(p));
+    profiler.disconnect();
+    profiler = null;
+  }
+  process.send({ type: 'profiled' });
+}
+
 process.on('message', async (msg) => {
+  if (msg.type === 'profile-start' || msg.type === 'profile-stop') return profile(msg);
   if (msg.type !== 'stats') return;
   const bytes = (await manager.metrics.stateBytesWritten.get()).values[0]?.value ?? 0;
   const nowCpu = process.cpuUsage(cpu);
@@ -78,6 +98,11 @@ process.on('message', async (msg) => {
     cpu = process.cpuUsage();
     since = Date.now();
   }
+});
+
+// the bench went away (crashed, or was stopped): no controller left behind
+process.on('disconnect', () => {
+  if (!stopping) process.exit(0);
 });
 
 let stopping = false;

@@ -25,7 +25,7 @@
  *
  * Env: STEPS (1000,2000,5000,10000,15000,20000), MEASURE_S (60), WARMUP_S (20), PER_PROCESS (2500),
  * STEADY_S (600; 0 = skip), BREAK_P99_MS (1000), MODELS (1), BASELINE_N (2000; 0 = skip),
- * CONNECT_PER_S (1000), PROFILE (a directory: --cpu-prof of the controller).
+ * CONNECT_PER_S (1000), PROFILE (a directory: a CPU profile of the controller per measurement window).
  */
 import { fork } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -70,9 +70,10 @@ function child(file, args, env, execArgv = []) {
 }
 
 /** One controller with its dashboard and a growing fleet. */
+let sessions = 0;
 async function session(work, intake) {
-  const execArgv = process.env.PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE}`] : [];
-  const controller = child('./telemetry-controller.js', [], { DATA_DIR: join(work, `controller-${intake}`), INTAKE: intake }, execArgv);
+  const id = `${intake}-${sessions++}`;
+  const controller = child('./telemetry-controller.js', [], { DATA_DIR: join(work, `controller-${id}`), INTAKE: intake });
   const info = await controller.ready;
   const feed = child('./telemetry-feed.js', [info.url], { FEED_TOKEN: info.token });
   await feed.ready;
@@ -98,7 +99,7 @@ async function session(work, intake) {
       const provisioned = (Date.now() - t0) / 1000;
       provisionS += provisioned;
       const t1 = Date.now();
-      const fleet = await startFleet({ creds, broker: info.brokerUrl, publicKeyPem: info.publicKeyPem, processes: Math.ceil(add / PER_PROCESS), dataRoot: join(work, `devices-${intake}-${fleets.length}`), models: MODELS, connectPerS: CONNECT_PER_S });
+      const fleet = await startFleet({ creds, broker: info.brokerUrl, publicKeyPem: info.publicKeyPem, processes: Math.ceil(add / PER_PROCESS), dataRoot: join(work, `devices-${id}-${fleets.length}`), models: MODELS, connectPerS: CONNECT_PER_S });
       const connected = (Date.now() - t1) / 1000;
       fleet.telemetry(1);
       fleets.push(fleet);
@@ -117,7 +118,8 @@ async function session(work, intake) {
 }
 
 /** One measurement window at the current size. */
-async function measure(s, seconds) {
+async function measure(s, seconds, profileAs) {
+  if (process.env.PROFILE && profileAs) await s.controller.ask({ type: 'profile-start' }, 'profiled');
   await s.controller.ask({ type: 'stats', reset: true }, 'stats');
   await s.feed.ask({ type: 'stats', reset: true }, 'stats');
   const sim0 = await s.simStats();
@@ -128,6 +130,7 @@ async function measure(s, seconds) {
   }
   const c = await s.controller.ask({ type: 'stats', reset: true }, 'stats');
   const f = await s.feed.ask({ type: 'stats', reset: true }, 'stats');
+  if (process.env.PROFILE && profileAs) await s.controller.ask({ type: 'profile-stop', file: join(process.env.PROFILE, `controller-${profileAs}.cpuprofile`) }, 'profiled');
   const sim1 = await s.simStats();
   const state = percentiles(c.latency);
   const dash = percentiles(f.latency);
@@ -201,7 +204,7 @@ try {
       const s = await session(work, intake);
       await s.growTo(BASELINE_N);
       await sleep(WARMUP_S * 1000);
-      results[intake] = await measure(s, Math.min(MEASURE_S, 30));
+      results[intake] = await measure(s, Math.min(MEASURE_S, 30), `baseline-${intake}`);
       await s.stopFleets();
       s.controller.c.kill('SIGTERM');
       await s.controller.exit;
@@ -217,7 +220,7 @@ try {
   for (const n of STEPS) {
     const grown = await s.growTo(n);
     await sleep(WARMUP_S * 1000);
-    const m = await measure(s, MEASURE_S);
+    const m = await measure(s, MEASURE_S, String(n));
     const broke = (m.stateLatencyMs.p99 ?? Infinity) > BREAK_P99_MS || m.devicesBacklog.end > m.devicesBacklog.start + n || m.online < n;
     out({ bench: 'telemetry', step: n, ...grown, ...m, broke });
     if (broke) break;

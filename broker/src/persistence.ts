@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
 import type { AedesOptions } from 'aedes';
 import type { Logger } from 'pino';
+import { indexedMemoryPersistence } from './retained.js';
 
 export type PersistenceOption = { kind: 'memory' } | { kind: 'redis'; url: string };
 
@@ -19,7 +20,8 @@ export async function createPersistence(
   kind: PersistenceOption,
   log: Logger,
 ): Promise<PersistenceSetup> {
-  if (kind.kind === 'memory') return { aedesOptions: {}, close: async () => {} };
+  // in memory: Aedes' own store, with retained messages indexed by topic level (retained.ts)
+  if (kind.kind === 'memory') return { aedesOptions: { persistence: indexedMemoryPersistence() }, close: async () => {} };
   if (kind.kind !== 'redis') throw new Error(`unknown persistence "${(kind as { kind: string }).kind}": use "memory" or "redis"`);
   // Aedes 1.x calls persistence methods as promises: use the package's async class, not its callback wrapper.
   const requireHere = createRequire(import.meta.url);

@@ -7,7 +7,7 @@
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from './broker-client.js';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 import type { RunningBroker } from '@edgefleet/broker';
@@ -151,7 +151,7 @@ function createOperations(ctx: {
   registry: Registry;
   rollouts: Rollouts;
   requester: Requester;
-  client: MqttClient;
+  client: BrokerClient;
   keys: FleetKeys;
   legacyTopic: string;
   advertised: string;

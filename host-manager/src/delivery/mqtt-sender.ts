@@ -15,7 +15,7 @@
  */
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from '../broker-client.js';
 import type { Logger } from 'pino';
 import { EventSchema, FleetError, nameRecord, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
 import type { DeviceInfo, ErrorBody, Manifest, TransferTarget } from '@edgefleet/protocol';
@@ -27,7 +27,7 @@ import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, 
 import type { DeliveryTarget } from './manifest.js';
 
 export interface DeliverOptions {
-  mqtt: MqttClient;
+  mqtt: BrokerClient;
   request: RequestFn;
   record: ModelVersionRecord;
   blobPath: string;

@@ -5,7 +5,7 @@
  * back to its previous version (with an operator-signed rollback manifest,
  * since the previous version is lower than the highest the device accepted).
  */
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from '../broker-client.js';
 import { FleetError, signManifest } from '@edgefleet/protocol';
 import type { SignedManifest } from '@edgefleet/protocol';
 import type { FleetKeys } from '../access/fleet-keys.js';
@@ -18,7 +18,7 @@ import { buildManifest } from './manifest.js';
 import { deliverModel } from './mqtt-sender.js';
 
 export function makeDeliver(ctx: {
-  mqtt: MqttClient;
+  mqtt: BrokerClient;
   requester: Requester;
   registry: Registry;
   keys: FleetKeys;

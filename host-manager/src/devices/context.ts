@@ -1,5 +1,5 @@
 /** What the device operations work with. */
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from '../broker-client.js';
 import type { FleetKeys } from '../access/fleet-keys.js';
 import type { RecordAudit } from '../state/audit.js';
 import type { FleetRepository } from '../state/repository.js';
@@ -10,7 +10,7 @@ export interface DeviceContext {
   state: FleetRepository;
   fleet: Fleet;
   requester: Requester;
-  client: MqttClient;
+  client: BrokerClient;
   keys: FleetKeys;
   audit: RecordAudit;
   /** Closes a removed device's connection on the embedded broker. */

@@ -3,11 +3,12 @@
  * status + last will), telemetry and events of every device, each validated
  * with the protocol's schemas. Bad messages are counted, logged and dropped.
  *
- * Presence and telemetry are hot (a thousand devices reconnecting at once),
- * so they are written to the state file at most every `flushMs`.
+ * Presence is hot (a thousand devices reconnecting at once), so it is written to the
+ * state file at most every `flushMs`; telemetry is never written (state/schema.ts,
+ * durableView): it is held in memory, and the next sample replaces it.
  */
 import { EventEmitter } from 'node:events';
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from '../broker-client.js';
 import type { Logger } from 'pino';
 import {
   EventSchema,
@@ -31,7 +32,7 @@ export type FeedEvent =
   | { type: 'audit'; entry: AuditEntry };
 
 export interface FleetOptions {
-  mqtt: MqttClient;
+  mqtt: BrokerClient;
   state: FleetRepository;
   logger: Logger;
   metrics?: Metrics;
@@ -47,7 +48,7 @@ export interface FleetOptions {
 
 export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   readonly history = new TelemetryHistory();
-  readonly #mqtt: MqttClient;
+  readonly #mqtt: BrokerClient;
   readonly #state: FleetRepository;
   readonly #log: Logger;
   readonly #metrics: Metrics | undefined;
@@ -185,7 +186,6 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
       this.#metrics?.inferenceErrors.inc({ model }, h.errors);
     }
     this.emitFeed({ type: 'telemetry', device, sample: msg.sample });
-    this.#markDirty();
   }
 
   #onEvent(device: string, event: FleetEvent): void {

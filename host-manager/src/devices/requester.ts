@@ -2,7 +2,7 @@
  * Request/response over MQTT from the operator's side: publish a request on a
  * device's (or group's) command topic, match replies by correlation id.
  */
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from '../broker-client.js';
 import {
   FleetError,
   ReplySchema,
@@ -44,7 +44,7 @@ interface Pending {
 
 export const DEFAULT_TIMEOUT_MS = DEFAULTS.requestTimeoutMs;
 
-export async function createRequester(mqtt: MqttClient): Promise<Requester> {
+export async function createRequester(mqtt: BrokerClient): Promise<Requester> {
   const pending = new Map<string, Pending>();
 
   const onMessage = (topic: string, payload: Buffer): void => {

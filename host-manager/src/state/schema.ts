@@ -236,6 +236,18 @@ export type FleetState = z.output<typeof FleetStateSchema>;
 
 export const AUDIT_LIMIT = 20_000;
 
+/**
+ * The document as it goes to disk. A device's presence and its latest telemetry sample are
+ * volatile: they come back from the devices themselves (retained presence, the next sample)
+ * and after a restart every device starts offline anyway. Kept out of the file, telemetry
+ * never makes it grow or be rewritten, however many devices report how often.
+ */
+export function durableView(state: FleetState): FleetState {
+  const devices = nameRecord<DeviceRecord>();
+  for (const [id, d] of Object.entries(state.devices)) devices[id] = d.online || d.telemetry ? { ...d, online: false, telemetry: null } : d;
+  return { ...state, devices };
+}
+
 export function emptyState(): FleetState {
   return { devices: nameRecord(), groups: nameRecord(), models: nameRecord(), rollouts: nameRecord(), operators: nameRecord(), audit: [] };
 }

@@ -12,7 +12,7 @@ import { dirname } from 'node:path';
 import { Low } from 'lowdb';
 import type { Adapter } from 'lowdb';
 import { writeFileAtomic } from '@edgefleet/node-io';
-import { FleetStateSchema, emptyState } from './schema.js';
+import { FleetStateSchema, durableView, emptyState } from './schema.js';
 import type { FleetState } from './schema.js';
 
 export const LAST_GOOD_SUFFIX = '.last-good';
@@ -26,11 +26,13 @@ export class DurableJsonFile<T> implements Adapter<T> {
   #queued: { data: T; waiters: { resolve(): void; reject(e: unknown): void }[] } | null = null;
 
   readonly #onWritten: ((bytes: number) => void) | undefined;
+  readonly #serialize: (data: T) => string;
 
-  constructor(file: string, opts: { lastGood?: string; onWritten?: (bytes: number) => void } = {}) {
+  constructor(file: string, opts: { lastGood?: string; onWritten?: (bytes: number) => void; serialize?: (data: T) => string } = {}) {
     this.#file = file;
     this.#lastGood = opts.lastGood;
     this.#onWritten = opts.onWritten;
+    this.#serialize = opts.serialize ?? ((data) => JSON.stringify(data));
   }
 
   async read(): Promise<T | null> {
@@ -61,7 +63,7 @@ export class DurableJsonFile<T> implements Adapter<T> {
     while (this.#queued) {
       const job = this.#queued;
       this.#queued = null;
-      this.#writing = this.#writeNow(JSON.stringify(job.data));
+      this.#writing = this.#writeNow(this.#serialize(job.data));
       try {
         await this.#writing;
         for (const w of job.waiters) w.resolve();
@@ -92,7 +94,8 @@ export interface StateFileOptions {
 export async function openStateFile(file: string, opts: StateFileOptions = {}): Promise<Low<FleetState>> {
   await mkdir(dirname(file), { recursive: true });
   const lastGood = `${file}${LAST_GOOD_SUFFIX}`;
-  const adapter = new DurableJsonFile<FleetState>(file, { lastGood, ...(opts.onWritten ? { onWritten: opts.onWritten } : {}) });
+  const serialize = (data: FleetState): string => JSON.stringify(durableView(data));
+  const adapter = new DurableJsonFile<FleetState>(file, { lastGood, serialize, ...(opts.onWritten ? { onWritten: opts.onWritten } : {}) });
   let raw: unknown;
   try {
     raw = await adapter.read();
@@ -108,7 +111,7 @@ export async function openStateFile(file: string, opts: StateFileOptions = {}): 
     throw await refusal(file, lastGood, `${where}: ${issue?.message ?? 'does not match the state schema'}`);
   }
   db.data = parsed.data;
-  await writeFileAtomic(lastGood, JSON.stringify(db.data), { mode: 0o600 });
+  await writeFileAtomic(lastGood, serialize(db.data), { mode: 0o600 });
   return db;
 }
 
