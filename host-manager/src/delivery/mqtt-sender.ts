@@ -6,6 +6,9 @@
  *   2. sign a manifest (name, version, sha256, length, expiry, target, per-chunk sha256);
  *   3. `transfer.offer` to each device: it checks signature, target, expiry, version and free
  *      disk, and answers with the chunks it still misses (all, or only some after a restart);
+ *      when the delivery goes to every online device of a group (`groupRequests`), the offer,
+ *      the status requests and the commit are each published once on the group's command
+ *      topic and the replies collected, instead of one request per device;
  *   4. publish chunks (binary, QoS 1) with a bounded window of unacknowledged publishes. A
  *      group target gets each chunk once on the group's topic (the broker fans it out); what
  *      a device still misses afterwards (`transfer.status`) goes to its own topic only;
@@ -18,9 +21,9 @@ import type { FileHandle } from 'node:fs/promises';
 import type { BrokerClient } from '../broker-client.js';
 import type { Logger } from 'pino';
 import { EventSchema, FleetError, nameRecord, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
-import type { DeviceInfo, ErrorBody, Manifest, TransferTarget } from '@edgefleet/protocol';
+import type { CommandParams, CommandResult, DeviceInfo, ErrorBody, Manifest, TransferTarget } from '@edgefleet/protocol';
 import type { ModelVersionRecord } from '../state/schema.js';
-import type { RequestFn } from '../devices/requester.js';
+import type { RequestFn, Requester } from '../devices/requester.js';
 import { checkCompatibility } from '../models/compatibility.js';
 import { DEFAULT_CHUNK_SIZE, loadChunkTable } from './chunk-table.js';
 import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, transferIdFor } from './manifest.js';
@@ -29,6 +32,11 @@ import type { DeliveryTarget } from './manifest.js';
 export interface DeliverOptions {
   mqtt: BrokerClient;
   request: RequestFn;
+  /**
+   * One request per step on the group's command topic instead of one per device. Only for a
+   * delivery to every online device of the group: every device of the group receives them.
+   */
+  groupRequests?: Requester['requestGroup'];
   record: ModelVersionRecord;
   blobPath: string;
   keys: { privateKeyPem: string };
@@ -81,6 +89,8 @@ interface Delivery {
   deadline: number;
   requestTimeout: number;
   group: string | undefined;
+  /** Offers, status requests and commits go once to the group (see DeliverOptions.groupRequests). */
+  byGroup: Requester['requestGroup'] | undefined;
   transferId: string;
   total: number;
   signed: ReturnType<typeof signManifest>;
@@ -131,6 +141,7 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
     deadline: Date.now() + (opts.deadlineMs ?? DEFAULT_DEADLINE_MS),
     requestTimeout: opts.requestTimeoutMs ?? 15_000,
     group: 'group' in opts.target ? opts.target.group : undefined,
+    byGroup: 'group' in opts.target ? opts.groupRequests : undefined,
     transferId: transferIdFor(record, chunkSize),
     total: (signed.manifest as Manifest).chunking.sha256.length,
     signed,
@@ -196,18 +207,48 @@ async function listenForProgress(d: Delivery, devices: string[]): Promise<() => 
   };
 }
 
-async function offerAll(d: Delivery, devices: string[]): Promise<void> {
+/**
+ * One request to each device, or one to the group when the delivery may (byGroup: then the
+ * params must be the same for every device); `onAnswer` per device that answered.
+ */
+async function askEach<C extends 'transfer.offer' | 'transfer.status'>(
+  d: Delivery,
+  devices: string[],
+  command: C,
+  params: (device: string) => CommandParams<C>,
+  onAnswer: (device: string, answer: CommandResult<C>) => void,
+): Promise<void> {
+  const take = (device: string, answer: CommandResult<C>): void => {
+    try {
+      onAnswer(device, answer);
+    } catch (error) {
+      fail(d, device, error);
+    }
+  };
+  if (d.byGroup && d.group) {
+    const outcomes = await d.byGroup(d.group, devices, command, params(d.group), timeout(d, d.requestTimeout));
+    for (const [device, outcome] of outcomes) outcome.ok ? take(device, outcome.data) : fail(d, device, outcome.error);
+    return;
+  }
   await eachLimited(devices, d.concurrency, async (device) => {
     try {
-      const via: TransferTarget = d.group ? { kind: 'group', name: d.group } : { kind: 'device', name: device };
-      const answer = await d.opts.request(device, 'transfer.offer', { transferId: d.transferId, manifest: d.signed, via }, timeout(d, d.requestTimeout));
-      if (answer.total !== d.total) throw new FleetError('bad_request', `${device} counts ${answer.total} chunks, the manifest ${d.total}`);
-      d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
-      report(d, device);
+      take(device, await d.opts.request(device, command, params(device), timeout(d, d.requestTimeout)));
     } catch (error) {
       fail(d, device, error);
     }
   });
+}
+
+async function offerAll(d: Delivery, devices: string[]): Promise<void> {
+  const via: TransferTarget | undefined = d.group ? { kind: 'group', name: d.group } : undefined;
+  // a unicast delivery's offer names each device's own topic; a group's is the same for all
+  const params = (device: string): CommandParams<'transfer.offer'> => ({ transferId: d.transferId, manifest: d.signed, via: via ?? { kind: 'device', name: device } });
+  const onAnswer = (device: string, answer: CommandResult<'transfer.offer'>): void => {
+    if (answer.total !== d.total) throw new FleetError('bad_request', `${device} counts ${answer.total} chunks, the manifest ${d.total}`);
+    d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
+    report(d, device);
+  };
+  await askEach(d, devices, 'transfer.offer', params, onAnswer);
   d.opts.logger?.info({ transferId: d.transferId, model: d.label, devices: d.missing.size, chunks: d.total, chunkSize: d.chunkSize, window: d.window }, 'transfer offered');
 }
 
@@ -231,14 +272,9 @@ async function sendChunks(d: Delivery): Promise<void> {
     }
     round++;
     const before = stillMissing();
-    await eachLimited([...d.missing.keys()], d.concurrency, async (device) => {
-      try {
-        const answer = await d.opts.request(device, 'transfer.status', { transferId: d.transferId }, timeout(d, d.requestTimeout));
-        d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
-        report(d, device);
-      } catch (error) {
-        fail(d, device, error);
-      }
+    await askEach(d, [...d.missing.keys()], 'transfer.status', () => ({ transferId: d.transferId }), (device, answer) => {
+      d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
+      report(d, device);
     });
     stalled = stillMissing() >= before ? stalled + 1 : 0;
     if (stalled >= 3) {
@@ -267,12 +303,25 @@ async function commitAll(d: Delivery): Promise<void> {
   const { opts } = d;
   const activate = opts.activate ?? true;
   const commitTimeout = opts.commitTimeoutMs ?? 120_000;
-  await eachLimited([...d.missing.keys()], Math.max(1, Math.floor(d.concurrency / 2)), async (device) => {
+  const committed = (device: string, done: CommandResult<'transfer.commit'>): void => {
+    d.results[device] = { ok: true, version: done.version, activated: done.activated, previous: done.previous };
+    opts.onProgress?.(device, d.total, d.total);
+  };
+  let devices = [...d.missing.keys()];
+  if (d.byGroup && d.group && devices.length > 0) {
+    // one commit to the group; those that need chunks again (or did not answer) go on one by one below
+    const outcomes = await d.byGroup(d.group, devices, 'transfer.commit', { transferId: d.transferId, activate }, timeout(d, commitTimeout));
+    devices = [];
+    for (const [device, outcome] of outcomes) {
+      if (outcome.ok) committed(device, outcome.data);
+      else if (outcome.error.code === 'missing_chunk' || outcome.error.code === 'corrupt_chunk') devices.push(device);
+      else fail(d, device, outcome.error);
+    }
+  }
+  await eachLimited(devices, Math.max(1, Math.floor(d.concurrency / 2)), async (device) => {
     for (let attempt = 0; ; attempt++) {
       try {
-        const done = await opts.request(device, 'transfer.commit', { transferId: d.transferId, activate }, timeout(d, commitTimeout));
-        d.results[device] = { ok: true, version: done.version, activated: done.activated, previous: done.previous };
-        opts.onProgress?.(device, d.total, d.total);
+        committed(device, await opts.request(device, 'transfer.commit', { transferId: d.transferId, activate }, timeout(d, commitTimeout)));
         return;
       } catch (error) {
         const code = error instanceof FleetError ? error.code : 'internal';

@@ -36,6 +36,7 @@ export function makeDeliver(ctx: {
     const results = await deliverModel({
       mqtt: ctx.mqtt,
       request: ctx.requester.request,
+      ...(target.kind === 'group' && coversGroup(ctx.state, target.name, devices) ? { groupRequests: ctx.requester.requestGroup } : {}),
       record,
       blobPath: ctx.registry.blobPath(record),
       keys: ctx.keys,
@@ -56,6 +57,18 @@ export function makeDeliver(ctx: {
       Object.entries(results).map(([device, r]) => [device, r.ok ? { ok: true as const, version: r.version, previous: r.previous } : r]),
     );
   };
+}
+
+/**
+ * Whether `devices` holds every online device of the group: then offers, status requests and
+ * commits may go once to the group's command topic (every member receives them; a member not
+ * in the delivery would otherwise stage, or even activate, a version outside its wave). An
+ * offline member's queued copy is refused by its deadline, or fails for want of the chunks.
+ */
+function coversGroup(state: FleetRepository, group: string, devices: string[]): boolean {
+  if (devices.length < 2) return false;
+  const chosen = new Set(devices);
+  return state.devices().every((d) => !d.online || !d.groups.includes(group) || chosen.has(d.id));
 }
 
 export function makeRollback(ctx: { requester: Requester; registry: Registry; keys: FleetKeys; timeoutMs: number }): RollbackFn {

@@ -1,0 +1,17 @@
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { createManager } from '@edgefleet/host-manager';
+import { provision, startFleet } from './sim/fleet.js';
+const work = await mkdtemp(join(tmpdir(), 'conn-'));
+const manager = await createManager({ dataDir: join(work, 'c'), mqttHost: '127.0.0.1', mqttPort: 0, mqttWsPort: false, httpPort: 0, logger: pino({ level: 'warn' }) });
+const { creds } = await provision({ url: manager.url, token: manager.operator.token, count: Number(process.env.N ?? 1000), prefix: 'sim-', groups: ['bench'] });
+const { Session } = await import('node:inspector/promises');
+const s = new Session(); s.connect(); await s.post('Profiler.enable'); await s.post('Profiler.start');
+const t = Date.now();
+const fleet = await startFleet({ creds, broker: manager.brokerUrl, publicKeyPem: manager.keys.publicKeyPem, processes: 1, dataRoot: join(work, 'd'), connectPerS: 1000 });
+const c0 = process.cpuUsage(); console.log('connected in', (Date.now() - t) / 1000, 'controller cpu s', (c0.user + c0.system) / 1e6, 'sim', JSON.stringify((({ cpuUserS, cpuSystemS }) => ({ cpuUserS, cpuSystemS }))(await fleet.stats())));
+const { profile } = await s.post('Profiler.stop');
+(await import('node:fs')).writeFileSync('/tmp/profsim/controller.cpuprofile', JSON.stringify(profile));
+await fleet.stop(); await manager.close();
