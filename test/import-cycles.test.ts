@@ -11,7 +11,7 @@ import { basename, join } from 'node:path';
 import madge from 'madge';
 
 const ROOT = new URL('..', import.meta.url).pathname;
-const PARTS = ['packages/node-io', 'packages/protocol', 'packages/onnx', 'broker', 'device-agent', 'host-manager'];
+const PARTS = ['packages/node-io', 'packages/protocol', 'packages/onnx', 'broker', 'device-agent', 'host-manager', 'toolchains'];
 
 async function graph(paths: string[], tsConfig?: string): Promise<{ files: number; cycles: string[][] }> {
   const result = await madge(paths, {

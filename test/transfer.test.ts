@@ -11,7 +11,7 @@ import { mkdir, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
-import { EventSchema, FleetError, chunkHashes, parseTopic, sha256Hex, signManifest, topics } from '@edgefleet/protocol';
+import { EventSchema, FleetError, chunkHashes, parseTopic, sha256Hex, signManifest, tensorMapResult, topics } from '@edgefleet/protocol';
 import type { FleetEvent, ManifestInput, SignedManifest, TransferTarget } from '@edgefleet/protocol';
 import type { RunningBroker } from '@edgefleet/broker';
 import { startTestBroker } from './support/broker.js';
@@ -121,7 +121,7 @@ function deliver(record: ModelVersionRecord, target: DeliverOptions['target'], e
 /** The model's answer on the device, checked against plain-JS math for the version expected. */
 async function answers(device: string, model: LinearModel, name = 'm'): Promise<boolean> {
   const x = [0.5, -1, 2, 0.25];
-  const r = await requester.request(device, 'infer', { model: name, inputs: { x: { dtype: 'float32', shape: [1, 4], data: x } } }, 10_000);
+  const r = tensorMapResult(await requester.request(device, 'infer', { model: name, inputs: { x: { dtype: 'float32', shape: [1, 4], data: x } } }, 10_000));
   const y = r.outputs['y']!.data as number[];
   const expected = model.expected(x);
   return y.length === expected.length && y.every((v, i) => Math.abs(v - expected[i]!) < 1e-4);
@@ -173,7 +173,7 @@ describe('kill -9 of the agent', () => {
     expect(second.sent).toHaveLength(missingAtOffer); // and only what was missing went over the wire again
     expect(new Set(second.sent.map((s) => s.index)).size).toBe(missingAtOffer);
     const x = Array.from({ length: 512 }, (_, i) => (i % 7) / 7);
-    const r = await requester.request('k1', 'infer', { model: 'm', inputs: { x: { dtype: 'float32', shape: [1, 512], data: x } } });
+    const r = tensorMapResult(await requester.request('k1', 'infer', { model: 'm', inputs: { x: { dtype: 'float32', shape: [1, 512], data: x } } }));
     const expected = big.expected(x);
     expect((r.outputs['y']!.data as number[]).every((v, i) => Math.abs(v - expected[i]!) < 1e-3)).toBe(true);
     expect(again.stderrText()).not.toMatch(/Error/);

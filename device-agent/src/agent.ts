@@ -82,7 +82,7 @@ class DeviceAgent implements Agent {
     this.#dispatcher = new Dispatcher({
       handlers: createHandlers({ config, info: () => this.info(), models: () => this.#models, transfer: () => this.#transfer, legacy: () => this.#legacy }),
       logger: this.#logger,
-      send: (reply: Reply) => this.#link.publishJson(topics.device(config.device, 'replies'), reply),
+      send: (reply: Reply, binary) => this.#link.publishJson(topics.device(config.device, 'replies'), reply, false, binary),
       onSuccess: (command) => {
         if (STATUS_CHANGING.has(command)) void this.#publishStatus();
       },
@@ -138,7 +138,8 @@ class DeviceAgent implements Agent {
       });
     }
     if (config.http) {
-      this.#http = await createInferenceServer(service, { host: config.httpHost, port: config.httpPort, logger });
+      const maxBodyBytes = Math.round(config.httpMaxBodyMb * 1024 * 1024);
+      this.#http = await createInferenceServer(service, { host: config.httpHost, port: config.httpPort, logger, maxBodyBytes, serverVersion: this.#version });
       logger.info({ host: config.httpHost, port: this.#http.port }, 'HTTP inference API listening');
     }
     this.#legacy = new LegacyChannel({

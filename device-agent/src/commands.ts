@@ -15,13 +15,26 @@ export interface CommandContext {
   signal: AbortSignal;
 }
 
-export type Handler<C extends CommandName> = (params: ParsedParams<C>, ctx: CommandContext) => Promise<CommandResult<C>>;
+/** An ok reply's data with binary parts (e.g. binary output tensors), sent as one framed payload. */
+export class BinaryReply<T> {
+  constructor(
+    readonly data: T,
+    readonly binary: readonly Uint8Array[],
+  ) {}
+
+  /** From an answer that carries its binary parts beside its result (e.g. an inference's). */
+  static of<T>(answer: { result: T; binary: readonly Uint8Array[] }): BinaryReply<T> {
+    return new BinaryReply(answer.result, answer.binary);
+  }
+}
+
+export type Handler<C extends CommandName> = (params: ParsedParams<C>, ctx: CommandContext) => Promise<CommandResult<C> | BinaryReply<CommandResult<C>>>;
 export type HandlerTable = { [C in CommandName]?: Handler<C> };
 
 export interface DispatcherOptions {
   handlers: HandlerTable;
-  /** Publishes one reply; resolves when the broker has it (QoS 1 PUBACK). */
-  send: (reply: Reply) => Promise<void>;
+  /** Publishes one reply (framed with its binary parts, if any); resolves when the broker has it (QoS 1 PUBACK). */
+  send: (reply: Reply, binary?: readonly Uint8Array[]) => Promise<void>;
   logger: Logger;
   now?: () => number;
   /** Called after a handler of this command succeeded (e.g. to republish status). */
@@ -81,11 +94,11 @@ export class Dispatcher {
     return this.inFlight.size;
   }
 
-  private async reply(reply: Reply): Promise<void> {
+  private async reply(reply: Reply, binary?: readonly Uint8Array[]): Promise<void> {
     if (reply.status === 'ok') this.stats.ok++;
     else this.stats.errors++;
     try {
-      await this.options.send(reply);
+      await this.options.send(reply, binary);
     } catch (error) {
       this.options.logger.error({ err: error, corr: reply.corr }, 'could not publish a reply');
     }
@@ -150,6 +163,9 @@ export class Dispatcher {
     logger.debug({ id: request.id, command: request.command, ok: outcome.ok, ms: now() - started }, 'request handled');
     if (outcome.ok) {
       this.options.onSuccess?.(request.command);
+      if (outcome.data instanceof BinaryReply) {
+        return this.reply(okReply(request, outcome.data.data as CommandResult<CommandName>), outcome.data.binary);
+      }
       return this.reply(okReply(request, outcome.data as CommandResult<CommandName>));
     }
     if (outcome.error.code === 'internal') logger.error({ id: request.id, command: request.command, error: outcome.error.message }, 'handler failed');

@@ -55,6 +55,11 @@ export const CONFIG_KEYS = {
   http: { kind: 'boolean', describe: 'serve the local HTTP inference API', schema: z.boolean().default(true) },
   httpHost: { kind: 'string', describe: 'address the HTTP inference API binds to', schema: z.string().min(1).default('127.0.0.1') },
   httpPort: { kind: 'number', describe: 'port of the HTTP inference API (0 = any free port)', schema: port.default(8470) },
+  httpMaxBodyMb: {
+    kind: 'number',
+    describe: 'largest HTTP inference request body in MB (MiB); larger ones get 413',
+    schema: z.number().positive().max(4096).default(64),
+  },
   inferenceThreads: {
     kind: 'number',
     describe: 'onnxruntime intra-op threads (default: cores - 1, at least 1)',

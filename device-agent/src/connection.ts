@@ -6,7 +6,7 @@
 import mqtt from 'mqtt';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
-import { FleetError, makeOffline, topics } from '@edgefleet/protocol';
+import { FleetError, encodePayload, makeOffline, topics } from '@edgefleet/protocol';
 import { Backoff } from './backoff.js';
 import type { AgentConfig } from './config.js';
 
@@ -41,9 +41,10 @@ export class DeviceConnection {
   }
 
   /** QoS 1 publish of a JSON body; rejects with `unavailable` before the first connect. */
-  publishJson(topic: string, body: unknown, retain = false): Promise<void> {
+  /** Publishes a message as JSON, or framed with its binary parts (packages/protocol frames.ts). */
+  publishJson(topic: string, body: unknown, retain = false, binary?: readonly Uint8Array[]): Promise<void> {
     if (!this.#client) return Promise.reject(new FleetError('unavailable', 'the agent has no MQTT connection'));
-    return this.#client.publishAsync(topic, JSON.stringify(body), { qos: 1, retain }).then(() => undefined);
+    return this.#client.publishAsync(topic, encodePayload(body, binary), { qos: 1, retain }).then(() => undefined);
   }
 
   connect(): void {

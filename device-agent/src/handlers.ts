@@ -1,6 +1,7 @@
 /** The agent's command handlers: one per command of the protocol, each a call into the part that does it. */
 import { FleetError } from '@edgefleet/protocol';
 import type { CommandName, DeviceInfo } from '@edgefleet/protocol';
+import { BinaryReply } from './commands.js';
 import type { HandlerTable } from './commands.js';
 import type { AgentConfig } from './config.js';
 import type { LegacyChannel } from './legacy.js';
@@ -42,11 +43,12 @@ export function createHandlers(parts: HandlerParts): HandlerTable {
   return {
     ping: async () => ({ pong: true, uptimeS: Math.round((Date.now() - STARTED) / 1000) }),
     info: async () => parts.info(),
-    infer: async (params) => models().infer(params),
+    infer: async (params, ctx) => BinaryReply.of(await models().answer(params, ctx.request.binary)),
     'models.list': async () => ({ models: models().list() }),
     'models.activate': async (p) => models().activate(p.model, p.version),
     'models.rollback': async (p) => models().rollback(p.model, p.manifest),
     'models.remove': async (p) => models().remove(p.model, p.version),
+    'models.sample': async (p, ctx) => models().receiveSample(p.model, p.version, p.offset, ctx.request.binary),
     logs: async (p) => ({ lines: tailFile(logPath(config.dataDir), p.lines) }),
     'transfer.offer': async (p) => transfer().offer(p),
     'transfer.status': async (p) => transfer().status(p),

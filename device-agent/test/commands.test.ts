@@ -1,8 +1,8 @@
 import { describe, it, expect } from '@jest/globals';
 import { pino } from 'pino';
-import { FleetError, makeRequest } from '@edgefleet/protocol';
+import { FleetError, encodeFramed, makeRequest } from '@edgefleet/protocol';
 import type { Reply } from '@edgefleet/protocol';
-import { Dispatcher } from '../src/commands.js';
+import { BinaryReply, Dispatcher } from '../src/commands.js';
 import type { HandlerTable } from '../src/commands.js';
 
 const logger = pino({ level: 'silent' });
@@ -19,6 +19,25 @@ describe('command dispatch', () => {
     const req = makeRequest('ping', {}, 1000);
     await d.handle(JSON.stringify(req));
     expect(replies).toEqual([expect.objectContaining({ corr: req.id, status: 'ok', data: { pong: true, uptimeS: 1 } })]);
+  });
+
+  it('hands a framed request its binary part, and sends a binary reply with its parts', async () => {
+    const sent: { reply: Reply; binary: readonly Uint8Array[] | undefined }[] = [];
+    let seen: Uint8Array | undefined;
+    const d = new Dispatcher({
+      logger,
+      send: async (reply, binary) => void sent.push({ reply, binary }),
+      handlers: {
+        'models.sample': async (_p, ctx) => {
+          seen = ctx.request.binary;
+          return new BinaryReply({ received: 3, length: 3, complete: true }, [Uint8Array.of(9, 8)]);
+        },
+      },
+    });
+    const req = makeRequest('models.sample', { model: 'm', version: 1, offset: 0 }, 1000);
+    await d.handle(encodeFramed(req, [Uint8Array.of(1, 2, 3)]));
+    expect(Array.from(seen!)).toEqual([1, 2, 3]);
+    expect(sent).toEqual([{ reply: expect.objectContaining({ corr: req.id, status: 'ok', data: { received: 3, length: 3, complete: true } }), binary: [Uint8Array.of(9, 8)] }]);
   });
 
   it('turns thrown errors into one error reply with their code', async () => {

@@ -30,6 +30,13 @@ describe('configuration', () => {
     expect(Object.keys(CONFIG_KEYS)).toContain('fleetPublicKey');
   });
 
+  it('the HTTP body limit: a flag or EDGEFLEET_HTTP_MAX_BODY_MB, positive', async () => {
+    const env = { EDGEFLEET_TOKEN: 't', EDGEFLEET_DEVICE: 'd' };
+    expect((await loadConfig({ argv: ['--http-max-body-mb', '0.5'], env })).config.httpMaxBodyMb).toBe(0.5);
+    expect((await loadConfig({ env: { ...env, EDGEFLEET_HTTP_MAX_BODY_MB: '256' } })).config.httpMaxBodyMb).toBe(256);
+    expect((await configError({ argv: ['--http-max-body-mb', '0'], env })).message).toMatch(/httpMaxBodyMb \(flag --http-max-body-mb, env EDGEFLEET_HTTP_MAX_BODY_MB/);
+  });
+
   it('merges file < env < flags and applies defaults', async () => {
     const file = join(dir, 'agent.json');
     await writeFile(file, JSON.stringify({ device: 'from-file', groups: ['a'], telemetryIntervalMs: 5000, httpPort: 9000 }));
@@ -44,6 +51,7 @@ describe('configuration', () => {
     expect(config.groups).toEqual(['x', 'y']);
     expect(config.broker).toBe('mqtt://127.0.0.1:1883');
     expect(config.httpHost).toBe('127.0.0.1');
+    expect(config.httpMaxBodyMb).toBe(64);
     expect(config.token).toBe('s3cret');
     expect(origin).toMatchObject({ device: 'env', httpPort: 'flag', groups: 'flag', telemetryIntervalMs: 'env' });
   });

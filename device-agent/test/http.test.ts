@@ -13,7 +13,8 @@ import sharp from 'sharp';
 import type { Processing } from '@edgefleet/protocol';
 import { createInferenceServer, createModelService } from '../src/models/index.js';
 import type { InferenceServer, ModelService } from '../src/models/index.js';
-import { allClose, imageClassifierModel, linearModel, slowModel, stageFile, testManifest } from '../../test/support/onnx-models.js';
+import { allClose, identityModel, imageClassifierModel, linearModel, slowModel, stageFile, testManifest } from '../../test/support/onnx-models.js';
+import { binaryOutputs, postBinary } from '../../test/support/oip-client.js';
 
 const logger = pino({ level: 'silent' });
 
@@ -61,6 +62,7 @@ describe('HTTP inference API', () => {
     await add('lin', lin.bytes);
     await add('food', img.bytes, { kind: 'image-classification', input: 'image', width: 4, height: 4, labels: ['a', 'b', 'c'], topK: 2 });
     await add('slow', slow.bytes);
+    await add('id', identityModel('float32', ['n']).bytes);
     server = await createInferenceServer(models, { port: 0, logger, maxBodyBytes: 64 * 1024 });
   });
   afterAll(async () => {
@@ -72,7 +74,7 @@ describe('HTTP inference API', () => {
   it('lists models and describes their inputs and outputs', async () => {
     const list = await call(server.port, 'GET', '/models');
     expect(list.status).toBe(200);
-    expect(list.body.models.map((m: { name: string }) => m.name)).toEqual(['food', 'lin', 'slow']);
+    expect(list.body.models.map((m: { name: string }) => m.name)).toEqual(['food', 'id', 'lin', 'slow']);
     const one = await call(server.port, 'GET', '/models/lin');
     expect(one.body).toEqual({
       name: 'lin',
@@ -124,8 +126,8 @@ describe('HTTP inference API', () => {
       ['GET', '/models/..%2Fetc', undefined, 404, 'not_found', /not a valid model name/],
       ['GET', '/models/%E0%A4%A', undefined, 404, 'not_found', /not a valid model name/],
       ['GET', '/nothing-here', undefined, 404, 'not_found', /no route/],
-      ['DELETE', '/models/lin', undefined, 405, 'bad_request', /DELETE is not supported/],
-      ['POST', '/models', '{}', 405, 'bad_request', /POST is not supported/],
+      ['DELETE', '/models/lin', undefined, 405, 'method_not_allowed', /DELETE is not supported/],
+      ['POST', '/models', '{}', 405, 'method_not_allowed', /POST is not supported/],
     ];
     for (const [method, path, body, status, code, message] of cases) {
       const r = await call(server.port, method, path, body);
@@ -143,6 +145,21 @@ describe('HTTP inference API', () => {
     expect(chunked.status).toBe(413);
     // The server is still fine afterwards.
     expect((await call(server.port, 'GET', '/models/lin')).status).toBe(200);
+  });
+
+  it('large binary bodies (read into reused buffers) each get their own answer, many at once', async () => {
+    const own = await createInferenceServer(models, { port: 0, logger });
+    try {
+      const n = 600_000; // 2.4 MB per body, over the size whose buffers are kept for reuse
+      const inputs = Array.from({ length: 12 }, (_, k) => Float32Array.from({ length: n }, (_, i) => k * 1000 + (i % 997)));
+      const header = { inputs: [{ name: 'in', datatype: 'FP32', shape: [n], parameters: { binary_data_size: n * 4 } }], parameters: { binary_data_output: true } };
+      for (let round = 0; round < 2; round++) {
+        const replies = await Promise.all(inputs.map((x) => postBinary(own.port, '/v2/models/id/infer', header, [Buffer.from(x.buffer)])));
+        replies.forEach((r, k) => expect(binaryOutputs(r).out!.equals(Buffer.from(inputs[k]!.buffer))).toBe(true));
+      }
+    } finally {
+      await own.close();
+    }
   });
 
   it('close() stops accepting and lets requests in flight finish', async () => {

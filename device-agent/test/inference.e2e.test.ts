@@ -10,8 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import type { MqttClient } from 'mqtt';
-import { ReplySchema, makeRequest, topics } from '@edgefleet/protocol';
-import type { CommandResult, Reply, Tensor } from '@edgefleet/protocol';
+import { ReplySchema, makeRequest, tensorMapResult, topics } from '@edgefleet/protocol';
+import type { Reply, Tensor, TensorMapInferResult } from '@edgefleet/protocol';
 import type { RunningBroker } from '@edgefleet/broker';
 import { createRequester } from '@edgefleet/host-manager';
 import type { Requester } from '@edgefleet/host-manager';
@@ -99,7 +99,7 @@ describe('inference through the agent', () => {
   it('MQTT, HTTP and a bare session agree exactly (dynamic batch, float32)', async () => {
     const x = [0.5, -1, 2, 0.25, 1, 1, 1, 1, -3, 0, 0.125, 7];
     const inputs: Record<string, Tensor> = { x: { dtype: 'float32', shape: [3, 4], data: x } };
-    const mqttResult = await requester.request(DEVICE.id, 'infer', { model: 'linear', inputs });
+    const mqttResult = tensorMapResult(await requester.request(DEVICE.id, 'infer', { model: 'linear', inputs }));
     const http = await viaHttp('/models/linear', { inputs });
     const reference = await bare(linear.bytes, inputs);
     expect(http.status).toBe(200);
@@ -114,7 +114,7 @@ describe('inference through the agent', () => {
       ids: { dtype: 'int64', shape: [2, 3], data: [1, 2, 3, '9007199254740993', -5, 0] },
       scale: { dtype: 'float32', shape: [2, 3], data: [0.5, 1, 2, 1e-9, 3, 4] },
     };
-    const mqttResult = await requester.request(DEVICE.id, 'infer', { model: 'multi', inputs });
+    const mqttResult = tensorMapResult(await requester.request(DEVICE.id, 'infer', { model: 'multi', inputs }));
     const http = await viaHttp('/models/multi/v1', { inputs });
     const reference = await bare(multi.bytes, inputs);
     expect(mqttResult.outputs).toEqual(reference);
@@ -130,7 +130,7 @@ describe('inference through the agent', () => {
         x: { dtype: 'float32', shape: [1, 4], data: step },
         state_in: { dtype: 'float32', shape: [1, 4], data: state },
       };
-      const r = await requester.request(DEVICE.id, 'infer', { model: 'recurrent', inputs });
+      const r = tensorMapResult(await requester.request(DEVICE.id, 'infer', { model: 'recurrent', inputs }));
       expect(r.outputs).toEqual(await bare(recurrent.bytes, inputs));
       expected = recurrent.step(step, expected);
       state = r.outputs.state_out!.data as number[];
@@ -155,7 +155,7 @@ describe('inference through the agent', () => {
     const updated = await requester.request(DEVICE.id, 'legacy', { command: 'update' });
     expect(updated.message).toBe('Model updated: linear@2');
     const x = [1, 2, 3, 4];
-    const r2 = await requester.request(DEVICE.id, 'infer', { model: 'linear', inputs: { x: { dtype: 'float32', shape: [1, 4], data: x } } });
+    const r2 = tensorMapResult(await requester.request(DEVICE.id, 'infer', { model: 'linear', inputs: { x: { dtype: 'float32', shape: [1, 4], data: x } } }));
     expect(r2.version).toBe(2);
     expect(allClose(r2.outputs.y!.data as number[], linear2.expected(x))).toBe(true);
     // the status follows the switch
@@ -243,7 +243,7 @@ describe('SIGTERM under load', () => {
       expect(ok).toHaveLength(accepted);
       for (const r of refused) expect(r.status === 'error' && r.error.code).toBe('unavailable');
       for (const r of ok) {
-        const data = (r as Extract<Reply, { status: 'ok' }>).data as CommandResult<'infer'>;
+        const data = (r as Extract<Reply, { status: 'ok' }>).data as TensorMapInferResult;
         expect(allClose(data.outputs.y!.data as number[], x)).toBe(true);
       }
       expect(new Set(replies.map((r) => r.corr)).size).toBe(replies.length); // never two replies to one request

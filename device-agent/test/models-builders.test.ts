@@ -14,8 +14,12 @@ import {
   opsetModel,
   readOpset,
   recurrentModel,
+  reshapeInputModel,
+  resizeInputModel,
   slowModel,
+  streamingModel,
   textBowModel,
+  tritonExampleModel,
 } from '../../test/support/onnx-models.js';
 
 const load = (bytes: Buffer) => ort.InferenceSession.create(bytes);
@@ -128,5 +132,48 @@ describe('ONNX test model builders', () => {
     const out = await s.run({ x: new ort.Tensor('float32', Float32Array.from([-1, 2, -3, 4]), [1, 4]) });
     expect(Array.from(out.y?.data as Float32Array)).toEqual([0, 2, 0, 4]);
     await s.release();
+  });
+
+  it("the protocol's example model: output0[i][j] = input1[i] · column sum j of input0", async () => {
+    const m = tritonExampleModel();
+    const s = await load(m.bytes);
+    const out = await s.run({
+      input0: new ort.Tensor('uint32', Uint32Array.from([1, 2, 3, 4]), [2, 2]),
+      input1: new ort.Tensor('bool', Uint8Array.from([1, 0, 1]), [3]),
+    });
+    expect(out.output0?.dims).toEqual([3, 2]);
+    expect(Array.from(out.output0?.data as Float32Array)).toEqual(m.expected([1, 2, 3, 4], [true, false, true]));
+    await s.release();
+  });
+
+  it('models whose zero input is invalid: they fail on zeros and work on a real input', async () => {
+    const zeros = async (bytes: Buffer, feeds: Record<string, ort.Tensor>) => {
+      const s = await load(bytes);
+      try {
+        return await s.run(feeds);
+      } finally {
+        await s.release();
+      }
+    };
+    const reshape = reshapeInputModel().bytes;
+    await expect(zeros(reshape, { x: new ort.Tensor('float32', new Float32Array(1), [1]), shape: new ort.Tensor('int64', new BigInt64Array(2), [2]) })).rejects.toThrow();
+    const r = await zeros(reshape, { x: new ort.Tensor('float32', Float32Array.from([1, 2, 3, 4, 5, 6]), [6]), shape: new ort.Tensor('int64', BigInt64Array.from([2n, 3n]), [2]) });
+    expect(r.y?.dims).toEqual([2, 3]);
+
+    const resize = resizeInputModel().bytes;
+    await expect(zeros(resize, { x: new ort.Tensor('float32', new Float32Array(1), [1, 1, 1, 1]), scales: new ort.Tensor('float32', new Float32Array(4), [4]) })).rejects.toThrow();
+    const z = await zeros(resize, { x: new ort.Tensor('float32', Float32Array.from([1, 2, 3, 4]), [1, 1, 2, 2]), scales: new ort.Tensor('float32', Float32Array.from([1, 1, 2, 2]), [4]) });
+    expect(z.y?.dims).toEqual([1, 1, 4, 4]);
+
+    const m = streamingModel();
+    const feeds = (x: number[], sr: bigint) => ({
+      x: new ort.Tensor('float32', Float32Array.from(x), [1, x.length]),
+      state_in: new ort.Tensor('float32', new Float32Array(4), [1, 4]),
+      sr: new ort.Tensor('int64', BigInt64Array.from([sr]), []),
+    });
+    await expect(zeros(m.bytes, feeds([0], 0n))).rejects.toThrow();
+    const x = Array.from({ length: 480 }, (_, i) => Math.sin(i / 7));
+    const st = await zeros(m.bytes, feeds(x, 16000n));
+    expect(allClose(st.y?.data as Float32Array, m.step(x, [0, 0, 0, 0], 16000))).toBe(true);
   });
 });

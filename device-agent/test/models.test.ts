@@ -10,9 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { FleetError, generateFleetKeys, signManifest } from '@edgefleet/protocol';
-import type { CommandResult, Manifest, ParsedParams } from '@edgefleet/protocol';
+import type { Manifest } from '@edgefleet/protocol';
 import { createModelService } from '../src/models/index.js';
-import type { ModelService } from '../src/models/index.js';
+import type { ModelService, TensorMapParams, TensorMapResult } from '../src/models/index.js';
 import {
   allClose,
   alwaysFailingModel,
@@ -64,8 +64,8 @@ function x4(batch: number, seed = 0): number[] {
   return Array.from({ length: batch * 4 }, (_, i) => ((i * 7 + seed) % 11) / 5 - 1);
 }
 
-function inferLinear(models: ModelService, name: string, x: number[], batch = x.length / 4, version?: number): Promise<CommandResult<'infer'>> {
-  const params: ParsedParams<'infer'> = { model: name, inputs: { x: { dtype: 'float32', shape: [batch, 4], data: x } } };
+function inferLinear(models: ModelService, name: string, x: number[], batch = x.length / 4, version?: number): Promise<TensorMapResult> {
+  const params: TensorMapParams = { model: name, inputs: { x: { dtype: 'float32', shape: [batch, 4], data: x } } };
   if (version !== undefined) params.version = version;
   return models.infer(params);
 }
@@ -178,7 +178,7 @@ describe('inference on real models', () => {
   });
 
   it('refuses each kind of bad input with invalid_input and a sentence saying what was expected', async () => {
-    const cases: [ParsedParams<'infer'>['inputs'], RegExp][] = [
+    const cases: [TensorMapParams['inputs'], RegExp][] = [
       [{ z: { dtype: 'float32', shape: [1, 4], data: x4(1) } }, /no input "z".*x \(float32 \[batch, 4\]\)/],
       [{}, /missing input x \(float32 \[batch, 4\]\)/],
       [{ x: { dtype: 'float64', shape: [1, 4], data: x4(1) } }, /"x" must be float32, got float64/],
@@ -247,14 +247,14 @@ describe('activation, rollback, removal', () => {
     await answersV1();
     // Loads, but fails at run time on zeros; then one that answers NaN.
     await install(models, dataDir, 'm', 4, alwaysFailingModel().bytes);
-    await expectCode(models.activate('m', 4), 'smoke_test_failed', /m@4 failed its smoke test on zeros/);
+    await expectCode(models.activate('m', 4), 'smoke_test_failed', /m@4 failed its activation check \(zeros\): fed zeros of the declared input shapes.*\(x: float32 \[1, 4\]\); onnxruntime failed on it: .*--sample.*--check load.*The previous version, m@1, keeps serving\./);
     await answersV1();
     await install(models, dataDir, 'm', 5, nanModel().bytes);
     await expectCode(models.activate('m', 5), 'smoke_test_failed', /contains NaN/);
     await answersV1();
     // A sample input in the manifest that does not fit the model fails the smoke test too.
     await install(models, dataDir, 'm', 6, v2.bytes, { sample: { x: { dtype: 'float32', shape: [1, 3], data: [1, 2, 3] } } });
-    await expectCode(models.activate('m', 6), 'smoke_test_failed', /sample input/);
+    await expectCode(models.activate('m', 6), 'smoke_test_failed', /fed the manifest's sample request; it does not fit the model/);
     await answersV1();
     // Missing version; missing file on disk.
     await expectCode(models.activate('m', 99), 'not_found', /m@99 is not installed/);

@@ -15,6 +15,10 @@
  *   textBowModel         multi-hot [1,V] → sigmoid(x·w + b) [1,1]
  *   identityModel        any dtype, for codec round trips through onnxruntime
  *   opsetModel           Relu with a chosen opset
+ *   tritonExampleModel   the Open Inference Protocol's documented example: UINT32 [2,2] + BOOL [3] → FP32 [3,2]
+ *   reshapeInputModel    Reshape whose target shape is an input (zeros are no valid shape)
+ *   resizeInputModel     Resize whose scales are an input (zero scales are invalid)
+ *   streamingModel       recurrent state + an int64 scalar sample rate (a zero rate is invalid)
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -522,6 +526,116 @@ export function opsetModel(opset: number, irVersion = 8): BuiltModel {
     irVersion,
   });
   return { bytes, inputs, outputs };
+}
+
+// ------------------------------------------------------------------ (h) the protocol's example; models whose zero input is invalid
+
+/**
+ * The Open Inference Protocol's documented example model "mymodel": input0 UINT32 [2, 2] and input1 BOOL
+ * [3] → output0 FP32 [3, 2] with output0[i][j] = input1[i] · (input0[0][j] + input0[1][j]).
+ */
+export function tritonExampleModel(): BuiltModel & { expected(input0: number[], input1: boolean[]): number[] } {
+  const inputs = [
+    { name: 'input0', dtype: 'uint32' as const, shape: [2, 2] as Dim[] },
+    { name: 'input1', dtype: 'bool' as const, shape: [3] as Dim[] },
+  ];
+  const outputs = [{ name: 'output0', dtype: 'float32' as const, shape: [3, 2] as Dim[] }];
+  const bytes = encodeModel({
+    name: 'mymodel',
+    inputs: inputs.map((i) => valueInfo(i.name, i.dtype, i.shape)),
+    outputs: outputs.map((o) => valueInfo(o.name, o.dtype, o.shape)),
+    nodes: [
+      node('Cast', ['input0'], ['a'], { to: { int: T.FLOAT } }),
+      node('ReduceSum', ['a', 'axis0'], ['colsum'], { keepdims: { int: 1 } }), // [1, 2]
+      node('Cast', ['input1'], ['b'], { to: { int: T.FLOAT } }),
+      node('Unsqueeze', ['b', 'axis1'], ['column']), // [3, 1]
+      node('Mul', ['column', 'colsum'], ['output0']),
+    ],
+    initializers: [int64Tensor('axis0', [1], [0]), int64Tensor('axis1', [1], [1])],
+  });
+  return {
+    bytes,
+    inputs,
+    outputs,
+    expected: (input0, input1) => input1.flatMap((b) => [0, 1].map((j) => (b ? (input0[j] as number) + (input0[2 + j] as number) : 0))),
+  };
+}
+
+/** y = Reshape(x, shape): x float32 ['n'], shape int64 [2]. Zeros mean "copy dimension 1 of x", which x lacks. */
+export function reshapeInputModel(): BuiltModel {
+  const inputs = [
+    { name: 'x', dtype: 'float32' as const, shape: ['n'] as Dim[] },
+    { name: 'shape', dtype: 'int64' as const, shape: [2] as Dim[] },
+  ];
+  const outputs = [{ name: 'y', dtype: 'float32' as const, shape: ['rows', 'cols'] as Dim[] }];
+  const bytes = encodeModel({
+    name: 'reshape_input',
+    inputs: inputs.map((i) => valueInfo(i.name, i.dtype, i.shape)),
+    outputs: outputs.map((o) => valueInfo(o.name, o.dtype, o.shape)),
+    nodes: [node('Reshape', ['x', 'shape'], ['y'])],
+  });
+  return { bytes, inputs, outputs };
+}
+
+/** y = Resize(x, scales) (nearest): x float32 [1, 1, 'h', 'w'], scales float32 [4]; zero scales are refused. */
+export function resizeInputModel(): BuiltModel {
+  const inputs = [
+    { name: 'x', dtype: 'float32' as const, shape: [1, 1, 'h', 'w'] as Dim[] },
+    { name: 'scales', dtype: 'float32' as const, shape: [4] as Dim[] },
+  ];
+  const outputs = [{ name: 'y', dtype: 'float32' as const, shape: [1, 1, 'H', 'W'] as Dim[] }];
+  const bytes = encodeModel({
+    name: 'resize_input',
+    inputs: inputs.map((i) => valueInfo(i.name, i.dtype, i.shape)),
+    outputs: outputs.map((o) => valueInfo(o.name, o.dtype, o.shape)),
+    nodes: [node('Resize', ['x', '', 'scales'], ['y'], { mode: 'nearest' })],
+  });
+  return { bytes, inputs, outputs };
+}
+
+/**
+ * A streaming audio model: x float32 [1, 'n'] samples, state_in float32 [1, 4], sr int64 [] (scalar
+ * sample rate). Every sr/100-th sample is averaged (Range with step sr/100: a zero rate is an error) and
+ * state_out = y = tanh(state_in + mean).
+ */
+export function streamingModel(): BuiltModel & { step(x: number[], state: number[], sr: number): number[] } {
+  const inputs = [
+    { name: 'x', dtype: 'float32' as const, shape: [1, 'n'] as Dim[] },
+    { name: 'state_in', dtype: 'float32' as const, shape: [1, 4] as Dim[] },
+    { name: 'sr', dtype: 'int64' as const, shape: [] as Dim[] },
+  ];
+  const outputs = [
+    { name: 'y', dtype: 'float32' as const, shape: [1, 4] as Dim[] },
+    { name: 'state_out', dtype: 'float32' as const, shape: [1, 4] as Dim[] },
+  ];
+  const bytes = encodeModel({
+    name: 'streaming',
+    inputs: inputs.map((i) => valueInfo(i.name, i.dtype, i.shape)),
+    outputs: outputs.map((o) => valueInfo(o.name, o.dtype, o.shape)),
+    nodes: [
+      node('Div', ['sr', 'hundred'], ['hop']),
+      node('Shape', ['x'], ['xshape']),
+      node('Gather', ['xshape', 'one'], ['len'], { axis: { int: 0 } }),
+      node('Range', ['zero', 'len', 'hop'], ['idx']),
+      node('Gather', ['x', 'idx'], ['frames'], { axis: { int: 1 } }),
+      node('ReduceMean', ['frames'], ['mean'], { axes: [1], keepdims: { int: 1 } }),
+      node('Add', ['state_in', 'mean'], ['sum']),
+      node('Tanh', ['sum'], ['y']),
+      node('Identity', ['y'], ['state_out']),
+    ],
+    initializers: [int64Tensor('hundred', [], [100]), int64Tensor('one', [], [1]), int64Tensor('zero', [], [0])],
+  });
+  return {
+    bytes,
+    inputs,
+    outputs,
+    step: (x, state, sr) => {
+      const hop = Math.trunc(sr / 100);
+      const picked = x.filter((_, i) => i % hop === 0);
+      const mean = picked.reduce((a, b) => a + b, 0) / picked.length;
+      return state.map((s) => Math.tanh(s + mean));
+    },
+  };
 }
 
 /** Reads the opset a model file declares (default domain), e.g. for registry tests. */

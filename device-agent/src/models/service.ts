@@ -17,28 +17,29 @@ import { performance } from 'node:perf_hooks';
 import ort from 'onnxruntime-node';
 import { createHash } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { FleetError, checkAcceptance, verifiedManifest } from '@edgefleet/protocol';
+import { FleetError, activationCheck, checkAcceptance, verifiedManifest } from '@edgefleet/protocol';
 import type {
   CommandResult,
   DeviceIdentity,
   Manifest,
   ModelHealth,
   ModelState,
-  ParsedParams,
   Processing,
   SignedManifest,
   TensorInfo,
 } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
 import { readOnnxMetadata } from '@edgefleet/onnx';
-import { checkProcessing, postprocess, preprocess } from '../processing/index.js';
-import type { RawInput } from '../processing/index.js';
+import { checkProcessing } from '../processing/index.js';
+import { checkActivation } from './check.js';
+import { answerRequest, prepareRequest } from './infer.js';
+import type { InferAnswer, InferParams, OipParams, TensorMapParams, TensorMapResult } from './infer.js';
 import { HealthCounters } from './health.js';
 import { ModelStore } from './store.js';
 import type { StepHook } from './store.js';
 import { openSession } from './session.js';
 import type { Session } from './session.js';
-import { decodeInputs, encodeTensor, tensorInfo, zerosFor } from './tensors.js';
+import { tensorInfo } from './tensors.js';
 import type { OrtTensor } from './tensors.js';
 
 export type ActivationResult = { model: string; version: number; previous: number | null };
@@ -47,7 +48,14 @@ export type GraphOptimizationLevel = 'disabled' | 'basic' | 'extended' | 'all';
 export interface ModelService {
   list(): ModelState[];
   describe(name: string, version?: number): { name: string; version: number; inputs: TensorInfo[]; outputs: TensorInfo[] };
-  infer(params: ParsedParams<'infer'>): Promise<CommandResult<'infer'>>;
+  /** One request (either form, see infer.ts), its outputs as JSON. */
+  infer(params: TensorMapParams): Promise<TensorMapResult>;
+  infer(params: OipParams, binary?: Uint8Array): Promise<Extract<CommandResult<'infer'>, { model_name: string }>>;
+  infer(params: InferParams, binary?: Uint8Array): Promise<CommandResult<'infer'>>;
+  /** One request with its binary part (the Open Inference Protocol's binary tensors); binary outputs where asked. */
+  answer(params: InferParams, binary?: Uint8Array): Promise<InferAnswer>;
+  /** Stores (part of) the sample request a version's manifest names by hash, delivered with models.sample. */
+  receiveSample(name: string, version: number, offset: number, bytes: Uint8Array | undefined): Promise<CommandResult<'models.sample'>>;
   /** Moves a verified file into the store atomically (fsync + rename); does not activate. */
   install(manifest: Manifest, stagedFile: string): Promise<void>;
   /** Load beside the old session, smoke-test, switch atomically, drain the old one. Failure leaves the old serving. */
@@ -99,7 +107,6 @@ interface Loaded {
 }
 
 const firstLine = (error: unknown) => String((error as Error)?.message ?? error).split('\n')[0]?.slice(0, 300) ?? '';
-const FLOAT_TYPES = new Set(['float32', 'float64', 'float16']);
 
 /** sha256 of a large buffer, 1 MiB at a time, yielding between slices so requests keep being served. */
 async function hashInSlices(bytes: Uint8Array): Promise<string> {
@@ -163,7 +170,7 @@ class OnnxModelService implements ModelService {
         }
         try {
           const loaded = await this.load(name, version, stored.manifest);
-          await this.smokeTest(loaded, stored.manifest).catch(async (error: unknown) => {
+          await this.check(loaded, stored.manifest).catch(async (error: unknown) => {
             await loaded.session.release();
             throw error;
           });
@@ -231,7 +238,18 @@ class OnnxModelService implements ModelService {
 
   // ---------------------------------------------------------------- inference
 
-  async infer(params: ParsedParams<'infer'>): Promise<CommandResult<'infer'>> {
+  infer(params: TensorMapParams): Promise<TensorMapResult>;
+  infer(params: OipParams, binary?: Uint8Array): Promise<Extract<CommandResult<'infer'>, { model_name: string }>>;
+  infer(params: InferParams, binary?: Uint8Array): Promise<CommandResult<'infer'>>;
+  async infer(params: InferParams, binary?: Uint8Array): Promise<CommandResult<'infer'>> {
+    return (await this.serve(params, binary, false)).result;
+  }
+
+  answer(params: InferParams, binary?: Uint8Array): Promise<InferAnswer> {
+    return this.serve(params, binary, true);
+  }
+
+  private async serve(params: InferParams, binary: Uint8Array | undefined, binaryAllowed: boolean): Promise<InferAnswer> {
     if (this.closing) throw new FleetError('unavailable', 'the model service is shutting down; retry on another device or later');
     const loaded = this.serving.get(params.model);
     if (!loaded) throw new FleetError('not_found', `model "${params.model}" is not active on this device${this.installedText(params.model)}`);
@@ -243,41 +261,36 @@ class OnnxModelService implements ModelService {
     const t0 = performance.now();
     let ok = false;
     try {
-      let feeds: Record<string, OrtTensor>;
-      if (params.inputs !== undefined && params.raw !== undefined) {
-        throw new FleetError('invalid_input', 'give either inputs (tensors) or raw (text or image), not both');
-      } else if (params.raw !== undefined) {
-        if (!loaded.processing) {
-          throw new FleetError('invalid_input', `${loaded.key} declares no pre-processing in its manifest; send tensors in "inputs"`);
-        }
-        if (params.raw === null || typeof params.raw !== 'object') throw new FleetError('invalid_input', 'raw must be {text} or {imageBase64}');
-        feeds = await preprocess(loaded.processing, params.raw as RawInput, loaded.key, loaded.inputs);
-      } else if (params.inputs !== undefined && params.inputs !== null && typeof params.inputs === 'object') {
-        feeds = decodeInputs(loaded.key, params.inputs, loaded.inputs);
-      } else {
-        throw new FleetError('invalid_input', `send "inputs": {name: {dtype, shape, data}}; ${loaded.key} expects ${loaded.inputs.map((i) => i.name).join(', ')}`);
-      }
+      const prepared = await prepareRequest(loaded, params, binary);
       let results: Record<string, OrtTensor>;
       try {
-        results = await loaded.session.run(feeds);
+        results = await loaded.session.run(prepared.feeds);
       } catch (error) {
         throw new FleetError('internal', `${loaded.key} failed at run time: ${firstLine(error)}`);
       }
-      const outputs: CommandResult<'infer'>['outputs'] = {};
-      for (const name of loaded.outputNames) {
-        const tensor = results[name];
-        if (tensor) outputs[name] = encodeTensor(tensor);
-      }
-      const answer = loaded.processing ? postprocess(loaded.processing, results, loaded.outputNames) : undefined;
+      const answer = answerRequest(loaded, params, prepared, results, performance.now() - t0, binaryAllowed);
       ok = true;
-      const latencyMs = performance.now() - t0;
-      return answer === undefined
-        ? { model: loaded.name, version: loaded.version, outputs, latencyMs }
-        : { model: loaded.name, version: loaded.version, outputs, answer, latencyMs };
+      return answer;
     } finally {
       this.health.record(loaded.key, performance.now() - t0, ok);
       if (--loaded.inflight === 0) loaded.idle?.();
     }
+  }
+
+  receiveSample(name: string, version: number, offset: number, bytes: Uint8Array | undefined): Promise<CommandResult<'models.sample'>> {
+    return this.exclusive(name, async () => {
+      this.assertOpen();
+      const stored = this.store.get(name, version);
+      if (!stored) {
+        throw new FleetError('not_found', `${name}@${version} is not installed on this device; send the version first (transfer.commit with activate: false), then its sample`);
+      }
+      const sample = activationCheck(stored.manifest).sample;
+      if (!sample || !('sha256' in sample)) {
+        throw new FleetError('invalid_params', `${name}@${version}'s manifest names no sample by hash (check.sample.sha256); an inline sample needs no delivery`);
+      }
+      if (bytes === undefined) throw new FleetError('invalid_params', "send the sample's bytes as the binary part of a framed payload");
+      return this.store.receiveSample(name, version, offset, bytes, sample);
+    });
   }
 
   // ---------------------------------------------------------------- install / activate / rollback / remove
@@ -427,7 +440,7 @@ class OnnxModelService implements ModelService {
     try {
       await this.opts.onStep?.('activate:loaded');
       const smokeStart = performance.now();
-      await this.smokeTest(next, stored.manifest);
+      const checked = await this.check(next, stored.manifest);
       const smokeMs = performance.now() - smokeStart;
       const previous = current?.version ?? record.active;
       const t0 = performance.now();
@@ -449,7 +462,7 @@ class OnnxModelService implements ModelService {
       this.serving.set(name, next);
       const ms = (v: number) => Math.round(v * 100) / 100;
       this.logger.info(
-        { model: name, version, previous, mode, loadMs: ms(next.loadMs), smokeMs: ms(smokeMs), stateWriteMs: ms(performance.now() - t0) },
+        { model: name, version, previous, mode, check: checked.policy, loadMs: ms(next.loadMs), smokeMs: ms(smokeMs), stateWriteMs: ms(performance.now() - t0) },
         'model activated',
       );
       if (current) {
@@ -464,7 +477,12 @@ class OnnxModelService implements ModelService {
       if (this.serving.get(name) !== next) {
         await next.session.release().catch(() => undefined); // it never served; the original error is what matters
       }
-      this.logger.warn({ err: error, model: name, version }, 'activation failed; the previous version keeps serving');
+      const serving = this.serving.get(name);
+      const outcome = serving ? `the previous version, ${serving.key}, keeps serving` : `no version of ${name} was serving before, so none is serving now`;
+      this.logger.warn({ err: error, model: name, version, serving: serving?.version ?? null }, `activation failed; ${outcome}`);
+      if (error instanceof FleetError && (error.code === 'load_failed' || error.code === 'smoke_test_failed')) {
+        throw new FleetError(error.code, `${error.message.replace(/\.?$/, '.')} ${outcome[0]!.toUpperCase()}${outcome.slice(1)}.`);
+      }
       throw error;
     }
   }
@@ -523,25 +541,11 @@ class OnnxModelService implements ModelService {
     return { name, version, key, session, inputs, outputs, outputNames: session.outputNames, processing: manifest.processing, inflight: 0, idle: undefined, loadMs };
   }
 
-  /** Runs the manifest's sample input (or zeros, symbolic dims = 1); any error or NaN output fails it. */
-  private async smokeTest(loaded: Loaded, manifest: Manifest): Promise<void> {
-    const what = manifest.sample ? "the manifest's sample input" : 'zeros of the declared input shapes';
-    try {
-      const feeds = manifest.sample
-        ? decodeInputs(loaded.key, manifest.sample, loaded.inputs)
-        : Object.fromEntries(loaded.inputs.map((spec) => [spec.name, zerosFor(spec)]));
-      const results = await loaded.session.run(feeds);
-      for (const name of loaded.outputNames) {
-        const tensor = results[name] as OrtTensor | undefined;
-        if (!tensor) throw new Error(`output ${name} is missing`);
-        if (FLOAT_TYPES.has(tensor.type)) {
-          const encoded = encodeTensor(tensor);
-          if (encoded.data.some((v) => v === 'NaN')) throw new Error(`output ${name} contains NaN`);
-        }
-      }
-    } catch (error) {
-      throw new FleetError('smoke_test_failed', `${loaded.key} failed its smoke test on ${what}: ${firstLine(error)}; the previous version keeps serving`);
-    }
+  /** The manifest's activation check (check.ts), with the sample it names by hash read from the store. */
+  private async check(loaded: Loaded, manifest: Manifest): Promise<{ policy: string }> {
+    const sample = activationCheck(manifest).sample;
+    const stored = sample && 'sha256' in sample ? await this.store.readSample(loaded.name, loaded.version) : undefined;
+    return checkActivation({ ...loaded, run: (feeds) => loaded.session.run(feeds) }, manifest, stored);
   }
 
   private verifyRollback(name: string, signed: SignedManifest, highestAccepted: number): Manifest {

@@ -5,16 +5,18 @@
  *   <dataDir>/models/<name>/<version>/manifest.json  the manifest it was installed with
  *   <dataDir>/models/<name>/<version>/info.json      inputs, outputs, opset read from the file
  *   <dataDir>/models/<name>/<version>/model.onnx     written last: a version exists once this exists
+ *   <dataDir>/models/<name>/<version>/sample.bin     the sample request its manifest names by hash, once
+ *                                                    delivered whole (sample.part while it arrives)
  *
  * Every write is tmp file + fsync + rename + fsync of the directory, so a `kill -9` or a power cut leaves
  * either the old or the new file, never half of one. Deleting a version renames its directory to a
  * `.trash-*` name first (atomic), then removes it; leftovers are cleaned on the next open.
  */
-import { copyFile, mkdir, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { copyFile, mkdir, open, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { TMP_MARK, fsyncDir, fsyncFile, tmpPathFor, writeFileAtomic } from '@edgefleet/node-io';
-import { FleetError, ManifestSchema, TensorInfoSchema, isValidName, ownEntry } from '@edgefleet/protocol';
+import { FleetError, ManifestSchema, TensorInfoSchema, isValidName, ownEntry, sha256Hex } from '@edgefleet/protocol';
 import type { Manifest, TensorInfo } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
 
@@ -22,6 +24,8 @@ export const MODEL_FILE = 'model.onnx';
 export const MANIFEST_FILE = 'manifest.json';
 export const INFO_FILE = 'info.json';
 export const STATE_FILE = 'state.json';
+export const SAMPLE_FILE = 'sample.bin';
+const SAMPLE_PART = 'sample.part';
 
 const ModelRecordSchema = z.object({
   active: z.number().int().positive().nullable(),
@@ -220,6 +224,54 @@ export class ModelStore {
     let versions = this.installed.get(name);
     if (!versions) this.installed.set(name, (versions = new Map()));
     versions.set(version, { info, manifest });
+  }
+
+  /** The sample request delivered for a version (models.sample), or undefined when there is none yet. */
+  async readSample(name: string, version: number): Promise<Uint8Array | undefined> {
+    try {
+      return await readFile(join(this.versionDir(name, version), SAMPLE_FILE));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * Appends delivered sample bytes at `offset` (resumable: a part already held is acknowledged, a gap is
+   * refused with the offset to send from). Once `want.length` bytes are there and their sha256 matches the
+   * signed manifest's, they move in as sample.bin (fsync + rename); a mismatch discards them.
+   */
+  async receiveSample(name: string, version: number, offset: number, bytes: Uint8Array, want: { sha256: string; length: number }): Promise<{ received: number; length: number; complete: boolean }> {
+    const dir = this.versionDir(name, version);
+    const done = { received: want.length, length: want.length, complete: true };
+    if (await exists(join(dir, SAMPLE_FILE))) return done;
+    const part = join(dir, SAMPLE_PART);
+    const have = (await stat(part).catch(() => undefined))?.size ?? 0; // no part file yet: nothing held
+    if (offset < have && offset + bytes.byteLength <= have) return { received: have, length: want.length, complete: false };
+    if (offset !== have) throw new FleetError('invalid_params', `the device holds ${have} of the sample's ${want.length} bytes; send from offset ${have}`);
+    if (have + bytes.byteLength > want.length) {
+      throw new FleetError('too_long', `the sample would be ${have + bytes.byteLength} bytes, longer than the ${want.length} its manifest declares`);
+    }
+    try {
+      const fh = await open(part, 'a', 0o644);
+      try {
+        await fh.write(bytes);
+        if (have + bytes.byteLength === want.length) await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      if (have + bytes.byteLength < want.length) return { received: have + bytes.byteLength, length: want.length, complete: false };
+      const sha256 = sha256Hex(await readFile(part));
+      if (sha256 !== want.sha256) {
+        await unlink(part);
+        throw new FleetError('corrupt_chunk', `the delivered sample has sha256 ${sha256}, its manifest says ${want.sha256}; send it again from offset 0`);
+      }
+      await rename(part, join(dir, SAMPLE_FILE));
+      await fsyncDir(dir);
+      return done;
+    } catch (error) {
+      throw diskError(error, `storing the sample of ${name}@${version}`);
+    }
   }
 
   /** Deletes a stored version: one atomic rename out of the way, then the removal. */

@@ -1,16 +1,18 @@
 /**
- * Tensors in JSON ↔ onnxruntime tensors, and the check of a request's inputs against what the model
- * declares. Every problem is a FleetError('invalid_input') whose sentence says what was expected.
+ * Tensors in JSON or binary ↔ onnxruntime tensors, and the check of a request's inputs against what the
+ * model declares. Every problem is a FleetError('invalid_input') whose sentence says what was expected.
  *
  * JSON conventions (both directions):
- * - float32/float64/float16: numbers; NaN and ±Infinity travel as the strings "NaN", "Infinity", "-Infinity".
+ * - data flattened row-major, or nested as the shape says (the Open Inference Protocol allows both).
+ * - float32/float64/float16: numbers; NaN and ±Infinity travel as the strings "NaN", "Infinity", "-Infinity";
+ *   a finite number the dtype cannot hold (1e39 as float32, 70000 as float16) is refused, not made Infinity.
  * - float16 is carried as ordinary numbers; on the onnxruntime side it is a Uint16Array of IEEE half bits.
  * - int64/uint64: numbers (safe integers) or decimal strings in requests; replies use numbers when every
  *   value is a safe integer, otherwise decimal strings for the whole tensor.
  * - bool: true/false (0/1 accepted in requests). string: strings.
  */
 import ort from 'onnxruntime-node';
-import { DTYPES, FleetError } from '@edgefleet/protocol';
+import { DTYPES, ELEMENT_BYTES, FleetError, decodeBytesElements, encodeBytesElements } from '@edgefleet/protocol';
 import type { DType, Tensor, TensorInfo } from '@edgefleet/protocol';
 
 export type OrtTensor = ort.Tensor;
@@ -94,19 +96,56 @@ function shapeText(shape: readonly (number | string | null)[]): string {
   return `[${shape.map((d) => (d === null || d === '' ? '?' : String(d))).join(', ')}]`;
 }
 
+/**
+ * The elements of `data` in row-major order: flat data as is, nested data (one array level per dimension,
+ * each as long as its dimension) flattened.
+ */
+function flatData(name: string, data: unknown[], shape: readonly number[]): unknown[] {
+  if (!Array.isArray(data[0])) return data;
+  const out: unknown[] = [];
+  const walk = (node: unknown, depth: number, at: string): void => {
+    if (depth === shape.length) {
+      if (Array.isArray(node)) throw bad(`input "${name}": data is nested deeper than its ${shape.length} dimensions ${shapeText(shape)} (at ${at})`);
+      out.push(node);
+      return;
+    }
+    if (!Array.isArray(node) || node.length !== shape[depth]) {
+      throw bad(`input "${name}": nested data${at ? ` at ${at}` : ''} must be an array of ${shape[depth]} (dimension ${depth} of ${shapeText(shape)}), got ${Array.isArray(node) ? `${node.length} entries` : describeValue(node)}`);
+    }
+    node.forEach((child, i) => walk(child, depth + 1, `${at}[${i}]`));
+  };
+  walk(data, 0, '');
+  return out;
+}
+
+const FLOAT_LIMITS = { float32: '±3.4028235e38', float16: '±65504', float64: '±1.7976931348623157e308' } as const;
+
+/** One JSON element of a float tensor; a finite number the dtype would turn into infinity is refused. */
+function floatOf(v: unknown, dt: 'float32' | 'float64' | 'float16', where: (i: number) => string, i: number): number {
+  if (typeof v === 'number') {
+    // JSON.parse gives ±Infinity only for a number beyond float64 itself
+    const fits = Number.isFinite(v) && (dt === 'float64' || (dt === 'float32' ? Number.isFinite(Math.fround(v)) : Math.abs(v) < 65520));
+    if (!fits) throw bad(`${where(i)}: ${v} is out of ${dt}'s range (${FLOAT_LIMITS[dt]}); send "Infinity" or "-Infinity" if you mean infinity`);
+    return v;
+  }
+  if (typeof v === 'string' && v in SPECIAL_FLOATS) return SPECIAL_FLOATS[v] as number;
+  throw bad(`${where(i)}: expected a number (or "NaN", "Infinity", "-Infinity"), got ${describeValue(v)}`);
+}
+
 /** Converts one JSON tensor to an onnxruntime tensor; `name` is only used in error sentences. */
 export function decodeTensor(name: string, tensor: unknown): OrtTensor {
   if (tensor === null || typeof tensor !== 'object' || Array.isArray(tensor)) {
     throw bad(`input "${name}" must be an object {dtype, shape, data}`);
   }
-  const { dtype, shape, data } = tensor as Partial<Tensor>;
+  const { dtype, shape, data: given } = tensor as Partial<Tensor>;
   if (typeof dtype !== 'string' || !DTYPE_SET.has(dtype)) {
     throw bad(`input "${name}": dtype must be one of ${DTYPES.join(', ')}, got ${describeValue(dtype)}`);
   }
   if (!Array.isArray(shape) || shape.length > 16 || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
     throw bad(`input "${name}": shape must be an array of at most 16 non-negative integers`);
   }
-  if (!Array.isArray(data)) throw bad(`input "${name}": data must be an array (flattened, row-major)`);
+  if (!Array.isArray(given)) throw bad(`input "${name}": data must be an array (flattened row-major, or nested as the shape)`);
+  const data = flatData(name, given, shape);
   const size = shape.reduce((a, b) => a * b, 1);
   if (data.length !== size) {
     throw bad(`input "${name}": shape ${shapeText(shape)} holds ${size} values, but data has ${data.length}`);
@@ -120,11 +159,7 @@ export function decodeTensor(name: string, tensor: unknown): OrtTensor {
     case 'float16': {
       const out = dt === 'float32' ? new Float32Array(size) : dt === 'float64' ? new Float64Array(size) : new Uint16Array(size);
       for (let i = 0; i < size; i++) {
-        const v = data[i];
-        let n: number;
-        if (typeof v === 'number') n = v;
-        else if (typeof v === 'string' && v in SPECIAL_FLOATS) n = SPECIAL_FLOATS[v] as number;
-        else throw bad(`${where(i)}: expected a number (or "NaN", "Infinity", "-Infinity"), got ${describeValue(v)}`);
+        const n = floatOf(data[i], dt, where, i);
         out[i] = dt === 'float16' ? toHalfBits(n) : n;
       }
       return new ort.Tensor(dt, out, dims);
@@ -251,58 +286,63 @@ function specText(spec: TensorInfo): string {
  * ranks, fixed dimensions, and that a symbolic dimension (e.g. "batch") has one size across all inputs.
  */
 export function decodeInputs(model: string, inputs: Record<string, unknown>, specs: readonly TensorInfo[]): Record<string, OrtTensor> {
-  const byName = new Map(specs.map((s) => [s.name, s]));
-  for (const name of Object.keys(inputs)) {
-    if (!byName.has(name)) {
-      throw bad(`${model} has no input "${name}"; it expects ${specs.map(specText).join(', ')}`);
-    }
-  }
+  checkNames(model, Object.keys(inputs), specs);
   const feeds: Record<string, OrtTensor> = {};
-  const symbols = new Map<string, { size: number; input: string }>();
   for (const spec of specs) {
     const given = Object.hasOwn(inputs, spec.name) ? inputs[spec.name] : undefined;
     if (given === undefined) throw bad(`${model}: missing input ${specText(spec)}`);
-    const tensor = decodeTensor(spec.name, given);
+    feeds[spec.name] = decodeTensor(spec.name, given);
+  }
+  return checkFeeds(model, feeds, specs);
+}
+
+/** Refuses names the model does not declare, naming what it does expect. */
+export function checkNames(model: string, names: Iterable<string>, specs: readonly TensorInfo[]): void {
+  const declared = new Set(specs.map((s) => s.name));
+  for (const name of names) {
+    if (!declared.has(name)) throw bad(`${model} has no input "${name}"; it expects ${specs.map(specText).join(', ')}`);
+  }
+}
+
+/** Checks decoded feeds against the declared inputs (every input present, dtype, rank, dimensions); returns them. */
+export function checkFeeds(model: string, feeds: Record<string, OrtTensor>, specs: readonly TensorInfo[]): Record<string, OrtTensor> {
+  checkNames(model, Object.keys(feeds), specs);
+  const symbols = new Map<string, { size: number; input: string }>();
+  for (const spec of specs) {
+    const tensor = Object.hasOwn(feeds, spec.name) ? feeds[spec.name] : undefined;
+    if (tensor === undefined) throw bad(`${model}: missing input ${specText(spec)}`);
     if (tensor.type !== spec.dtype) {
       throw bad(`${model}: input "${spec.name}" must be ${spec.dtype}, got ${tensor.type}`);
     }
-    if (spec.shape.length > 0) {
-      const dims = tensor.dims;
-      if (dims.length !== spec.shape.length) {
-        throw bad(`${model}: input "${spec.name}" must have ${spec.shape.length} dimensions ${shapeText(spec.shape)}, got ${shapeText(dims)}`);
-      }
-      spec.shape.forEach((want, axis) => {
-        const got = dims[axis] as number;
-        if (typeof want === 'number' && want >= 0 && got !== want) {
-          throw bad(`${model}: input "${spec.name}" dimension ${axis} must be ${want} (shape ${shapeText(spec.shape)}), got ${got}`);
-        }
-        if (typeof want === 'string' && want !== '') {
-          const seen = symbols.get(want);
-          if (seen && seen.size !== got) {
-            throw bad(`${model}: dimension "${want}" is ${seen.size} in input "${seen.input}" but ${got} in input "${spec.name}"; they must match`);
-          }
-          if (!seen) symbols.set(want, { size: got, input: spec.name });
-        }
-      });
+    if (spec.shape.length === 0) continue;
+    const dims = tensor.dims;
+    if (dims.length !== spec.shape.length) {
+      throw bad(`${model}: input "${spec.name}" must have ${spec.shape.length} dimensions ${shapeText(spec.shape)}, got ${shapeText(dims)}`);
     }
-    feeds[spec.name] = tensor;
+    spec.shape.forEach((want, axis) => {
+      const got = dims[axis] as number;
+      if (typeof want === 'number' && want >= 0 && got !== want) {
+        throw bad(`${model}: input "${spec.name}" dimension ${axis} must be ${want} (shape ${shapeText(spec.shape)}), got ${got}`);
+      }
+      if (typeof want === 'string' && want !== '') {
+        const seen = symbols.get(want);
+        if (seen && seen.size !== got) {
+          throw bad(`${model}: dimension "${want}" is ${seen.size} in input "${seen.input}" but ${got} in input "${spec.name}"; they must match`);
+        }
+        if (!seen) symbols.set(want, { size: got, input: spec.name });
+      }
+    });
   }
   return feeds;
 }
 
-/** A tensor of zeros (empty strings, false) of the declared shape, symbolic dimensions set to 1. */
-export function zerosFor(spec: TensorInfo): OrtTensor {
-  const dims = spec.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : 1));
-  const size = dims.reduce((a, b) => a * b, 1);
-  if (spec.dtype === 'string') return new ort.Tensor('string', new Array<string>(size).fill(''), dims);
-  const dtype = spec.dtype as Exclude<DType, 'string'>;
-  const Zeros = ZERO_ARRAYS[dtype];
-  if (!Zeros) throw new FleetError('smoke_test_failed', `input ${spec.name} has dtype ${spec.dtype}, which a smoke test cannot fill`);
-  return new ort.Tensor(dtype, new Zeros(size), dims);
-}
+// ------------------------------------------------------------------ binary tensor data (little-endian, row-major)
+
+type NumericData = Exclude<OrtTensor['data'], string[]>;
+type TypedArrayClass = { new (length: number): NumericData; new (buffer: ArrayBufferLike, byteOffset?: number, length?: number): NumericData };
 
 /** The typed array onnxruntime-node takes for each numeric dtype (float16 as its raw bits, bool as bytes). */
-const ZERO_ARRAYS: Partial<Record<Exclude<DType, 'string'>, new (size: number) => ort.Tensor['data']>> = {
+const TYPED_ARRAYS: Record<Exclude<DType, 'string'>, TypedArrayClass> = {
   ...INT_ARRAYS,
   float32: Float32Array,
   float64: Float64Array,
@@ -311,3 +351,59 @@ const ZERO_ARRAYS: Partial<Record<Exclude<DType, 'string'>, new (size: number) =
   uint64: BigUint64Array,
   bool: Uint8Array,
 };
+
+// Typed arrays use the host's byte order; the binary format is little-endian, as is every host Node runs on here.
+const LITTLE_ENDIAN = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+const utf8Encoder = new TextEncoder();
+
+/**
+ * An onnxruntime tensor over binary tensor data: a view of `bytes` (no copy), copied only when `bytes` is
+ * not aligned to the element size. BYTES elements are decoded as UTF-8 text (onnxruntime-node's strings).
+ */
+export function tensorFromBytes(name: string, dtype: DType, shape: readonly number[], bytes: Uint8Array): OrtTensor {
+  if (!LITTLE_ENDIAN) throw new FleetError('internal', 'binary tensor data needs a little-endian host');
+  const size = shape.reduce((a, b) => a * b, 1);
+  const dims = [...shape];
+  if (dtype === 'string') {
+    const elements = decodeBytesElements(bytes, size, name);
+    const strings = elements.map((e, i) => {
+      try {
+        return utf8.decode(e);
+      } catch {
+        throw bad(`input "${name}": BYTES element ${i} is not valid UTF-8; this runtime's string tensors hold text`);
+      }
+    });
+    return new ort.Tensor('string', strings, dims);
+  }
+  const width = ELEMENT_BYTES[dtype] as number;
+  if (bytes.byteLength !== size * width) {
+    throw bad(`input "${name}": ${dtype} ${shapeText(shape)} is ${size * width} bytes of binary data, but binary_data_size is ${bytes.byteLength}`);
+  }
+  const aligned = bytes.byteOffset % width === 0 ? bytes : new Uint8Array(bytes); // the copy owns a fresh, aligned buffer
+  const data = new TYPED_ARRAYS[dtype](aligned.buffer, aligned.byteOffset, size);
+  if (dtype === 'bool') {
+    const i = (data as Uint8Array).findIndex((b) => b > 1);
+    if (i >= 0) throw bad(`input "${name}" element ${i}: a BOOL is one byte, 0 or 1, got ${(data as Uint8Array)[i]}`);
+  }
+  return new ort.Tensor(dtype, data as Float32Array, dims);
+}
+
+/** An output's binary tensor data: a view of its buffer (no copy); BYTES encoded as length + UTF-8 bytes. */
+export function tensorBytes(tensor: OrtTensor): Uint8Array {
+  if (tensor.type === 'string') return encodeBytesElements((tensor.data as string[]).map((s) => utf8Encoder.encode(s)));
+  if (!LITTLE_ENDIAN) throw new FleetError('internal', 'binary tensor data needs a little-endian host');
+  const data = tensor.data as Uint8Array;
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/** A tensor of zeros (empty strings, false) of the declared shape, symbolic dimensions set to 1. */
+export function zerosFor(spec: TensorInfo): OrtTensor {
+  const dims = spec.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : 1));
+  const size = dims.reduce((a, b) => a * b, 1);
+  if (spec.dtype === 'string') return new ort.Tensor('string', new Array<string>(size).fill(''), dims);
+  const dtype = spec.dtype as Exclude<DType, 'string'>;
+  const Zeros = (TYPED_ARRAYS as Partial<Record<string, TypedArrayClass>>)[dtype];
+  if (!Zeros) throw new FleetError('smoke_test_failed', `input ${spec.name} has dtype ${spec.dtype}, which a smoke test cannot fill`);
+  return new ort.Tensor(dtype, new Zeros(size) as Float32Array, dims);
+}

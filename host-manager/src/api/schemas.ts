@@ -1,6 +1,6 @@
 /** The HTTP API's request bodies, each a zod schema; the infer body is the protocol's `infer` params plus a timeout. */
 import { z } from 'zod';
-import { NameSchema, ProcessingSchema, VersionSchema, commands, describe } from '@edgefleet/protocol';
+import { NameSchema, ProcessingSchema, VersionSchema, describe, inferParamsSchema } from '@edgefleet/protocol';
 import { FleetError } from '@edgefleet/protocol';
 import { LineageSchema } from '../state/schema.js';
 import { RolloutPolicySchema } from '../rollouts/policy.js';
@@ -30,7 +30,7 @@ export const schemas = {
     })
     .strict(),
   deploy: z.object({ model: NameSchema, version: VersionSchema.optional(), to: TargetSchema, policy: RolloutPolicySchema.optional() }).strict(),
-  infer: commands.infer.params.extend({ timeoutMs: z.number().int().min(1).max(600_000).optional() }),
+  infer: inferParamsSchema({ timeoutMs: z.number().int().min(1).max(600_000).optional() }),
   exec: z.object({ to: TargetSchema, command: z.string().min(1), via: z.enum(['command', 'topic']).optional() }).strict(),
   rollback: z.object({ rollout: z.string().min(1).optional() }).strict(),
   sshDeliver: z

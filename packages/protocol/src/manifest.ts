@@ -8,6 +8,8 @@ import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sig
 import type { KeyObject } from 'node:crypto';
 import { z } from 'zod';
 import { FleetError } from './errors.js';
+import { InferBodySchema } from './inference.js';
+import type { InferBody } from './inference.js';
 import { NAME_PATTERN } from './topics.js';
 
 const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a lowercase hex sha256');
@@ -58,6 +60,62 @@ const SampleTensorSchema = z.object({
   data: z.array(z.union([z.number(), z.string(), z.boolean()])),
 });
 
+// ---------------------------------------------------------------- activation checks
+
+/**
+ * What the device runs before it switches to a new version: `sample` (the sample request), `zeros` (zeros
+ * of the declared shapes, symbolic dimensions 1), `load` (only create the session).
+ */
+export const CHECK_POLICIES = ['sample', 'zeros', 'load'] as const;
+export type CheckPolicy = (typeof CHECK_POLICIES)[number];
+
+/** A sample carried inside the signed manifest is at most this large (its JSON, or its binary body); larger ones go by hash. */
+export const SAMPLE_INLINE_MAX_BYTES = 256 * 1024;
+/** A sample delivered by hash (`models.sample`) is at most this large. */
+export const SAMPLE_MAX_BYTES = 1024 * 1024 * 1024;
+
+/**
+ * The sample request: a request body in the format the inference API takes (tensor map or Open Inference
+ * Protocol, JSON or binary). Inline as JSON (`body`), inline as a binary body (`base64` + `headerLength`,
+ * the Inference-Header-Content-Length), or by hash (`sha256` + `length` [+ `headerLength` when binary]):
+ * then the bytes reach the device with the `models.sample` command and are checked against this hash.
+ */
+export const CheckSampleSchema = z.union([
+  z
+    .object({ body: InferBodySchema })
+    .strict()
+    .refine((s) => JSON.stringify(s.body).length <= SAMPLE_INLINE_MAX_BYTES, `an inline sample is at most ${SAMPLE_INLINE_MAX_BYTES} bytes of JSON; send a larger one by sha256 and length`),
+  z
+    .object({ base64: z.string().max(Math.ceil(SAMPLE_INLINE_MAX_BYTES / 3) * 4), headerLength: z.number().int().nonnegative() })
+    .strict(),
+  z
+    .object({ sha256: Sha256Hex, length: z.number().int().positive().max(SAMPLE_MAX_BYTES), headerLength: z.number().int().nonnegative().optional() })
+    .strict(),
+]);
+export type CheckSample = z.infer<typeof CheckSampleSchema>;
+
+/** Outputs the sample must produce: floats within atol + rtol·|expected| (NaN matches NaN), everything else exactly. */
+export const ExpectedOutputsSchema = z
+  .object({
+    outputs: z.record(z.string(), z.object({ dtype: z.string(), shape: z.array(z.number().int().nonnegative()).max(16), data: z.array(z.unknown()) })),
+    atol: z.number().nonnegative().default(1e-4),
+    rtol: z.number().nonnegative().default(1e-3),
+  })
+  .strict()
+  .refine((e) => Object.keys(e.outputs).length > 0, 'expected outputs name at least one output');
+
+export const CheckSchema = z
+  .object({
+    policy: z.enum(CHECK_POLICIES).optional(),
+    /** Whether NaN in the outputs is acceptable (some models produce it by design). */
+    allowNaN: z.boolean().default(false),
+    sample: CheckSampleSchema.optional(),
+    expected: ExpectedOutputsSchema.optional(),
+  })
+  .strict()
+  .refine((c) => !(c.policy === 'load' && c.expected), { message: 'expected outputs need a run: use policy sample or zeros, not load', path: ['expected'] });
+export type Check = z.infer<typeof CheckSchema>;
+
 export const ManifestSchema = z
   .object({
     kind: z.enum(['model', 'image']),
@@ -86,17 +144,42 @@ export const ManifestSchema = z
       })
       .default({}),
     processing: ProcessingSchema.optional(),
-    /** Input tensors for the activation smoke test; without it the device feeds zeros of the declared shapes. */
+    /** Input tensors for the activation check (the original form; `check.sample` takes any request body). */
     sample: z.record(z.string(), SampleTensorSchema).optional(),
+    /** How the device checks this version before switching to it (see CheckSchema). */
+    check: CheckSchema.optional(),
     /** For kind 'image': the Docker image, pinned by digest. */
     image: z.object({ reference: z.string(), digest: z.string().regex(/^sha256:[0-9a-f]{64}$/) }).optional(),
   })
   .refine((m) => m.chunking.sha256.length === Math.max(1, Math.ceil(m.length / m.chunking.size)), {
     message: 'chunking.sha256 must list one hash per chunk',
     path: ['chunking'],
+  })
+  .refine((m) => !(m.sample && m.check?.sample), { message: 'give the sample once: in check.sample (any request body) or in sample, not both', path: ['check', 'sample'] })
+  .refine((m) => m.check?.policy !== 'sample' || m.sample !== undefined || m.check.sample !== undefined, {
+    message: 'check policy "sample" needs a sample request (check.sample)',
+    path: ['check', 'policy'],
   });
 export type Manifest = z.infer<typeof ManifestSchema>;
 export type ManifestInput = z.input<typeof ManifestSchema>;
+
+export interface ActivationCheck {
+  policy: CheckPolicy;
+  allowNaN: boolean;
+  sample: CheckSample | undefined;
+  expected: z.infer<typeof ExpectedOutputsSchema> | undefined;
+}
+
+/** The check a device runs for this manifest: `sample` when it carries one, `zeros` otherwise, unless it says. */
+export function activationCheck(manifest: Pick<Manifest, 'sample' | 'check'>): ActivationCheck {
+  const sample: CheckSample | undefined = manifest.check?.sample ?? (manifest.sample ? { body: { inputs: manifest.sample as InferBody['inputs'] } as InferBody } : undefined);
+  return {
+    policy: manifest.check?.policy ?? (sample ? 'sample' : 'zeros'),
+    allowNaN: manifest.check?.allowNaN ?? false,
+    sample,
+    expected: manifest.check?.expected,
+  };
+}
 
 export const SignedManifestSchema = z.object({
   manifest: z.unknown(),

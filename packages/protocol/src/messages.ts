@@ -6,6 +6,9 @@ import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { ErrorBodySchema, FleetError } from './errors.js';
 import type { ErrorBody } from './errors.js';
+import { decodePayload } from './frames.js';
+import { OipInferRequestSchema, OipInferResponseSchema, TensorInfoSchema, TensorMapRequestSchema, TensorSchema } from './inference.js';
+import type { InferBody } from './inference.js';
 import { MESSAGE_LIMITS, DEFAULT_JSON_LIMITS, parseJson } from './limits.js';
 import type { JsonLimits } from './limits.js';
 import { SignedManifestSchema } from './manifest.js';
@@ -19,42 +22,6 @@ const envelope = {
   id: z.string().min(1).max(64),
   ts: z.number().int().nonnegative(),
 };
-
-// ---------------------------------------------------------------- tensors
-
-export const DTYPES = [
-  'float32',
-  'float64',
-  'float16',
-  'int8',
-  'int16',
-  'int32',
-  'int64',
-  'uint8',
-  'uint16',
-  'uint32',
-  'uint64',
-  'bool',
-  'string',
-] as const;
-export const DTypeSchema = z.enum(DTYPES);
-export type DType = z.infer<typeof DTypeSchema>;
-
-/** A tensor in JSON. int64/uint64 values may be given as numbers or decimal strings. */
-export const TensorSchema = z.object({
-  dtype: DTypeSchema,
-  shape: z.array(z.number().int().nonnegative()).max(16),
-  data: z.array(z.union([z.number(), z.string(), z.boolean()])),
-});
-export type Tensor = z.infer<typeof TensorSchema>;
-
-/** A model input or output as the model declares it; symbolic dimensions are strings (or null if unnamed). */
-export const TensorInfoSchema = z.object({
-  name: z.string(),
-  dtype: z.string(),
-  shape: z.array(z.union([z.number().int(), z.string(), z.null()])),
-});
-export type TensorInfo = z.infer<typeof TensorInfoSchema>;
 
 // ---------------------------------------------------------------- device state
 
@@ -161,28 +128,36 @@ export type LegacyCommand = z.infer<typeof LegacyCommandSchema>;
 const empty = z.object({}).strict();
 const modelRef = z.object({ model: NameSchema, version: VersionSchema });
 
+/**
+ * The infer command's params: either request body (tensor map or Open Inference Protocol) plus the model,
+ * its optional version and `extra` fields on both forms (e.g. the controller API's timeoutMs).
+ */
+export function inferParamsSchema<E extends z.ZodRawShape>(extra: E) {
+  return z.union([
+    TensorMapRequestSchema.extend({ model: NameSchema, version: VersionSchema.optional(), ...extra }),
+    OipInferRequestSchema.extend({ model: NameSchema, version: VersionSchema.optional(), ...extra }),
+  ]);
+}
+
 /** One entry per command: what the request carries and what an ok reply carries. */
 export const commands = {
   ping: { params: empty, result: z.object({ pong: z.literal(true), uptimeS: z.number() }) },
   info: { params: empty, result: DeviceInfoSchema },
   infer: {
-    params: z
-      .object({
+    /** The same bodies as the agent's HTTP API (tensor map or Open Inference Protocol), plus the model. */
+    params: inferParamsSchema({}),
+    /** In the form of the request: the tensor-map answer, or the protocol's `$inference_response`. */
+    result: z.union([
+      z.object({
         model: NameSchema,
-        version: VersionSchema.optional(),
-        inputs: z.record(z.string(), TensorSchema).optional(),
-        /** Raw input for a model with declared pre-processing: text, or an image as base64. */
-        raw: z.union([z.object({ text: z.string() }), z.object({ imageBase64: z.string() })]).optional(),
-      })
-      .strict(),
-    result: z.object({
-      model: NameSchema,
-      version: VersionSchema,
-      outputs: z.record(z.string(), TensorSchema),
-      /** The post-processed answer, when the model's manifest declares post-processing. */
-      answer: z.unknown().optional(),
-      latencyMs: z.number(),
-    }),
+        version: VersionSchema,
+        outputs: z.record(z.string(), TensorSchema),
+        /** The post-processed answer, when the model's manifest declares post-processing. */
+        answer: z.unknown().optional(),
+        latencyMs: z.number(),
+      }),
+      OipInferResponseSchema,
+    ]),
   },
   'models.list': { params: empty, result: z.object({ models: z.array(ModelStateSchema) }) },
   'models.activate': {
@@ -195,6 +170,15 @@ export const commands = {
     result: z.object({ model: NameSchema, version: VersionSchema, previous: VersionSchema.nullable() }),
   },
   'models.remove': { params: modelRef.strict(), result: z.object({ removed: z.boolean() }) },
+  'models.sample': {
+    /**
+     * Delivers the sample request a stored version's signed manifest names by hash (`check.sample.sha256`):
+     * the bytes from `offset` on are the binary part of a framed payload. Resumable: the reply says how
+     * many bytes the device holds; once all are there and match the hash, activation can use them.
+     */
+    params: z.object({ model: NameSchema, version: VersionSchema, offset: z.number().int().nonnegative() }).strict(),
+    result: z.object({ received: z.number().int().nonnegative(), length: z.number().int().nonnegative(), complete: z.boolean() }),
+  },
   logs: {
     params: z.object({ lines: z.number().int().min(1).max(5000).default(100) }).strict(),
     result: z.object({ lines: z.array(z.string()) }),
@@ -233,6 +217,16 @@ export const commands = {
 } as const;
 
 export type CommandName = keyof typeof commands;
+/** The answer to a tensor-map infer request. */
+export type TensorMapInferResult = Extract<z.infer<(typeof commands)['infer']['result']>, { latencyMs: number }>;
+/** The answer to an Open Inference Protocol infer request. */
+export type OipInferResult = Extract<z.infer<(typeof commands)['infer']['result']>, { model_name: string }>;
+
+/** The answer of a tensor-map request, typed as such; throws for an answer in the protocol's form (to an OIP request). */
+export function tensorMapResult(result: z.infer<(typeof commands)['infer']['result']>): TensorMapInferResult {
+  if ('model_name' in result) throw new FleetError('bad_request', 'the answer is an Open Inference Protocol response; the request was in that form');
+  return result;
+}
 export type CommandParams<C extends CommandName> = z.input<(typeof commands)[C]['params']>;
 export type ParsedParams<C extends CommandName> = z.output<(typeof commands)[C]['params']>;
 export type CommandResult<C extends CommandName> = z.infer<(typeof commands)[C]['result']>;
@@ -255,6 +249,8 @@ export type Request<C extends CommandName = CommandName> = {
   command: C;
   deadline: number;
   params: ParsedParams<C>;
+  /** The binary part of a framed payload (frames.ts), e.g. the tensors of an inference; a view, not a copy. */
+  binary?: Uint8Array;
 };
 
 export const ReplySchema = z.discriminatedUnion('status', [
@@ -298,13 +294,15 @@ export type ParsedRequest =
   | { ok: false; corr: string | undefined; error: FleetError };
 
 /**
- * Validates a request payload; on failure says why and, when it can, which request it was.
- * Payloads over MESSAGE_LIMITS.request are refused before they are parsed (`too_long`, `too_deep`).
+ * Validates a request payload (JSON, or framed with a binary part); on failure says why and, when it can,
+ * which request it was. JSON over MESSAGE_LIMITS.request (a frame's JSON part, for a framed payload) is
+ * refused before it is parsed (`too_long`, `too_deep`).
  */
 export function parseRequest(payload: Buffer | string): ParsedRequest {
   let json: unknown;
+  let binary: Uint8Array | undefined;
   try {
-    json = parseJson(payload, MESSAGE_LIMITS.request, 'request');
+    ({ json, binary } = decodePayload(payload, MESSAGE_LIMITS.request, 'request'));
   } catch (error) {
     return { ok: false, corr: undefined, error: error as FleetError };
   }
@@ -326,7 +324,35 @@ export function parseRequest(payload: Buffer | string): ParsedRequest {
   if (!params.success) {
     return { ok: false, corr, error: new FleetError('invalid_params', `${command}: ${describe(params.error)}`) };
   }
-  return { ok: true, request: { ...raw, command, params: params.data } as Request };
+  const request = { ...raw, command, params: params.data } as Request;
+  if (binary !== undefined) request.binary = binary;
+  return { ok: true, request };
+}
+
+/** Reads a reply payload (JSON, or framed with a binary part: the tensors of an inference answer). */
+export function parseReplyPayload(payload: Buffer | string): { reply: Reply; binary: Uint8Array | undefined } {
+  const { json, binary } = decodePayload(payload, MESSAGE_LIMITS.reply, 'reply');
+  const result = ReplySchema.safeParse(json);
+  if (!result.success) throw new FleetError('bad_request', describe(result.error));
+  return { reply: result.data, binary };
+}
+
+/**
+ * Validates an inference request body (either form) with sentences that name the offending field of the
+ * form it is in: a body whose `inputs` is a list is read as the Open Inference Protocol.
+ */
+export function parseInferBody(json: unknown): InferBody {
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) {
+    throw new FleetError('bad_request', 'the request body must be a JSON object: {"inputs": [...]} (Open Inference Protocol), {"inputs": {...}} or {"raw": {...}}');
+  }
+  const oip = Array.isArray((json as { inputs?: unknown }).inputs);
+  const result = (oip ? OipInferRequestSchema : TensorMapRequestSchema).safeParse(json);
+  if (result.success) return result.data;
+  const unknownKeys = result.error.issues.find((i) => i.code === 'unrecognized_keys');
+  if (unknownKeys && unknownKeys.code === 'unrecognized_keys') {
+    throw new FleetError('invalid_params', `unknown field(s) ${unknownKeys.keys.join(', ')}; send "inputs" or "raw"`);
+  }
+  throw new FleetError('invalid_input', describe(result.error));
 }
 
 export function okReply<C extends CommandName>(request: { id: string }, data: CommandResult<C>): Reply {
@@ -394,10 +420,23 @@ export function makeTelemetry(seq: number, dropped: number, sample: TelemetrySam
   return { v: PROTOCOL_VERSION, id: newId(), ts: Date.now(), type: 'telemetry', seq, dropped, sample };
 }
 
-/** One line per problem, with the path of the offending field. */
+/** One line per problem, with the path of the offending field (for a union, the branch that got furthest). */
 export function describe(error: z.ZodError): string {
-  return error.issues
+  return flatIssues(error.issues)
     .slice(0, 5)
     .map((issue) => `${issue.path.length ? issue.path.join('.') : '(root)'}: ${issue.message}`)
     .join('; ');
+}
+
+type Issue = { path: PropertyKey[]; message: string; code?: string; errors?: Issue[][] };
+
+function flatIssues(issues: readonly Issue[], prefix: PropertyKey[] = []): Issue[] {
+  return issues.flatMap((issue) => {
+    const path = [...prefix, ...issue.path];
+    // a union with its own message says it best; otherwise describe the branch that got furthest
+    if (issue.code !== 'invalid_union' || !issue.errors?.length || issue.message !== 'Invalid input') return [{ ...issue, path }];
+    const depth = (branch: Issue[]) => Math.max(...branch.map((i) => i.path.length));
+    const best = issue.errors.reduce((a, b) => (depth(b) > depth(a) ? b : a));
+    return flatIssues(best, path);
+  });
 }
