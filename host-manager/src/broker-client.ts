@@ -14,6 +14,9 @@ type Deliver = Parameters<Aedes['subscribe']>[1];
 type DeliveredPacket = Parameters<Deliver>[0];
 type PublishPacket = Parameters<Aedes['publish']>[0];
 
+/** Messages kept for held filters at most (about 20 s of a 10,000-device fleet's telemetry). */
+export const HOLD_LIMIT = 200_000;
+
 export type Qos = 0 | 1;
 export type MessageListener = (topic: string, payload: Buffer, packet: { retain: boolean }) => void;
 
@@ -37,12 +40,41 @@ export interface BrokerClient {
 export class InProcessClient extends EventEmitter<{ message: Parameters<MessageListener> }> implements BrokerClient {
   readonly #aedes: Aedes;
   readonly #subscriptions = new Map<string, Deliver>();
+  /** Filters subscribed at construction whose messages wait here until someone subscribes to them. */
+  readonly #held = new Map<string, { topic: string; payload: Buffer }[]>();
+  #heldCount = 0;
+  #heldDropped = 0;
   #closed = false;
 
-  constructor(aedes: Aedes) {
+  /**
+   * `hold`: filters to subscribe to now, before the broker's first device can publish; what
+   * arrives on them is kept (up to HOLD_LIMIT messages) until the controller's part that reads
+   * them subscribes. A device that reconnects the moment a restarted broker listens loses no
+   * telemetry to the controller's own start-up.
+   */
+  constructor(aedes: Aedes, opts: { hold?: readonly string[] } = {}) {
     super();
     this.setMaxListeners(100);
     this.#aedes = aedes;
+    for (const filter of opts.hold ?? []) {
+      const queue: { topic: string; payload: Buffer }[] = [];
+      this.#held.set(filter, queue);
+      const deliver: Deliver = (packet, done) => {
+        if (!this.#held.has(filter)) this.emit('message', packet.topic, toBuffer(packet.payload), { retain: false });
+        else if (this.#heldCount < HOLD_LIMIT) {
+          queue.push({ topic: packet.topic, payload: toBuffer(packet.payload) });
+          this.#heldCount++;
+        } else this.#heldDropped++;
+        done();
+      };
+      this.#subscriptions.set(filter, deliver);
+      this.#aedes.subscribe(filter, deliver, () => undefined);
+    }
+  }
+
+  /** Messages that arrived while held beyond HOLD_LIMIT and were dropped (0 unless start-up took very long). */
+  get droppedWhileHeld(): number {
+    return this.#heldDropped;
   }
 
   get connected(): boolean {
@@ -50,7 +82,10 @@ export class InProcessClient extends EventEmitter<{ message: Parameters<MessageL
   }
 
   async subscribeAsync(filters: string | string[], _opts: { qos: Qos }): Promise<void> {
-    const list = (Array.isArray(filters) ? filters : [filters]).filter((f) => !this.#subscriptions.has(f));
+    const all = Array.isArray(filters) ? filters : [filters];
+    const live = all.filter((f) => this.#held.has(f) || !this.#subscriptions.has(f));
+    for (const filter of all) this.#release(filter);
+    const list = all.filter((f) => !this.#subscriptions.has(f));
     await Promise.all(
       list.map(
         (filter) =>
@@ -64,7 +99,7 @@ export class InProcessClient extends EventEmitter<{ message: Parameters<MessageL
           }),
       ),
     );
-    if (list.length > 0) await this.#sendRetained(list);
+    if (live.length > 0) await this.#sendRetained(live);
   }
 
   async unsubscribeAsync(filters: string | string[]): Promise<void> {
@@ -87,6 +122,15 @@ export class InProcessClient extends EventEmitter<{ message: Parameters<MessageL
     if (!this.connected) return Promise.reject(new Error('the embedded broker is closed'));
     const packet = { cmd: 'publish', topic, payload: toBuffer(payload), qos: opts.qos, retain: opts.retain ?? false, dup: false } as PublishPacket;
     return new Promise((resolve, reject) => this.#aedes.publish(packet, (error?: Error) => (error ? reject(error) : resolve())));
+  }
+
+  /** A held filter goes live: what waited is delivered first, in the order it arrived. */
+  #release(filter: string): void {
+    const queue = this.#held.get(filter);
+    if (!queue) return;
+    this.#held.delete(filter);
+    this.#heldCount -= queue.length;
+    for (const m of queue) this.emit('message', m.topic, m.payload, { retain: false });
   }
 
   /** Unsubscribes everything; publishing is refused from now on. */

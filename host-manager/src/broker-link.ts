@@ -11,7 +11,7 @@ import type { MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { createBroker } from '@edgefleet/broker';
 import type { RunningBroker } from '@edgefleet/broker';
-import { FleetError } from '@edgefleet/protocol';
+import { FleetError, topics } from '@edgefleet/protocol';
 import { stateCredentials } from './access/broker-credentials.js';
 import { InProcessClient } from './broker-client.js';
 import type { BrokerClient } from './broker-client.js';
@@ -95,7 +95,8 @@ export async function connectBroker(
   }
   const client: BrokerClient & { endAsync(): Promise<unknown> } =
     broker && options.intake !== 'mqtt'
-      ? new InProcessClient(broker.aedes)
+      ? // subscribed before any device can publish: nothing arrives while the controller starts (broker-client.ts)
+        new InProcessClient(broker.aedes, { hold: (['status', 'telemetry', 'events', 'replies'] as const).map((c) => topics.allDevices(c)) })
       : await connectClient(brokerUrl, options, ctx).catch(async (error: Error) => {
           await broker?.close();
           throw new FleetError('unavailable', `cannot connect to the broker at ${brokerUrl}: ${error.message}; check the address and the operator credentials`);

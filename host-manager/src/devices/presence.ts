@@ -23,10 +23,11 @@ import type { FleetRepository } from '../state/repository.js';
 import type { AuditEntry, DeviceRecord } from '../state/schema.js';
 import type { Metrics } from '../api/metrics.js';
 import { TelemetryHistory } from './telemetry-history.js';
+import { TelemetrySequences } from './telemetry-seq.js';
 
 export type FeedEvent =
   | { type: 'device'; device: string; online: boolean; record: DeviceRecord }
-  | { type: 'telemetry'; device: string; sample: TelemetrySample }
+  | { type: 'telemetry'; device: string; seq: number; sample: TelemetrySample }
   | { type: 'event'; device: string; event: FleetEvent }
   | { type: 'rollout'; id: string; status: string; summary: unknown }
   | { type: 'audit'; entry: AuditEntry };
@@ -48,6 +49,8 @@ export interface FleetOptions {
 
 export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   readonly history = new TelemetryHistory();
+  /** Each device's telemetry numbering as seen here: samples missing on the way, repeats. */
+  readonly sequences = new TelemetrySequences();
   readonly #mqtt: BrokerClient;
   readonly #state: FleetRepository;
   readonly #log: Logger;
@@ -74,6 +77,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   /** The operator removed this device: forget what we know and ignore its last words. */
   forgetDevice(device: string): void {
     this.history.forget(device);
+    this.sequences.forget(device);
     this.#removed.add(device);
   }
 
@@ -185,7 +189,11 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
       this.#metrics?.inferenceRequests.inc({ model }, h.requests);
       this.#metrics?.inferenceErrors.inc({ model }, h.errors);
     }
-    this.emitFeed({ type: 'telemetry', device, sample: msg.sample });
+    const order = this.sequences.observe(device, msg.seq, msg.dropped);
+    if (order.missing > 0) this.#metrics?.telemetryMissing.inc(order.missing);
+    if (order.verdict === 'repeat') this.#metrics?.telemetryRepeated.inc();
+    if (msg.dropped > 0) this.#metrics?.telemetryDropped.inc(msg.dropped);
+    this.emitFeed({ type: 'telemetry', device, seq: msg.seq, sample: msg.sample });
   }
 
   #onEvent(device: string, event: FleetEvent): void {
