@@ -23,10 +23,13 @@ ws.on('message', (data) => {
     return;
   }
   // the cheap test first: this process must not be the bottleneck it measures
-  if (!text.startsWith('{"type":"telemetry"')) return;
+  if (!text.startsWith('{"type":"telemetry"') && !text.startsWith('{"type":"batch"')) return;
   const e = JSON.parse(text);
-  latency.record(now - e.sample.ts);
-  received++;
+  for (const one of e.type === 'batch' ? e.events : [e]) {
+    if (one.type !== 'telemetry') continue;
+    latency.record(now - one.sample.ts);
+    received++;
+  }
 });
 ws.on('error', (error) => {
   process.stderr.write(`feed: ${error.message}\n`);

@@ -120,7 +120,7 @@ async function session(work, intake) {
 /** One measurement window at the current size. */
 async function measure(s, seconds, profileAs) {
   if (process.env.PROFILE && profileAs) await s.controller.ask({ type: 'profile-start' }, 'profiled');
-  await s.controller.ask({ type: 'stats', reset: true }, 'stats');
+  const c0 = await s.controller.ask({ type: 'stats', reset: true }, 'stats');
   await s.feed.ask({ type: 'stats', reset: true }, 'stats');
   const sim0 = await s.simStats();
   const rss = [];
@@ -141,7 +141,7 @@ async function measure(s, seconds, profileAs) {
     stateLatencyMs: { p50: state.p50, p99: state.p99, max: state.max },
     feedLatencyMs: { p50: dash.p50, p99: dash.p99, max: dash.max },
     controller: { cpuCores: Number((c.cpuS / c.seconds).toFixed(2)), eventLoopBusy: Number(c.elu.toFixed(2)), loopDelayP99Ms: Number(c.loopDelayP99Ms.toFixed(1)), rssMB: Math.round(c.rss / 2 ** 20), rssMinMaxMB: [Math.round(Math.min(...rss) / 2 ** 20), Math.round(Math.max(...rss) / 2 ** 20)], heapMB: Math.round(c.heapUsed / 2 ** 20) },
-    stateFileBytesPerS: Math.round(c.stateBytes / c.seconds),
+    stateFileBytesPerS: Math.round((c.stateBytes - c0.stateBytes) / c.seconds),
     devicesBacklog: { start: sim0.pending, end: sim1.pending },
     simulators: { cpuCores: Number(((sim1.cpuS - sim0.cpuS) / c.seconds).toFixed(2)), rssMB: Math.round(sim1.rss / 2 ** 20) },
     online: c.online,

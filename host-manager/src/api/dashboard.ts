@@ -50,13 +50,16 @@ function connect(token) {
   const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
   $('status').textContent = 'connecting'; $('status').className = 'muted';
   ws.onopen = () => ws.send(JSON.stringify({ token }));
-  ws.onmessage = (m) => {
-    const e = JSON.parse(m.data);
-    $('status').textContent = 'live'; $('status').className = 'on'; $('error').hidden = true;
+  const apply = (e) => {
     if (e.type === 'snapshot') { devices.clear(); rollouts.clear(); e.devices.forEach((d) => devices.set(d.id, d)); e.rollouts.forEach((r) => rollouts.set(r.id, r)); }
     else if (e.type === 'device') devices.set(e.device, Object.assign(devices.get(e.device) || {}, e.record));
     else if (e.type === 'telemetry') { const d = devices.get(e.device); if (d) d.telemetry = e.sample; }
     else if (e.type === 'rollout') rollouts.set(e.id, e.summary);
+  };
+  ws.onmessage = (m) => {
+    const e = JSON.parse(m.data);
+    $('status').textContent = 'live'; $('status').className = 'on'; $('error').hidden = true;
+    if (e.type === 'batch') e.events.forEach(apply); else apply(e);
     render();
   };
   ws.onclose = (e) => {
