@@ -2,7 +2,7 @@
  * npm run bench:telemetry — how many devices one controller holds at one telemetry message
  * per second each, and where it breaks.
  *
- * Layout (separate processes): the controller (bench/telemetry-controller.js: embedded broker
+ * Layout (separate processes): the controller (bench/controller-process.js: embedded broker
  * + controller + API, as `hostManager` runs them), a dashboard on the live feed
  * (bench/telemetry-feed.js), and simulated devices (bench/sim: the agent's connection,
  * dispatcher, telemetry flush and transfer receiver; each device its own credential and
@@ -27,11 +27,11 @@
  * STEADY_S (600; 0 = skip), BREAK_P99_MS (1000), MODELS (1), BASELINE_N (2000; 0 = skip),
  * CONNECT_PER_S (1000), PROFILE (a directory: a CPU profile of the controller per measurement window).
  */
-import { fork } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { child } from './sim/child.js';
 import { provision, startFleet } from './sim/fleet.js';
 import { percentiles } from './sim/histogram.js';
 
@@ -49,33 +49,14 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const out = (o) => console.log(JSON.stringify(o));
 const load = () => loadavg().map((l) => Number(l.toFixed(2)));
 
-function child(file, args, env, execArgv = []) {
-  const c = fork(here(file), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: { ...process.env, ...env }, execArgv });
-  const ask = (msg, type) =>
-    new Promise((resolve) => {
-      const on = (m) => {
-        if (m.type !== type) return;
-        c.off('message', on);
-        resolve(m);
-      };
-      c.on('message', on);
-      c.send(msg);
-    });
-  const ready = new Promise((resolve, reject) => {
-    c.once('message', (m) => (m.type === 'ready' ? resolve(m) : reject(new Error(JSON.stringify(m)))));
-    c.once('exit', (code) => reject(new Error(`${file} exited with ${code} before it was ready`)));
-  });
-  const exit = new Promise((resolve) => c.once('exit', (code, signal) => resolve({ code, signal })));
-  return { c, ask, ready, exit };
-}
 
 /** One controller with its dashboard and a growing fleet. */
 let sessions = 0;
 async function session(work, intake) {
   const id = `${intake}-${sessions++}`;
-  const controller = child('./telemetry-controller.js', [], { DATA_DIR: join(work, `controller-${id}`), INTAKE: intake });
+  const controller = child(here('./controller-process.js'), [], { DATA_DIR: join(work, `controller-${id}`), INTAKE: intake });
   const info = await controller.ready;
-  const feed = child('./telemetry-feed.js', [info.url], { FEED_TOKEN: info.token });
+  const feed = child(here('./telemetry-feed.js'), [info.url], { FEED_TOKEN: info.token });
   await feed.ready;
   const fleets = [];
   let devices = 0;

@@ -3,7 +3,7 @@
  * route, as an operator's script would), and a fleet of simulated devices spread over
  * several processes (bench/sim/worker.js), driven over IPC.
  */
-import { fork } from 'node:child_process';
+import { fork, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const WORKER = fileURLToPath(new URL('./worker.js', import.meta.url));
@@ -50,18 +50,18 @@ export async function unprovision({ url, token, ids }) {
  * Starts `creds` as simulated devices in `processes` processes. Resolves once every device is
  * connected and announced. `connectPerS` is the whole fleet's pace of first connections.
  */
-export async function startFleet({ creds, broker, publicKeyPem, processes, dataRoot, models = 0, connectPerS = 500, keepaliveS, reconnectMinMs, reconnectMaxMs, execArgv = [] }) {
+export async function startFleet({ creds, broker, publicKeyPem, processes, dataRoot, models = 0, connectPerS = 500, keepaliveS, reconnectMinMs, reconnectMaxMs, execArgv = [], wrap }) {
   const workers = [];
   const per = Math.ceil(creds.length / processes);
   const exited = [];
   await Promise.all(
     Array.from({ length: processes }, (_, w) => {
-      const child = fork(WORKER, [], {
-        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-        // each real device has its own thread pool for its file system calls; a process of thousands gets a larger one
-        env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' },
-        execArgv,
-      });
+      // each real device has its own thread pool for its file system calls; a process of thousands gets a larger one
+      const env = { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' };
+      // `wrap` (e.g. ip netns exec NS) runs the process inside a device's own network namespace; it execs, keeping the IPC channel
+      const child = wrap
+        ? spawn(wrap[0], [...wrap.slice(1), process.execPath, ...execArgv, WORKER], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env })
+        : fork(WORKER, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env, execArgv });
       workers.push(child);
       child.once('exit', (code, signal) => exited.push({ w, code, signal }));
       return new Promise((resolve, reject) => {
@@ -123,6 +123,7 @@ export async function startFleet({ creds, broker, publicKeyPem, processes, dataR
         cpuSystemS: list.reduce((n, s) => n + s.cpu.system, 0) / 1e6,
         connectsBySecond,
         sampledById: Object.assign({}, ...list.map((s) => s.sampledById)),
+        devicesDetail: Object.assign({}, ...list.map((s) => s.devicesDetail)),
       };
     },
     async verify(model, version, sha256) {

@@ -16,7 +16,6 @@ const devices = [];
 const timers = [];
 /** Connections made, by wall-clock second (for the peak connect rate after a broker restart). */
 const connectsBySecond = new Map();
-let startOpts;
 
 function onConnect() {
   const s = Math.floor(Date.now() / 1000);
@@ -24,7 +23,6 @@ function onConnect() {
 }
 
 async function start(msg) {
-  startOpts = msg;
   const gapMs = 1000 / Math.max(1, msg.connectPerS ?? 200);
   for (const cred of msg.devices) {
     const d = new SimDevice(cred, { ...msg, onConnect });
@@ -76,6 +74,8 @@ function stats() {
     connectsBySecond: Object.fromEntries(connectsBySecond),
     /** per device: samples taken (seq of the next one), for loss accounting against what the controller saw */
     sampledById: Object.fromEntries(devices.map((d) => [d.id, d.queue.nextSeq])),
+    /** per device: chunks its receiver wrote (a resumed transfer writes each chunk once) and its connections */
+    devicesDetail: Object.fromEntries(devices.map((d) => [d.id, { written: d.receiver.stats().written, connects: d.connects }])),
     cpu: process.cpuUsage(),
     rss: mem.rss,
   };
@@ -105,4 +105,3 @@ process.on('message', async (msg) => {
   }
 });
 process.on('disconnect', () => process.exit(0));
-void startOpts;

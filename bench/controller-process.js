@@ -1,5 +1,5 @@
 /**
- * The controller process of bench/telemetry.js: `createManager` as `hostManager` runs it
+ * The controller process of bench/telemetry.js and bench/faults.js: `createManager` as `hostManager` runs it
  * (embedded broker + controller + HTTP API and live feed in one process), plus a listener
  * on the fleet's feed that measures, for every telemetry message, the time from the
  * device's sample to the moment the controller's state holds it. SIGTERM stops it as the
@@ -7,8 +7,10 @@
  *
  *   → {type:'ready', url, brokerUrl, token, publicKeyPem, stateFile}
  *   {type:'stats', reset?} → {type:'stats', latency:{counts}, received, receivedById, outOfOrder, cpu, rss, heap, elu, stateBytes}
+ *   {type:'sequences'} → {type:'sequences', byId: {id: fleet.sequences.of(id)}, presence: {id: [online, ...]}}
+ *   on SIGTERM, after manager.close(): {type:'final', sequences} then exit 0
  *
- * Env: INTAKE (in-process|mqtt), DATA_DIR.
+ * Env: INTAKE (in-process|mqtt), DATA_DIR, MQTT_HOST (127.0.0.1), MQTT_PORT (0).
  */
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { writeFile } from 'node:fs/promises';
@@ -20,8 +22,8 @@ import { Histogram } from './sim/histogram.js';
 const logger = pino({ level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination(2));
 const manager = await createManager({
   dataDir: process.env.DATA_DIR,
-  mqttHost: '127.0.0.1',
-  mqttPort: 0,
+  mqttHost: process.env.MQTT_HOST ?? '127.0.0.1',
+  mqttPort: Number(process.env.MQTT_PORT ?? 0),
   mqttWsPort: false,
   httpPort: 0,
   logger,
@@ -34,7 +36,20 @@ const lastTs = new Map();
 const receivedById = new Map();
 let received = 0;
 let outOfOrder = 0;
+/** Presence changes per device as the controller saw them (offline once, back once); `presenceAt`: when, and why. */
+const presence = new Map();
+const presenceAt = new Map();
 manager.fleet.on('feed', (e) => {
+  if (e.type === 'device') {
+    const seen = presence.get(e.device) ?? [];
+    if (seen[seen.length - 1] !== e.online) {
+      seen.push(e.online);
+      const at = presenceAt.get(e.device) ?? [];
+      at.push({ online: e.online, at: Date.now(), ...(e.online ? {} : { reason: e.record.offlineReason }) });
+      presenceAt.set(e.device, at);
+    }
+    presence.set(e.device, seen);
+  }
   if (e.type !== 'telemetry') return;
   const now = Date.now();
   latency.record(now - e.sample.ts);
@@ -69,8 +84,13 @@ async function profile(msg) {
   process.send({ type: 'profiled' });
 }
 
+function sequences() {
+  return Object.fromEntries(manager.state.devices().map((d) => [d.id, manager.fleet.sequences.of(d.id) ?? null]));
+}
+
 process.on('message', async (msg) => {
   if (msg.type === 'profile-start' || msg.type === 'profile-stop') return profile(msg);
+  if (msg.type === 'sequences') return process.send({ type: 'sequences', byId: sequences(), presence: Object.fromEntries(presence), presenceAt: Object.fromEntries(presenceAt) });
   if (msg.type !== 'stats') return;
   const bytes = (await manager.metrics.stateBytesWritten.get()).values[0]?.value ?? 0;
   const nowCpu = process.cpuUsage(cpu);
@@ -110,7 +130,7 @@ process.on('SIGTERM', () => {
   if (stopping) return;
   stopping = true;
   manager.close().then(
-    () => process.exit(0),
+    () => process.send({ type: 'final', sequences: sequences(), presence: Object.fromEntries(presence) }, () => process.exit(0)),
     (error) => {
       process.stderr.write(`close failed: ${error.stack}\n`);
       process.exit(1);
