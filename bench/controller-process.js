@@ -90,7 +90,10 @@ function sequences() {
 
 process.on('message', async (msg) => {
   if (msg.type === 'profile-start' || msg.type === 'profile-stop') return profile(msg);
-  if (msg.type === 'sequences') return process.send({ type: 'sequences', byId: sequences(), presence: Object.fromEntries(presence), presenceAt: Object.fromEntries(presenceAt) });
+  if (msg.type === 'sequences') {
+    const online = Object.fromEntries(manager.state.devices().map((d) => [d.id, d.online]));
+    return process.send({ type: 'sequences', byId: sequences(), online, presence: Object.fromEntries(presence), presenceAt: Object.fromEntries(presenceAt) });
+  }
   if (msg.type !== 'stats') return;
   const bytes = (await manager.metrics.stateBytesWritten.get()).values[0]?.value ?? 0;
   const nowCpu = process.cpuUsage(cpu);

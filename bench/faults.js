@@ -130,7 +130,10 @@ async function restartScenario(work) {
     const seq2 = await c.ask({ type: 'sequences' }, 'sequences');
     const stats2 = await c.ask({ type: 'stats' }, 'stats');
     const seconds = Object.entries(sim.connectsBySecond).filter(([sec]) => Number(sec) * 1000 >= downAt).map(([, n]) => n);
-    const reannounced = Object.keys(sim.sampledById).filter((id) => seq2.presence[id]?.at(-1) === true).length;
+    // the controller's state says who is online (a device back before this observer listened has no presence event here)
+    const back = (id) => seq2.online[id] === true && (seq2.presence[id] ?? [true]).at(-1) === true;
+    const reannounced = Object.keys(sim.sampledById).filter(back).length;
+    const notBack = Object.keys(sim.sampledById).filter((id) => !back(id)).slice(0, 3).map((id) => ({ id, presence: (seq2.presenceAt[id] ?? []).map((p) => ({ online: p.online, atS: Number(((p.at - restartAt) / 1000).toFixed(1)), ...(p.reason ? { reason: p.reason } : {}) })), connects: sim.devicesDetail[id]?.connects }));
     const compared = compareSequences(first?.sequences ?? {}, seq2.byId, sim.sampledById);
     const result = {
       bench: 'faults',
@@ -140,6 +143,7 @@ async function restartScenario(work) {
       outageS: OUTAGE_S,
       reconnect: { allBackS: Number(((backAt - restartAt) / 1000).toFixed(1)), peakConnectsPerS: Math.max(0, ...seconds), secondsWithConnects: seconds.length, reconnections: seconds.reduce((a, b) => a + b, 0), backoff: 'agent defaults: full jitter, 1 s doubling to 60 s' },
       reannounced,
+      ...(notBack.length ? { notReannounced: notBack } : {}),
       telemetry: { taken: sim.sampled, acknowledged: sim.published, ...compared, outOfOrderAfterRestart: stats2.outOfOrder, stillBuffered: sim.pending },
       ok: exit1.code === 0 && reannounced === DEVICES && compared.lostAcrossRestart === 0 && compared.missingAfter === 0 && compared.lastNotReceived === 0 && stats2.outOfOrder === 0,
       load: load(),
