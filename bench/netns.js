@@ -29,6 +29,12 @@ export function netnsAvailable() {
  * `count` device links. `rate` (e.g. '20mbit') shapes both directions with tbf; `lossPercent`
  * drops that share of what the device receives. Returns the links and `destroy()`.
  */
+/** Drops `percent` of what device link `l` receives (0 = none), replacing any earlier rule. */
+function setLoss(l, percent) {
+  ip('netns', 'exec', l.ns, 'iptables', '-F', 'INPUT');
+  if (percent > 0) ip('netns', 'exec', l.ns, 'iptables', '-A', 'INPUT', '-i', l.devIf, '-m', 'statistic', '--mode', 'random', '--probability', String(percent / 100), '-j', 'DROP');
+}
+
 export function createLinks(count, { rate, lossPercent = 0, tag = 'ef' } = {}) {
   const net = 100 + (process.pid % 100);
   const base = `${tag}${process.pid % 10000}`;
@@ -66,9 +72,7 @@ export function createLinks(count, { rate, lossPercent = 0, tag = 'ef' } = {}) {
         sh('tc', ['qdisc', 'add', 'dev', l.hostIf, ...tbf]);
         ip('netns', 'exec', l.ns, 'tc', 'qdisc', 'add', 'dev', l.devIf, ...tbf);
       }
-      if (lossPercent > 0) {
-        ip('netns', 'exec', l.ns, 'iptables', '-A', 'INPUT', '-i', l.devIf, '-m', 'statistic', '--mode', 'random', '--probability', String(lossPercent / 100), '-j', 'DROP');
-      }
+      if (lossPercent > 0) setLoss(l, lossPercent);
     }
   } catch (error) {
     destroy();
@@ -80,6 +84,10 @@ export function createLinks(count, { rate, lossPercent = 0, tag = 'ef' } = {}) {
     /** Takes a device's link down (both ends) or up again. */
     setLink(i, up) {
       ip('link', 'set', links[i].hostIf, up ? 'up' : 'down');
+    },
+    /** Every device link drops `percent` of what it receives from now on. */
+    setLoss(percent) {
+      for (const l of links) setLoss(l, percent);
     },
     /** The command prefix that runs a program inside device i's namespace. */
     wrap: (i) => ['ip', 'netns', 'exec', links[i].ns],

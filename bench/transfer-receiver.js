@@ -72,7 +72,8 @@ client.on('message', (topic, payload) => {
     (e) => reply(errorReply(req.request.id, e instanceof FleetError ? e.toJSON() : { code: 'internal', message: String(e) })),
   );
 });
-await client.subscribeAsync([topics.device(id, 'commands')], { qos: 1 });
+// as the agent: its own commands and its groups' (a group's offer, status and commit reach every member at once)
+await client.subscribeAsync([topics.device(id, 'commands'), ...groups.map((g) => topics.group(g, 'commands'))], { qos: 1 });
 await client.subscribeAsync([topics.transferFilter({ kind: 'device', name: id }), ...groups.map((g) => topics.transferFilter({ kind: 'group', name: g }))], { qos: chunkQos });
 
 // BENCH_PROFILE_DIR: a CPU profile of each delivery alone (from reset to the hash check), without start-up.
