@@ -524,7 +524,7 @@ try {
   const agentProc = spawnNode(
     [...(process.env.AGENT_PROF ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.AGENT_PROF] : []), join(ROOT, 'device-agent/dist/bin/deviceAgent.js'), '--broker', brokerUrl, '--device', DEVICE.id, '--data-dir', dataDir,
       '--http-port', '0', '--inference-threads', String(THREADS), '--telemetry-interval-ms', '60000', '--log-level', 'info'],
-    { EDGEFLEET_TOKEN: DEVICE.token },
+    { EDGEFLEET_DEVICE_TOKEN: DEVICE.token },
   );
   children.push(agentProc);
   const httpPort = await firstLine(agentProc.stderr, (l) => {

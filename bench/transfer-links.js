@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import mqtt from 'mqtt';
 import { createRegistry, createRequester, deliverModel, loadOrCreateFleetKeys, openState } from '@edgefleet/host-manager';
 import { createLinks, netnsAvailable } from './netns.js';
-import { buildModel, ipc, out, round2, run, seconds, sha256File, startSshd, waitLine } from './transfer-common.js';
+import { buildModel, ipc, out, round2, run, seconds, sha256File, startSshd, waitLine } from './lib.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const DEVICE_COUNTS = (process.env.BENCH_DEVICES ?? '10,50').split(',').map(Number);

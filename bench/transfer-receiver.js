@@ -7,10 +7,9 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import mqtt from 'mqtt';
 import { pino } from 'pino';
-import { FleetError, errorReply, okReply, parseRequest, parseTopic, topics } from '@edgefleet/protocol';
 import { createTransferReceiver } from '@edgefleet/device-agent';
+import { serveTransfers } from './lib.js';
 
 const [id, url, dataDir, publicKeyPem, qosArg, groupsArg] = [process.argv[2], process.argv[3], process.argv[4], process.env.FLEET_PUBLIC_KEY, process.argv[5], process.argv[6]];
 const groups = (groupsArg ?? '').split(',').filter(Boolean);
@@ -54,27 +53,7 @@ function newReceiver() {
 }
 newReceiver();
 
-const client = await mqtt.connectAsync(url, { clientId: id, username: id, password: 'bench-device', reconnectPeriod: 0 });
-client.on('message', (topic, payload) => {
-  const parsed = parseTopic(topic);
-  if (parsed?.kind === 'transfer') {
-    receiver.chunk(parsed.transferId, parsed.index, payload);
-    return;
-  }
-  const req = parseRequest(payload);
-  if (!req.ok) return;
-  const { command, params } = req.request;
-  const handler = { 'transfer.offer': receiver.offer, 'transfer.status': receiver.status, 'transfer.commit': receiver.commit }[command];
-  const reply = (r) => client.publish(topics.device(id, 'replies'), JSON.stringify(r), { qos: 1 });
-  if (!handler) return reply(errorReply(req.request.id, { code: 'unknown_command', message: command }));
-  handler(params).then(
-    (data) => reply(okReply(req.request, data)),
-    (e) => reply(errorReply(req.request.id, e instanceof FleetError ? e.toJSON() : { code: 'internal', message: String(e) })),
-  );
-});
-// as the agent: its own commands and its groups' (a group's offer, status and commit reach every member at once)
-await client.subscribeAsync([topics.device(id, 'commands'), ...groups.map((g) => topics.group(g, 'commands'))], { qos: 1 });
-await client.subscribeAsync([topics.transferFilter({ kind: 'device', name: id }), ...groups.map((g) => topics.transferFilter({ kind: 'group', name: g }))], { qos: chunkQos });
+const client = await serveTransfers({ id, url, groups, chunkQos, receiver: () => receiver });
 
 // BENCH_PROFILE_DIR: a CPU profile of each delivery alone (from reset to the hash check), without start-up.
 const profiler = process.env.BENCH_PROFILE_DIR ? await import('node:inspector/promises').then(({ Session }) => new Session()) : null;

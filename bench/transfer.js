@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt from 'mqtt';
 import { createRegistry, createRequester, deliverModel, loadOrCreateFleetKeys, openState } from '@edgefleet/host-manager';
-import { buildModel, cpuOf, cpuSeconds, ipc, out, round2, run, seconds, sha256File, startSshd, waitLine } from './transfer-common.js';
+import { buildModel, cpuOf, cpuSeconds, ipc, out, round2, run, seconds, sha256File, startSshd, waitLine } from './lib.js';
 
 if (process.env.BENCH_LINK === 'netns') {
   // the realistic mode: a shaped link per device (bench/transfer-links.js)
@@ -34,13 +34,6 @@ const SWEEP = process.env.BENCH_SWEEP ?? 'quick';
 const CHUNK_QOS = Number(process.env.BENCH_CHUNK_QOS ?? 0); // as the agent subscribes chunk topics
 const MAX = Math.max(...DEVICE_COUNTS);
 const KiB = 1024;
-
-
-
-
-
-
-
 
 async function scpLoop(sshd, file, n, targetDir, sha) {
   await rm(targetDir, { recursive: true, force: true });

@@ -71,7 +71,7 @@ describe('a model that fails under real traffic', () => {
     await writeFile(join(work, 'bad.onnx'), dataDependentFailingModel().bytes);
     m = await startManager();
     agents = await provision(m, ['cam-1', 'cam-2', 'cam-3'], 'cams');
-  });
+  }, 90_000); // a controller and three agent processes: slow on a loaded 2-core machine
 
   afterAll(async () => {
     traffic = false;

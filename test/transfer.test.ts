@@ -19,9 +19,10 @@ import { cleanupAgents, connectOperator, startAgent, watchStatus } from './suppo
 import type { AgentProcess, AgentProcessOptions, StatusWatcher } from './support/agent-process.js';
 import { alwaysFailingModel, encodeModel, largeModel, linearModel, node, valueInfo } from './support/onnx-models.js';
 import type { LinearModel } from './support/onnx-models.js';
-import { createRegistry, createRequester, deliverModel, loadOrCreateFleetKeys, openState, transferIdFor } from '@edgefleet/host-manager';
+import { createRegistry, createRequester, loadOrCreateFleetKeys, openState, transferIdFor } from '@edgefleet/host-manager';
 import type { DeliverOptions, FleetKeys, ModelVersionRecord, Registry, Requester } from '@edgefleet/host-manager';
 import { refusal } from './support/refusal.js';
+import { recordedDelivery } from './support/delivery.js';
 
 const IDS = ['k1', 'k2', 't1', 'f1', 'f2', 'f3', 'df'];
 const GROUP_OF: Record<string, string[]> = { f1: ['floor'], f2: ['floor'], f3: ['floor'] };
@@ -93,9 +94,7 @@ async function agent(id: string, extra: Partial<AgentProcessOptions> = {}): Prom
 }
 
 function deliver(record: ModelVersionRecord, target: DeliverOptions['target'], extra: Partial<DeliverOptions> = {}) {
-  const sent: { via: TransferTarget; index: number }[] = [];
-  const offered: Record<string, number> = {};
-  const run = deliverModel({
+  return recordedDelivery({
     mqtt: operator,
     request: requester.request,
     record,
@@ -106,16 +105,7 @@ function deliver(record: ModelVersionRecord, target: DeliverOptions['target'], e
     commitTimeoutMs: 30_000,
     deadlineMs: 60_000,
     ...extra,
-    onChunk: async (via, index) => {
-      sent.push({ via, index });
-      await extra.onChunk?.(via, index);
-    },
-    onProgress: (device, received, total) => {
-      offered[device] ??= total - received; // the first report follows the offer: what the device said it misses
-      extra.onProgress?.(device, received, total);
-    },
   });
-  return { run, sent, offered };
 }
 
 /** The model's answer on the device, checked against plain-JS math for the version expected. */

@@ -44,6 +44,13 @@ async function main(): Promise<number> {
     await agent.start();
   } catch (error) {
     logger.fatal({ err: error }, 'agent failed to start');
+    if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      // said in a sentence too: the JSON line above is for the journal, this one for the person at the terminal
+      process.stderr.write(
+        `deviceAgent: port ${config.httpPort} is already in use, so the inference API cannot listen there; another agent on this machine? ` +
+          `give this one its own: --http-port ${config.httpPort + 1} (or EDGEFLEET_HTTP_PORT, "httpPort" in the config file; --no-http turns the API off)\n`,
+      );
+    }
     await agent.stop('start failed').catch(() => undefined);
     flush();
     return 1;

@@ -2,19 +2,19 @@
  * The device agent: one MQTT connection under the device's own identity (connection.ts),
  * presence (retained status, retained last will), telemetry through the disk buffer
  * (telemetry/), request/response commands (commands.ts, handlers.ts), model transfers
- * (transfer/), the legacy plain-text channel, the local HTTP inference API, and an
- * orderly stop. This module only wires those parts together.
+ * (transfer/), the fleet's containers (containers/), the legacy plain-text channel, the
+ * local HTTP inference API, and an orderly stop. This module only wires those parts together.
  */
 import { mkdir } from 'node:fs/promises';
 import { arch } from 'node:os';
 import type { MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { makeStatus, parseTopic, topics } from '@edgefleet/protocol';
-import type { DeviceIdentity, DeviceInfo, FleetEvent, Reply } from '@edgefleet/protocol';
+import type { ContainerState, DeviceIdentity, DeviceInfo, FleetEvent, Reply } from '@edgefleet/protocol';
 import type { AgentConfig } from './config.js';
 import { Dispatcher } from './commands.js';
 import { DeviceConnection, withTimeout } from './connection.js';
-import { agentVersion, deviceInfo, dockerReachable } from './device-info.js';
+import { agentVersion, deviceInfo } from './device-info.js';
 import { STATUS_CHANGING, createHandlers } from './handlers.js';
 import { LegacyChannel } from './legacy.js';
 import { createSampler } from './telemetry/sampler.js';
@@ -23,9 +23,13 @@ import { TelemetryFlusher } from './telemetry/flush.js';
 import { createModelService } from './models/index.js';
 import type { ModelService } from './models/index.js';
 import { createInferenceServer } from './http.js';
+import { createAgentMetrics } from './metrics.js';
+import type { AgentMetrics } from './metrics.js';
 import type { InferenceServer } from './http.js';
 import { createTransferReceiver } from './transfer/index.js';
 import type { TransferReceiver } from './transfer/index.js';
+import { createContainerService } from './containers/index.js';
+import type { ContainerService } from './containers/index.js';
 
 export interface AgentDeps {
   logger: Logger;
@@ -61,11 +65,13 @@ class DeviceAgent implements Agent {
   readonly #identity: DeviceIdentity;
   readonly #link: DeviceConnection;
   readonly #dispatcher: Dispatcher;
+  readonly #metrics: AgentMetrics;
   #models: ModelService | undefined;
   #ownModels = false;
   #http: InferenceServer | undefined;
   #transfer: TransferReceiver | undefined;
   #legacy: LegacyChannel | undefined;
+  #containers: ContainerService | undefined;
   #telemetry: TelemetryFlusher | undefined;
   #stopping: Promise<void> | undefined;
   #acceptingCommands = true;
@@ -78,9 +84,17 @@ class DeviceAgent implements Agent {
     this.#models = deps.models;
     this.#logger = deps.logger.child({ device: config.device });
     this.#identity = { id: config.device, groups: config.groups, arch: arch() };
+    this.#metrics = createAgentMetrics(config.device);
     this.#link = new DeviceConnection(config, this.#logger, { onConnected: (c) => this.#onConnected(c), onMessage: (t, p, r) => this.#onMessage(t, p, r) }, deps.random);
     this.#dispatcher = new Dispatcher({
-      handlers: createHandlers({ config, info: () => this.info(), models: () => this.#models, transfer: () => this.#transfer, legacy: () => this.#legacy }),
+      handlers: createHandlers({
+        config,
+        info: () => this.info(),
+        models: () => this.#models,
+        transfer: () => this.#transfer,
+        legacy: () => this.#legacy,
+        containers: () => this.#containers,
+      }),
       logger: this.#logger,
       send: (reply: Reply, binary) => this.#link.publishJson(topics.device(config.device, 'replies'), reply, false, binary),
       onSuccess: (command) => {
@@ -102,15 +116,35 @@ class DeviceAgent implements Agent {
   }
 
   async info(): Promise<DeviceInfo> {
-    return deviceInfo({ version: this.#version, groups: this.#config.groups, models: this.#models, docker: this.#dockerOk });
+    await this.#containers?.start(); // the first engine probe (then cached): `docker` is known before it is reported
+    return deviceInfo({ version: this.#version, groups: this.#config.groups, models: this.#models, docker: this.#dockerOk, containers: await this.#containerStates() });
+  }
+
+  /** Empty without an engine; a failing engine call leaves them out of one status or sample, nothing more. */
+  async #containerStates(): Promise<ContainerState[]> {
+    if (!this.#dockerOk || !this.#containers) return [];
+    return this.#containers.states().catch(() => []);
   }
 
   async start(): Promise<void> {
     const config = this.#config;
     const logger = this.#logger;
     this.#version = await agentVersion();
-    void dockerReachable().then((ok) => (this.#dockerOk = ok)); // warms the import while the rest starts
     await mkdir(config.dataDir, { recursive: true });
+    const containers = await createContainerService({
+      device: config.device,
+      dataDir: config.dataDir,
+      logger,
+      socketPath: config.dockerSocket,
+      engineRoot: config.dockerRoot,
+      publishEvent: (e) => {
+        this.#publishEvent(e);
+        void this.#publishStatus();
+      },
+    });
+    this.#containers = containers;
+    // not awaited: the engine may be slow or absent (a runtime container waits for this clean-up itself)
+    void containers.start().then((status) => (this.#dockerOk = status.available));
     if (!this.#models) {
       this.#models = await createModelService({
         dataDir: config.dataDir,
@@ -120,16 +154,19 @@ class DeviceAgent implements Agent {
         logger,
         identity: this.#identity,
         ...(config.fleetPublicKeyPem ? { publicKeyPem: config.fleetPublicKeyPem } : {}),
+        openRuntime: (request) => containers.runtime.sessionFor(request),
       });
       this.#ownModels = true;
     }
-    const service = this.#models;
+    const service = (this.#models = this.#metrics.instrument(this.#models));
+    containers.useModels((model) => service.active().find((m) => m.name === model)?.version);
     if (config.fleetPublicKeyPem) {
       this.#transfer = createTransferReceiver({
         dataDir: config.dataDir,
         publicKeyPem: config.fleetPublicKeyPem,
         identity: this.#identity,
         models: service,
+        images: containers,
         publishEvent: (e) => {
           this.#publishEvent(e);
           if (e.event === 'model.activated') void this.#publishStatus();
@@ -139,7 +176,14 @@ class DeviceAgent implements Agent {
     }
     if (config.http) {
       const maxBodyBytes = Math.round(config.httpMaxBodyMb * 1024 * 1024);
-      this.#http = await createInferenceServer(service, { host: config.httpHost, port: config.httpPort, logger, maxBodyBytes, serverVersion: this.#version });
+      this.#http = await createInferenceServer(service, {
+        host: config.httpHost,
+        port: config.httpPort,
+        logger,
+        maxBodyBytes,
+        serverVersion: this.#version,
+        metrics: (req, res) => this.#metrics.handle(req, res),
+      });
       logger.info({ host: config.httpHost, port: this.#http.port }, 'HTTP inference API listening');
     }
     this.#legacy = new LegacyChannel({
@@ -155,7 +199,13 @@ class DeviceAgent implements Agent {
     });
     const buffer = await TelemetryBuffer.open(config.dataDir, config.telemetryBufferMax, logger);
     this.#telemetry = new TelemetryFlusher(buffer, (m) => this.#link.publishJson(topics.device(config.device, 'telemetry'), m), () => this.#link.connected, logger);
-    this.#telemetry.start(createSampler({ dataDir: config.dataDir, drainHealth: () => (this.#models ? this.#models.drainHealth() : {}) }), config.telemetryIntervalMs);
+    const sampler = createSampler({
+      dataDir: config.dataDir,
+      // per name@version: models of the model service, and image apps that serve inference
+      drainHealth: () => ({ ...(this.#models ? this.#models.drainHealth() : {}), ...containers.drainHealth() }),
+      containers: () => this.#containerStates(),
+    });
+    this.#telemetry.start(sampler, config.telemetryIntervalMs);
     this.#link.connect();
     logger.info({ broker: config.broker, groups: config.groups, version: this.#version }, 'agent started');
   }
@@ -184,6 +234,7 @@ class DeviceAgent implements Agent {
     await this.#legacy?.close();
     await this.#transfer?.close().catch((error: unknown) => logger.warn({ err: error }, 'transfer close failed'));
     if (this.#ownModels) await this.#models?.close().catch((error: unknown) => logger.warn({ err: error }, 'model service close failed'));
+    await this.#containers?.close().catch((error: unknown) => logger.warn({ err: error }, 'containers service close failed'));
     await this.#link.close(reason);
     await this.#telemetry?.buffer.close();
     logger.info({ reason, pendingTelemetry: this.#telemetry?.buffer.size ?? 0 }, 'agent stopped');
@@ -228,7 +279,9 @@ class DeviceAgent implements Agent {
     await this.#publishStatus();
     const flushed = this.#telemetry?.flush();
     // the engine may have come or gone while we were away: say so when it changed
-    const docker = await dockerReachable();
+    // (start() again: it retries its clean-up if the engine was absent before)
+    const containers = this.#containers;
+    const docker = containers ? (await containers.start(), (await containers.engineStatus()).available) : false;
     if (docker !== this.#dockerOk) {
       this.#dockerOk = docker;
       await this.#publishStatus();
@@ -245,6 +298,7 @@ class DeviceAgent implements Agent {
     }
     const parsed = parseTopic(topic);
     if (parsed?.kind === 'transfer') {
+      this.#metrics.chunk(payload.length, parsed.target.kind);
       try {
         this.#transfer?.chunk(parsed.transferId, parsed.index, payload);
       } catch (error) {

@@ -21,6 +21,10 @@ interface KeySpec {
   kind: Kind;
   describe: string;
   secret?: boolean;
+  /** The environment variable, when it is not EDGEFLEET_<KEY>. */
+  env?: string;
+  /** An older name still read (after `env`), with a warning. */
+  deprecatedEnv?: string;
 }
 
 /** Every configuration key, its type, default and meaning. */
@@ -37,7 +41,9 @@ export const CONFIG_KEYS = {
   token: {
     kind: 'string',
     secret: true,
-    describe: 'the device token (prefer EDGEFLEET_TOKEN or tokenFile: flags are visible in ps)',
+    describe: 'the device token (prefer EDGEFLEET_DEVICE_TOKEN or tokenFile: flags are visible in ps)',
+    env: 'EDGEFLEET_DEVICE_TOKEN',
+    deprecatedEnv: 'EDGEFLEET_TOKEN',
     schema: z.string().min(1, 'expected the non-empty device token').optional(),
   },
   tokenFile: { kind: 'string', describe: 'file holding the device token', schema: z.string().min(1).optional() },
@@ -74,6 +80,16 @@ export const CONFIG_KEYS = {
     kind: 'number',
     describe: 'model versions kept on disk per model (the active one included)',
     schema: z.number().int().min(1).max(100).default(2),
+  },
+  dockerSocket: {
+    kind: 'string',
+    describe: "the Docker engine's unix socket (default: DOCKER_HOST, else /var/run/docker.sock); an engine that does not answer turns containers off, nothing else",
+    schema: z.string().min(1).optional(),
+  },
+  dockerRoot: {
+    kind: 'string',
+    describe: "the engine's data root as this agent sees it, for the free-space check before an image loads (default: the engine's DockerRootDir)",
+    schema: z.string().min(1).optional(),
   },
   telemetryIntervalMs: {
     kind: 'number',
@@ -141,7 +157,7 @@ export const ConfigSchema = z
       ctx.addIssue({ code: 'custom', path: ['reconnectMaxMs'], message: `expected at least reconnectMinMs (${c.reconnectMinMs})` });
     }
     if (c.token === undefined && c.tokenFile === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['token'], message: 'expected a device token (EDGEFLEET_TOKEN, tokenFile or --token)' });
+      ctx.addIssue({ code: 'custom', path: ['token'], message: 'expected a device token (EDGEFLEET_DEVICE_TOKEN, tokenFile or --token)' });
     }
     if ((c.certFile === undefined) !== (c.keyFile === undefined)) {
       ctx.addIssue({ code: 'custom', path: ['keyFile'], message: 'expected certFile and keyFile together' });
@@ -169,7 +185,8 @@ export class ConfigError extends Error {
 }
 
 export function envName(key: string): string {
-  return `EDGEFLEET_${key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()}`;
+  const spec = (CONFIG_KEYS as Record<string, KeySpec>)[key];
+  return spec?.env ?? `EDGEFLEET_${key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()}`;
 }
 
 export function flagName(key: string): string {
@@ -319,7 +336,11 @@ export async function loadConfig(sources: ConfigSources = {}): Promise<LoadedCon
     }
   }
   for (const [key, spec] of Object.entries(CONFIG_KEYS) as [ConfigKey, KeySpec][]) {
-    const v = env[envName(key)];
+    let v = env[envName(key)];
+    if ((v === undefined || v === '') && spec.deprecatedEnv && env[spec.deprecatedEnv]) {
+      v = env[spec.deprecatedEnv];
+      warnings.push(`${spec.deprecatedEnv} is deprecated for the device token; use ${envName(key)} (the operator's token is EDGEFLEET_OPERATOR_TOKEN)`);
+    }
     if (v !== undefined && v !== '') {
       merged[key] = coerce(spec.kind, v);
       origin[key] = 'env';
@@ -330,14 +351,14 @@ export async function loadConfig(sources: ConfigSources = {}): Promise<LoadedCon
     merged[key] = coerce(spec.kind, v);
     origin[key as ConfigKey] = 'flag';
   }
-  if (origin.token === 'flag') warnings.push('token given as a flag is visible to every user in ps; use EDGEFLEET_TOKEN or tokenFile');
+  if (origin.token === 'flag') warnings.push(`token given as a flag is visible to every user in ps; use ${envName('token')} or tokenFile`);
 
   const result = ConfigSchema.safeParse(merged);
   if (!result.success) {
     let text = describeIssues(result.error, origin, merged);
     // cross-key rules only run once every key is valid; say the token is missing right away anyway
     if (merged.token === undefined && merged.tokenFile === undefined && !text.includes('\ntoken ')) {
-      text += `\ntoken (flag --token, env ${envName('token')}): expected a device token (EDGEFLEET_TOKEN, tokenFile or --token)`;
+      text += `\ntoken (flag --token, env ${envName('token')}): expected a device token (${envName('token')}, tokenFile or --token)`;
     }
     throw new ConfigError(`invalid configuration:\n${text}`);
   }

@@ -1,7 +1,7 @@
-/** What the agent says about its device in its status: hardware, runtime, Docker, groups, active models. */
+/** What the agent says about its device in its status: hardware, runtime, Docker, groups, active models, the fleet's containers. */
 import { readFile } from 'node:fs/promises';
 import { arch, cpus, hostname, platform, totalmem } from 'node:os';
-import type { DeviceInfo } from '@edgefleet/protocol';
+import type { ContainerState, DeviceInfo } from '@edgefleet/protocol';
 import type { ModelService } from './models/index.js';
 
 export async function agentVersion(): Promise<string> {
@@ -13,26 +13,7 @@ export async function agentVersion(): Promise<string> {
   }
 }
 
-export async function dockerReachable(timeoutMs = 1500): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    // imported on first use: dockerode takes ~0.6 s to load, which every start would pay
-    const { default: Docker } = await import('dockerode');
-    const docker = new Docker();
-    return await Promise.race([
-      docker.ping().then(() => true),
-      new Promise<boolean>((r) => {
-        timer = setTimeout(() => r(false), timeoutMs);
-      }),
-    ]);
-  } catch {
-    return false; // no socket, no permission, no engine: all mean "not reachable"
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-export function deviceInfo(args: { version: string; groups: readonly string[]; models: ModelService | undefined; docker: boolean }): DeviceInfo {
+export function deviceInfo(args: { version: string; groups: readonly string[]; models: ModelService | undefined; docker: boolean; containers: ContainerState[] }): DeviceInfo {
   return {
     agentVersion: args.version,
     hostname: hostname(),
@@ -44,5 +25,6 @@ export function deviceInfo(args: { version: string; groups: readonly string[]; m
     docker: args.docker,
     groups: [...args.groups],
     models: args.models ? args.models.active() : [],
+    containers: args.containers,
   };
 }

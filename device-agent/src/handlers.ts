@@ -8,9 +8,22 @@ import type { LegacyChannel } from './legacy.js';
 import { logPath, tailFile } from './logs.js';
 import type { ModelService } from './models/index.js';
 import type { TransferReceiver } from './transfer/index.js';
+import { containerHandlers } from './containers/index.js';
+import type { ContainerService } from './containers/index.js';
 
-/** Commands after whose success the device republishes its status (its models or programs changed). */
-export const STATUS_CHANGING: ReadonlySet<CommandName> = new Set(['models.activate', 'models.rollback', 'models.remove', 'transfer.commit', 'legacy']);
+/** Commands after whose success the device republishes its status (its models, containers or programs changed). */
+export const STATUS_CHANGING: ReadonlySet<CommandName> = new Set([
+  'models.activate',
+  'models.rollback',
+  'models.remove',
+  'transfer.commit',
+  'legacy',
+  'containers.stop',
+  'containers.start',
+  'containers.rollback',
+  'containers.deploy',
+  'containers.remove',
+]);
 
 const STARTED = Date.now();
 
@@ -21,6 +34,7 @@ export interface HandlerParts {
   models(): ModelService | undefined;
   transfer(): TransferReceiver | undefined;
   legacy(): LegacyChannel | undefined;
+  containers(): ContainerService | undefined;
 }
 
 export function createHandlers(parts: HandlerParts): HandlerTable {
@@ -43,7 +57,13 @@ export function createHandlers(parts: HandlerParts): HandlerTable {
   return {
     ping: async () => ({ pong: true, uptimeS: Math.round((Date.now() - STARTED) / 1000) }),
     info: async () => parts.info(),
-    infer: async (params, ctx) => BinaryReply.of(await models().answer(params, ctx.request.binary)),
+    // a model of the model service first; otherwise an image app that serves inference under that name
+    infer: async (params, ctx) => {
+      const containers = parts.containers();
+      const asModel = parts.models()?.active().some((m) => m.name === params.model) ?? false;
+      const service = !asModel && containers?.serves(params.model) ? containers : models();
+      return BinaryReply.of(await service.answer(params, ctx.request.binary));
+    },
     'models.list': async () => ({ models: models().list() }),
     'models.activate': async (p) => models().activate(p.model, p.version),
     'models.rollback': async (p) => models().rollback(p.model, p.manifest),
@@ -53,6 +73,7 @@ export function createHandlers(parts: HandlerParts): HandlerTable {
     'transfer.offer': async (p) => transfer().offer(p),
     'transfer.status': async (p) => transfer().status(p),
     'transfer.commit': async (p) => transfer().commit(p),
+    ...containerHandlers(parts.containers),
     legacy: async (p) => {
       const legacy = parts.legacy();
       if (!legacy) throw new FleetError('unavailable', 'the legacy channel is not set up');

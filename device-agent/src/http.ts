@@ -24,7 +24,7 @@
 import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { FleetError, OIP_EXTENSIONS, OIP_PLATFORM, errorResponse, isValidName, oipTensorMetadata, parseInferBody, splitInferBody } from '@edgefleet/protocol';
+import { FleetError, OIP_EXTENSIONS, OIP_PLATFORM, errorResponse, inferBodyFormat, isValidName, oipTensorMetadata, parseInferBody, splitInferBody } from '@edgefleet/protocol';
 import type { ModelState } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
 import type { InferAnswer, InferParams } from './models/infer.js';
@@ -39,6 +39,8 @@ export interface InferenceServerOptions {
   maxBodyBytes?: number;
   /** Reported by GET /v2. */
   serverVersion?: string;
+  /** Answers GET /metrics (the agent's Prometheus metrics, metrics.ts). */
+  metrics?: (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 }
 
 export interface InferenceServer {
@@ -103,37 +105,13 @@ export function parseRoute(path: string): Route {
 // ---------------------------------------------------------------- bodies
 
 const MiB = 1024 * 1024;
-const ACCEPTED = 'send application/json (tensors in JSON) or application/octet-stream (a JSON header, then the binary tensors; its length in Inference-Header-Content-Length)';
-
 function limitText(maxBody: number): string {
   const size = maxBody % MiB === 0 ? `${maxBody / MiB} MiB (${maxBody}-byte)` : `${maxBody}-byte`;
   return `the ${size} limit; raise it with the agent's httpMaxBodyMb (--http-max-body-mb, EDGEFLEET_HTTP_MAX_BODY_MB)`;
 }
 
-/** Checks the body's declared form before reading it: content type, encoding, and the JSON header's length. */
-export function bodyFormat(headers: IncomingMessage['headers']): { headerLength: number | undefined } {
-  const type = headers['content-type']?.split(';')[0]?.trim().toLowerCase();
-  if (type !== undefined && type !== '' && type !== 'application/json' && type !== 'application/octet-stream' && !/^application\/[\w.+-]+\+json$/.test(type)) {
-    throw new FleetError('unsupported_media_type', `content-type ${type} is not accepted; ${ACCEPTED}`);
-  }
-  const encoding = headers['content-encoding']?.trim().toLowerCase();
-  if (encoding && encoding !== 'identity') throw new FleetError('unsupported_media_type', `content-encoding ${encoding} is not accepted; send the body uncompressed`);
-  const header = headers['inference-header-content-length'];
-  if (header === undefined) {
-    if (type === 'application/octet-stream') {
-      throw new FleetError('bad_request', 'an application/octet-stream body needs Inference-Header-Content-Length: the length of the JSON header before the binary tensors');
-    }
-    return { headerLength: undefined };
-  }
-  const headerLength = Number(header);
-  if (!/^\d{1,10}$/.test(String(header).trim())) {
-    throw new FleetError('bad_request', `Inference-Header-Content-Length must be the byte length of the JSON header, got ${JSON.stringify(header)}`);
-  }
-  if (headerLength === 0) {
-    throw new FleetError('bad_request', 'a body that is only binary data (Inference-Header-Content-Length: 0) is not supported; send a JSON header that describes the inputs');
-  }
-  return { headerLength };
-}
+/** Checks the body's declared form before reading it (the protocol's inferBodyFormat). */
+export const bodyFormat = (headers: IncomingMessage['headers']): { headerLength: number | undefined } => inferBodyFormat(headers);
 
 /**
  * Body buffers kept for the next large request. A fresh multi-megabyte buffer costs a page fault per 4 KiB
@@ -359,6 +337,7 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     let api: Route['api'] = path.startsWith('/v2') ? 'v2' : 'models';
     const handled = (async () => {
+      if (path === '/metrics' && opts.metrics && (req.method === 'GET' || req.method === 'HEAD')) return opts.metrics(req, res);
       const route = parseRoute(path);
       api = route.api;
       return route.api === 'v2' ? handleV2(ctx, req, res, route) : handleModels(ctx, req, res, route);

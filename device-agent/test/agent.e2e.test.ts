@@ -215,7 +215,7 @@ describe('device agent process', () => {
 describe('bad configuration', () => {
   it('exits with code 2 and names the bad key', async () => {
     const child = spawn(process.execPath, [AGENT_BIN, '--device', 'no/slashes', '--broker', 'ftp://x', '--telemetry-interval-ms', '5'], {
-      env: { ...process.env, EDGEFLEET_TOKEN: 'secret-token-value' },
+      env: { ...process.env, EDGEFLEET_DEVICE_TOKEN: 'secret-token-value' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';

@@ -42,7 +42,7 @@ describe('configuration', () => {
     await writeFile(file, JSON.stringify({ device: 'from-file', groups: ['a'], telemetryIntervalMs: 5000, httpPort: 9000 }));
     const { config, origin } = await loadConfig({
       argv: ['--config', file, '--http-port', '9100', '--groups', 'x,y'],
-      env: { EDGEFLEET_TOKEN: 's3cret', EDGEFLEET_TELEMETRY_INTERVAL_MS: '2500', EDGEFLEET_DEVICE: 'from-env' },
+      env: { EDGEFLEET_DEVICE_TOKEN: 's3cret', EDGEFLEET_TELEMETRY_INTERVAL_MS: '2500', EDGEFLEET_DEVICE: 'from-env' },
       cwd: dir,
     });
     expect(config.device).toBe('from-env');
@@ -56,10 +56,21 @@ describe('configuration', () => {
     expect(origin).toMatchObject({ device: 'env', httpPort: 'flag', groups: 'flag', telemetryIntervalMs: 'env' });
   });
 
+  it('reads the device token from EDGEFLEET_DEVICE_TOKEN, and from the old EDGEFLEET_TOKEN with a warning', async () => {
+    expect(envName('token')).toBe('EDGEFLEET_DEVICE_TOKEN');
+    const current = await loadConfig({ argv: ['--device', 'd1'], env: { EDGEFLEET_DEVICE_TOKEN: 'new', EDGEFLEET_TOKEN: 'old' } });
+    expect(current.config.token).toBe('new');
+    expect(current.warnings.join('\n')).not.toMatch(/deprecated/);
+    const old = await loadConfig({ argv: ['--device', 'd1'], env: { EDGEFLEET_TOKEN: 'old' } });
+    expect(old.config.token).toBe('old');
+    expect(old.warnings.join('\n')).toMatch(/EDGEFLEET_TOKEN is deprecated .*use EDGEFLEET_DEVICE_TOKEN/);
+    expect(old.warnings.join('\n')).not.toContain('old');
+  });
+
   it('names the bad key, where it came from and what is expected', async () => {
     const error = await configError({
       argv: ['--device', 'bad/id', '--broker', 'http://x', '--http-port', '70000'],
-      env: { EDGEFLEET_TOKEN: 't', EDGEFLEET_TELEMETRY_INTERVAL_MS: 'soon' },
+      env: { EDGEFLEET_DEVICE_TOKEN: 't', EDGEFLEET_TELEMETRY_INTERVAL_MS: 'soon' },
     });
     expect(error.exitCode).toBe(2);
     expect(error.message).toMatch(/device \(flag --device, env EDGEFLEET_DEVICE; given by flag\): use 1-64 letters/);
@@ -72,7 +83,7 @@ describe('configuration', () => {
     const missing = await configError({ argv: [], env: {} });
     expect(missing.message).toMatch(/device .*required/);
     expect(missing.message).toMatch(/token .*expected a device token/);
-    const bad = await configError({ argv: ['--device', 'd1'], env: { EDGEFLEET_TOKEN: 'x'.repeat(10), EDGEFLEET_LOG_LEVEL: 'loud' } });
+    const bad = await configError({ argv: ['--device', 'd1'], env: { EDGEFLEET_DEVICE_TOKEN: 'x'.repeat(10), EDGEFLEET_LOG_LEVEL: 'loud' } });
     expect(bad.message).toMatch(/logLevel/);
     expect(bad.message).not.toContain('xxxxxxxxxx');
   });
@@ -81,7 +92,7 @@ describe('configuration', () => {
     const file = join(dir, 'typo.json');
     await writeFile(file, JSON.stringify({ device: 'd1', token: 't', telemetryInterval: 5 }));
     expect((await configError({ argv: ['--config', file], env: {} })).message).toMatch(/unknown key\(s\) telemetryInterval/);
-    expect((await configError({ argv: ['--device', 'd1', '--bogus', '1'], env: { EDGEFLEET_TOKEN: 't' } })).message).toMatch(/Unknown argument.*bogus/);
+    expect((await configError({ argv: ['--device', 'd1', '--bogus', '1'], env: { EDGEFLEET_DEVICE_TOKEN: 't' } })).message).toMatch(/Unknown argument.*bogus/);
     await writeFile(file, '{not json');
     expect((await configError({ argv: ['--config', file], env: {} })).message).toMatch(/not valid JSON/);
   });
@@ -98,17 +109,17 @@ describe('configuration', () => {
     expect(config.token).toBe('file-token');
     expect(config.fleetPublicKeyPem).toBe(keys.publicKeyPem);
     expect(config.legacyProgram).toEqual(['python3', 'my infer.py', '-v']);
-    const inline = await loadConfig({ argv: ['--device', 'd1'], env: { EDGEFLEET_TOKEN: 't', EDGEFLEET_FLEET_PUBLIC_KEY: keys.publicKeyPem } });
+    const inline = await loadConfig({ argv: ['--device', 'd1'], env: { EDGEFLEET_DEVICE_TOKEN: 't', EDGEFLEET_FLEET_PUBLIC_KEY: keys.publicKeyPem } });
     expect(inline.config.fleetPublicKeyPem).toBe(keys.publicKeyPem);
     expect(JSON.stringify(redactConfig(config))).not.toContain('file-token');
-    const notPem = await configError({ argv: ['--device', 'd1', '--fleet-public-key', 'token'], env: { EDGEFLEET_TOKEN: 't' }, cwd: dir });
+    const notPem = await configError({ argv: ['--device', 'd1', '--fleet-public-key', 'token'], env: { EDGEFLEET_DEVICE_TOKEN: 't' }, cwd: dir });
     expect(notPem.message).toMatch(/fleetPublicKey: expected a PEM public key/);
-    const noFile = await configError({ argv: ['--device', 'd1', '--ca-file', 'nope.pem'], env: { EDGEFLEET_TOKEN: 't' }, cwd: dir });
+    const noFile = await configError({ argv: ['--device', 'd1', '--ca-file', 'nope.pem'], env: { EDGEFLEET_DEVICE_TOKEN: 't' }, cwd: dir });
     expect(noFile.message).toMatch(/caFile: cannot read CA file/);
   });
 
   it('checks relations between keys', async () => {
-    const error = await configError({ argv: ['--device', 'd1', '--reconnect-min-ms', '5000', '--reconnect-max-ms', '1000'], env: { EDGEFLEET_TOKEN: 't' } });
+    const error = await configError({ argv: ['--device', 'd1', '--reconnect-min-ms', '5000', '--reconnect-max-ms', '1000'], env: { EDGEFLEET_DEVICE_TOKEN: 't' } });
     expect(error.message).toMatch(/reconnectMaxMs.*at least reconnectMinMs/);
   });
 

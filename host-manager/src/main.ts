@@ -16,6 +16,7 @@ import { loadOrCreateFleetKeys } from './access/fleet-keys.js';
 import type { FleetKeys } from './access/fleet-keys.js';
 import { ensureEnrolmentKey, ensureOperator } from './access/tokens.js';
 import type { Operations } from './api/contract.js';
+import { registerFleetGauges } from './api/fleet-gauges.js';
 import { createMetrics } from './api/metrics.js';
 import type { Metrics } from './api/metrics.js';
 import { startApi } from './api/server.js';
@@ -28,11 +29,16 @@ import { createDeviceOperations } from './devices/operations.js';
 import { Fleet } from './devices/presence.js';
 import { createRequester } from './devices/requester.js';
 import type { Requester } from './devices/requester.js';
+import { createImageOperations } from './images/operations.js';
+import { createImageRegistry } from './images/registry.js';
+import type { ImageRegistry } from './images/registry.js';
 import { createModelOperations } from './models/operations.js';
 import { createRegistry } from './models/registry.js';
 import type { Registry } from './models/registry.js';
 import { Rollouts } from './rollouts/executor.js';
 import { createRolloutOperations } from './rollouts/operations.js';
+import { brokerAccountsFor, reconcileAccounts } from './broker-setup/dynsec.js';
+import type { BrokerAccounts, BrokerAccountsMode } from './broker-setup/dynsec.js';
 import { auditRecorder } from './state/audit.js';
 import { openState } from './state/repository.js';
 import type { FleetRepository } from './state/repository.js';
@@ -51,6 +57,8 @@ export interface ManagerOptions extends BrokerLinkOptions {
   requestTimeoutMs?: number;
   /** Enrolment with a fleet provisioning key (POST /enrol); off by default. Enrolled devices join `groups`. */
   enrolment?: { groups?: string[] } | false;
+  /** An external broker's accounts: Mosquitto's dynamic security when it answers (`auto`, the default), required, or `none`. */
+  brokerAccounts?: BrokerAccountsMode;
   /** Transfer tuning passed to deliverModel. */
   chunkSize?: number;
   window?: number;
@@ -73,6 +81,7 @@ export interface Manager {
   fleet: Fleet;
   rollouts: Rollouts;
   registry: Registry;
+  images: ImageRegistry;
   ops: Operations;
   metrics: Metrics;
   close(): Promise<void>;
@@ -88,25 +97,30 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const operator = await ensureOperator(state, dataDir, options.operatorId ?? DEFAULTS.operatorId);
   const enrolment = options.enrolment ? await ensureEnrolmentKey(state, dataDir, options.enrolment.groups ?? []) : null;
   const legacyTopic = options.legacyTopic ?? DEFAULTS.legacyTopic;
+  registerFleetGauges(metrics.registry, state);
   const link = await connectBroker(options, { state, operator, legacyTopic, log });
   const requester = await createRequester(link.client);
+  const accounts = link.broker ? undefined : await brokerAccountsFor(link.client, options.brokerAccounts ?? 'auto', { legacyTopic, log });
+  if (accounts) await reconcileAccounts(accounts, state, log);
   const fleet = new Fleet({ mqtt: link.client, state, logger: log.child({ component: 'fleet' }), metrics, discover: link.broker === null });
   await fleet.start();
   const registry = createRegistry(state, dataDir);
+  const images = createImageRegistry(state, dataDir);
   const timeoutMs = options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
   const deliver = makeDeliver({
     mqtt: link.client,
     requester,
     registry,
+    images,
     keys,
     state,
     ...(options.chunkSize !== undefined ? { chunkSize: options.chunkSize } : {}),
     ...(options.window !== undefined ? { window: options.window } : {}),
     onPhase: (phase, ms) => metrics.deliveryPhase.observe({ phase }, ms / 1000),
   });
-  const rollback = makeRollback({ requester, registry, keys, timeoutMs });
+  const rollback = makeRollback({ requester, registry, images, keys, timeoutMs });
   const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
-  const ops = createOperations({ state, fleet, registry, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect });
+  const ops = createOperations({ state, fleet, registry, images, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect, ...(accounts ? { brokerAccounts: accounts } : {}) });
   const api = await startApi({ ops, state, fleet, metrics, logger: log.child({ component: 'api' }), host: options.httpHost ?? DEFAULTS.httpHost, port: options.httpPort ?? DEFAULTS.httpPort });
   const controllerFile = join(dataDir, CONTROLLER_FILE);
   const announced = { pid: process.pid, url: api.url, broker: link.brokerUrl, advertisedBroker: link.advertised, mqtt: link.broker?.ports ?? null, startedAt: new Date().toISOString() };
@@ -128,6 +142,7 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     fleet,
     rollouts,
     registry,
+    images,
     ops,
     metrics,
     async close() {
@@ -149,6 +164,7 @@ function createOperations(ctx: {
   state: FleetRepository;
   fleet: Fleet;
   registry: Registry;
+  images: ImageRegistry;
   rollouts: Rollouts;
   requester: Requester;
   client: BrokerClient;
@@ -160,6 +176,7 @@ function createOperations(ctx: {
   timeoutMs: number;
   enrolmentOn: boolean;
   disconnect(id: string): void;
+  brokerAccounts?: BrokerAccounts;
 }): Operations {
   const { state, fleet, rollouts, client } = ctx;
   const audit = auditRecorder(state, (entry) => fleet.emitFeed({ type: 'audit', entry }));
@@ -167,13 +184,14 @@ function createOperations(ctx: {
     ...createDeviceOperations({ ...ctx, audit }),
     ...createModelOperations({ ...ctx, audit }),
     deliverSsh: createSshDelivery({ ...ctx, audit }),
+    ...createImageOperations({ ...ctx, audit }),
     ...createRolloutOperations(ctx),
     dataDir: ctx.dataDir,
     health() {
       const all = state.devices();
       return {
         ok: client.connected,
-        broker: { connected: client.connected, embedded: ctx.broker !== null, url: ctx.advertised },
+        broker: { connected: client.connected, embedded: ctx.broker !== null, url: ctx.advertised, accounts: ctx.broker ? 'embedded' : (ctx.brokerAccounts?.kind ?? 'external') },
         devices: { total: all.length, online: all.filter((d) => d.online).length },
         rollouts: { running: rollouts.list().filter((r) => r.status === 'running').length },
       };

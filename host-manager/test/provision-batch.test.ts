@@ -48,8 +48,11 @@ describe('batch provisioning', () => {
     const written = (await m.metrics.stateBytesWritten.get()).values[0]?.value ?? 0;
     const r = await call('POST', '/api/devices/batch', { devices: ids('b-', 1000).map((id) => ({ id })), groups: ['lab'] });
     expect(r.status).toBe(201);
-    const devices = r.body['devices'] as { id: string; groups: string[]; token: string }[];
+    const devices = r.body['devices'] as { id: string; groups: string[]; token: string; httpPort: number }[];
     expect(devices).toHaveLength(1000);
+    // each its own agent port (a batch is stored at once, so the ports are chosen within the batch too)
+    expect(new Set(devices.map((d) => d.httpPort)).size).toBe(1000);
+    expect(devices[0]!.httpPort).toBe(8470);
     expect(r.body).toMatchObject({ broker: m.advertisedBrokerUrl, fleetPublicKey: m.keys.publicKeyPem });
     expect(new Set(devices.map((d) => d.token)).size).toBe(1000);
     expect(devices[0]).toMatchObject({ id: 'b-0', groups: ['lab'] });

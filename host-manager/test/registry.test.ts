@@ -1,17 +1,19 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FleetError, sha256Hex } from '@edgefleet/protocol';
 import type { DeviceInfo } from '@edgefleet/protocol';
 import { openState } from '../src/state/repository.js';
 import { createRegistry } from '../src/models/registry.js';
+import { createImageRegistry } from '../src/images/registry.js';
 import { checkCompatibility, compareVersions, minOnnxruntimeForOpset } from '../src/models/compatibility.js';
 import { loadOrCreateFleetKeys, fleetKeyPaths } from '../src/access/fleet-keys.js';
 import { readOnnxMetadata } from '@edgefleet/onnx';
 import { linearModel, multiInputModel, opsetModel } from '../../test/support/onnx-models.js';
 import { refusal as rejection } from '../../test/support/refusal.js';
+import { tinyImage } from '../../test/support/container-images.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -220,5 +222,64 @@ describe('fleet keys', () => {
     await expect(loadOrCreateFleetKeys(dataDir)).rejects.toThrow(/readable by group or others/);
     await chmod(privateKey, 0o600);
     await expect(loadOrCreateFleetKeys(dataDir)).resolves.toMatchObject({ keyId: expect.any(String) });
+  });
+});
+
+describe('image registry', () => {
+  async function freshImages(label: string) {
+    const dataDir = join(dir, label);
+    const db = await openState(join(dataDir, 'state.json'));
+    return { dataDir, db, images: createImageRegistry(db, dataDir) };
+  }
+  /** A copy of an archive, as an upload: the registry consumes what it is given. */
+  async function upload(archive: { path: string }): Promise<string> {
+    const file = join(dir, `upload-${randomBytes(4).toString('hex')}.tar`);
+    await copyFile(archive.path, file);
+    return file;
+  }
+
+  it('pins the image ID read from the archive itself, its platform, and stores the archive by sha256', async () => {
+    const { dataDir, images } = await freshImages('img1');
+    const arm = await tinyImage(dir, { platform: { architecture: 'arm', variant: 'v7' }, repoTags: [] });
+    const file = await upload(arm);
+    const rec = await images.addArchive(file, { name: 'web', reference: 'team/web:1', container: { ports: [{ container: 80 }] } });
+    expect(rec).toMatchObject({ name: 'web', version: 1, sha256: arm.sha256, length: arm.length, created: true, image: { reference: 'team/web:1', digest: arm.id, platform: { os: 'linux', architecture: 'arm', variant: 'v7' } } });
+    expect(rec.container?.ports).toEqual([{ container: 80, protocol: 'tcp', host: 0, hostIp: '127.0.0.1' }]);
+    expect(sha256Hex(await readFile(images.blobPath(rec)))).toBe(arm.sha256);
+    await expect(stat(file)).rejects.toMatchObject({ code: 'ENOENT' }); // consumed
+    // what is stored survives a restart of the controller
+    const reopened = createImageRegistry(await openState(join(dataDir, 'state.json')), dataDir);
+    const { created: _created, ...stored } = rec;
+    expect(reopened.require('web', 1)).toEqual(stored);
+  });
+
+  it('the same image with the same spec is the same version; another spec or image is the next; a removed number is never reused', async () => {
+    const { images } = await freshImages('img2');
+    const a = await tinyImage(dir, { repoTags: [] });
+    const b = await tinyImage(dir, { repoTags: [] });
+    expect((await images.addArchive(await upload(a), { name: 'web' })).version).toBe(1);
+    expect(await images.addArchive(await upload(a), { name: 'web' })).toMatchObject({ version: 1, created: false });
+    expect((await images.addArchive(await upload(a), { name: 'web', container: { restart: 'always' } })).version).toBe(2);
+    expect((await images.addArchive(await upload(b), { name: 'web' })).version).toBe(3);
+    expect(await images.remove('web', 3)).toEqual({ removed: true, blobDeleted: true });
+    expect(await images.remove('web', 2)).toEqual({ removed: true, blobDeleted: false }); // version 1 has the same archive
+    expect((await images.addArchive(await upload(b), { name: 'web' })).version).toBe(4);
+    expect(images.list('web').map((v) => v.version)).toEqual([1, 4]);
+  });
+
+  it('refuses an archive that does not hold the image its sender named, a bad spec, a bad name and a non-archive, keeping nothing', async () => {
+    const { images } = await freshImages('img3');
+    const a = await tinyImage(dir, { repoTags: [] });
+    const b = await tinyImage(dir, { repoTags: [] });
+    const file = await upload(a);
+    expect(await rejection(images.addArchive(file, { name: 'web', expectId: b.id }))).toMatchObject({ code: 'digest_mismatch', message: expect.stringContaining(`holds image ${a.id}, not ${b.id}`) });
+    await expect(stat(file)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await rejection(images.addArchive(await upload(a), { name: 'web', container: { ports: [{ container: 0 }] } }))).toMatchObject({ code: 'invalid_params', message: expect.stringMatching(/^container spec: ports\.0\.container/) });
+    expect(await rejection(images.addArchive(await upload(a), { name: '../web' }))).toMatchObject({ code: 'invalid_params' });
+    const junk = join(dir, 'junk.tar');
+    await writeFile(junk, randomBytes(3000));
+    expect(await rejection(images.addArchive(junk, { name: 'web' }))).toMatchObject({ code: 'invalid_params', message: expect.stringMatching(/docker save/) });
+    expect(images.list()).toEqual([]);
+    expect(await rejection(Promise.resolve().then(() => images.require('web')))).toMatchObject({ code: 'not_found', message: expect.stringMatching(/image push/) });
   });
 });

@@ -1,11 +1,12 @@
 import { describe, expect, it } from '@jest/globals';
-import { evaluateGate } from '../src/rollouts/gate.js';
+import { containerVerdicts, evaluateGate } from '../src/rollouts/gate.js';
 import { summarizeHealth } from '../src/rollouts/health.js';
 import { newRollout, nextStep, planWaves } from '../src/rollouts/plan.js';
 import { DEFAULT_POLICY, resolvePolicy } from '../src/rollouts/policy.js';
 import { parseTarget, targetDevices } from '../src/rollouts/target.js';
 import type { PlanDevice } from '../src/rollouts/target.js';
-import type { HealthSummary, RolloutDevice, RolloutRecord } from '../src/state/schema.js';
+import type { ContainerState } from '@edgefleet/protocol';
+import type { DeviceRecord, HealthSummary, RolloutDevice, RolloutRecord } from '../src/state/schema.js';
 
 const fleet = (n: number, offline: string[] = [], group = 'lab'): PlanDevice[] =>
   Array.from({ length: n }, (_, i) => {
@@ -113,6 +114,43 @@ describe('evaluateGate', () => {
     const gate = evaluateGate(policy, devs(['switched']), health(0, 0, null), health(3, 3, 500));
     expect(gate.pass).toBe(true);
     expect(gate.reasons[0]).toMatch(/only 3 requests/);
+  });
+
+  it('image rollouts: fails when a switched device does not run the new container healthy, from its latest report', () => {
+    const at = '2024-01-01T00:00:10.000Z';
+    const c = (over: Partial<ContainerState>): ContainerState => ({
+      app: 'web', version: 2, role: 'app', id: 'c', name: 'n', image: 'sha256:x', state: 'running', running: true, health: 'none', restarts: 0, created: 0, startedAt: 0, exitCode: null, ...over,
+    });
+    const record = (info: ContainerState[], sample?: { ts: number; containers: ContainerState[] }): DeviceRecord => ({
+      id: 'x', groups: [], tokenHash: '', createdAt: at, online: true, lastSeen: at, offlineReason: null,
+      info: { agentVersion: '1', hostname: 'h', arch: 'x64', platform: 'linux', cpus: 2, memoryBytes: 1, onnxruntime: null, docker: true, groups: [], models: [], containers: info },
+      telemetry: sample ? { ts: sample.ts, cpuPercent: 0, load: [], memoryUsedBytes: 0, memoryTotalBytes: 0, diskFreeBytes: null, temperatureC: null, uptimeS: 0, models: {}, containers: sample.containers } : null,
+    });
+    const devices: Record<string, DeviceRecord> = {
+      ok: record([c({})]),
+      exited: record([c({ state: 'exited', running: false, exitCode: 3 })]),
+      sick: record([c({ health: 'unhealthy' })]),
+      flapping: record([c({ restarts: 2 })]),
+      old: record([c({ version: 1 })]),
+      // a sample taken after the switch wins over the status; one from before does not
+      later: record([c({})], { ts: Date.parse(at) + 1000, containers: [c({ state: 'restarting', running: false })] }),
+      earlier: record([c({})], { ts: Date.parse(at) - 1000, containers: [c({ state: 'exited', running: false })] }),
+    };
+    const switched = Object.keys(devices).map((id): RolloutDevice => ({ id, wave: 0, state: 'switched', previous: 1, attempts: 1, switchedAt: at }));
+    const verdicts = containerVerdicts('web', 2, switched, (id) => devices[id]);
+    expect(verdicts.healthy).toBe(2);
+    expect(verdicts.unhealthy).toEqual([
+      { device: 'exited', reason: 'its container is exited (exit code 3)' },
+      { device: 'sick', reason: 'its container reports unhealthy' },
+      { device: 'flapping', reason: 'its container restarted 2 time(s) since it started' },
+      { device: 'old', reason: 'no container of web@2 is reported' },
+      { device: 'later', reason: 'its container is restarting' },
+    ]);
+    const gate = evaluateGate(policy, switched, health(0, 0, null), health(0, 0, null), verdicts);
+    expect(gate.pass).toBe(false);
+    expect(gate.containers).toEqual({ healthy: 2, unhealthy: 5 });
+    expect(gate.failures![0]).toMatch(/5 switched device\(s\) do not run the new container healthy: exited: its container is exited/);
+    expect(evaluateGate(policy, switched.slice(0, 1), health(0, 0, null), health(0, 0, null), containerVerdicts('web', 2, switched.slice(0, 1), (id) => devices[id])).pass).toBe(true);
   });
 
   it('summarizes samples weighting p95 by requests', () => {

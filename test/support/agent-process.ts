@@ -5,6 +5,7 @@
  * deadlines; never sleeps.
  */
 import { spawn } from 'node:child_process';
+import { track } from './children.js';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -98,10 +99,12 @@ export async function spawnAgent(opts: AgentProcessOptions): Promise<AgentProces
     ...(opts.args ?? []),
   ];
   const [command, ...commandArgs] = opts.wrap?.length ? [...opts.wrap, process.execPath, ...args] : [process.execPath, ...args];
-  const child = spawn(command!, commandArgs, {
-    env: { ...process.env, EDGEFLEET_TOKEN: opts.token, ...opts.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = track(
+    spawn(command!, commandArgs, {
+      env: { ...process.env, EDGEFLEET_DEVICE_TOKEN: opts.token, ...opts.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
+  );
   const stdout: string[] = [];
   const logs: LogLine[] = [];
   let stderrRaw = '';

@@ -5,6 +5,7 @@
  * controller's own announcement file (controller.json) with a deadline.
  */
 import { spawn } from 'node:child_process';
+import { track } from './children.js';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -51,7 +52,7 @@ export async function freePort(): Promise<number> {
 export async function startManager(opts: { dataDir?: string; mqttPort?: number; args?: string[]; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<ManagerProcess> {
   const ownDir = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'manager-')));
-  const child = spawn(
+  const child = track(spawn(
     process.execPath,
     [
       MANAGER_BIN,
@@ -65,7 +66,7 @@ export async function startManager(opts: { dataDir?: string; mqttPort?: number; 
       ...(opts.args ?? []),
     ],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } },
-  );
+  ));
   let out = '';
   let err = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -124,10 +125,10 @@ export async function startManager(opts: { dataDir?: string; mqttPort?: number; 
 /** Runs `hostManager <args>` as a one-shot client of `m` (URL and token through the environment). */
 export function runCli(m: Pick<ManagerProcess, 'url' | 'token' | 'dataDir'>, args: string[], opts: { env?: Record<string, string>; timeoutMs?: number } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MANAGER_BIN, ...args], {
+    const child = track(spawn(process.execPath, [MANAGER_BIN, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, EDGEFLEET_URL: m.url, EDGEFLEET_TOKEN: m.token, EDGEFLEET_DATA: m.dataDir, ...opts.env },
-    });
+      env: { ...process.env, EDGEFLEET_URL: m.url, EDGEFLEET_OPERATOR_TOKEN: m.token, EDGEFLEET_DATA: m.dataDir, ...opts.env },
+    }));
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));

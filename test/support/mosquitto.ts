@@ -3,6 +3,8 @@
  * The configuration lines are the caller's (e.g. `allow_anonymous true`); the listener is ours.
  */
 import { spawn } from 'node:child_process';
+import { track } from './children.js';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -20,11 +22,23 @@ export async function startMosquitto(config: string[]): Promise<MosquittoProcess
   const work = await mkdtemp(join(tmpdir(), 'mosquitto-'));
   const port = await freePort();
   await writeFile(join(work, 'mosquitto.conf'), [`listener ${port} 127.0.0.1`, ...config, ''].join('\n'));
-  const child = spawn('mosquitto', ['-c', join(work, 'mosquitto.conf')], { stdio: 'ignore' });
+  let child: ChildProcess | undefined;
   const stop = async () => {
-    child.kill('SIGKILL');
+    child?.kill('SIGKILL');
     await rm(work, { recursive: true, force: true });
   };
+  try {
+    child = await runMosquitto(join(work, 'mosquitto.conf'), port);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { port, url: `mqtt://127.0.0.1:${port}`, stop };
+}
+
+/** `mosquitto -c FILE`, once it listens on `port` (loopback); killed if it does not in time. */
+export async function runMosquitto(configFile: string, port: number): Promise<ChildProcess> {
+  const child = track(spawn('mosquitto', ['-c', configFile], { stdio: 'ignore' }));
   try {
     await eventually('mosquitto listening', () =>
       new Promise<true | undefined>((resolve) => {
@@ -36,8 +50,8 @@ export async function startMosquitto(config: string[]): Promise<MosquittoProcess
       }),
     );
   } catch (error) {
-    await stop();
+    child.kill('SIGKILL');
     throw error;
   }
-  return { port, url: `mqtt://127.0.0.1:${port}`, stop };
+  return child;
 }

@@ -4,6 +4,7 @@
  * login user is the one running the tests (root is fine: PermitRootLogin yes).
  */
 import { execFile, spawn } from 'node:child_process';
+import { track } from './children.js';
 import type { ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -84,7 +85,7 @@ export async function startSshd(opts: { timeoutMs?: number; maxStartups?: number
     'LogLevel INFO',
   ].join('\n');
   await writeFile(join(dir, 'sshd_config'), `${config}\n`);
-  const child = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = track(spawn('/usr/sbin/sshd', ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'pipe'] }));
   let err = '';
   child.stderr?.on('data', (d: Buffer) => {
     err = (err + d.toString()).slice(-20_000);

@@ -24,7 +24,10 @@ export interface CheckOutcome {
 }
 
 const FLOATS = new Set(['float32', 'float64', 'float16']);
-const firstLine = (error: unknown) => String((error as Error)?.message ?? error).split('\n')[0]?.slice(0, 300) ?? '';
+const firstLine = (error: unknown) => {
+  const line = String((error as Error)?.message ?? error).split('\n')[0] ?? '';
+  return line.length > 300 ? `${line.slice(0, 300)}…` : line;
+};
 const shapeText = (dims: readonly unknown[]) => `[${dims.join(', ')}]`;
 
 const HINT = {

@@ -6,6 +6,7 @@ export { prepareRequest, answerRequest } from './infer.js';
 export type { InferAnswer, InferParams, OipParams, TensorMapParams, TensorMapResult, ServedModel } from './infer.js';
 export { checkActivation, compareExpected } from './check.js';
 export type { OrtTensor } from './tensors.js';
+export { HealthCounters } from './health.js';
 export { MODEL_FILE, MANIFEST_FILE, STATE_FILE } from './store.js';
 export type { StepHook } from './store.js';
 export { checkProcessing, preprocess, postprocess, words, softmax } from '../processing/index.js';

@@ -88,6 +88,8 @@ export interface ModelServiceOptions {
   identity?: DeviceIdentity;
   /** Called at named points of installs and activations (crash tests kill the process from here). */
   onStep?: StepHook;
+  /** A session from another runtime (a container) when the manifest names one; undefined: onnxruntime in-process. */
+  openRuntime?: (request: { name: string; version: number; manifest: Manifest; modelFile: string }) => Promise<Session> | undefined;
   now?: () => Date;
 }
 
@@ -523,8 +525,10 @@ class OnnxModelService implements ModelService {
     let session: Session;
     const loadStart = performance.now();
     try {
-      session = await openSession(bytes, this.sessionOptions, bytes.length >= (this.opts.workerSessionBytes ?? 8 * 1024 * 1024) ? 'worker' : 'inline');
+      const runtime = this.opts.openRuntime?.({ name, version, manifest, modelFile: this.store.modelFile(name, version) });
+      session = await (runtime ?? openSession(bytes, this.sessionOptions, bytes.length >= (this.opts.workerSessionBytes ?? 8 * 1024 * 1024) ? 'worker' : 'inline'));
     } catch (error) {
+      if (error instanceof FleetError) throw error; // a runtime's own reason (a container that did not start)
       throw new FleetError('load_failed', `${key} does not load in onnxruntime ${this.runtime().version}: ${firstLine(error)}`);
     }
     const inputs = session.inputMetadata.map(tensorInfo);

@@ -7,7 +7,7 @@
 import { cpus, freemem, loadavg, totalmem, uptime } from 'node:os';
 import { readdir, readFile, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ModelHealth, TelemetrySample } from '@edgefleet/protocol';
+import type { ContainerState, ModelHealth, TelemetrySample } from '@edgefleet/protocol';
 
 interface CpuTimes {
   idle: number;
@@ -71,6 +71,8 @@ export async function diskFree(dir: string): Promise<number | null> {
 export interface SamplerOptions {
   dataDir: string;
   drainHealth: () => Record<string, ModelHealth>;
+  /** The fleet's containers, when the agent runs a containers service. */
+  containers?: () => Promise<ContainerState[]>;
   thermalRoot?: string;
 }
 
@@ -92,6 +94,7 @@ export function createSampler(options: SamplerOptions): () => Promise<TelemetryS
       temperatureC: await readTemperature(options.thermalRoot),
       uptimeS: Math.round(uptime()),
       models: options.drainHealth(),
+      ...(options.containers ? { containers: await options.containers() } : {}),
     };
   };
 }

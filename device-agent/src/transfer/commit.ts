@@ -1,13 +1,15 @@
 /**
  * transfer.commit: exact length and whole-file sha256, fsync, install into the model
- * store, record the version as accepted, activate (unless told not to). A failure keeps
- * the staging when the sender can repair it (missing or corrupt chunks, an expiry it can
- * re-sign), and drops it otherwise.
+ * store, record the version as accepted, activate (unless told not to). An image archive
+ * is installed into the engine instead (the loaded ID must be the pin) and, when its
+ * manifest has a container spec, run (health-checked, rolled back on failure). A failure
+ * keeps the staging when the sender can repair it (missing or corrupt chunks, an expiry it
+ * can re-sign), and drops it otherwise.
  */
 import { hashFile } from '@edgefleet/node-io';
 import { FleetError, asFleetError, makeEvent } from '@edgefleet/protocol';
 import type { CommandResult, ErrorCode, ParsedParams } from '@edgefleet/protocol';
-import { accept, drop, event, load, locked } from './context.js';
+import { accept, drop, event, images, load, locked } from './context.js';
 import type { ReceiverContext } from './context.js';
 import { closeFiles, drain, missingOf } from './state.js';
 import type { Transfer } from './state.js';
@@ -22,7 +24,7 @@ export async function commit(ctx: ReceiverContext, p: ParsedParams<'transfer.com
   const t = await locked(ctx, p.transferId, () => load(ctx, p.transferId));
   if (!t) throw new FleetError('not_found', `no transfer ${p.transferId} on this device; offer it first`);
   if (t.committing) return t.committing;
-  t.committing = installAndActivate(ctx, t, p.activate);
+  t.committing = t.manifest.kind === 'image' ? installAndRunImage(ctx, t, p.activate) : installAndActivate(ctx, t, p.activate);
   try {
     const result = await t.committing;
     await drop(ctx, t);
@@ -66,6 +68,44 @@ async function installAndActivate(ctx: ReceiverContext, t: Transfer, activate: b
     if (t.installed && BAD_MODEL.has(fleetError.code)) {
       // The old version keeps serving; the one that failed is removed so it is not activated by accident later.
       await models.remove?.(m.name, m.version).catch((e: unknown) => ctx.log.warn({ err: e }, 'could not remove the failed version'));
+    }
+    throw fleetError;
+  }
+}
+
+/**
+ * An image: install it (the containers service checks the archive, loads it, verifies the ID), then run it
+ * when its manifest says how. A refused install is announced here as container.failed (the running version
+ * keeps running); a failed deploy is announced by the service, and the version that failed is dropped.
+ */
+async function installAndRunImage(ctx: ReceiverContext, t: Transfer, activate: boolean): Promise<CommandResult<'transfer.commit'>> {
+  const m = t.manifest;
+  const containers = images(ctx);
+  let deploying = false;
+  try {
+    accept(ctx, m);
+    if (!t.installed) {
+      await drain(t);
+      await verifyWhole(ctx, t);
+      await closeFiles(t);
+      await containers.installImage(m, dataFile(t), { sha256Verified: true }); // verifyWhole checked length and sha256
+      t.installed = true;
+    }
+    // an image without a container spec (a runtime for models) is installed, not run
+    if (!activate || !m.container) {
+      await containers.recordAccepted(m.name, m.version);
+      return { model: m.name, version: m.version, activated: false, previous: containers.active(m.name) };
+    }
+    deploying = true;
+    const result = await containers.deploy(m.name, m.version);
+    await containers.recordAccepted(m.name, m.version);
+    return { model: m.name, version: m.version, activated: true, previous: result.previous };
+  } catch (error) {
+    const fleetError = asFleetError(error);
+    if (!deploying) {
+      event(ctx, makeEvent('container.failed', { app: m.name, version: m.version, error: fleetError.toJSON(), restored: containers.active(m.name) }));
+    } else {
+      await containers.discard(m.name, m.version).catch((e: unknown) => ctx.log.warn({ err: e }, 'could not drop the version that failed'));
     }
     throw fleetError;
   }

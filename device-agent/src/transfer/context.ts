@@ -11,7 +11,7 @@ import type { FleetEvent, Manifest, SignedManifest } from '@edgefleet/protocol';
 import { closeFiles, newTransfer } from './state.js';
 import type { Transfer } from './state.js';
 import { openStaging, readStagedManifest } from './staging.js';
-import type { DiskSpace, ReceiverStats, TransferReceiverOptions } from './types.js';
+import type { DiskSpace, ReceiverImages, ReceiverStats, TransferReceiverOptions } from './types.js';
 
 export interface ReceiverContext {
   opts: TransferReceiverOptions;
@@ -98,22 +98,30 @@ export function progress(ctx: ReceiverContext, t: Transfer, force = false): void
   }
 }
 
-/** A verified model manifest, or the FleetError that says why not. */
+/** A verified model or image manifest, or the FleetError that says why not. */
 export function verify(ctx: ReceiverContext, signed: SignedManifest): Manifest {
   const manifest = verifiedManifest(signed, ctx.opts.publicKeyPem);
-  if (manifest.kind !== 'model') {
-    throw new FleetError('invalid_params', `manifest is for a ${manifest.kind}, not a model; send it with the image commands`);
+  if (manifest.kind === 'image' && !ctx.opts.images) {
+    throw new FleetError('unavailable', `${manifest.name}@${manifest.version} is a Docker image, and this agent runs no containers service`);
   }
   return manifest;
 }
 
+/** The image half of the receiver (verify() refused image manifests when there is none). */
+export function images(ctx: ReceiverContext): ReceiverImages {
+  return ctx.opts.images!;
+}
+
 /** The protocol's acceptance check (target, expiry, anti-rollback) against this device; throws its refusal. */
 export function accept(ctx: ReceiverContext, m: Manifest): void {
-  const refusal = checkAcceptance(m, { device: ctx.opts.identity, highestAccepted: ctx.opts.models.highestAccepted(m.name), now: ctx.now() });
+  // models and apps each have their own durable highest version accepted
+  const highestAccepted = m.kind === 'image' ? images(ctx).highestAccepted(m.name) : ctx.opts.models.highestAccepted(m.name);
+  const refusal = checkAcceptance(m, { device: ctx.opts.identity, highestAccepted, now: ctx.now() });
   if (refusal) throw refusal;
 }
 
 export function isInstalled(ctx: ReceiverContext, m: Manifest): boolean {
+  if (m.kind === 'image') return images(ctx).isInstalled(m.name, m.version, m.image!.digest);
   return ctx.opts.models.list().some((s) => s.name === m.name && s.versions.includes(m.version));
 }
 
@@ -149,7 +157,10 @@ export async function load(ctx: ReceiverContext, id: string): Promise<Transfer |
   }
   const t = transferFor(ctx, id, signed, manifest);
   t.installed = isInstalled(ctx, manifest);
-  if (!t.installed) await openStaging(t, true, ctx.log);
+  if (!t.installed) {
+    await openStaging(t, true, ctx.log);
+    ctx.log.info({ transferId: id, name: manifest.name, version: manifest.version, received: t.received, total: t.total }, 'transfer resumed from the staging on disk');
+  }
   ctx.transfers.set(id, t);
   return t;
 }

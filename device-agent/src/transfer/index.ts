@@ -1,5 +1,5 @@
 /**
- * The receiving end of a model transfer: the offer, chunk and commit handlers
+ * The receiving end of a transfer (a model, or a Docker image archive): the offer, chunk and commit handlers
  * (offer.ts, chunk.ts, commit.ts) around the protocol's acceptance check, with the
  * staging format in staging.ts. This factory only wires them to one shared context.
  */
@@ -10,7 +10,7 @@ import { commit } from './commit.js';
 import { closeFiles, drain } from './state.js';
 import type { TransferReceiver, TransferReceiverOptions } from './types.js';
 
-export type { DiskSpace, ReceiverModels, ReceiverStats, TransferReceiver, TransferReceiverOptions } from './types.js';
+export type { DiskSpace, ReceiverImages, ReceiverModels, ReceiverStats, TransferReceiver, TransferReceiverOptions } from './types.js';
 
 export function createTransferReceiver(opts: TransferReceiverOptions): TransferReceiver {
   const ctx = createContext(opts);

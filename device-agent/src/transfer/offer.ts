@@ -1,13 +1,14 @@
 /**
  * transfer.offer: verify the signed manifest (signature, shape), the protocol's acceptance
- * rules (target, expiry, anti-rollback) and free disk; open (or resume) the staging and
- * answer with the chunks still missing.
+ * rules (target, expiry, anti-rollback), for an image the board's platform and an engine
+ * that answers, and free disk (after stop-then-download made room); open (or resume) the
+ * staging and answer with the chunks still missing.
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { mib } from '@edgefleet/node-io';
 import { FleetError } from '@edgefleet/protocol';
 import type { CommandResult, Manifest, ParsedParams } from '@edgefleet/protocol';
-import { accept, drop, isInstalled, load, locked, removeStale, transferFor, verify } from './context.js';
+import { accept, drop, images, isInstalled, load, locked, removeStale, transferFor, verify } from './context.js';
 import type { ReceiverContext } from './context.js';
 import { closeFiles, missingOf, sameContent } from './state.js';
 import { openStaging, writeStagedManifest } from './staging.js';
@@ -15,6 +16,7 @@ import { openStaging, writeStagedManifest } from './staging.js';
 export async function offer(ctx: ReceiverContext, p: ParsedParams<'transfer.offer'>): Promise<CommandResult<'transfer.offer'>> {
   const manifest = verify(ctx, p.manifest);
   accept(ctx, manifest);
+  if (manifest.kind === 'image') await images(ctx).checkOffer(manifest); // platform and engine, before a byte is sent
   const { via } = p;
   const { identity } = ctx.opts;
   if (via.kind === 'device' ? via.name !== identity.id : !identity.groups.includes(via.name)) {
@@ -50,11 +52,12 @@ async function startStaging(ctx: ReceiverContext, p: ParsedParams<'transfer.offe
   const { dataDir } = ctx.opts;
   await mkdir(ctx.root, { recursive: true });
   await removeStale(ctx, p.transferId, manifest.name);
+  if (manifest.kind === 'image') await images(ctx).prepareDownload(manifest);
   const free = (await ctx.diskSpace(ctx.root)).freeBytes;
   if (free < manifest.length + ctx.reserveBytes) {
     throw new FleetError(
       'disk_full',
-      `${manifest.name}@${manifest.version} needs ${mib(manifest.length + ctx.reserveBytes)} MiB but only ${mib(free)} MiB are free in ${dataDir}; free space on the device (remove old model versions) and retry`,
+      `${manifest.name}@${manifest.version} needs ${mib(manifest.length + ctx.reserveBytes)} MiB but only ${mib(free)} MiB are free in ${dataDir}; free space on the device (remove old model versions or images) and retry`,
     );
   }
   const fresh = transferFor(ctx, p.transferId, p.manifest, manifest);

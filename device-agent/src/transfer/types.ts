@@ -12,6 +12,23 @@ export interface ReceiverModels {
   recordAccepted(name: string, version: number): Promise<void>;
 }
 
+/** What the receiver needs from the containers service for image manifests (a subset of ContainerService). */
+export interface ReceiverImages {
+  /** Refuses (throws) an image this device cannot take: wrong platform, no engine. */
+  checkOffer(manifest: Manifest): Promise<void>;
+  /** stop-then-download: make room before the staging is created (no-op for download-then-replace). */
+  prepareDownload(manifest: Manifest): Promise<void>;
+  isInstalled(app: string, version: number, image: string): boolean;
+  /** `sha256Verified`: the receiver has just checked the staged archive against the manifest. */
+  installImage(manifest: Manifest, archivePath: string, opts: { sha256Verified: boolean }): Promise<unknown>;
+  /** Runs an installed version; publishes container.activated or container.failed itself. */
+  deploy(app: string, version: number): Promise<{ previous: number | null }>;
+  discard(app: string, version: number): Promise<void>;
+  active(app: string): number | null;
+  highestAccepted(app: string): number;
+  recordAccepted(app: string, version: number): Promise<void>;
+}
+
 export interface DiskSpace {
   /** Bytes available to this process. */
   freeBytes: number;
@@ -22,6 +39,8 @@ export interface TransferReceiverOptions {
   publicKeyPem: string;
   identity: DeviceIdentity;
   models: ReceiverModels;
+  /** Image manifests (`kind: 'image'`) are refused without it. */
+  images?: ReceiverImages;
   publishEvent: (event: FleetEvent) => void;
   logger: Logger;
   /** Free space where the staging file goes; defaults to fs.statfs (tests inject a full disk with it). */

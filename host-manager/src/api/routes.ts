@@ -9,12 +9,15 @@ import { FleetError } from '@edgefleet/protocol';
 import type { Operations } from './contract.js';
 import { bearer, route } from './http.js';
 import type { RequestContext, Route } from './http.js';
+import { imageRoutes } from './image-routes.js';
 import { intParam, parseBody, schemas, versionParam } from './schemas.js';
+import { uploadSample, uploadedCheck } from './check-uploads.js';
+import { inferRoute } from './infer-route.js';
 import { parseTarget } from '../rollouts/target.js';
 import { summarize } from '../rollouts/summary.js';
 
 export function apiRoutes(ops: Operations): Route[] {
-  return [...deviceRoutes(ops), ...modelRoutes(ops), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
+  return [...deviceRoutes(ops), ...modelRoutes(ops), ...imageRoutes(ops), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
 }
 
 function deviceRoutes(ops: Operations): Route[] {
@@ -38,11 +41,14 @@ function deviceRoutes(ops: Operations): Route[] {
     route('POST', '/api/devices/batch-remove', async (_req, _p, c) => ops.removeDevices({ ids: parseBody(schemas.removeDevices, await c.body()).ids, actor: c.actor })),
     route('GET', '/api/devices/:id', (_r, p) => ops.showDevice(p['id']!)),
     route('DELETE', '/api/devices/:id', (_r, p, c) => ops.removeDevice({ id: p['id']!, actor: c.actor })),
-    route('GET', '/api/devices/:id/logs', (_r, p, c) => ops.logs({ device: p['id']!, lines: Math.min(5000, Math.max(1, intParam(c.url.searchParams.get('lines'), 'lines', 100))) })),
-    route('POST', '/api/devices/:id/infer', async (_r, p, c) => {
-      const { timeoutMs, ...params } = parseBody(schemas.infer, await c.body());
-      return ops.infer({ device: p['id']!, params, actor: c.actor, ...(timeoutMs ? { timeoutMs } : {}) });
+    route('PATCH', '/api/devices/:id', async (_r, p, c) => {
+      const body = parseBody(schemas.updateDevice, await c.body());
+      return ops.updateDevice({ id: p['id']!, ...(body.groups ? { groups: body.groups } : {}), ...(body.labels ? { labels: body.labels } : {}), actor: c.actor });
     }),
+    route('GET', '/api/devices/:id/telemetry', (_r, p, c) => ops.telemetryHistory({ device: p['id']!, minutes: Math.min(24 * 60, Math.max(1, intParam(c.url.searchParams.get('minutes'), 'minutes', 30))) })),
+    route('POST', '/api/devices/:id/rollback', async (_r, p, c) => ops.rollbackDevice({ device: p['id']!, model: parseBody(schemas.rollbackDevice, await c.body()).model, actor: c.actor })),
+    route('GET', '/api/devices/:id/logs', (_r, p, c) => ops.logs({ device: p['id']!, lines: Math.min(5000, Math.max(1, intParam(c.url.searchParams.get('lines'), 'lines', 100))) })),
+    route('POST', '/api/devices/:id/infer', (req, p, c) => inferRoute(ops, req, p['id']!, c)),
     route('GET', '/api/groups', () => ops.listGroups()),
     route('POST', '/api/exec', async (_r, _p, c) => {
       const body = parseBody(schemas.exec, await c.body());
@@ -59,10 +65,18 @@ function modelRoutes(ops: Operations): Route[] {
       const body = parseBody(schemas.addModelPath, await c.body());
       return ops.addModel({
         file: body.path,
-        opts: { name: body.name, ...(body.lineage ? { lineage: body.lineage } : {}), ...(body.processing ? { processing: body.processing } : {}), ...(body.minOnnxruntime ? { minOnnxruntime: body.minOnnxruntime } : {}) },
+        opts: {
+          name: body.name,
+          ...(body.lineage ? { lineage: body.lineage } : {}),
+          ...(body.processing ? { processing: body.processing } : {}),
+          ...(body.minOnnxruntime ? { minOnnxruntime: body.minOnnxruntime } : {}),
+          ...(body.check ? { check: body.check } : {}),
+        },
         actor: c.actor,
       });
     }, { created: true }),
+    route('POST', '/api/samples', (req, _p, c) => uploadSample(ops, req, c), { created: true }),
+    route('POST', '/api/expected-outputs', async (_r, _p, c) => ops.addExpected({ json: await c.body(), actor: c.actor }), { created: true }),
     route('GET', '/api/models/:name', (_r, p) => ops.showModel(p['name']!)),
     route('GET', '/api/models/:name/:version', (_r, p) => ops.showModel(p['name']!, versionParam(p['version']))),
     route('DELETE', '/api/models/:name/:version', (_r, p, c) => ops.removeModel({ name: p['name']!, version: versionParam(p['version']), actor: c.actor })),
@@ -86,6 +100,7 @@ function rolloutRoutes(ops: Operations): Route[] {
     route('POST', '/api/rollouts', async (_r, _p, c) => {
       const body = parseBody(schemas.deploy, await c.body());
       return ops.deploy({
+        ...(body.kind ? { kind: body.kind } : {}),
         model: body.model,
         ...(body.version !== undefined ? { version: body.version } : {}),
         to: parseTarget(body.to),
@@ -97,7 +112,10 @@ function rolloutRoutes(ops: Operations): Route[] {
     route('POST', '/api/rollouts/:id/abort', (_r, p, c) => ops.abortRollout(p['id']!, c.actor)),
     route('POST', '/api/rollouts/:id/resume', (_r, p, c) => ops.resumeRollout(p['id']!, c.actor)),
     route('POST', '/api/rollouts/:id/rollback', (_r, p, c) => ops.rollbackRollout(p['id']!, c.actor)),
-    route('POST', '/api/rollback', async (_r, _p, c) => ops.rollbackRollout(parseBody(schemas.rollback, await c.body()).rollout, c.actor)),
+    route('POST', '/api/rollback', async (_r, _p, c) => {
+      const body = parseBody(schemas.rollback, await c.body());
+      return ops.rollbackRollout(body.rollout, c.actor, body.kind);
+    }),
   ];
 }
 
@@ -124,6 +142,8 @@ async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestCont
   };
   const lineage = header('x-model-lineage');
   const processing = header('x-model-processing');
+  const source = uploadedName(req.headers['x-model-filename']);
+  const check = uploadedCheck(req);
   const dir = join(ops.dataDir, 'uploads');
   await mkdir(dir, { recursive: true });
   const tmp = join(dir, `${randomBytes(8).toString('hex')}.onnx`);
@@ -131,10 +151,22 @@ async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestCont
     await pipeline(req, createWriteStream(tmp, { mode: 0o600 }));
     return await ops.addModel({
       file: tmp,
-      opts: { name, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}) },
+      opts: { name, source, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}), ...(check ? { check } : {}) },
       actor: c.actor,
     });
   } finally {
     await rm(tmp, { force: true });
   }
+}
+
+/** The name the client gave its file (x-model-filename, percent-encoded), for error messages only; never a path on this host. */
+function uploadedName(header: string | string[] | undefined): string {
+  if (typeof header !== 'string' || header === '') return 'the uploaded file';
+  let name: string;
+  try {
+    name = decodeURIComponent(header);
+  } catch {
+    return 'the uploaded file'; // a malformed escape: the name is only for messages, so fall back
+  }
+  return JSON.stringify(name.replace(/[\u0000-\u001f]/g, '').slice(0, 256));
 }

@@ -15,9 +15,10 @@ import type { TokenChecker } from '../access/token-checker.js';
 import type { Fleet } from '../devices/presence.js';
 import type { FleetRepository } from '../state/repository.js';
 import type { Operations } from './contract.js';
-import { DASHBOARD_HTML } from './dashboard.js';
+import { serveDashboard } from './dashboard.js';
 import { attachFeed } from './feed.js';
 import { bearer, pathParams, readJson, send } from './http.js';
+import { BinaryAnswer, sendBinary } from './bodies.js';
 import type { Route } from './http.js';
 import type { Metrics } from './metrics.js';
 import { apiRoutes } from './routes.js';
@@ -70,9 +71,9 @@ async function answer(req: IncomingMessage, res: ServerResponse, ctx: { routes: 
     send(res, status, body, type);
   };
   try {
-    if (req.method === 'GET' && (url.pathname === '/' || url.pathname === '/index.html')) {
-      routeName = '/';
-      return finish(200, DASHBOARD_HTML, 'text/html; charset=utf-8');
+    if (req.method === 'GET' && (await serveDashboard(res, url.pathname))) {
+      metrics.httpRequests.inc({ method: 'GET', route: '/dashboard', status: '200' });
+      return;
     }
     if (req.method === 'GET' && url.pathname === '/metrics') {
       routeName = '/metrics';
@@ -90,6 +91,10 @@ async function answer(req: IncomingMessage, res: ServerResponse, ctx: { routes: 
       actor = `operator:${operator}`;
     }
     const result = await matched.handler(req, pathParams(matched, url.pathname), { actor, url, body: () => readJson(req) });
+    if (result instanceof BinaryAnswer) {
+      metrics.httpRequests.inc({ method: req.method ?? '', route: routeName, status: '200' });
+      return sendBinary(res, 200, result);
+    }
     finish(matched.created ? 201 : 200, result ?? {});
   } catch (error) {
     if (!(error instanceof FleetError)) ctx.log.error({ err: error }, 'API handler failed');

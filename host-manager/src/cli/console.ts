@@ -25,7 +25,7 @@ export async function runConsole(manager: Manager, io: CliIO, stdin: NodeJS.Read
     else if (e.type === 'rollout' && e.status !== 'running') io.out(`rollout ${e.id} ${e.status}`);
   };
   manager.fleet.on('feed', onFeed);
-  const cliEnv = { ...env, EDGEFLEET_URL: manager.url, EDGEFLEET_TOKEN: manager.operator.token, EDGEFLEET_DATA: manager.dataDir };
+  const cliEnv = { ...env, EDGEFLEET_URL: manager.url, EDGEFLEET_OPERATOR_TOKEN: manager.operator.token, EDGEFLEET_DATA: manager.dataDir };
   io.out('Press Q<Enter> to quit');
   io.out(`Commands: ${LEGACY_COMMANDS.join('|')} [device|group:NAME|all], or any hostManager command (devices list, deploy m@2 --to pi-1 --wait, ...); help`);
   const rl = createInterface({ input: stdin, terminal: false });

@@ -3,7 +3,7 @@
  * stderr, stops on SIGTERM/SIGINT) or with the interactive console (console.ts; a
  * terminal: logs go to <data-dir>/controller.log).
  */
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { createManager } from '../main.js';
@@ -11,8 +11,9 @@ import type { Manager } from '../main.js';
 import { brokerUrlOf } from '../broker-link.js';
 import { DEFAULTS, defaultDataDir } from '../defaults.js';
 import { enrolmentKeyPath, operatorTokenPath } from '../access/tokens.js';
+import { readBrokerPassword } from '../broker-setup/password-file.js';
 import { runConsole } from './console.js';
-import { EXIT } from './io.js';
+import { EXIT, invocation } from './io.js';
 import type { CliIO } from './io.js';
 
 export interface ControllerArgs {
@@ -26,6 +27,7 @@ export interface ControllerArgs {
   operator?: string;
   'broker-username'?: string;
   'broker-password'?: string;
+  'broker-accounts'?: 'auto' | 'mosquitto-dynsec' | 'none';
   'legacy-topic'?: string;
   advertise?: string;
   'log-level'?: string;
@@ -59,7 +61,8 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
       httpPort: args['http-port'] ?? DEFAULTS.httpPort,
       operatorId: args.operator ?? DEFAULTS.operatorId,
       brokerUsername: args['broker-username'],
-      brokerPassword: args['broker-password'] ?? env['EDGEFLEET_BROKER_PASSWORD'],
+      brokerPassword: args['broker-password'] ?? env['EDGEFLEET_BROKER_PASSWORD'] ?? (args.broker ? await readBrokerPassword(dataDir) : undefined),
+      brokerAccounts: args['broker-accounts'] ?? 'auto',
       legacyTopic: args['legacy-topic'] ?? DEFAULTS.legacyTopic,
       advertiseUrl: args.advertise,
       logger,
@@ -67,7 +70,7 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
       enrolment: args.enrolment ? { groups: (args['enrolment-group'] ?? []).flatMap((g) => g.split(',')).filter(Boolean) } : false,
     });
   } catch (error) {
-    io.err(`hostManager: ${(error as Error).message}`);
+    io.err(`hostManager: ${startErrorText(error, args)}`);
     logger.flush?.();
     return EXIT.failed;
   }
@@ -84,6 +87,7 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
     io.out(`Enrolment is on: a new device runs  curl -s -X POST -H 'Authorization: Bearer <key>' -H 'content-type: application/json' -d '{"id":"<id>"}' ${manager.url}/enrol`);
   }
   io.out(`API and dashboard at ${manager.url}  (devices connect to ${manager.advertisedBrokerUrl})`);
+  io.out(nextSteps(manager));
 
   let stopping: Promise<number> | null = null;
   const stop = (code: number): Promise<number> =>
@@ -106,4 +110,45 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
 
   const consoleDone = runConsole(manager, io, stdin, env).then(() => stop(EXIT.ok));
   return Promise.race([signals, consoleDone]);
+}
+
+/** What a new operator does next, printed on every start (the token itself only on the first). */
+function nextSteps(manager: Manager): string {
+  const run = invocation();
+  const lines = [`The CLI on this host reads the operator token from ${operatorTokenPath(manager.dataDir)}; the dashboard asks for it (cat that file).`];
+  const setup: string[] = [];
+  if (run !== 'hostManager') setup.push(`  alias hostManager="node ${resolve(process.argv[1] ?? 'host-manager/dist/bin/hostManager.js')}"`);
+  if (manager.dataDir !== defaultDataDir({})) setup.push(`  export EDGEFLEET_DATA=${manager.dataDir}      # this controller's data directory, for the CLI`);
+  const devices = manager.state.devices().length;
+  if (devices > 0) {
+    lines.push(`${devices} device(s) in the fleet: hostManager devices list | devices watch | rollouts watch, or the dashboard.`, ...setup);
+    return lines.join('\n');
+  }
+  lines.push(
+    'Next, in another terminal:',
+    ...setup,
+    "  hostManager devices add pi-1 --group lab     # prints the command that starts pi-1's agent (on the device, or here to try)",
+    '  hostManager models demo                      # writes demo.onnx and demo-input.json (or use your own .onnx)',
+    '  hostManager models add demo.onnx',
+    '  hostManager deploy demo --to group:lab --wait',
+    '  hostManager --help                           # every command; `hostManager completion >> ~/.bashrc` adds tab completion',
+  );
+  return lines.join('\n');
+}
+
+/** A start failure in the user's terms: a port in use names the flag that moves it; anything else its sentence. */
+export function startErrorText(error: unknown, args: ControllerArgs): string {
+  const message = (error as Error)?.message ?? String(error);
+  if (!/EADDRINUSE/.test(message) && (error as { code?: string })?.code !== 'EADDRINUSE') return message;
+  const port = Number((error as { port?: number }).port ?? /:(\d+)(?!.*:\d)/.exec(message)?.[1]);
+  const uses: [number | undefined, string, string][] = [
+    [args['http-port'] ?? DEFAULTS.httpPort, '--http-port', 'the HTTP API and dashboard'],
+    [args['mqtt-port'] ?? DEFAULTS.mqttPort, '--mqtt-port', 'the embedded MQTT broker'],
+    [args['mqtt-ws-port'] ?? DEFAULTS.mqttWsPort, '--mqtt-ws-port', 'MQTT over WebSocket (-1 turns it off)'],
+  ];
+  const use = uses.find(([p]) => p === port);
+  if (!use) return `port ${port || '?'} is already in use (${message}); stop what listens there or choose other ports (see --help)`;
+  const [, flag, what] = use;
+  const other = port + 1;
+  return `port ${port} is already in use, so ${what} cannot listen there; stop what uses it (another hostManager?) or choose another port: ${flag} ${other} (with npm: npm start -- ${flag} ${other})`;
 }

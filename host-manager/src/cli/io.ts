@@ -7,8 +7,9 @@
  * refused as invalid), 3 controller unreachable, 4 wrong or missing operator token,
  * 5 not found.
  */
-import { ClientError, createClient, resolveConnection } from './client.js';
-import type { Client } from './client.js';
+import { basename, relative } from 'node:path';
+import { ClientError, createClient, resolveConnection, tokenProblem } from './client.js';
+import type { Client, TokenSource } from './client.js';
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, unauthorized: 4, notFound: 5 } as const;
 
@@ -36,7 +37,7 @@ export interface Common {
   json: boolean;
 }
 
-/** What a command prints: `json` with --json, `text` otherwise; `code` is its exit code (default 0). */
+/** What a command prints: `json` with --json (undefined: nothing, it printed its own lines), `text` otherwise; `code` is its exit code (default 0). */
 export interface CommandOutput {
   json: unknown;
   text?: string;
@@ -71,13 +72,18 @@ export function exitCodeOf(error: unknown): number {
 export function createCliContext(io: CliIO, env: NodeJS.ProcessEnv, inConsole: boolean): CliContext & { code(): number } {
   let code: number = EXIT.ok;
   let client: Client | undefined;
+  let source: TokenSource | undefined;
   const api = async (a: Common): Promise<Client> => {
     if (client) return client;
     const conn = await resolveConnection({ url: a.url, token: a.token, dataDir: a['data-dir'], env });
+    for (const note of conn.notes) io.err(`hostManager: note: ${note}`);
+    source = conn.source;
     client = createClient(conn.url, conn.token);
     return client;
   };
-  const report = (json: boolean, error: unknown): void => {
+  const report = (json: boolean, raw: unknown): void => {
+    // a refused token is told in the user's terms: which flag, variable or file it came from
+    const error = raw instanceof ClientError && raw.status === 401 && source && client ? new ClientError(401, raw.code, tokenProblem(source, client.url)) : raw;
     if (error instanceof UsageError) {
       code = EXIT.usage;
       if (json) io.out(JSON.stringify({ error: { code: 'usage', message: error.message } }));
@@ -102,8 +108,9 @@ export function createCliContext(io: CliIO, env: NodeJS.ProcessEnv, inConsole: b
         const a = raw as unknown as A & Common;
         try {
           const result = await fn(a, await api(a));
-          if (a.json) io.out(JSON.stringify(result.json, null, 2));
-          else if (result.text !== undefined) io.out(result.text);
+          // a streaming command (watch, logs -f) has printed its own lines and returns no json
+          if (a.json && result.json !== undefined) io.out(JSON.stringify(result.json, null, 2));
+          else if (!a.json && result.text !== undefined) io.out(result.text);
           code = result.code ?? EXIT.ok;
         } catch (error) {
           report(a.json, error);
@@ -112,11 +119,74 @@ export function createCliContext(io: CliIO, env: NodeJS.ProcessEnv, inConsole: b
   };
 }
 
-export function table(rows: Record<string, unknown>[], columns: string[]): string {
-  const cells = rows.map((r) => columns.map((c) => (r[c] === undefined || r[c] === null ? '' : String(r[c]))));
-  const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((row) => row[i]!.length)));
-  const line = (values: string[]): string => values.map((v, i) => v.padEnd(widths[i]!)).join('  ').trimEnd();
-  return [line(columns.map((c) => c.toUpperCase())), ...cells.map(line)].join('\n');
+/**
+ * Rows as aligned columns. Cells are one line each; when the table is wider than `width`
+ * (the terminal's, default 100), the widest columns are cut with "…" until it fits, so a
+ * long reason never breaks the layout (`--json` has every value whole).
+ */
+export function table(rows: Record<string, unknown>[], columns: string[], width = terminalWidth(), fit: TableFit = { shrinkFirst: ['reason'] }): string {
+  const cells = rows.map((r) => rowCells(r, columns));
+  const widths = columnWidths(cells, columns, width, fit);
+  return [formatRow(columns.map((c) => c.toUpperCase()), widths), ...cells.map((c) => formatRow(c, widths))].join('\n');
+}
+
+/** A row's cells as single-line text. */
+export function rowCells(row: Record<string, unknown>, columns: readonly string[]): string[] {
+  return columns.map((c) => (row[c] === undefined || row[c] === null ? '' : String(row[c]).replace(/\s*\n\s*/g, ' ')));
+}
+
+/** The terminal's width, else $COLUMNS (set it when piping), else 100. */
+export function terminalWidth(): number {
+  return process.stdout.columns || Number(process.env['COLUMNS']) || 100;
+}
+
+/** How a table gives way when it is too wide: which columns shrink first, and the widths some must keep. */
+export interface TableFit {
+  shrinkFirst?: readonly string[];
+  minimums?: Readonly<Record<string, number>>;
+}
+
+/**
+ * Column widths for these cells: columns named in `shrinkFirst` (the free text, e.g. reasons) are
+ * cut first, then the widest other column but the first (the id people copy), never below 8 or its
+ * header, until the row fits `width`.
+ */
+export function columnWidths(cells: readonly string[][], columns: readonly string[], width: number, fit: TableFit = {}): number[] {
+  const widths = columns.map((c, i) => Math.max(c.length, fit.minimums?.[c] ?? 0, ...cells.map((row) => row[i]!.length)));
+  const budget = Math.max(width, columns.length * 8) - 2 * (columns.length - 1);
+  const sum = (): number => widths.reduce((a, b) => a + b, 0);
+  const floor = (i: number): number => (i === 0 ? widths[0]! : Math.max(columns[i]!.length, 8));
+  for (const name of fit.shrinkFirst ?? []) {
+    const i = columns.indexOf(name);
+    if (i > 0 && sum() > budget) widths[i] = Math.max(floor(i), widths[i]! - (sum() - budget));
+  }
+  while (sum() > budget) {
+    const shrinkable = widths.map((w, i) => (w > floor(i) ? w : -1));
+    const widest = shrinkable.indexOf(Math.max(...shrinkable));
+    if (shrinkable[widest]! < 0) break;
+    widths[widest] = Math.max(floor(widest), widths[widest]! - (sum() - budget));
+  }
+  return widths;
+}
+
+/** One line of a table: each cell padded to its width, or cut with "…". */
+export function formatRow(cells: readonly string[], widths: readonly number[]): string {
+  return cells.map((v, i) => (v.length > widths[i]! ? `${v.slice(0, widths[i]! - 1)}…` : v.padEnd(widths[i]!))).join('  ').trimEnd();
+}
+
+/** How the user ran this program, to print commands they can paste: `hostManager` when installed, else `node <path>`. */
+export function invocation(argv1: string | undefined = process.argv[1], cwd = process.cwd()): string {
+  if (!argv1 || basename(argv1) === 'hostManager') return 'hostManager';
+  const rel = relative(cwd, argv1);
+  return `node ${rel.startsWith('..') ? argv1 : rel}`;
+}
+
+/** `12 s`, `4 min 05 s`, `2 h 10 min`: a duration for people. */
+export function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, '0')} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')} min`;
 }
 
 /** `m`, `m@3` → name and optional version. */

@@ -1,41 +1,46 @@
 /** `hostManager infer|exec|logs|keys|audit`: requests to devices through the controller, and what the controller keeps. */
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { EXIT, UsageError, parseModelRef, table } from './io.js';
 import type { CliContext } from './io.js';
+import { followLog, formatLogLine } from './logs.js';
+import { encodeInferBody } from '@edgefleet/protocol';
+import { answerLines, decodeBinaryOutputs, inferBodyFromFile } from './infer-input.js';
+
+const jsonBody = (body: unknown) => ({ body: Buffer.from(JSON.stringify(body)), headers: { 'content-type': 'application/json' } });
 
 export function requestCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
   return y
     .command(
       'infer <device> <model>',
-      'run one inference on a device (through MQTT)',
+      'run one inference on a device (through MQTT), with the request bodies the device\'s inference API takes',
       (y) =>
         y
           .positional('device', { type: 'string', demandOption: true })
           .positional('model', { type: 'string', demandOption: true, describe: 'NAME or NAME@VERSION' })
-          .option('input', { type: 'string', describe: 'JSON file: {"inputs":{name:{dtype,shape,data}}} or {"raw":{"text":...}} or the inputs map itself' })
+          .option('input', { type: 'string', describe: 'request body file: {"inputs":{name:{dtype,shape,data}}}, {"raw":{...}}, {"inputs":[{name,datatype,shape,data}]} (Open Inference Protocol), or a binary body (JSON header, then the tensors)' })
+          .option('header-length', { type: 'number', describe: 'the JSON header length of a binary --input (default: found from the file)' })
+          .option('output', { type: 'string', describe: 'write an answer with binary outputs to this file as it came (JSON header, then the tensors)' })
           .option('text', { type: 'string', describe: 'raw text input, for models with text pre-processing' })
           .option('image', { type: 'string', describe: 'image file, for models with image pre-processing' })
           .option('timeout', { type: 'number', describe: 'ms to wait for the answer' }),
-      ctx.run<{ device: string; model: string; input?: string; text?: string; image?: string; timeout?: number }>(async (a, c) => {
+      ctx.run<{ device: string; model: string; input?: string; 'header-length'?: number; output?: string; text?: string; image?: string; timeout?: number }>(async (a, c) => {
         const { model, version } = parseModelRef(a.model);
-        let body: Record<string, unknown> = { model, ...(version ? { version } : {}) };
-        if (a.input) {
-          let parsed: Record<string, unknown>;
-          try {
-            parsed = JSON.parse(await readFile(resolve(a.input), 'utf8')) as Record<string, unknown>;
-          } catch (error) {
-            throw new UsageError(`cannot read ${a.input} as JSON: ${(error as Error).message}`);
-          }
-          body = 'inputs' in parsed || 'raw' in parsed ? { ...body, ...parsed } : { ...body, inputs: parsed };
-        } else if (a.text !== undefined) body['raw'] = { text: a.text };
-        else if (a.image) body['raw'] = { imageBase64: (await readFile(resolve(a.image))).toString('base64') };
+        const extra: Record<string, unknown> = { model, ...(version ? { version } : {}), ...(a.timeout ? { timeoutMs: a.timeout } : {}) };
+        if (a['header-length'] !== undefined && !a.input) throw new UsageError('--header-length goes with --input');
+        let request: { body: Uint8Array; headers: Record<string, string> };
+        if (a.input) request = await inferBodyFromFile(a.input, a['header-length'], extra);
+        else if (a.text !== undefined) request = jsonBody({ ...extra, raw: { text: a.text } });
+        else if (a.image) request = jsonBody({ ...extra, raw: { imageBase64: (await readFile(resolve(a.image))).toString('base64') } });
         else throw new UsageError('give the input: --input FILE, --text TEXT or --image FILE');
-        if (a.timeout) body['timeoutMs'] = a.timeout;
-        const r = await c.call<{ model: string; version: number; outputs: Record<string, { dtype: string; shape: number[]; data: unknown[] }>; answer?: unknown; latencyMs: number }>('POST', `/api/devices/${encodeURIComponent(a.device)}/infer`, body);
-        const outputs = Object.entries(r.outputs).map(([n, t]) => `  ${n} ${t.dtype}[${t.shape.join(',')}]: ${JSON.stringify(t.data.slice(0, 16))}${t.data.length > 16 ? ' …' : ''}`);
-        return { json: r, text: [`${r.model}@${r.version} on ${a.device} (${r.latencyMs.toFixed(2)} ms)`, ...(r.answer !== undefined ? [`  answer: ${JSON.stringify(r.answer)}`] : []), ...outputs].join('\n') };
+        type Answer = { model?: string; model_name?: string; version?: number; model_version?: string; outputs: unknown; answer?: unknown; latencyMs?: number };
+        const reply = await c.exchange<Answer>(`/api/devices/${encodeURIComponent(a.device)}/infer`, request.body, request.headers);
+        if (a.output && reply.binary) await writeFile(resolve(a.output), encodeInferBody(reply.json, [reply.binary]).body);
+        const r = await decodeBinaryOutputs(reply.json, reply.binary);
+        const head = `${r.model ?? r.model_name}@${r.version ?? r.model_version} on ${a.device}${r.latencyMs !== undefined ? ` (${r.latencyMs.toFixed(2)} ms)` : ''}`;
+        const saved = a.output && reply.binary ? [`  answer with binary outputs written to ${a.output}`] : [];
+        return { json: r, text: [head, ...answerLines(r), ...saved].join('\n') };
       }),
     )
     .command(
@@ -48,10 +53,26 @@ export function requestCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
         return { json: r, text: lines.join('\n') || 'no devices answered', code: r.results.every((x) => x.ok) ? EXIT.ok : EXIT.failed };
       }),
     )
-    .command('logs <device>', "the tail of a device agent's log", (y) => y.positional('device', { type: 'string', demandOption: true }).option('lines', { type: 'number', default: 100 }), ctx.run<{ device: string; lines: number }>(async (a, c) => {
-      const r = await c.call<{ lines: string[] }>('GET', `/api/devices/${encodeURIComponent(a.device)}/logs?lines=${a.lines}`);
-      return { json: r, text: r.lines.join('\n') };
-    }))
+    .command(
+      'logs <device>',
+      "the tail of a device agent's log; -f keeps following it",
+      (y) =>
+        y
+          .positional('device', { type: 'string', demandOption: true })
+          .option('lines', { type: 'number', default: 100, describe: 'how many lines from the end' })
+          .option('follow', { alias: 'f', type: 'boolean', default: false, describe: 'keep printing new lines (asks the device every second) until Ctrl-C' })
+          .option('raw', { type: 'boolean', default: false, describe: "the agent's JSON log lines as they are" }),
+      ctx.run<{ device: string; lines: number; follow: boolean; raw: boolean }>(async (a, c) => {
+        const path = (n: number): string => `/api/devices/${encodeURIComponent(a.device)}/logs?lines=${n}`;
+        const r = await c.call<{ lines: string[] }>('GET', path(a.lines));
+        const show = (line: string): string => (a.raw || a.json ? line : formatLogLine(line));
+        if (!a.follow) return { json: r, text: r.lines.map(show).join('\n') };
+        const print = (line: string): void => ctx.io.out(a.json ? JSON.stringify({ device: a.device, line }) : show(line));
+        r.lines.forEach(print);
+        await followLog({ fetch: async () => (await c.call<{ lines: string[] }>('GET', path(200))).lines, print, last: r.lines });
+        return { json: undefined };
+      }),
+    )
     .command('keys', "the fleet's public signing key (give it to devices)", {}, ctx.run(async (_a, c) => {
       const k = await c.call<{ keyId: string; publicKeyPem: string }>('GET', '/api/keys');
       return { json: k, text: `key id ${k.keyId}\n${k.publicKeyPem.trimEnd()}` };

@@ -3,36 +3,29 @@
  * with progress bars on a terminal; `deploy --via ssh` copies to one device without an agent.
  */
 import { resolve } from 'node:path';
-import cliProgress from 'cli-progress';
 import type { Argv } from 'yargs';
+import type { FleetError } from '@edgefleet/protocol';
+import { parseWindow } from '../rollouts/window.js';
 import { createClient, resolveConnection } from './client.js';
 import type { Client } from './client.js';
 import { EXIT, UsageError, parseModelRef, parseSshTarget, table } from './io.js';
 import type { CliContext, CliIO, CommandOutput, Common } from './io.js';
+import { rolloutProgress, rolloutText } from './rollout-text.js';
+import type { RolloutView } from './rollout-text.js';
+import { watchRollouts } from './feed-watch.js';
+import { ROLLOUT_COLUMNS, rolloutRow } from './rows.js';
+import type { RolloutSummaryView } from './rows.js';
 
 /** Flags that only make sense for a rollout over MQTT. */
-const ROLLOUT_ONLY_FLAGS = ['waves', 'canary', 'max-failures', 'soak', 'max-latency-ratio', 'max-error-rate', 'min-requests', 'offline-deadline'] as const;
+export const ROLLOUT_ONLY_FLAGS = ['waves', 'canary', 'max-failures', 'soak', 'max-latency-ratio', 'max-error-rate', 'min-requests', 'offline-deadline', 'window'] as const;
 const SSH_ONLY_FLAGS = ['ssh-key', 'remote-path', 'host-key'] as const;
 /** An SSH copy of a large model over a slow link can take long; the controller answers when it is verified. */
-const SSH_DELIVERY_TIMEOUT_MS = 3_600_000;
+export const SSH_DELIVERY_TIMEOUT_MS = 3_600_000;
 
-interface RolloutView {
-  id: string;
-  model: string;
-  version: number;
-  status: string;
-  reason?: string;
-  target: { kind: string; name?: string };
-  waves: { index: number; label: string; devices: string[]; state: string; gate?: { pass: boolean; reasons: string[] } }[];
-  devices: Record<string, { id: string; state: string; wave: number; error?: { code: string; message: string } }>;
-  progress?: Record<string, { received: number; total: number }>;
-}
-const FINAL_DEVICE_STATES = new Set(['switched', 'failed', 'rolled-back', 'skipped']);
-
-/** Deploy flags, shared by `deploy` and `watch`. */
-function deployOptions<T>(y: Argv<T>) {
+/** Deploy flags, shared by `deploy`, `watch` and `image push`. */
+export function deployOptions<T>(y: Argv<T>) {
   return y
-    .option('to', { type: 'string', demandOption: true, describe: 'a device id, group:NAME or all' })
+    .option('to', { type: 'string', demandOption: true, describe: "a device id, group:NAME, all, or a selector over labels and facts: 'arch=arm64,site=plant-1' (devices matching later join as each wave starts)" })
     .option('waves', { type: 'string', describe: 'cumulative percentages after the canary, e.g. 10,50,100' })
     .option('canary', { type: 'number', describe: 'devices in the canary wave (default 1)' })
     .option('max-failures', { type: 'string', describe: 'install failures tolerated per wave, e.g. 10%' })
@@ -40,10 +33,16 @@ function deployOptions<T>(y: Argv<T>) {
     .option('max-latency-ratio', { type: 'number', describe: 'p95 after / p95 before above which a wave fails (default 1.5)' })
     .option('max-error-rate', { type: 'number', describe: 'error rate above which a wave fails (default 0.05)' })
     .option('min-requests', { type: 'number', describe: 'requests needed during a soak for the health gate to count (default 20)' })
-    .option('offline-deadline', { type: 'number', describe: 'seconds offline devices are waited for (default 3600)' });
+    .option('offline-deadline', { type: 'number', describe: 'seconds offline devices are waited for (default 3600)' })
+    .option('window', { type: 'string', describe: 'maintenance window HH:MM-HH:MM (daily, 24 h): devices switch only inside it' })
+    .option('window-tz', { type: 'string', describe: "the window's IANA time zone (default: this machine's)", defaultDescription: localTimeZone() });
 }
 
-function policyFrom(a: Record<string, unknown>): Record<string, unknown> {
+function localTimeZone(): string {
+  return Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+}
+
+export function policyFrom(a: Record<string, unknown>): Record<string, unknown> {
   const policy: Record<string, unknown> = {};
   if (typeof a['waves'] === 'string') {
     const waves = a['waves'].split(',').map((s) => Number(s.trim().replace(/%$/, '')));
@@ -61,6 +60,13 @@ function policyFrom(a: Record<string, unknown>): Record<string, unknown> {
   if (a['max-error-rate'] !== undefined) policy['maxErrorRate'] = a['max-error-rate'];
   if (a['min-requests'] !== undefined) policy['minRequests'] = a['min-requests'];
   if (a['offline-deadline'] !== undefined) policy['offlineDeadlineS'] = a['offline-deadline'];
+  if (typeof a['window'] === 'string') {
+    try {
+      policy['window'] = parseWindow(a['window'], typeof a['window-tz'] === 'string' ? a['window-tz'] : localTimeZone());
+    } catch (error) {
+      throw new UsageError(`--window: ${(error as FleetError).message}`);
+    }
+  } else if (a['window-tz'] !== undefined) throw new UsageError('--window-tz needs --window HH:MM-HH:MM');
   return policy;
 }
 
@@ -84,48 +90,25 @@ async function deployViaSsh(ctx: CliContext, a: Record<string, unknown> & Common
   };
 }
 
-async function waitFor(io: CliIO, c: Client, id: string, json: boolean): Promise<RolloutView> {
-  const bars = !json && io.isTTY ? new cliProgress.MultiBar({ format: ' {label} |{bar}| {value}/{total} devices  {state}', hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic) : null;
-  const waveBars = new Map<number, cliProgress.SingleBar>();
-  let lastStatus = '';
+export async function waitFor(io: CliIO, c: Client, id: string, json: boolean): Promise<RolloutView> {
+  const progress = rolloutProgress(io, json);
   try {
     for (;;) {
       const r = await c.call<RolloutView>('GET', `/api/rollouts/${encodeURIComponent(id)}`);
-      for (const w of r.waves) {
-        const done = w.devices.filter((d) => FINAL_DEVICE_STATES.has(r.devices[d]?.state ?? '')).length;
-        if (bars) {
-          let bar = waveBars.get(w.index);
-          if (!bar) waveBars.set(w.index, (bar = bars.create(w.devices.length, 0, { label: `wave ${w.index} ${w.label}`.padEnd(16), state: w.state })));
-          bar.update(done, { state: w.state });
-        }
-      }
-      if (!bars && !json && r.status !== lastStatus) io.err(`rollout ${id}: ${r.status}`);
-      lastStatus = r.status;
+      progress.update(r, new Date());
       if (r.status !== 'running') return r;
       await new Promise((res) => setTimeout(res, 300));
     }
   } finally {
-    bars?.stop();
+    progress.stop();
   }
 }
 
-function rolloutText(r: RolloutView): string {
-  const lines = [`rollout ${r.id}: ${r.model}@${r.version} → ${r.target.kind === 'all' ? 'all' : r.target.kind === 'group' ? `group:${r.target.name}` : r.target.name}  [${r.status}]`];
-  if (r.reason) lines.push(`  ${r.reason}`);
-  for (const w of r.waves) {
-    lines.push(`  wave ${w.index} (${w.label}): ${w.state}, ${w.devices.length} device(s)` + (w.gate ? ` — gate ${w.gate.pass ? 'passed' : 'FAILED'}: ${w.gate.reasons.join('; ')}` : ''));
-    for (const d of w.devices) {
-      const dev = r.devices[d];
-      if (dev) lines.push(`    ${d}: ${dev.state}${dev.error ? ` (${dev.error.code}: ${dev.error.message})` : ''}`);
-    }
-  }
-  return lines.join('\n');
-}
-
-async function deploy(io: CliIO, c: Client, ref: string, a: Record<string, unknown>, wait: boolean, json: boolean): Promise<CommandOutput> {
+/** Starts a rollout of a model (or, with `kind: 'image'`, an image) version and follows it with --wait. */
+export async function deploy(io: CliIO, c: Client, ref: string, a: Record<string, unknown>, wait: boolean, json: boolean, kind: 'model' | 'image' = 'model'): Promise<CommandOutput> {
   const { model, version } = parseModelRef(ref);
-  const created = await c.call<RolloutView>('POST', '/api/rollouts', { model, ...(version ? { version } : {}), to: a['to'], policy: policyFrom(a) });
-  if (!wait) return { json: created, text: `rollout ${created.id} started: ${created.model}@${created.version}, ${created.waves.length} wave(s); follow it with \`hostManager rollouts show ${created.id}\`` };
+  const created = await c.call<RolloutView>('POST', '/api/rollouts', { ...(kind === 'image' ? { kind } : {}), model, ...(version ? { version } : {}), to: a['to'], policy: policyFrom(a) });
+  if (!wait) return { json: created, text: `rollout ${created.id} started: ${created.model}@${created.version}, ${created.waves.length} wave(s); follow it with \`hostManager rollouts show ${created.id} --wait\` or \`hostManager rollouts watch\`` };
   const done = await waitFor(io, c, created.id, json);
   return { json: done, text: rolloutText(done), code: done.status === 'succeeded' ? EXIT.ok : EXIT.failed };
 }
@@ -157,9 +140,16 @@ export function rolloutCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
     .command('rollouts', 'list, show, abort and resume rollouts', (y) =>
       y
         .command('list', 'list rollouts, newest first', {}, ctx.run(async (_a, c) => {
-          const list = await c.call<{ id: string; model: string; version: number; target: string; status: string; devices: { switched: number; total: number }; reason: string | null }[]>('GET', '/api/rollouts');
-          return { json: list, text: list.length ? table(list.map((r) => ({ id: r.id, model: `${r.model}@${r.version}`, target: r.target, status: r.status, switched: `${r.devices.switched}/${r.devices.total}`, reason: r.reason })), ['id', 'model', 'target', 'status', 'switched', 'reason']) : 'no rollouts yet' };
+          const list = await c.call<RolloutSummaryView[]>('GET', '/api/rollouts');
+          const now = Date.now();
+          return { json: list, text: list.length ? table(list.map((r) => rolloutRow(r, now)), ROLLOUT_COLUMNS) : 'no rollouts yet' };
         }))
+        .command(
+          'watch [id]',
+          'follow rollouts live (like kubectl get -w): a row whenever one changes; with an id, until it ends (exit 0 if it succeeded)',
+          (yy) => yy.positional('id', { type: 'string' }),
+          ctx.run<{ id?: string }>(async (a, c) => ({ json: undefined, code: await watchRollouts({ io: ctx.io, client: c, json: a.json, ...(a.id ? { id: a.id } : {}) }) })),
+        )
         .command('show <id>', 'show a rollout, its waves, gates and devices', (yy) => yy.positional('id', { type: 'string', demandOption: true }).option('wait', { type: 'boolean', default: false }), ctx.run<{ id: string; wait: boolean }>(async (a, c) => {
           const r = a.wait ? await waitFor(ctx.io, c, a.id, a.json) : await c.call<RolloutView>('GET', `/api/rollouts/${encodeURIComponent(a.id)}`);
           return { json: r, text: rolloutText(r) };
@@ -174,7 +164,7 @@ export function rolloutCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
           const done = await waitFor(ctx.io, c, a.id, a.json);
           return { json: done, text: rolloutText(done), code: done.status === 'succeeded' ? EXIT.ok : EXIT.failed };
         }))
-        .demandCommand(1, 'say which: rollouts list|show|abort|resume'),
+        .demandCommand(1, 'say which: rollouts list|show|watch|abort|resume'),
     )
     .command(
       'watch <path>',

@@ -6,10 +6,12 @@
  */
 import yargs from 'yargs';
 import { defaultDataDir } from '../defaults.js';
+import { brokerCommands } from './broker.js';
 import { controllerCommand } from './controller-command.js';
 import type { ControllerRunner } from './controller-command.js';
 import { deviceCommands } from './devices.js';
 import { EXIT, UsageError, createCliContext, processIO } from './io.js';
+import { imageCommands } from './images.js';
 import type { CliIO } from './io.js';
 import { modelCommands } from './models.js';
 import { requestCommands } from './requests.js';
@@ -18,6 +20,9 @@ import { rolloutCommands } from './rollouts.js';
 export async function runCli(argv: readonly string[], io: CliIO = processIO, opts: { env?: NodeJS.ProcessEnv; controller?: ControllerRunner; inConsole?: boolean } = {}): Promise<number> {
   const env = opts.env ?? process.env;
   const ctx = createCliContext(io, env, opts.inConsole ?? false);
+  // Shell completion is yargs' own, which needs a parser without the default (controller) command
+  // and without an output callback; it prints to stdout.
+  const completing = !opts.inConsole && (argv[0] === 'completion' || argv.includes('--get-yargs-completions'));
   let parser = yargs([...argv])
     .scriptName('hostManager')
     .exitProcess(false)
@@ -25,12 +30,14 @@ export async function runCli(argv: readonly string[], io: CliIO = processIO, opt
     .version(false)
     .wrap(Math.min(110, process.stdout.columns ?? 100))
     .option('url', { type: 'string', describe: 'controller API URL (env EDGEFLEET_URL; default from <data-dir>/controller.json)' })
-    .option('token', { type: 'string', describe: 'operator token (env EDGEFLEET_TOKEN; default <data-dir>/operator.token)' })
+    .option('token', { type: 'string', describe: 'operator token (env EDGEFLEET_OPERATOR_TOKEN; default <data-dir>/operator.token)' })
     .option('data-dir', { type: 'string', default: defaultDataDir(env), describe: 'data directory (env EDGEFLEET_DATA)', defaultDescription: '~/.edgefleet' })
     .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' });
-  parser = controllerCommand(parser, ctx, opts.controller);
+  if (!completing) parser = controllerCommand(parser, ctx, opts.controller);
   parser = deviceCommands(parser, ctx);
+  parser = brokerCommands(parser, ctx);
   parser = modelCommands(parser, ctx);
+  parser = imageCommands(parser, ctx);
   parser = rolloutCommands(parser, ctx);
   parser = requestCommands(parser, ctx)
     .fail((msg, err) => {
@@ -40,7 +47,12 @@ export async function runCli(argv: readonly string[], io: CliIO = processIO, opt
       io.err(`hostManager: ${msg ?? err?.message}\nRun \`hostManager --help\` for usage.`);
     })
     .help();
+  if (completing) {
+    await parser.completion('completion', 'print a bash/zsh completion script').parseAsync();
+    return EXIT.ok;
+  }
   if (opts.inConsole) parser = parser.help(false);
+  else parser = parser.epilogue(`Shell completion: hostManager completion >> ~/.bashrc (or ~/.zshrc)`);
   try {
     let helpText: string | undefined;
     await parser.parseAsync([...argv], {}, (_err, _argv, output) => {

@@ -30,7 +30,7 @@ export async function watchModels(opts: {
     const name = basename(file, '.onnx');
     try {
       const bytes = await readFile(file);
-      const rec = await opts.client.upload<{ name: string; version: number; created: boolean }>(`/api/models?name=${encodeURIComponent(name)}`, bytes);
+      const rec = await opts.client.upload<{ name: string; version: number; created: boolean }>(`/api/models?name=${encodeURIComponent(name)}`, bytes, { 'x-model-filename': encodeURIComponent(file) });
       if (!rec.created) {
         say({ event: 'unchanged', file, model: `${rec.name}@${rec.version}` }, `${file}: same bytes as ${rec.name}@${rec.version}; nothing to roll out`);
         return;

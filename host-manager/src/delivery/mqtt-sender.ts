@@ -1,5 +1,5 @@
 /**
- * Model delivery over MQTT, the sending side.
+ * Delivery of a model or an image archive over MQTT, the sending side.
  *
  *   1. compatibility: devices whose reported runtime or memory cannot run the model get
  *      'incompatible' and nothing is sent to them;
@@ -12,7 +12,8 @@
  *   4. publish chunks (binary, QoS 1) with a bounded window of unacknowledged publishes. A
  *      group target gets each chunk once on the group's topic (the broker fans it out); what
  *      a device still misses afterwards (`transfer.status`) goes to its own topic only;
- *   5. `transfer.commit` per device: whole-file check, install, activate.
+ *   5. `transfer.commit` per device: whole-file check, install, activate (a sample that goes by hash
+ *      is delivered between install and activation: check.ts).
  *
  * Chunks are read from the blob with positional reads, so memory stays at window × chunk size.
  */
@@ -22,12 +23,13 @@ import type { BrokerClient } from '../broker-client.js';
 import type { Logger } from 'pino';
 import { EventSchema, FleetError, nameRecord, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
 import type { CommandParams, CommandResult, DeviceInfo, ErrorBody, Manifest, TransferTarget } from '@edgefleet/protocol';
-import type { ModelVersionRecord } from '../state/schema.js';
 import type { RequestFn, Requester } from '../devices/requester.js';
 import { checkCompatibility } from '../models/compatibility.js';
 import { DEFAULT_CHUNK_SIZE, loadChunkTable } from './chunk-table.js';
-import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, transferIdFor } from './manifest.js';
-import type { DeliveryTarget } from './manifest.js';
+import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, isImageRecord, transferIdFor } from './manifest.js';
+import type { ArtifactRecord, DeliveryTarget } from './manifest.js';
+import { activateWithSample } from './check.js';
+import type { DeliveryCheck } from './check.js';
 
 export interface DeliverOptions {
   mqtt: BrokerClient;
@@ -37,7 +39,8 @@ export interface DeliverOptions {
    * delivery to every online device of the group: every device of the group receives them.
    */
   groupRequests?: Requester['requestGroup'];
-  record: ModelVersionRecord;
+  /** A model version, or an image version (its manifest pins the image ID and carries the container spec). */
+  record: ArtifactRecord;
   blobPath: string;
   keys: { privateKeyPem: string };
   target: DeliveryTarget;
@@ -48,6 +51,8 @@ export interface DeliverOptions {
   activate?: boolean;
   /** Signed as an explicit rollback: the devices accept it although they accepted a higher version. */
   rollback?: boolean;
+  /** The version's activation check (check.ts deliveryCheck): in the manifest, and a sample by hash to deliver before activating. */
+  check?: DeliveryCheck;
   /** Received chunks per device, from the devices' progress events and status replies. */
   onProgress?: (device: string, received: number, total: number) => void;
   /** Every chunk publish the broker acknowledged (for counting); a returned promise holds that publish slot until it settles. */
@@ -81,7 +86,7 @@ type Phase = 'hash' | 'offer' | 'chunks' | 'commit';
 /** One delivery in progress: its settings, the signed manifest, and what each device still misses. */
 interface Delivery {
   opts: DeliverOptions;
-  record: ModelVersionRecord;
+  record: ArtifactRecord;
   label: string;
   chunkSize: number;
   window: number;
@@ -111,7 +116,8 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
   const devices: string[] = [];
   for (const device of new Set(opts.target.devices)) {
     const info = opts.deviceInfo?.(device);
-    const reason = info ? checkCompatibility(record, info) : undefined;
+    // an image's platform and engine are checked by the device at the offer, before a byte is sent
+    const reason = info && !isImageRecord(record) ? checkCompatibility(record, info) : undefined;
     if (reason) results[device] = { ok: false, error: { code: 'incompatible', message: reason } };
     else devices.push(device);
   }
@@ -127,7 +133,13 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
   const hashes = { chunks: await loadChunkTable(opts.blobPath, record, chunkSize) };
   const signed = signManifest(
-    buildManifest(record, hashes, { chunkSize, target: opts.target, expiresInMs: opts.expiresInMs ?? DEFAULT_EXPIRY_MS, rollback: opts.rollback ?? false }),
+    buildManifest(record, hashes, {
+      chunkSize,
+      target: opts.target,
+      expiresInMs: opts.expiresInMs ?? DEFAULT_EXPIRY_MS,
+      rollback: opts.rollback ?? false,
+      ...(opts.check ? { check: opts.check.manifest } : {}),
+    }),
     opts.keys.privateKeyPem,
   );
   phase('hash');
@@ -302,44 +314,71 @@ function chunkJobs(d: Delivery, round: number): ChunkJob[] {
 async function commitAll(d: Delivery): Promise<void> {
   const { opts } = d;
   const activate = opts.activate ?? true;
+  const sample = opts.check?.sample;
   const commitTimeout = opts.commitTimeoutMs ?? 120_000;
-  const committed = (device: string, done: CommandResult<'transfer.commit'>): void => {
-    d.results[device] = { ok: true, version: done.version, activated: done.activated, previous: done.previous };
-    opts.onProgress?.(device, d.total, d.total);
-  };
+  const installActivate = activate && !sample;
   let devices = [...d.missing.keys()];
+  const installed: Array<[string, CommandResult<'transfer.commit'>]> = [];
   if (d.byGroup && d.group && devices.length > 0) {
     // one commit to the group; those that need chunks again (or did not answer) go on one by one below
-    const outcomes = await d.byGroup(d.group, devices, 'transfer.commit', { transferId: d.transferId, activate }, timeout(d, commitTimeout));
+    const outcomes = await d.byGroup(d.group, devices, 'transfer.commit', { transferId: d.transferId, activate: installActivate }, timeout(d, commitTimeout));
     devices = [];
     for (const [device, outcome] of outcomes) {
-      if (outcome.ok) committed(device, outcome.data);
+      if (outcome.ok) installed.push([device, outcome.data]);
       else if (outcome.error.code === 'missing_chunk' || outcome.error.code === 'corrupt_chunk') devices.push(device);
       else fail(d, device, outcome.error);
     }
   }
-  await eachLimited(devices, Math.max(1, Math.floor(d.concurrency / 2)), async (device) => {
-    for (let attempt = 0; ; attempt++) {
+  const limit = Math.max(1, Math.floor(d.concurrency / 2));
+  await eachLimited(installed, limit, ([device, done]) => finishCommit(d, device, done, commitTimeout));
+  await eachLimited(devices, limit, async (device) => {
+    // a sample by hash can only reach the device once the version is installed, so activation waits for it
+    const done = await commitOne(d, device, installActivate, commitTimeout);
+    if (done) await finishCommit(d, device, done, commitTimeout);
+  });
+}
+
+/** Records a committed device; with a sample by hash, delivers it and activates the version first. */
+async function finishCommit(d: Delivery, device: string, done: CommandResult<'transfer.commit'>, commitTimeout: number): Promise<void> {
+  const { opts } = d;
+  const sample = opts.check?.sample;
+  if (!sample || !(opts.activate ?? true)) {
+    d.results[device] = { ok: true, version: done.version, activated: done.activated, previous: done.previous };
+  } else {
+    try {
+      const ref = { model: d.record.name, version: d.record.version };
+      const activated = await activateWithSample(opts.request, device, ref, sample, { request: timeout(d, d.requestTimeout), activate: timeout(d, commitTimeout) });
+      d.results[device] = { ok: true, version: activated.version, activated: true, previous: activated.previous };
+    } catch (error) {
+      fail(d, device, error);
+      return;
+    }
+  }
+  opts.onProgress?.(device, d.total, d.total);
+}
+
+/** transfer.commit, resending what a device reports missing or corrupt (up to 3 times); undefined when it failed (recorded). */
+async function commitOne(d: Delivery, device: string, activate: boolean, commitTimeout: number): Promise<CommandResult<'transfer.commit'> | undefined> {
+  const { opts } = d;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await opts.request(device, 'transfer.commit', { transferId: d.transferId, activate }, timeout(d, commitTimeout));
+    } catch (error) {
+      const code = error instanceof FleetError ? error.code : 'internal';
+      if ((code !== 'missing_chunk' && code !== 'corrupt_chunk') || attempt >= 2 || left(d) <= 0) {
+        fail(d, device, error);
+        return undefined;
+      }
+      // chunks went bad on the device's disk: send what it misses now, then commit again
       try {
-        committed(device, await opts.request(device, 'transfer.commit', { transferId: d.transferId, activate }, timeout(d, commitTimeout)));
-        return;
-      } catch (error) {
-        const code = error instanceof FleetError ? error.code : 'internal';
-        if ((code !== 'missing_chunk' && code !== 'corrupt_chunk') || attempt >= 2 || left(d) <= 0) {
-          fail(d, device, error);
-          return;
-        }
-        // chunks went bad on the device's disk: send what it misses now, then commit again
-        try {
-          const answer = await opts.request(device, 'transfer.status', { transferId: d.transferId }, timeout(d, d.requestTimeout));
-          await publishChunks(d, answer.missing.map((index) => ({ via: { kind: 'device', name: device }, index })));
-        } catch (statusError) {
-          fail(d, device, statusError);
-          return;
-        }
+        const answer = await opts.request(device, 'transfer.status', { transferId: d.transferId }, timeout(d, d.requestTimeout));
+        await publishChunks(d, answer.missing.map((index) => ({ via: { kind: 'device', name: device }, index })));
+      } catch (statusError) {
+        fail(d, device, statusError);
+        return undefined;
       }
     }
-  });
+  }
 }
 
 /** Publishes chunks with at most `window` unacknowledged at once. */

@@ -1,26 +1,31 @@
 /**
  * The two device-changing actions rollouts need, bound to this controller's
- * MQTT connection, registry and keys: deliver a version (mqtt-sender.ts's
- * deliverModel: signed manifest, chunked fan-out, activation) and roll a device
- * back to its previous version (with an operator-signed rollback manifest,
- * since the previous version is lower than the highest the device accepted).
+ * MQTT connection, registries and keys: deliver a version of a model or an image
+ * (mqtt-sender.ts's deliverModel: signed manifest, chunked fan-out, activation) and
+ * roll a device back to its previous version (a model: with an operator-signed
+ * rollback manifest, since the previous version is lower than the highest the device
+ * accepted; an app: `containers.deploy` of the previous version, whose image the
+ * device keeps, or `containers.stop` when it ran none before).
  */
 import type { BrokerClient } from '../broker-client.js';
 import { FleetError, signManifest } from '@edgefleet/protocol';
 import type { SignedManifest } from '@edgefleet/protocol';
 import type { FleetKeys } from '../access/fleet-keys.js';
 import type { Registry } from '../models/registry.js';
+import type { ImageRegistry } from '../images/registry.js';
 import type { Requester } from '../devices/requester.js';
 import type { FleetRepository } from '../state/repository.js';
 import type { DeliverFn, RollbackFn } from '../rollouts/executor.js';
 import { DEFAULT_CHUNK_SIZE, hashChunks } from './chunk-table.js';
 import { buildManifest } from './manifest.js';
 import { deliverModel } from './mqtt-sender.js';
+import { deliveryCheck } from './check.js';
 
 export function makeDeliver(ctx: {
   mqtt: BrokerClient;
   requester: Requester;
   registry: Registry;
+  images: ImageRegistry;
   keys: FleetKeys;
   state: FleetRepository;
   chunkSize?: number;
@@ -29,25 +34,31 @@ export function makeDeliver(ctx: {
   concurrency?: number;
   onPhase?: (phase: string, ms: number) => void;
 }): DeliverFn {
-  return async ({ model, version, target, devices, onProgress }) => {
-    const record = ctx.registry.require(model, version);
+  return async ({ kind, model, version, target, devices, onProgress }) => {
+    const record = kind === 'image' ? ctx.images.require(model, version) : ctx.registry.require(model, version);
+    const blobPath = kind === 'image' ? ctx.images.blobPath(record) : ctx.registry.blobPath(record);
+    // an image's commit loads the archive into the engine and waits for the new container to become healthy
+    const healthWait = 'container' in record && record.container ? record.container.healthyWithinMs : 0;
     // A group target fans each chunk out once through the group's topic; anything else goes device by device.
     const via = target.kind === 'group' && devices.length > 1 ? { group: target.name, devices } : { devices };
+    const check = 'check' in record ? await deliveryCheck(record.check, ctx.registry.checkFiles) : undefined;
     const results = await deliverModel({
       mqtt: ctx.mqtt,
       request: ctx.requester.request,
       ...(target.kind === 'group' && coversGroup(ctx.state, target.name, devices) ? { groupRequests: ctx.requester.requestGroup } : {}),
       record,
-      blobPath: ctx.registry.blobPath(record),
+      blobPath,
       keys: ctx.keys,
       target: via,
       activate: true,
+      ...(check ? { check } : {}),
       subscribeEvents: false,
       deviceInfo: (device) => ctx.state.device(device)?.info ?? null,
       // A device busy writing the chunks of a large fan-out answers status late; that is not a failure.
       requestTimeoutMs: ctx.requestTimeoutMs ?? 60_000,
       // Offers, status and commits are small requests; a large wave is limited by the devices, not by these.
       concurrency: ctx.concurrency ?? 256,
+      commitTimeoutMs: 120_000 + healthWait,
       ...(ctx.chunkSize !== undefined ? { chunkSize: ctx.chunkSize } : {}),
       ...(ctx.window !== undefined ? { window: ctx.window } : {}),
       ...(onProgress ? { onProgress } : {}),
@@ -71,8 +82,18 @@ function coversGroup(state: FleetRepository, group: string, devices: string[]): 
   return state.devices().every((d) => !d.online || !d.groups.includes(group) || chosen.has(d.id));
 }
 
-export function makeRollback(ctx: { requester: Requester; registry: Registry; keys: FleetKeys; timeoutMs: number }): RollbackFn {
-  return async ({ device, model, previous }) => {
+export function makeRollback(ctx: { requester: Requester; registry: Registry; images: ImageRegistry; keys: FleetKeys; timeoutMs: number }): RollbackFn {
+  return async ({ kind, device, model, previous }) => {
+    if (kind === 'image') {
+      if (previous === null) {
+        await ctx.requester.request(device, 'containers.stop', { app: model }, ctx.timeoutMs);
+        return { version: null };
+      }
+      // the device waits for the previous version to be healthy again before it answers
+      const spec = ctx.images.get(model, previous)?.container;
+      const res = await ctx.requester.request(device, 'containers.deploy', { app: model, version: previous }, ctx.timeoutMs + (spec?.healthyWithinMs ?? 60_000));
+      return { version: res.version };
+    }
     let manifest: SignedManifest | undefined;
     const record = previous === null ? undefined : ctx.registry.get(model, previous);
     if (record) {

@@ -27,6 +27,12 @@ async function refuseControllerKeys(keyPath: string, dataDir: string): Promise<v
   }
 }
 
+/** The SSH key at `keyPath` on the controller host, refused when it is one of the controller's own keys or unusable. */
+export async function operatorSshKey(keyPath: string, dataDir: string): Promise<string> {
+  await refuseControllerKeys(keyPath, dataDir);
+  return readPrivateKeyFile(keyPath);
+}
+
 export function createSshDelivery(ctx: { registry: Registry; dataDir: string; audit: RecordAudit }): ModelOperations['deliverSsh'] {
   const { registry, audit } = ctx;
   return async (args) => {
@@ -36,8 +42,7 @@ export function createSshDelivery(ctx: { registry: Registry; dataDir: string; au
     const remotePath = args.remotePath ?? defaultSshRemotePath(rec.name, rec.version);
     const detail = { model: rec.name, version: rec.version, remotePath, hostKeyPinned: args.hostKeyFingerprint !== undefined };
     try {
-      await refuseControllerKeys(args.keyPath, ctx.dataDir);
-      const privateKey = await readPrivateKeyFile(args.keyPath);
+      const privateKey = await operatorSshKey(args.keyPath, ctx.dataDir);
       const r = await deliverViaSsh({
         host: args.host,
         port,

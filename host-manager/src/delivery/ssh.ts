@@ -11,22 +11,26 @@ import { isAbsolute, posix } from 'node:path';
 import { NodeSSH } from 'node-ssh';
 import { FleetError } from '@edgefleet/protocol';
 
-export interface SshDeliveryOptions {
+/** Where and as whom to log in. */
+export interface SshLogin {
   host: string;
   port?: number;
   username: string;
   /** The private key text (OpenSSH or PEM). */
   privateKey: string;
   passphrase?: string;
+  /** Pin the device's host key: `SHA256:<base64>` as `ssh-keygen -lf` prints it. Unset = accept any (first contact). */
+  hostKeyFingerprint?: string;
+  readyTimeoutMs?: number;
+}
+
+export interface SshDeliveryOptions extends SshLogin {
   /** Local file to send (a registry blob). */
   file: string;
   /** Absolute path on the device, or `~/…` (relative to the login user's home there). */
   remotePath: string;
   /** The sha256 the copy must have (the registry's). */
   sha256: string;
-  /** Pin the device's host key: `SHA256:<base64>` as `ssh-keygen -lf` prints it. Unset = accept any (first contact). */
-  hostKeyFingerprint?: string;
-  readyTimeoutMs?: number;
 }
 
 export interface SshDeliveryResult {
@@ -45,20 +49,8 @@ export function sshFingerprint(key: Buffer): string {
   return `SHA256:${createHash('sha256').update(key).digest('base64').replace(/=+$/, '')}`;
 }
 
-export async function deliverViaSsh(opts: SshDeliveryOptions): Promise<SshDeliveryResult> {
-  const started = Date.now();
-  if (!/^[0-9a-f]{64}$/.test(opts.sha256)) throw new FleetError('invalid_params', 'sha256 must be 64 lowercase hex digits');
-  const homeRelative = opts.remotePath.startsWith('~/');
-  if (
-    (!homeRelative && !posix.isAbsolute(opts.remotePath)) ||
-    opts.remotePath.split('/').includes('..') ||
-    opts.remotePath.endsWith('/') ||
-    opts.remotePath === '~/' ||
-    opts.remotePath.includes('\0')
-  ) {
-    throw new FleetError('invalid_params', `remote path "${opts.remotePath}" must be an absolute file path (or ~/…) without ".."`);
-  }
-  const { size } = await stat(opts.file);
+/** Logs in; refusals become FleetErrors that say what to fix (a wrong host key, an unusable or refused key, no route). */
+export async function connectSsh(opts: SshLogin): Promise<NodeSSH> {
   const ssh = new NodeSSH();
   let hostKeyMismatch: string | undefined;
   try {
@@ -99,11 +91,34 @@ export async function deliverViaSsh(opts: SshDeliveryOptions): Promise<SshDelive
     }
     throw new FleetError('unavailable', `cannot reach ${opts.username}@${opts.host}:${opts.port ?? 22} over SSH: ${message}`);
   }
-  const run = async (command: string): Promise<string> => {
+  return ssh;
+}
+
+/** Runs a command on the device; a non-zero exit throws with its stderr. */
+export function remoteRunner(ssh: NodeSSH, host: string): (command: string) => Promise<string> {
+  return async (command) => {
     const r = await ssh.execCommand(command);
-    if (r.code !== 0) throw new FleetError('internal', `\`${command}\` failed on ${opts.host} (exit ${r.code}): ${r.stderr.trim()}`);
+    if (r.code !== 0) throw new FleetError('internal', `\`${command}\` failed on ${host} (exit ${r.code}): ${r.stderr.trim()}`);
     return r.stdout;
   };
+}
+
+export async function deliverViaSsh(opts: SshDeliveryOptions): Promise<SshDeliveryResult> {
+  const started = Date.now();
+  if (!/^[0-9a-f]{64}$/.test(opts.sha256)) throw new FleetError('invalid_params', 'sha256 must be 64 lowercase hex digits');
+  const homeRelative = opts.remotePath.startsWith('~/');
+  if (
+    (!homeRelative && !posix.isAbsolute(opts.remotePath)) ||
+    opts.remotePath.split('/').includes('..') ||
+    opts.remotePath.endsWith('/') ||
+    opts.remotePath === '~/' ||
+    opts.remotePath.includes('\0')
+  ) {
+    throw new FleetError('invalid_params', `remote path "${opts.remotePath}" must be an absolute file path (or ~/…) without ".."`);
+  }
+  const { size } = await stat(opts.file);
+  const ssh = await connectSsh(opts);
+  const run = remoteRunner(ssh, opts.host);
   try {
     let remotePath = opts.remotePath;
     if (homeRelative) {

@@ -7,24 +7,16 @@
 import { FleetError, LegacyCommandSchema, LEGACY_COMMANDS, toErrorBody } from '@edgefleet/protocol';
 import type { LegacyCommand } from '@edgefleet/protocol';
 import type { DeviceOperations, ExecResult } from '../api/contract.js';
-import type { DeviceRecord, RolloutTarget } from '../state/schema.js';
+import type { RolloutTarget } from '../state/schema.js';
 import { formatTarget } from '../rollouts/target.js';
+import { targetMembers } from './targets.js';
 import type { DeviceContext } from './context.js';
 
 export function createLegacyExec(ctx: DeviceContext): DeviceOperations['exec'] {
   const { state, requester } = ctx;
 
-  function membersOf(target: RolloutTarget): DeviceRecord[] {
-    const all = state.devices();
-    if (target.kind === 'all') return all;
-    if (target.kind === 'device') return [state.requireDevice(target.name)];
-    const members = all.filter((d) => d.groups.includes(target.name));
-    if (members.length === 0) throw new FleetError('not_found', `group ${target.name} has no devices; see \`hostManager groups\``);
-    return members;
-  }
-
   async function toDevices(to: RolloutTarget, command: LegacyCommand): Promise<ExecResult[]> {
-    const members = membersOf(to);
+    const members = targetMembers(state, to);
     const results: ExecResult[] = [];
     if (to.kind === 'group') {
       const replies = await requester.requestGroup(to.name, members.map((d) => d.id), 'legacy', { command }, ctx.timeoutMs);

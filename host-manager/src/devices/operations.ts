@@ -1,13 +1,15 @@
 /** The device operations: list, show, provision (by the operator or by enrolment), remove, groups, and requests to one device. */
 import { verifySecretAsync } from '@edgefleet/node-io';
-import { FleetError, topics } from '@edgefleet/protocol';
+import { FleetError, assertName, topics } from '@edgefleet/protocol';
+import { FACT_KEYS } from '../rollouts/target.js';
 import type { DeviceOperations, GroupView, PublicDevice } from '../api/contract.js';
 import type { FleetRepository } from '../state/repository.js';
 import type { DeviceRecord } from '../state/schema.js';
 import type { DeviceContext } from './context.js';
 import { createLegacyExec } from './legacy-exec.js';
+import { passwdLine } from '../broker-setup/passwords.js';
 import { MAX_BATCH, provisionDevice, provisionDevices } from './provisioning.js';
-import type { ProvisionResult } from './provisioning.js';
+import type { BatchProvisionResult, ProvisionResult } from './provisioning.js';
 
 function publicDevice(d: DeviceRecord): PublicDevice {
   const { tokenHash, ...rest } = d;
@@ -20,17 +22,18 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
   /** Creates a device's credential (by the operator or by enrolment); a bad id or group is the caller's error. */
   const shared = { brokerUrl: ctx.advertised, fleetPublicKeyPem: ctx.keys.publicKeyPem, legacyTopic: ctx.legacyTopic || undefined };
   async function provision(id: string, groups: string[]): Promise<ProvisionResult> {
+    let result: ProvisionResult;
     try {
-      return await provisionDevice(state, { ...shared, id, groups });
+      result = await provisionDevice(state, { ...shared, id, groups });
     } catch (error) {
       if (error instanceof TypeError) throw new FleetError('invalid_params', error.message);
       throw error;
     }
+    return withBrokerAccount(ctx, result);
   }
 
   /** Its credential is gone: forget it, disconnect it now and clear its retained presence. */
   function removeOne(id: string): void {
-    state.removeDevice(id);
     fleet.forgetDevice(id);
     ctx.disconnect(id);
     ctx.client.publish(topics.device(id, 'status'), '', { qos: 1, retain: true });
@@ -50,7 +53,7 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       return result;
     },
     async addDevices(args) {
-      const result = await provisionDevices(state, { ...shared, devices: args.devices });
+      const result = await withBrokerAccounts(ctx, await provisionDevices(state, { ...shared, devices: args.devices }));
       for (const d of result.devices) fleet.admitDevice(d.id);
       // one audit entry per batch: ten thousand devices must not push the rest of the log out
       await audit({ actor: args.actor, action: 'device.add', target: `${result.devices.length} devices`, result: 'ok', detail: { ids: result.devices.map((d) => d.id) } });
@@ -75,6 +78,7 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       state.removeDevice(args.id);
       await audit({ actor: args.actor, action: 'device.remove', target: args.id, result: 'ok' });
       removeOne(args.id);
+      await removeBrokerAccounts(ctx, [args.id]);
       return { removed: args.id };
     },
     async removeDevices(args) {
@@ -84,16 +88,36 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       for (const id of removed) state.removeDevice(id);
       if (removed.length > 0) await audit({ actor: args.actor, action: 'device.remove', target: `${removed.length} devices`, result: 'ok', detail: { ids: removed } });
       for (const id of removed) removeOne(id);
+      await removeBrokerAccounts(ctx, removed);
       return { removed, notFound };
+    },
+    async updateDevice(args) {
+      const d = state.requireDevice(args.id);
+      const before = { groups: [...d.groups], labels: { ...(d.labels ?? {}) } };
+      if (args.groups) {
+        for (const g of args.groups) assertName('group', g);
+        d.groups = [...new Set(args.groups)].sort();
+        for (const g of d.groups) state.ensureGroup(g, new Date().toISOString());
+      }
+      if (args.labels) d.labels = mergeLabels(d.labels ?? {}, args.labels);
+      if (args.groups && before.groups.join(',') !== d.groups.join(',')) await ctx.brokerAccounts?.setGroups(d);
+      if (d.labels && Object.keys(d.labels).length === 0) delete d.labels;
+      await audit({ actor: args.actor, action: 'device.update', target: args.id, result: 'ok', detail: { before, after: { groups: d.groups, labels: d.labels ?? {} } } });
+      fleet.emitFeed({ type: 'device', device: d.id, online: d.online, record: d });
+      return { device: publicDevice(d), notes: groupNotes(d) };
     },
     listGroups: () => groupsOf(state),
     async infer(args) {
       state.requireDevice(args.device);
-      return requester.request(args.device, 'infer', args.params, args.timeoutMs ?? ctx.timeoutMs);
+      return requester.exchange(args.device, 'infer', args.params, { timeoutMs: args.timeoutMs ?? ctx.timeoutMs, ...(args.binary ? { binary: [args.binary] } : {}) });
     },
     async logs(args) {
       state.requireDevice(args.device);
       return requester.request(args.device, 'logs', { lines: args.lines }, ctx.timeoutMs);
+    },
+    telemetryHistory(args) {
+      state.requireDevice(args.device);
+      return { device: args.device, ...fleet.vitals.series(args.device, Date.now() - args.minutes * 60_000) };
     },
     exec: createLegacyExec(ctx),
   };
@@ -111,4 +135,98 @@ function groupsOf(state: FleetRepository): GroupView[] {
     }
   }
   return [...groups.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+}
+
+/** Labels after a merge patch: a string sets, null removes; a fact's name (arch, runtime, ...) is refused. */
+function mergeLabels(current: Readonly<Record<string, string>>, patch: Readonly<Record<string, string | null>>): Record<string, string> {
+  const next: Record<string, string> = { ...current };
+  for (const [key, value] of Object.entries(patch)) {
+    if ((FACT_KEYS as readonly string[]).includes(key)) {
+      throw new FleetError('invalid_params', `"${key}" is a fact the device reports (${FACT_KEYS.join(', ')}); selectors read it as it is, so it cannot be a label`);
+    }
+    if (value === null) delete next[key];
+    else next[key] = value;
+  }
+  return next;
+}
+
+/** Said when the groups the agent subscribed to (its status) differ from the groups it now has. */
+function groupNotes(d: DeviceRecord): string[] {
+  const reported = d.info?.groups;
+  if (!reported || reported.join(',') === d.groups.join(',')) return [];
+  const flag = d.groups.length ? `--groups ${d.groups.join(',')}` : 'no --groups';
+  return [
+    `${d.id}'s agent subscribes to the groups it was started with (${reported.join(',') || 'none'}): rollouts target it by its new groups at once, ` +
+      `but group commands and group fan-out reach it only after it restarts with ${flag} (or "groups" in its config file)`,
+  ];
+}
+
+/**
+ * The device's account on the broker: created in Mosquitto's dynamic security (and the device
+ * taken out of the fleet again if the broker refuses, so nothing is half made); on an external
+ * broker the controller does not manage, the password file line the operator adds there.
+ */
+async function withBrokerAccount(ctx: DeviceContext, result: ProvisionResult): Promise<ProvisionResult> {
+  const { device, token } = result;
+  if (ctx.brokerAccounts) {
+    try {
+      await ctx.brokerAccounts.addDevice(device, token);
+    } catch (error) {
+      ctx.state.removeDevice(device.id);
+      await ctx.state.write();
+      throw error;
+    }
+    return result;
+  }
+  if (ctx.broker !== null) return result;
+  return {
+    ...result,
+    brokerCredential: {
+      mosquittoPasswd: passwdLine(device.id, token),
+      note: `the broker authenticates devices itself: add this line to its password file, regenerate its ACL file (hostManager broker acl > acl) and reload it (kill -HUP <mosquitto pid>)`,
+    },
+  };
+}
+
+/** The batch's accounts on a managed broker (all or none: the batch leaves the fleet again if the broker refuses one); on an unmanaged external broker, each device's password file line. */
+async function withBrokerAccounts(ctx: DeviceContext, result: BatchProvisionResult): Promise<BatchProvisionResult> {
+  if (ctx.brokerAccounts) {
+    const added: string[] = [];
+    try {
+      for (const d of result.devices) {
+        await ctx.brokerAccounts.addDevice(d, d.token);
+        added.push(d.id);
+      }
+    } catch (error) {
+      for (const d of result.devices) ctx.state.removeDevice(d.id);
+      await ctx.state.write();
+      // the ones the broker took are taken back; one it keeps is deleted there at the next start
+      for (const id of added) await ctx.brokerAccounts.removeDevice(id).catch(() => undefined);
+      throw error;
+    }
+    return result;
+  }
+  if (ctx.broker !== null) return result;
+  return {
+    ...result,
+    devices: result.devices.map((d) => ({ ...d, mosquittoPasswd: passwdLine(d.id, d.token) })),
+    brokerNote: 'the broker authenticates devices itself: add each mosquittoPasswd line to its password file, regenerate its ACL file (hostManager broker acl > acl) and reload it (kill -HUP <mosquitto pid>)',
+  };
+}
+
+/** Deletes removed devices' accounts on a managed broker (which disconnects them); a failure is told, and retried at the next start. */
+async function removeBrokerAccounts(ctx: DeviceContext, ids: readonly string[]): Promise<void> {
+  if (!ctx.brokerAccounts) return;
+  const failed: string[] = [];
+  let reason = '';
+  for (const id of ids) {
+    await ctx.brokerAccounts.removeDevice(id).catch((error: unknown) => {
+      failed.push(id);
+      reason = (error as Error).message;
+    });
+  }
+  if (failed.length > 0) {
+    const which = failed.length === 1 ? failed[0]! : `${failed.length} devices (${failed.slice(0, 3).join(', ')}${failed.length > 3 ? ', …' : ''})`;
+    throw new FleetError('unavailable', `${which} removed from the fleet, but ${reason}; the controller deletes them on the broker at its next start`);
+  }
 }

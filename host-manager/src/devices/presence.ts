@@ -24,6 +24,7 @@ import type { AuditEntry, DeviceRecord } from '../state/schema.js';
 import type { Metrics } from '../api/metrics.js';
 import { TelemetryHistory } from './telemetry-history.js';
 import { TelemetrySequences } from './telemetry-seq.js';
+import { VitalsHistory } from './vitals-history.js';
 
 export type FeedEvent =
   | { type: 'device'; device: string; online: boolean; record: DeviceRecord }
@@ -51,6 +52,8 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   readonly history = new TelemetryHistory();
   /** Each device's telemetry numbering as seen here: samples missing on the way, repeats. */
   readonly sequences = new TelemetrySequences();
+  /** What the dashboard charts (bounded per device; see vitals-history.ts). */
+  readonly vitals = new VitalsHistory();
   readonly #mqtt: BrokerClient;
   readonly #state: FleetRepository;
   readonly #log: Logger;
@@ -78,6 +81,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   forgetDevice(device: string): void {
     this.history.forget(device);
     this.sequences.forget(device);
+    this.vitals.forget(device);
     this.#removed.add(device);
   }
 
@@ -184,6 +188,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     rec.telemetry = msg.sample;
     rec.lastSeen = new Date().toISOString();
     this.history.push(device, msg.sample);
+    this.vitals.push(device, msg.sample);
     for (const [key, h] of Object.entries(msg.sample.models)) {
       const model = key.split('@')[0] ?? key;
       this.#metrics?.inferenceRequests.inc({ model }, h.requests);

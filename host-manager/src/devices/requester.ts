@@ -1,13 +1,16 @@
 /**
  * Request/response over MQTT from the operator's side: publish a request on a
- * device's (or group's) command topic, match replies by correlation id.
+ * device's (or group's) command topic, match replies by correlation id. Requests and
+ * replies may carry binary parts (framed payloads, protocol frames.ts): the tensors of
+ * an inference, the bytes of a sample.
  */
 import type { BrokerClient } from '../broker-client.js';
 import {
   FleetError,
-  ReplySchema,
+  MESSAGE_LIMITS,
+  encodePayload,
   makeRequest,
-  parseMessage,
+  parseReplyPayload,
   parseResult,
   parseTopic,
   topics,
@@ -20,10 +23,20 @@ export type RequestFn = <C extends CommandName>(
   command: C,
   params: CommandParams<C>,
   timeoutMs?: number,
+  /** Binary parts sent after the JSON request in one framed payload. */
+  binary?: readonly Uint8Array[],
 ) => Promise<CommandResult<C>>;
+
+/** A reply's data and its binary part (undefined when the device answered with plain JSON). */
+export interface Exchanged<C extends CommandName> {
+  result: CommandResult<C>;
+  binary: Uint8Array | undefined;
+}
 
 export interface Requester {
   request: RequestFn;
+  /** Like request, and also answers the reply's binary part (e.g. an inference's binary output tensors). */
+  exchange<C extends CommandName>(device: string, command: C, params: CommandParams<C>, opts?: { timeoutMs?: number; binary?: readonly Uint8Array[] }): Promise<Exchanged<C>>;
   /** Sends one request to a group's command topic and collects replies from `devices` until each answered or the deadline. */
   requestGroup<C extends CommandName>(
     group: string,
@@ -37,8 +50,8 @@ export interface Requester {
 
 interface Pending {
   command: CommandName;
-  /** Called with each reply for this correlation id; returns true when nothing more is awaited. */
-  onReply(device: string, reply: Reply): boolean;
+  /** Called with each reply for this correlation id (and its binary part); returns true when nothing more is awaited. */
+  onReply(device: string, reply: Reply, binary: Uint8Array | undefined): boolean;
   timer: NodeJS.Timeout;
 }
 
@@ -51,13 +64,14 @@ export async function createRequester(mqtt: BrokerClient): Promise<Requester> {
     const parsed = parseTopic(topic);
     if (parsed?.kind !== 'device' || parsed.channel !== 'replies') return;
     let reply: Reply;
+    let binary: Uint8Array | undefined;
     try {
-      reply = parseMessage(ReplySchema, payload);
+      ({ reply, binary } = parseReplyPayload(payload));
     } catch {
       return; // a malformed reply cannot be matched to a request; the requester times out with a clear error
     }
     const entry = pending.get(reply.corr);
-    if (entry && entry.onReply(parsed.device, reply)) {
+    if (entry && entry.onReply(parsed.device, reply, binary)) {
       clearTimeout(entry.timer);
       pending.delete(reply.corr);
     }
@@ -65,15 +79,27 @@ export async function createRequester(mqtt: BrokerClient): Promise<Requester> {
   mqtt.on('message', onMessage);
   await mqtt.subscribeAsync(topics.allDevices('replies'), { qos: 1 });
 
-  function publish(topic: string, body: unknown): void {
-    mqtt.publish(topic, JSON.stringify(body), { qos: 1 });
+  function publish(topic: string, body: { command: string }, binary?: readonly Uint8Array[]): void {
+    const payload = encodePayload(body, binary);
+    const size = Buffer.byteLength(payload) + Buffer.byteLength(topic) + PACKET_OVERHEAD;
+    if (size > MAX_REQUEST_PACKET) {
+      // a packet over the broker's limit would cost this controller its connection, so it never leaves
+      throw new FleetError(
+        'too_long',
+        `the ${body.command} request is ${size} bytes; one MQTT message carries at most ${MAX_REQUEST_PACKET} (the broker's packet limit). Send larger tensors to the device's own inference API (POST /v2/models/NAME/infer on the device)`,
+      );
+    }
+    mqtt.publish(topic, payload, { qos: 1 });
   }
 
-  const request = directRequest(pending, publish);
+  const exchange = directRequest(pending, publish);
+  const request: RequestFn = async (device, command, params, timeoutMs, binary) =>
+    (await exchange(device, command, params, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(binary ? { binary } : {}) })).result;
   const requestGroup = groupRequest(pending, publish);
 
   return {
     request,
+    exchange,
     requestGroup,
     close() {
       mqtt.off('message', onMessage);
@@ -85,9 +111,16 @@ export async function createRequester(mqtt: BrokerClient): Promise<Requester> {
   };
 }
 
-/** A request to one device's command topic; resolves with its reply's data, rejects with its error or at the timeout. */
-function directRequest(pending: Map<string, Pending>, publish: (topic: string, body: unknown) => void): RequestFn {
-  return (device, command, params, timeoutMs = DEFAULT_TIMEOUT_MS) =>
+type Publish = (topic: string, body: { command: string }, binary?: readonly Uint8Array[]) => void;
+
+/** The broker's default packet limit (the embedded broker's, and MESSAGE_LIMITS.request for a JSON request). */
+const MAX_REQUEST_PACKET = MESSAGE_LIMITS.request.maxBytes;
+/** A PUBLISH packet is its payload and topic plus at most 5 bytes of fixed header, 2 of topic length and 2 of packet id. */
+const PACKET_OVERHEAD = 16;
+
+/** A request to one device's command topic; resolves with its reply's data (and binary part), rejects with its error or at the timeout. */
+function directRequest(pending: Map<string, Pending>, publish: Publish): Requester['exchange'] {
+  return (device, command, params, { timeoutMs = DEFAULT_TIMEOUT_MS, binary } = {}) =>
     new Promise((resolve, reject) => {
       const req = makeRequest(command, params, timeoutMs);
       const timer = setTimeout(() => {
@@ -97,11 +130,11 @@ function directRequest(pending: Map<string, Pending>, publish: (topic: string, b
       pending.set(req.id, {
         command,
         timer,
-        onReply(from, reply) {
+        onReply(from, reply, replyBinary) {
           if (from !== device) return false;
           if (reply.status === 'ok') {
             try {
-              resolve(parseResult(command, reply.data));
+              resolve({ result: parseResult(command, reply.data), binary: replyBinary });
             } catch (error) {
               reject(error);
             }
@@ -111,12 +144,18 @@ function directRequest(pending: Map<string, Pending>, publish: (topic: string, b
           return true;
         },
       });
-      publish(topics.device(device, 'commands'), req);
+      try {
+        publish(topics.device(device, 'commands'), req, binary);
+      } catch (error) {
+        clearTimeout(timer);
+        pending.delete(req.id);
+        reject(error);
+      }
     });
 }
 
 /** One request on a group's command topic, with one outcome per device (a timeout for those that did not answer). */
-function groupRequest(pending: Map<string, Pending>, publish: (topic: string, body: unknown) => void): Requester['requestGroup'] {
+function groupRequest(pending: Map<string, Pending>, publish: Publish): Requester['requestGroup'] {
   return (group, devices, command, params, timeoutMs = DEFAULT_TIMEOUT_MS) =>
     new Promise((resolve) => {
       type Outcome = { ok: true; data: CommandResult<typeof command> } | { ok: false; error: FleetError };

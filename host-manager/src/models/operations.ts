@@ -21,13 +21,16 @@ export function createModelOperations(ctx: { state: FleetRepository; registry: R
     async addModel(args) {
       try {
         const rec = await registry.add(args.file, args.opts);
-        await audit({ actor: args.actor, action: 'model.add', target: `${rec.name}@${rec.version}`, result: 'ok', detail: { sha256: rec.sha256, created: rec.created } });
+        await audit({ actor: args.actor, action: 'model.add', target: `${rec.name}@${rec.version}`, result: 'ok', detail: { sha256: rec.sha256, created: rec.created, check: rec.check?.policy } });
         return rec;
       } catch (error) {
         await audit({ actor: args.actor, action: 'model.add', target: args.opts.name, result: 'error', detail: toErrorBody(error) });
         throw error;
       }
     },
+    // uploads change no fleet state (nothing is named by them until a version is added), so they are not audited
+    addSample: (args) => registry.putSample(args.body, args.headerLength),
+    addExpected: (args) => registry.putExpected(args.json),
     async removeModel(args) {
       registry.require(args.name, args.version);
       const running = rollouts.list().find((r) => r.status === 'running' && r.model === args.name && r.version === args.version);

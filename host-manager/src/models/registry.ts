@@ -4,9 +4,7 @@
  * the same name again returns the existing version; version numbers only go up and a
  * removed number is never handed out again.
  */
-import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
-import { hashFile, writeFileAtomic } from '@edgefleet/node-io';
-import { join, relative, resolve, sep } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { FleetError, ProcessingSchema, assertName, chunkHashes, describe, sha256Hex } from '@edgefleet/protocol';
 import type { Processing, ProcessingInput } from '@edgefleet/protocol';
 import { readOnnxMetadata } from '@edgefleet/onnx';
@@ -14,7 +12,14 @@ import type { OnnxMetadata } from '@edgefleet/onnx';
 import type { FleetRepository } from '../state/repository.js';
 import type { ModelVersionRecord } from '../state/schema.js';
 import { DEFAULT_CHUNK_SIZE, writeChunkTable } from '../delivery/chunk-table.js';
+import { blobStore } from './blobs.js';
+import { nextVersion, pickVersion, serialQueue } from './versions.js';
+import type { BlobStore } from './blobs.js';
 import { minOnnxruntimeForOpset } from './compatibility.js';
+import { createCheckFiles } from './check-files.js';
+import type { CheckFiles, ExpectedUpload, SampleUpload } from './check-files.js';
+import { checkFilesOf, checkOf, resolveCheck, sameCheck } from './checks.js';
+import type { CheckRequest } from './checks.js';
 
 export interface AddOptions {
   name: string;
@@ -23,6 +28,10 @@ export interface AddOptions {
   processing?: ProcessingInput | null;
   /** The lowest onnxruntime version the model needs; derived from the opset when omitted. */
   minOnnxruntime?: string | null;
+  /** How errors name the file (the user's own name for an upload, not the staging path). */
+  source?: string;
+  /** How devices check the version before switching to it (models/checks.ts); zeros when omitted. */
+  check?: CheckRequest;
 }
 
 export type AddedModel = ModelVersionRecord & { /** False when the same bytes were already registered under this name. */ created: boolean };
@@ -38,63 +47,26 @@ export interface Registry {
   remove(name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean }>;
   /** Absolute path of a version's blob. */
   blobPath(record: Pick<ModelVersionRecord, 'blob' | 'sha256'>): string;
+  /** Keeps a sample request for a version about to be added (check.sample names it by the sha256 answered). */
+  putSample(body: Uint8Array, headerLength?: number): Promise<SampleUpload>;
+  /** Keeps expected outputs for a version about to be added (check.expected). */
+  putExpected(json: unknown): Promise<ExpectedUpload>;
+  /** The files versions' checks name (samples and expected outputs). */
+  readonly checkFiles: CheckFiles;
 }
 
 function invalid(message: string): FleetError {
   return new FleetError('invalid_params', message);
 }
 
-/** The content-addressed blob store under `<dataDir>/blobs/sha256`. */
-interface BlobStore {
-  root: string;
-  dir: string;
-  /** Absolute path of a version's blob; refuses a record that points elsewhere. */
-  path(record: Pick<ModelVersionRecord, 'blob' | 'sha256'>): string;
-  /** Stores the bytes under their sha256 (atomically; kept when already there and whole). */
-  store(bytes: Uint8Array, sha256: string): Promise<string>;
-}
-
-function blobStore(dataDir: string): BlobStore {
-  const root = resolve(dataDir);
-  const dir = join(root, 'blobs', 'sha256');
-  return {
-    root,
-    dir,
-    path(record) {
-      const full = resolve(root, record.blob);
-      if (!/^[0-9a-f]{64}$/.test(record.sha256) || full !== join(dir, record.sha256)) {
-        throw new FleetError('internal', `registry record points outside the blob store (${record.blob}); the state file was edited by hand`);
-      }
-      return full;
-    },
-    async store(bytes, sha256) {
-      await mkdir(dir, { recursive: true });
-      const target = join(dir, sha256);
-      const present = await stat(target).catch(() => undefined); // not there yet: written below
-      if (present?.size === bytes.length && (await hashFile(target)) === sha256) return target;
-      await writeFileAtomic(target, bytes);
-      return target;
-    },
-  };
-}
-
 export function createRegistry(state: FleetRepository, dataDir: string): Registry {
   const blobs = blobStore(dataDir);
-  let queue: Promise<unknown> = Promise.resolve();
-  /** add/remove run one at a time, so two adds of one name cannot take the same number. */
-  function serial<T>(task: () => Promise<T>): Promise<T> {
-    const run = queue.then(task, task);
-    queue = run.catch(() => undefined);
-    return run;
-  }
-  function get(name: string, version?: number): ModelVersionRecord | undefined {
-    const versions = state.modelVersions(name);
-    if (versions.length === 0) return undefined;
-    if (version === undefined) return versions.reduce((a, b) => (b.version > a.version ? b : a));
-    return versions.find((v) => v.version === version);
-  }
+  const checkFiles = createCheckFiles(dataDir);
+  const namedCheckFiles = (): Set<string> => new Set(state.allModelVersions().flatMap((v) => checkFilesOf(v.check)));
+  const serial = serialQueue();
+  const get = (name: string, version?: number): ModelVersionRecord | undefined => pickVersion(state.modelVersions(name), version);
   return {
-    add: (file, opts) => serial(() => addVersion(state, blobs, file, opts)),
+    add: (file, opts) => serial(() => addVersion(state, blobs, checkFiles, file, opts)),
     list(name) {
       if (name !== undefined) return [...state.modelVersions(checkedName(name))];
       return state.allModelVersions();
@@ -113,20 +85,34 @@ export function createRegistry(state: FleetRepository, dataDir: string): Registr
       }
       return found;
     },
-    remove: (name, version) => serial(() => removeVersion(state, blobs, name, version)),
+    remove: (name, version) => serial(async () => {
+      const removed = await removeVersion(state, blobs, name, version);
+      await checkFiles.release(removed.checkFiles, namedCheckFiles(), removed.addedAt);
+      return { removed: removed.removed, blobDeleted: removed.blobDeleted };
+    }),
     blobPath: (record) => blobs.path(record),
+    checkFiles,
+    // the sweep runs between adds, so it never takes a file an add is reading
+    async putSample(body, headerLength) {
+      await serial(() => checkFiles.sweep(namedCheckFiles()));
+      return checkFiles.putSample(body, headerLength);
+    },
+    async putExpected(json) {
+      await serial(() => checkFiles.sweep(namedCheckFiles()));
+      return checkFiles.putExpected(json);
+    },
   };
 }
 
 /** Reads and checks an ONNX file (and the processing it declares) before anything is stored. */
-async function readModel(file: string, processing: Processing | null): Promise<{ bytes: Buffer; meta: OnnxMetadata }> {
+async function readModel(file: string, processing: Processing | null, source = file): Promise<{ bytes: Buffer; meta: OnnxMetadata }> {
   let bytes: Buffer;
   try {
     bytes = await readFile(file);
   } catch (error) {
-    throw new FleetError('not_found', `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    throw new FleetError('not_found', `cannot read ${source}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
   }
-  const meta = readOnnxMetadata(bytes, file);
+  const meta = readOnnxMetadata(bytes, source);
   if (processing) {
     if (!meta.inputs.some((i) => i.name === processing.input)) {
       throw invalid(`processing names input "${processing.input}", but the model's inputs are ${meta.inputs.map((i) => i.name).join(', ')}`);
@@ -138,31 +124,34 @@ async function readModel(file: string, processing: Processing | null): Promise<{
   return { bytes, meta };
 }
 
-async function addVersion(state: FleetRepository, blobs: BlobStore, file: string, opts: AddOptions): Promise<AddedModel> {
+async function addVersion(state: FleetRepository, blobs: BlobStore, checkFiles: CheckFiles, file: string, opts: AddOptions): Promise<AddedModel> {
   const name = checkedName(opts.name);
   const processing = opts.processing ? parseProcessing(opts.processing) : null;
-  const { bytes, meta } = await readModel(file, processing);
+  const { bytes, meta } = await readModel(file, processing, opts.source);
+  const check = await resolveCheck(opts.check, { name, inputs: meta.inputs, outputs: meta.outputs, processing, file }, checkFiles);
   const sha256 = sha256Hex(bytes);
   const versions = state.modelVersions(name);
-  const same = versions.find((v) => v.sha256 === sha256);
+  // the same bytes checked the same way are the same version; another check makes a new one
+  const same = versions.find((v) => v.sha256 === sha256 && sameCheck(checkOf(v), check));
   if (same) return { ...same, created: false };
   const stored = await blobs.store(bytes, sha256);
   // the manifest's chunk table for the default chunk size, so the first delivery need not hash the file
   await writeChunkTable(stored, { sha256, length: bytes.length, size: DEFAULT_CHUNK_SIZE, chunks: chunkHashes(bytes, DEFAULT_CHUNK_SIZE) });
-  const version = Math.max(state.highestVersionEver(name), ...versions.map((v) => v.version)) + 1;
+  const version = nextVersion(state.highestVersionEver(name), versions);
   const record: ModelVersionRecord = {
     name,
     version,
     sha256,
     length: bytes.length,
     addedAt: new Date().toISOString(),
-    blob: relative(blobs.root, join(blobs.dir, sha256)).split(sep).join('/'),
+    blob: blobs.relativePath(sha256),
     inputs: meta.inputs,
     outputs: meta.outputs,
     opset: meta.opset,
     minOnnxruntime: opts.minOnnxruntime ?? (meta.opset === null ? null : minOnnxruntimeForOpset(meta.opset)),
     lineage: opts.lineage ?? null,
     processing,
+    check,
   };
   state.setModelVersions(name, [...versions, record]);
   state.recordVersionGiven(name, version);
@@ -170,23 +159,24 @@ async function addVersion(state: FleetRepository, blobs: BlobStore, file: string
   return { ...record, created: true };
 }
 
-/** Removes a version; its number is never given again, and its blob goes when no other version has the same bytes. */
-async function removeVersion(state: FleetRepository, blobs: BlobStore, name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean }> {
+/**
+ * Removes a version; its number is never given again, and its blob goes when no other version has the same
+ * bytes. Answers the check files it named, for the caller to release.
+ */
+async function removeVersion(state: FleetRepository, blobs: BlobStore, name: string, version: number): Promise<{ removed: boolean; blobDeleted: boolean; checkFiles: string[]; addedAt: number }> {
   checkedName(name);
   const versions = state.modelVersions(name);
   const record = versions.find((v) => v.version === version);
-  if (!record) return { removed: false, blobDeleted: false };
+  if (!record) return { removed: false, blobDeleted: false, checkFiles: [], addedAt: 0 };
   state.setModelVersions(name, versions.filter((v) => v !== record));
   state.recordVersionGiven(name, version);
   await state.write();
+  const checkFiles = checkFilesOf(record.check);
+  const addedAt = Date.parse(record.addedAt);
   const stillUsed = state.allModelVersions().some((v) => v.sha256 === record.sha256);
-  if (stillUsed) return { removed: true, blobDeleted: false };
-  await rm(blobs.path(record), { force: true });
-  const prefix = `${record.sha256}.chunks-`;
-  for (const entry of await readdir(blobs.dir).catch(() => [] as string[])) {
-    if (entry.startsWith(prefix)) await rm(join(blobs.dir, entry), { force: true });
-  }
-  return { removed: true, blobDeleted: true };
+  if (stillUsed) return { removed: true, blobDeleted: false, checkFiles, addedAt };
+  await blobs.remove(record);
+  return { removed: true, blobDeleted: true, checkFiles, addedAt };
 }
 
 function checkedName(name: string): string {

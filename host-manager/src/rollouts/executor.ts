@@ -10,22 +10,23 @@ import type { Logger } from 'pino';
 import { FleetError, assertName, ownEntry, toErrorBody } from '@edgefleet/protocol';
 import type { ErrorBody } from '@edgefleet/protocol';
 import type { FleetRepository } from '../state/repository.js';
-import type { RolloutDevice, RolloutRecord, RolloutTarget } from '../state/schema.js';
+import type { ArtifactKind, DeviceRecord, RolloutDevice, RolloutRecord, RolloutTarget } from '../state/schema.js';
 import type { Fleet } from '../devices/presence.js';
 import type { Metrics } from '../api/metrics.js';
 import { EMPTY_HEALTH, combineHealth, summarizeHealth } from './health.js';
-import { evaluateGate, gateFailureReason } from './gate.js';
-import { newRollout, nextStep } from './plan.js';
+import { containerVerdicts, evaluateGate, gateFailureReason } from './gate.js';
+import { applyRewave, newRollout, nextStep } from './plan.js';
 import type { RolloutStep } from './plan.js';
 import { resolvePolicy } from './policy.js';
 import type { PolicyInput } from './policy.js';
 import { summarize } from './summary.js';
-import { formatTarget, targetDevices } from './target.js';
+import { formatTarget, isDynamicTarget, targetDevices } from './target.js';
 
 export type DeliveryOutcome = { ok: true; version: number; previous?: number | null } | { ok: false; error: ErrorBody };
 
-/** Delivers (and activates) one model version on some devices; one outcome per device. */
+/** Delivers (and activates) one model or image version on some devices; one outcome per device. */
 export type DeliverFn = (args: {
+  kind: ArtifactKind;
   model: string;
   version: number;
   target: RolloutTarget;
@@ -33,8 +34,8 @@ export type DeliverFn = (args: {
   onProgress?: (device: string, received: number, total: number) => void;
 }) => Promise<Record<string, DeliveryOutcome>>;
 
-/** Switches one device back to `previous` of a model. */
-export type RollbackFn = (args: { device: string; model: string; previous: number | null }) => Promise<{ version: number }>;
+/** Switches one device back to `previous` of a model or an app (for an app with none before: stops it). */
+export type RollbackFn = (args: { kind: ArtifactKind; device: string; model: string; previous: number | null }) => Promise<{ version: number | null }>;
 
 export interface RolloutsOptions {
   state: FleetRepository;
@@ -48,6 +49,8 @@ export interface RolloutsOptions {
 }
 
 export interface CreateRolloutInput {
+  /** Default 'model'. */
+  kind?: ArtifactKind;
   model: string;
   version?: number;
   to: RolloutTarget;
@@ -103,34 +106,39 @@ export class Rollouts {
     }
   }
 
-  async create(input: CreateRolloutInput, versionOf: (model: string, version?: number) => number): Promise<RolloutRecord> {
-    assertName('model', input.model);
-    const version = versionOf(input.model, input.version);
+  async create(input: CreateRolloutInput, versionOf: (name: string, version: number | undefined, kind: ArtifactKind) => number): Promise<RolloutRecord> {
+    const kind = input.kind ?? 'model';
+    assertName(kind, input.model);
+    const version = versionOf(input.model, input.version, kind);
     const policy = resolvePolicy(input.policy);
-    const all = this.#state.devices().filter((d) => d.provisioned !== false || d.info);
+    const all = this.#candidates();
     if (input.to.kind === 'device') this.#state.requireDevice(input.to.name);
     if (input.to.kind === 'group' && !all.some((d) => d.groups.includes(input.to.kind === 'group' ? input.to.name : ''))) {
       throw new FleetError('not_found', `group ${input.to.name} has no devices; see \`hostManager groups\``);
     }
     const chosen = targetDevices(all, input.to);
+    if (chosen.length === 0 && input.to.kind === 'selector') {
+      throw new FleetError('not_found', `no device matches ${formatTarget(input.to)} now; see the labels and facts in \`hostManager devices list\``);
+    }
     if (chosen.length === 0) throw new FleetError('not_found', 'the fleet has no devices to roll out to; add one with `hostManager devices add`');
     const unfinishedOn = (r: RolloutRecord, device: string): boolean => {
       const was = ownEntry(r.devices, device);
       return was !== undefined && was.state !== 'switched';
     };
-    const busy = this.list().find((r) => r.status === 'running' && r.model === input.model && chosen.some((d) => unfinishedOn(r, d.id)));
+    const busy = this.list().find((r) => r.status === 'running' && (r.kind ?? 'model') === kind && r.model === input.model && chosen.some((d) => unfinishedOn(r, d.id)));
     if (busy) {
       throw new FleetError('conflict', `rollout ${busy.id} of ${busy.model}@${busy.version} is still running on some of these devices; abort it or wait`);
     }
     const id = `r-${new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14)}-${randomBytes(3).toString('hex')}`;
     const record = newRollout({
       id,
+      kind,
       model: input.model,
       version,
       target: input.to,
       policy,
       devices: chosen,
-      previous: (device) => this.#activeVersion(device, input.model),
+      previous: (device) => this.#activeVersion(device, kind, input.model),
       createdBy: input.actor,
       now: new Date(),
     });
@@ -198,6 +206,23 @@ export class Rollouts {
     return r;
   }
 
+  /**
+   * Switches one device back to the version it ran before the newest rollout of `model` that
+   * switched it (that rollout's record shows the device rolled back; the rollout itself goes on).
+   */
+  async rollbackDevice(device: string, model: string, actor: string): Promise<RolloutRecord> {
+    this.#state.requireDevice(device);
+    const r = this.list().find((x) => (x.kind ?? 'model') === 'model' && x.model === model && ownEntry(x.devices, device)?.state === 'switched');
+    if (!r) throw new FleetError('not_found', `no rollout of ${model} switched ${device}; nothing to roll back (see \`hostManager rollouts list\`)`);
+    await this.#rollbackDevices(r, [device], actor);
+    const d = ownEntry(r.devices, device)!;
+    r.updatedAt = new Date().toISOString();
+    await this.#state.write();
+    this.#emit(r);
+    if (d.state !== 'rolled-back') throw new FleetError(d.error?.code ?? 'internal', d.error?.message ?? `${device} could not be rolled back`);
+    return r;
+  }
+
   /** Resolves when the rollout is no longer running (finished, failed or aborted). */
   async settled(id: string): Promise<RolloutRecord> {
     await this.#running.get(id);
@@ -210,8 +235,16 @@ export class Rollouts {
     await Promise.allSettled([...this.#running.values()]);
   }
 
-  #activeVersion(device: string, model: string): number | null {
-    return this.#state.device(device)?.info?.models.find((m) => m.name === model)?.version ?? null;
+  /** Devices a rollout may reach: provisioned here, or seen reporting on an external broker. */
+  #candidates(): DeviceRecord[] {
+    return this.#state.devices().filter((d) => d.provisioned !== false || d.info);
+  }
+
+  /** What the device last reported running: the model's active version, or the version of the app's running container. */
+  #activeVersion(device: string, kind: ArtifactKind, name: string): number | null {
+    const info = this.#state.device(device)?.info;
+    if (kind === 'image') return info?.containers?.find((c) => c.role === 'app' && c.app === name && c.running)?.version ?? null;
+    return info?.models.find((m) => m.name === name)?.version ?? null;
   }
 
   #start(id: string): void {
@@ -239,7 +272,8 @@ export class Rollouts {
     while (!this.#closed) {
       const r = this.#state.rollout(id);
       if (!r || r.status !== 'running') return;
-      const step = nextStep(r, (d) => this.#fleet.isOnline(d), new Date());
+      const matching = isDynamicTarget(r.target) ? () => targetDevices(this.#candidates(), r.target) : undefined;
+      const step = nextStep(r, (d) => this.#fleet.isOnline(d), new Date(), matching);
       if (step.kind === 'idle') return;
       if (step.kind === 'wait') {
         await this.#sleep(step.until);
@@ -260,6 +294,10 @@ export class Rollouts {
         await this.#deliverTo(r, step.wave, step.devices);
         return;
       }
+      case 'rewave':
+        applyRewave(r, step, (id) => this.#activeVersion(id, r.kind ?? 'model', r.model));
+        if (step.join.length || step.leave.length) this.#log.info({ rollout: r.id, wave: step.wave, join: step.join, leave: step.leave }, 'target re-evaluated as the wave starts');
+        return;
       case 'mark-waiting':
         for (const id of step.devices) {
           const d = ownEntry(r.devices, id);
@@ -293,7 +331,8 @@ export class Rollouts {
             summarizeHealth(this.#fleet.history.health(d.id, `${r.model}@${r.version}`, Date.parse(d.switchedAt ?? wave.switchedAt ?? r.createdAt))),
           ),
         );
-        const gate = evaluateGate(r.policy, devices, before, after);
+        const containers = r.kind === 'image' ? containerVerdicts(r.model, r.version, switched, (id) => this.#state.device(id)) : undefined;
+        const gate = evaluateGate(r.policy, devices, before, after, containers);
         wave.gate = gate;
         wave.state = gate.pass ? 'passed' : 'failed';
         wave.finishedAt = now.toISOString();
@@ -331,7 +370,7 @@ export class Rollouts {
       const d = ownEntry(r.devices, id)!;
       d.state = 'delivering';
       d.attempts += 1;
-      const active = this.#activeVersion(id, r.model);
+      const active = this.#activeVersion(id, r.kind ?? 'model', r.model);
       if (active !== r.version) d.previous = active;
       d.before = summarizeHealth(this.#fleet.history.health(id, `${r.model}@${d.previous}`, baselineFrom, now));
     }
@@ -342,6 +381,7 @@ export class Rollouts {
     let outcomes: Record<string, DeliveryOutcome>;
     try {
       outcomes = await this.#deliver({
+        kind: r.kind ?? 'model',
         model: r.model,
         version: r.version,
         target: r.target,
@@ -373,7 +413,7 @@ export class Rollouts {
       }
       this.#state.appendAudit({
         actor: `device:${id}`,
-        action: 'model.deliver',
+        action: `${r.kind ?? 'model'}.deliver`,
         target: `${r.model}@${r.version}`,
         result: outcome.ok ? 'ok' : 'error',
         detail: { rollout: r.id, wave: waveIndex, ...(outcome.ok ? { previous: d.previous } : { error: outcome.error }) },
@@ -387,15 +427,16 @@ export class Rollouts {
         const d = ownEntry(r.devices, id);
         if (!d) return;
         try {
-          const res = await this.#rollback({ device: id, model: r.model, previous: d.previous });
+          const res = await this.#rollback({ kind: r.kind ?? 'model', device: id, model: r.model, previous: d.previous });
           d.state = 'rolled-back';
           delete d.error;
-          this.#state.appendAudit({ actor, action: 'model.rollback', target: `${id}: ${r.model}@${r.version} → ${res.version}`, result: 'ok', detail: { rollout: r.id } });
+          const to = res.version === null ? 'stopped' : String(res.version);
+          this.#state.appendAudit({ actor, action: `${r.kind ?? 'model'}.rollback`, target: `${id}: ${r.model}@${r.version} → ${to}`, result: 'ok', detail: { rollout: r.id } });
         } catch (error) {
           const body = toErrorBody(error);
           d.error = { code: body.code, message: `rollback failed: ${body.message}` };
           if (this.#fleet.isOnline(id)) d.state = 'failed'; // it answered and refused: recorded, not retried forever
-          this.#state.appendAudit({ actor, action: 'model.rollback', target: `${id}: ${r.model}`, result: 'error', detail: { rollout: r.id, error: body } });
+          this.#state.appendAudit({ actor, action: `${r.kind ?? 'model'}.rollback`, target: `${id}: ${r.model}`, result: 'error', detail: { rollout: r.id, error: body } });
         }
       }),
     );

@@ -5,9 +5,11 @@
  * controller restart yields the same next step.
  */
 import { nameRecord, ownEntry } from '@edgefleet/protocol';
-import type { RolloutDevice, RolloutPolicy, RolloutRecord, RolloutStatus, RolloutTarget, RolloutWave } from '../state/schema.js';
+import type { ArtifactKind, RolloutDevice, RolloutPolicy, RolloutRecord, RolloutStatus, RolloutTarget, RolloutWave } from '../state/schema.js';
 import { gateFailureReason } from './gate.js';
+import { isDynamicTarget } from './target.js';
 import type { PlanDevice } from './target.js';
+import { formatWindow, inWindow, nextWindowOpen } from './window.js';
 
 export interface PlannedWave {
   label: string;
@@ -44,6 +46,8 @@ export function planWaves(devices: readonly PlanDevice[], policy: RolloutPolicy)
 /** Builds the record a new rollout starts from. */
 export function newRollout(args: {
   id: string;
+  /** Default 'model'. */
+  kind?: ArtifactKind;
   model: string;
   version: number;
   target: RolloutTarget;
@@ -54,6 +58,9 @@ export function newRollout(args: {
   now: Date;
 }): RolloutRecord {
   const waves = planWaves(args.devices, args.policy);
+  // A target chosen again as each wave starts keeps a last wave after the canary, even an empty one,
+  // so that devices which match later have a wave to join.
+  if (isDynamicTarget(args.target) && (waves.length === 0 || waves[waves.length - 1]!.label === 'canary')) waves.push({ label: '100%', devices: [] });
   const now = args.now.toISOString();
   const devices = nameRecord<RolloutDevice>();
   waves.forEach((wave, index) => {
@@ -61,6 +68,7 @@ export function newRollout(args: {
   });
   return {
     id: args.id,
+    ...(args.kind === 'image' ? { kind: 'image' as const } : {}),
     model: args.model,
     version: args.version,
     target: args.target,
@@ -78,6 +86,8 @@ export function newRollout(args: {
 export type RolloutStep =
   | { kind: 'idle' } // not running (aborted or finished)
   | { kind: 'deliver'; wave: number; devices: string[] }
+  /** A dynamic target's wave about to start: devices that match now join it, pending ones that no longer match leave it. */
+  | { kind: 'rewave'; wave: number; join: string[]; leave: string[] }
   | { kind: 'mark-waiting'; devices: string[] }
   | { kind: 'start-soak'; wave: number }
   | { kind: 'gate'; wave: number }
@@ -88,9 +98,10 @@ export type RolloutStep =
 
 /**
  * What to do next. `online` answers from the fleet's current presence; `now` is
- * the clock. Every step's effect is written to the record before the next call.
+ * the clock; `matching` (for group, selector and `all` targets) lists the devices that
+ * match the target now. Every step's effect is written to the record before the next call.
  */
-export function nextStep(r: RolloutRecord, online: (device: string) => boolean, now: Date): RolloutStep {
+export function nextStep(r: RolloutRecord, online: (device: string) => boolean, now: Date, matching?: () => readonly PlanDevice[]): RolloutStep {
   if (r.status !== 'running') return { kind: 'idle' };
   const devices = Object.values(r.devices);
   const failedWave = r.waves.find((w) => w.state === 'failed');
@@ -115,7 +126,7 @@ export function nextStep(r: RolloutRecord, online: (device: string) => boolean, 
   // Devices that were offline in an earlier (or the current) wave and are back: retry them first.
   const upTo = current ? current.index : r.waves.length - 1;
   const returned = devices.filter((d) => d.state === 'waiting' && d.wave <= upTo && online(d.id)).map((d) => d.id);
-  if (returned.length > 0 && !pastDeadline) return { kind: 'deliver', wave: upTo, devices: returned.sort() };
+  if (returned.length > 0 && !pastDeadline) return outsideWindow(r, now) ?? { kind: 'deliver', wave: upTo, devices: returned.sort() };
 
   if (!current) {
     const waiting = devices.filter((d) => d.state === 'waiting').map((d) => d.id);
@@ -135,10 +146,17 @@ export function nextStep(r: RolloutRecord, online: (device: string) => boolean, 
   }
 
   const inWave = current.devices.map((id) => ownEntry(r.devices, id)).filter((d): d is RolloutDevice => d !== undefined);
+  if (current.state === 'pending' && matching && isDynamicTarget(r.target)) {
+    const rewave = rewaveStep(r, current, inWave, matching());
+    if (rewave) return rewave;
+  }
+  if (current.state === 'pending' && inWave.every((d) => d.state === 'skipped')) {
+    return { kind: 'gate', wave: current.index }; // nobody to deliver to or watch: nothing to soak
+  }
   if (current.state === 'pending' || current.state === 'delivering') {
     const todo = inWave.filter((d) => d.state === 'pending' || d.state === 'delivering');
     const reachable = todo.filter((d) => online(d.id)).map((d) => d.id);
-    if (reachable.length > 0) return { kind: 'deliver', wave: current.index, devices: reachable.sort() };
+    if (reachable.length > 0) return outsideWindow(r, now) ?? { kind: 'deliver', wave: current.index, devices: reachable.sort() };
     if (todo.length > 0) return { kind: 'mark-waiting', devices: todo.map((d) => d.id).sort() };
     // Everything in the wave has an outcome or is waiting.
     const switched = inWave.filter((d) => d.state === 'switched').length;
@@ -158,4 +176,40 @@ export function nextStep(r: RolloutRecord, online: (device: string) => boolean, 
     return { kind: 'wait', until, reason: `wave ${current.index} (${current.label}) soaking until ${until.toISOString()}` };
   }
   return { kind: 'gate', wave: current.index };
+}
+
+/** The wait until the rollout's maintenance window opens, or undefined when deliveries may start now. */
+function outsideWindow(r: RolloutRecord, now: Date): RolloutStep | undefined {
+  const window = r.policy.window;
+  if (!window || inWindow(window, now)) return undefined;
+  const opens = nextWindowOpen(window, now);
+  return { kind: 'wait', until: opens, reason: `outside the maintenance window ${formatWindow(window)}; deliveries start at ${opens.toISOString()}` };
+}
+
+/** Who joins or leaves a dynamic target's wave as it starts; undefined when nothing changes. */
+function rewaveStep(r: RolloutRecord, wave: RolloutWave, inWave: readonly RolloutDevice[], now: readonly PlanDevice[]): RolloutStep | undefined {
+  const matchingIds = new Set(now.map((d) => d.id));
+  const join = now.filter((d) => ownEntry(r.devices, d.id) === undefined).map((d) => d.id).sort();
+  const leave = inWave.filter((d) => d.state === 'pending' && !matchingIds.has(d.id)).map((d) => d.id).sort();
+  return join.length > 0 || leave.length > 0 ? { kind: 'rewave', wave: wave.index, join, leave } : undefined;
+}
+
+/**
+ * Carries a `rewave` step out on the record (pure, on the record given): joining devices are
+ * added to the wave as pending, leaving ones are skipped with the reason.
+ */
+export function applyRewave(r: RolloutRecord, step: Extract<RolloutStep, { kind: 'rewave' }>, previous: (device: string) => number | null): void {
+  const wave = r.waves[step.wave];
+  if (!wave) return;
+  for (const id of step.join) {
+    r.devices[id] = { id, wave: step.wave, state: 'pending', previous: previous(id), attempts: 0 };
+    wave.devices.push(id);
+  }
+  for (const id of step.leave) {
+    const d = ownEntry(r.devices, id);
+    if (d) {
+      d.state = 'skipped';
+      d.error = { code: 'not_found', message: 'no longer matched the target when its wave started' };
+    }
+  }
 }

@@ -1,6 +1,8 @@
 /** A rollout's policy: the defaults, what an operator may set, and how the two merge. */
 import { z } from 'zod';
+import { MaintenanceWindowSchema } from '../state/schema.js';
 import type { RolloutPolicy } from '../state/schema.js';
+import { checkTimeZone } from './window.js';
 
 export const DEFAULT_POLICY: RolloutPolicy = {
   canary: 1,
@@ -29,6 +31,20 @@ export const RolloutPolicySchema = z
     minRequests: z.number().int().min(0),
     offlineDeadlineS: z.number().min(0),
     rollbackOnFailure: z.boolean(),
+    window: MaintenanceWindowSchema.refine(
+      (w) => w.start !== w.end,
+      'the window is empty; give an end different from its start',
+    ).refine(
+      (w) => {
+        try {
+          checkTimeZone(w.timeZone);
+          return true;
+        } catch {
+          return false; // checkTimeZone throws for a zone this runtime does not know: refused here with the sentence below
+        }
+      },
+      'unknown time zone; use an IANA name such as UTC or Europe/Berlin',
+    ),
   })
   .partial()
   .strict();

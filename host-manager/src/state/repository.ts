@@ -7,7 +7,7 @@
 import type { Low } from 'lowdb';
 import { FleetError, ownEntry } from '@edgefleet/protocol';
 import { AUDIT_LIMIT } from './schema.js';
-import type { AuditEntry, DeviceRecord, EnrolmentRecord, FleetState, GroupRecord, ModelVersionRecord, OperatorRecord, RolloutRecord } from './schema.js';
+import type { AuditEntry, DeviceRecord, EnrolmentRecord, FleetState, GroupRecord, ImageVersionRecord, ModelVersionRecord, OperatorRecord, RolloutRecord } from './schema.js';
 import { openStateFile } from './store.js';
 import type { StateFileOptions } from './store.js';
 
@@ -89,6 +89,35 @@ export class FleetRepository {
 
   recordVersionGiven(name: string, version: number): void {
     const highWater = this.#data.modelVersionHighWater ?? (this.#data.modelVersionHighWater = Object.create(null) as Record<string, number>);
+    highWater[name] = Math.max(ownEntry(highWater, name) ?? 0, version);
+  }
+
+  // ---------------------------------------------------------------- images
+
+  /** The versions of one image, oldest first (empty when there are none). */
+  imageVersions(name: string): ImageVersionRecord[] {
+    const images = this.#data.images;
+    return (images && ownEntry(images, name)) ?? [];
+  }
+
+  allImageVersions(): ImageVersionRecord[] {
+    return Object.values(this.#data.images ?? {}).flat();
+  }
+
+  setImageVersions(name: string, versions: ImageVersionRecord[]): void {
+    const images = this.#data.images ?? (this.#data.images = Object.create(null) as Record<string, ImageVersionRecord[]>);
+    if (versions.length > 0) images[name] = versions;
+    else delete images[name];
+  }
+
+  /** The highest version number ever given to this image (removed ones included), or 0. */
+  highestImageVersionEver(name: string): number {
+    const highWater = this.#data.imageVersionHighWater;
+    return (highWater && ownEntry(highWater, name)) ?? 0;
+  }
+
+  recordImageVersionGiven(name: string, version: number): void {
+    const highWater = this.#data.imageVersionHighWater ?? (this.#data.imageVersionHighWater = Object.create(null) as Record<string, number>);
     highWater[name] = Math.max(ownEntry(highWater, name) ?? 0, version);
   }
 

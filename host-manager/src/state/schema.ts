@@ -5,7 +5,19 @@
  * without a prototype, so any name is safe as a key.
  */
 import { z } from 'zod';
-import { DeviceInfoSchema, ErrorBodySchema, NameSchema, ProcessingSchema, TelemetrySampleSchema, TensorInfoSchema, VersionSchema, nameRecord } from '@edgefleet/protocol';
+import {
+  CHECK_POLICIES,
+  ContainerSpecSchema,
+  DeviceInfoSchema,
+  ErrorBodySchema,
+  ImageRefSchema,
+  NameSchema,
+  ProcessingSchema,
+  TelemetrySampleSchema,
+  TensorInfoSchema,
+  VersionSchema,
+  nameRecord,
+} from '@edgefleet/protocol';
 
 /** A record keyed by names, read back as a null-prototype object. */
 function byName<S extends z.ZodType>(value: S) {
@@ -15,6 +27,10 @@ function byName<S extends z.ZodType>(value: S) {
 }
 
 const Iso = z.string().min(1);
+
+/** A label's key (`site`, `example.com/rack`) and value (`plant-1`, possibly empty), as in Kubernetes. */
+export const LabelKeySchema = z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/, 'label keys are 1-63 letters, digits, ".", "_", "/" or "-", starting and ending with a letter or digit');
+export const LabelValueSchema = z.string().regex(/^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$/, 'label values are up to 63 letters, digits, ".", "_" or "-", starting and ending with a letter or digit');
 
 export const DeviceRecordSchema = z
   .object({
@@ -33,6 +49,10 @@ export const DeviceRecordSchema = z
     provisioned: z.boolean().optional(),
     /** Provisioned by itself with the fleet provisioning key (POST /enrol). */
     enrolled: z.boolean().optional(),
+    /** The operator's labels (`site=plant-1`), for rollout selectors; see rollouts/target.ts. */
+    labels: z.record(LabelKeySchema, LabelValueSchema).optional(),
+    /** The local inference API port its start command was given (unique among the fleet, so two agents can share a machine). */
+    agentHttpPort: z.number().int().min(1).max(65535).optional(),
   })
   .strict();
 export type DeviceRecord = z.infer<typeof DeviceRecordSchema>;
@@ -41,24 +61,84 @@ export const LineageSchema = z
   .object({ dataset: z.string().optional(), metrics: z.record(z.string(), z.number()).optional(), notes: z.string().optional(), gitCommit: z.string().optional() })
   .strict();
 
+const Sha256 = z.string().regex(/^[0-9a-f]{64}$/);
+
+/**
+ * How devices check a version before they switch to it, chosen when it was added (models/checks.ts):
+ * the policy, whether NaN is acceptable, the sample request and the expected outputs (files kept by their
+ * sha256 under `<dataDir>/blobs/checks/`; here only what they are).
+ */
+export const VersionCheckSchema = z
+  .object({
+    policy: z.enum(CHECK_POLICIES),
+    allowNaN: z.boolean(),
+    sample: z
+      .object({
+        sha256: Sha256,
+        length: z.number().int().positive(),
+        /** Inference-Header-Content-Length of a binary body; null for a JSON body. */
+        headerLength: z.number().int().nonnegative().nullable(),
+        /** What it feeds the model. */
+        inputs: z.array(z.object({ name: z.string(), dtype: z.string(), shape: z.array(z.number().int().nonnegative()) }).strict()),
+      })
+      .strict()
+      .nullable(),
+    expected: z
+      .object({
+        sha256: Sha256,
+        length: z.number().int().positive(),
+        /** The outputs it names. */
+        outputs: z.array(z.string()),
+        atol: z.number().nonnegative(),
+        rtol: z.number().nonnegative(),
+        /** Given by the operator, or computed by this controller's onnxruntime when the version was added. */
+        from: z.enum(['operator', 'controller']),
+      })
+      .strict()
+      .nullable(),
+  })
+  .strict();
+export type VersionCheck = z.infer<typeof VersionCheckSchema>;
+/** What every registry version stores about its blob: name, number, the bytes' sha256 and length, where it is. */
+const storedBlob = {
+  name: NameSchema,
+  version: VersionSchema,
+  sha256: Sha256,
+  length: z.number().int().nonnegative(),
+  addedAt: Iso,
+  /** Path of the content-addressed blob, relative to the data directory. */
+  blob: z.string(),
+};
+
 export const ModelVersionRecordSchema = z
   .object({
-    name: NameSchema,
-    version: VersionSchema,
-    sha256: z.string().regex(/^[0-9a-f]{64}$/),
-    length: z.number().int().nonnegative(),
-    addedAt: Iso,
-    /** Path of the content-addressed blob, relative to the data directory. */
-    blob: z.string(),
+    ...storedBlob,
     inputs: z.array(TensorInfoSchema),
     outputs: z.array(TensorInfoSchema),
     opset: z.number().int().nullable(),
     minOnnxruntime: z.string().nullable(),
     lineage: LineageSchema.nullable(),
     processing: ProcessingSchema.nullable(),
+    /** Absent on versions added before checks were chosen per version: those are checked with zeros. */
+    check: VersionCheckSchema.optional(),
   })
   .strict();
 export type ModelVersionRecord = z.infer<typeof ModelVersionRecordSchema>;
+
+/** A Docker image in the registry: the `docker save` archive (content-addressed like a model) and how it runs. */
+export const ImageVersionRecordSchema = z
+  .object({
+    /** The blob is the `docker save` archive: what a transfer delivers and a device checks. */
+    ...storedBlob,
+    /** The operator's reference, the image ID read from the archive itself (what manifests pin), its platform. */
+    image: ImageRefSchema,
+    /** Bytes of the layer tars (about what the image takes unpacked). */
+    layerBytes: z.number().int().nonnegative(),
+    /** How devices run it; null: an image that is installed only (a runtime for models). */
+    container: ContainerSpecSchema.nullable(),
+  })
+  .strict();
+export type ImageVersionRecord = z.infer<typeof ImageVersionRecordSchema>;
 
 export const AuditEntrySchema = z
   .object({
@@ -74,6 +154,16 @@ export const AuditEntrySchema = z
 export type AuditEntry = z.infer<typeof AuditEntrySchema>;
 
 // ---------------------------------------------------------------- rollouts
+
+/** A daily maintenance window, `start`-`end` (HH:MM, 24 h) in an IANA time zone; `end` before `start` runs past midnight. */
+export const MaintenanceWindowSchema = z
+  .object({
+    start: z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'expected HH:MM'),
+    end: z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'expected HH:MM'),
+    timeZone: z.string().min(1).max(64),
+  })
+  .strict();
+export type MaintenanceWindow = z.infer<typeof MaintenanceWindowSchema>;
 
 /** What a rollout is allowed to do and when it must stop. */
 export const RolloutPolicyRecordSchema = z
@@ -100,6 +190,8 @@ export const RolloutPolicyRecordSchema = z
     offlineDeadlineS: z.number(),
     /** Roll the switched devices back when a gate fails. */
     rollbackOnFailure: z.boolean(),
+    /** Deliveries (and so switches) start only inside this daily window; absent = any time. */
+    window: MaintenanceWindowSchema.optional(),
   })
   .strict();
 export type RolloutPolicy = z.infer<typeof RolloutPolicyRecordSchema>;
@@ -149,6 +241,8 @@ export type RolloutDevice = z.infer<typeof RolloutDeviceSchema>;
 export const GateResultSchema = z
   .object({
     pass: z.boolean(),
+    /** Image rollouts: the switched devices whose container of the new version runs and is not unhealthy at the gate. */
+    containers: z.object({ healthy: z.number(), unhealthy: z.number() }).strict().optional(),
     /** Every finding of the gate, for people, in order. */
     reasons: z.array(z.string()),
     /** The findings that failed the gate (a subset of `reasons`); absent in records written before it was kept. */
@@ -176,16 +270,28 @@ export const RolloutWaveSchema = z
   .strict();
 export type RolloutWave = z.infer<typeof RolloutWaveSchema>;
 
+/** One term of a selector: a label or a reported fact (arch, runtime, ...) equal or not equal to a value. */
+export const SelectorTermSchema = z.object({ key: LabelKeySchema, op: z.enum(['=', '!=']), value: LabelValueSchema }).strict();
+export type SelectorTerm = z.infer<typeof SelectorTermSchema>;
+
 export const RolloutTargetSchema = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('device'), name: NameSchema }).strict(),
   z.object({ kind: z.literal('group'), name: NameSchema }).strict(),
   z.object({ kind: z.literal('all') }).strict(),
+  /** Every device whose labels and facts match all terms, evaluated again as each wave starts. */
+  z.object({ kind: z.literal('selector'), match: z.array(SelectorTermSchema).min(1).max(16) }).strict(),
 ]);
 export type RolloutTarget = z.infer<typeof RolloutTargetSchema>;
+
+export const ARTIFACT_KINDS = ['model', 'image'] as const;
+export type ArtifactKind = (typeof ARTIFACT_KINDS)[number];
 
 export const RolloutRecordSchema = z
   .object({
     id: NameSchema,
+    /** What is rolled out: a model version, or an image version (an app); absent in records written before images. */
+    kind: z.enum(ARTIFACT_KINDS).optional(),
+    /** The model's name, or the image's (the app on the devices). */
     model: NameSchema,
     version: VersionSchema,
     target: RolloutTargetSchema,
@@ -224,6 +330,10 @@ export const FleetStateSchema = z
     models: byName(z.array(ModelVersionRecordSchema)),
     /** The highest version number ever given per model, so a removed number is never reused. */
     modelVersionHighWater: byName(VersionSchema).optional(),
+    /** Image name → its versions, oldest first. */
+    images: byName(z.array(ImageVersionRecordSchema)).optional(),
+    /** The highest version number ever given per image. */
+    imageVersionHighWater: byName(VersionSchema).optional(),
     rollouts: byName(RolloutRecordSchema),
     operators: byName(OperatorRecordSchema),
     /** Enrolment with the fleet provisioning key (off unless the controller runs with --enrolment). */

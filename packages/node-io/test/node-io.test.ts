@@ -1,9 +1,12 @@
 import { describe, expect, it } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TMP_MARK, decoySecretHash, hashFile, hashRandomToken, hashSecret, isSecretHash, mib, verifySecret, verifySecretAsync, writeFileAtomic } from '../src/index.js';
+import { pipeline } from 'node:stream/promises';
+import { TMP_MARK, decoySecretHash, hashFile, hashRandomToken, hashSecret, inspectArchive, isSecretHash, mib, untaggedArchive, verifySecret, verifySecretAsync, writeFileAtomic } from '../src/index.js';
+import { tinyImage } from '../../../test/support/container-images.js';
 
 async function inTmp(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'node-io-'));
@@ -137,4 +140,35 @@ describe('mib', () => {
     expect(mib(1.5 * 1024 * 1024)).toBe('1.5');
     expect(mib(200 * 1024 * 1024, 0)).toBe('200');
   });
+});
+
+describe('docker save archives', () => {
+  it('reads the one image: its ID (the config sha256), platform, layers, tags and the whole-file sha256', () =>
+    inTmp(async (dir) => {
+      const tagged = await tinyImage(dir, { platform: { architecture: 'arm', variant: 'v7' } });
+      const a = await inspectArchive(tagged.path);
+      expect(a).toMatchObject({ id: tagged.id, sha256: tagged.sha256, archiveBytes: tagged.length, platform: { os: 'linux', architecture: 'arm', variant: 'v7' }, layers: 1, repoTags: ['edgefleet-test/tiny:latest'], tagged: true });
+      // without the hash (the caller verified the file), and an archive that names no tag
+      const plain = await tinyImage(dir, { repoTags: [] });
+      expect(await inspectArchive(plain.path, { hash: false })).toMatchObject({ id: plain.id, sha256: undefined, repoTags: [], tagged: false });
+    }));
+
+  it('streams an archive without its tags, layers untouched: the same image ID, nothing named', () =>
+    inTmp(async (dir) => {
+      const tagged = await tinyImage(dir);
+      const copy = join(dir, 'untagged.tar');
+      await pipeline(untaggedArchive(tagged.path), createWriteStream(copy));
+      expect(await inspectArchive(copy)).toMatchObject({ id: tagged.id, repoTags: [], tagged: false });
+    }));
+
+  it('refuses what is not one complete image: cut inside an entry (truncated), not a tar, a missing file', () =>
+    inTmp(async (dir) => {
+      const tiny = await tinyImage(dir, { repoTags: [] });
+      const cut = join(dir, 'cut.tar');
+      await writeFile(cut, (await readFile(tiny.path)).subarray(0, 700));
+      await expect(inspectArchive(cut)).rejects.toMatchObject({ code: 'truncated', message: expect.stringMatching(/ends inside an entry/) });
+      await writeFile(join(dir, 'junk.tar'), Buffer.from('not a tar archive at all'.repeat(40)));
+      await expect(inspectArchive(join(dir, 'junk.tar'))).rejects.toMatchObject({ code: 'invalid_params' });
+      await expect(inspectArchive(join(dir, 'missing.tar'))).rejects.toMatchObject({ code: 'not_found' });
+    }));
 });

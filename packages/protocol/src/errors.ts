@@ -38,6 +38,7 @@ export const ERROR_STATUS = {
   truncated: 502,
   load_failed: 502,
   smoke_test_failed: 502,
+  digest_mismatch: 502, // an artifact is not what its signed manifest pins (e.g. a Docker image ID)
 } as const satisfies Record<string, number>;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

@@ -304,3 +304,87 @@ export function encodeInferBody(header: unknown, binary: readonly Uint8Array[]):
   const json = Buffer.from(JSON.stringify(header), 'utf8');
   return { body: Buffer.concat([json, ...binary]), headerLength: json.byteLength };
 }
+
+/** The end (exclusive) of the JSON value `body` starts with (after leading white space), or -1 when it never closes. */
+function leadingJsonEnd(body: Uint8Array): number {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < body.byteLength; i++) {
+    const b = body[i]!;
+    if (inString) {
+      if (b === 0x5c) i++; // the escaped byte cannot end the string
+      else if (b === 0x22) inString = false;
+      continue;
+    }
+    if (b === 0x22) inString = true;
+    else if (b === 0x7b || b === 0x5b) depth++;
+    else if (b === 0x7d || b === 0x5d) {
+      if (--depth === 0) return i + 1;
+    } else if (depth === 0 && b !== 0x20 && b !== 0x09 && b !== 0x0a && b !== 0x0d) return -1; // not an object or array
+  }
+  return -1;
+}
+
+/**
+ * Splits a request body kept in a file (no HTTP headers beside it): with `headerLength` given, at it (as
+ * splitInferBody); otherwise the body is JSON, or a JSON header followed by binary tensors when its inputs
+ * declare `parameters.binary_data_size`, and the header's length is found from where its JSON ends.
+ * Answers the header length it used (undefined for a JSON body), so the body can be sent on as it is.
+ */
+export function splitStoredInferBody(body: Uint8Array, headerLength?: number): { json: unknown; binary: Uint8Array | undefined; headerLength: number | undefined } {
+  if (headerLength !== undefined) return { ...splitInferBody(body, headerLength), headerLength };
+  const end = leadingJsonEnd(body);
+  if (end < 0) {
+    throw new FleetError('bad_request', 'the file is not a request body: it is neither JSON nor a JSON header followed by binary tensors; give the header length if the header is not JSON');
+  }
+  const rest = body.subarray(end);
+  const { json } = splitInferBody(body, end);
+  const declared = (json as { inputs?: unknown }).inputs;
+  const binaryInputs = Array.isArray(declared) && declared.some((i) => (i as { parameters?: Record<string, unknown> } | null)?.parameters?.['binary_data_size'] !== undefined);
+  if (binaryInputs) return { json, binary: rest, headerLength: end };
+  if (rest.some((b) => b !== 0x20 && b !== 0x09 && b !== 0x0a && b !== 0x0d)) {
+    throw new FleetError(
+      'bad_request',
+      `the file has ${rest.byteLength} bytes after its JSON, but no input declares parameters.binary_data_size; a binary body lists each tensor's size there`,
+    );
+  }
+  return { json, binary: undefined, headerLength: undefined };
+}
+
+/** Headers as node:http gives them. */
+type Headers = Readonly<Record<string, string | string[] | undefined>>;
+
+const ACCEPTED = 'send application/json (tensors in JSON) or application/octet-stream (a JSON header, then the binary tensors; its length in Inference-Header-Content-Length)';
+
+/**
+ * Checks an inference request's declared form before its body is read (every HTTP surface that takes one):
+ * the content type (JSON, or octet-stream for the binary extension), no content encoding, and the
+ * Inference-Header-Content-Length, which an octet-stream body must have. Answers that length (undefined: all JSON).
+ */
+export function inferBodyFormat(headers: Headers): { headerLength: number | undefined } {
+  const one = (name: string): string | undefined => {
+    const v = headers[name];
+    return Array.isArray(v) ? v[0] : v;
+  };
+  const type = one('content-type')?.split(';')[0]?.trim().toLowerCase();
+  if (type !== undefined && type !== '' && type !== 'application/json' && type !== 'application/octet-stream' && !/^application\/[\w.+-]+\+json$/.test(type)) {
+    throw new FleetError('unsupported_media_type', `content-type ${type} is not accepted; ${ACCEPTED}`);
+  }
+  const encoding = one('content-encoding')?.trim().toLowerCase();
+  if (encoding && encoding !== 'identity') throw new FleetError('unsupported_media_type', `content-encoding ${encoding} is not accepted; send the body uncompressed`);
+  const header = one('inference-header-content-length');
+  if (header === undefined) {
+    if (type === 'application/octet-stream') {
+      throw new FleetError('bad_request', 'an application/octet-stream body needs Inference-Header-Content-Length: the length of the JSON header before the binary tensors');
+    }
+    return { headerLength: undefined };
+  }
+  if (!/^\d{1,10}$/.test(header.trim())) {
+    throw new FleetError('bad_request', `Inference-Header-Content-Length must be the byte length of the JSON header, got ${JSON.stringify(header)}`);
+  }
+  const headerLength = Number(header);
+  if (headerLength === 0) {
+    throw new FleetError('bad_request', 'a body that is only binary data (Inference-Header-Content-Length: 0) is not supported; send a JSON header that describes the inputs');
+  }
+  return { headerLength };
+}

@@ -60,6 +60,131 @@ const SampleTensorSchema = z.object({
   data: z.array(z.union([z.number(), z.string(), z.boolean()])),
 });
 
+// ---------------------------------------------------------------- images and containers
+
+/**
+ * A Docker image ID: `sha256:` + the sha256 of the image's config JSON (`docker image inspect -f '{{.Id}}'`).
+ *
+ * This is what a manifest pins, not a registry manifest digest (`RepoDigests`, `name@sha256:…`). A registry
+ * digest is the hash of the distribution manifest a registry serves; a `docker save` archive does not carry
+ * that document, and `docker load` (no registry involved) can neither reproduce nor check it: a loaded image
+ * has no RepoDigests at all. The image ID is reproduced by `docker load` from the archive alone, and it pins
+ * every byte of the image: the config lists the sha256 of each uncompressed layer (rootfs.diff_ids), and the
+ * engine refuses a layer that does not hash to its entry while it loads.
+ */
+export const ImageIdSchema = z.string().regex(/^sha256:[0-9a-f]{64}$/, 'an image ID: sha256: and 64 lowercase hex digits');
+
+/** Docker's platform naming (Go's GOARCH): amd64, arm64, arm (with variant v6 or v7), 386, ppc64le, s390x, riscv64. */
+export const ImagePlatformSchema = z.object({
+  os: z.literal('linux').default('linux'),
+  architecture: z.string().regex(/^[a-z0-9]{2,16}$/, 'a Docker architecture name such as amd64, arm64 or arm'),
+  variant: z.string().regex(/^v[0-9]{1,2}$/, 'a variant such as v7 or v8').optional(),
+});
+export type ImagePlatform = z.infer<typeof ImagePlatformSchema>;
+
+export const ImageRefSchema = z.object({
+  /** The operator's name for it (name:tag), informative only: the agent tags what it loads edgefleet/<app>:<version>. */
+  reference: z.string().min(1).max(256),
+  digest: ImageIdSchema,
+  /** The image config's platform; the device refuses a manifest whose platform it cannot run before anything is sent. */
+  platform: ImagePlatformSchema.optional(),
+});
+export type ImageRef = z.infer<typeof ImageRefSchema>;
+
+/** An absolute path inside the container, without ".." segments. */
+const ContainerPath = z
+  .string()
+  .max(1024)
+  .regex(/^\/[^\0]*$/, 'an absolute path inside the container')
+  .refine((p) => !p.split('/').includes('..'), 'no ".." segments');
+
+export const ContainerPortSchema = z.object({
+  container: z.number().int().min(1).max(65535),
+  protocol: z.enum(['tcp', 'udp']).default('tcp'),
+  /** 0 (default): the engine picks a free host port, so a new version can start beside the old one (blue/green); a fixed port forces stop-then-start. */
+  host: z.number().int().min(0).max(65535).default(0),
+  /** The host address the port is published on: loopback unless the operator opens it. */
+  hostIp: z.union([z.ipv4(), z.ipv6()]).default('127.0.0.1'),
+});
+export type ContainerPort = z.infer<typeof ContainerPortSchema>;
+
+/** Mount sources are named, never host paths: each resolves inside the agent's data directory. */
+export const ContainerMountSchema = z.discriminatedUnion('kind', [
+  /** The active version's directory of a model in the agent's store (model.onnx, manifest.json), always read-only. */
+  z.object({ kind: z.literal('model'), model: Name, target: ContainerPath }),
+  /** A directory of this app's own under <dataDir>/containers/volumes/<app>/<name>, kept across versions. */
+  z.object({ kind: z.literal('volume'), name: Name, target: ContainerPath, readOnly: z.boolean().default(false) }),
+]);
+export type ContainerMount = z.infer<typeof ContainerMountSchema>;
+
+const Millis = (min: number, max: number) => z.number().int().min(min).max(max);
+
+export const ContainerHealthSchema = z.discriminatedUnion('kind', [
+  /** The image's own HEALTHCHECK; an image without one counts as healthy once it has run `settleMs` without exiting or restarting. */
+  z.object({ kind: z.literal('image'), settleMs: Millis(0, 600_000).default(2000) }),
+  /** A Docker HEALTHCHECK that replaces the image's (the engine runs `test` inside the container). */
+  z.object({
+    kind: z.literal('docker'),
+    test: z.array(z.string().min(1)).min(1).max(64),
+    intervalMs: Millis(100, 3_600_000).default(1000),
+    timeoutMs: Millis(100, 3_600_000).default(1000),
+    retries: z.number().int().min(1).max(100).default(3),
+    startPeriodMs: Millis(0, 3_600_000).default(0),
+  }),
+  /** An HTTP GET the agent sends to a published port: healthy on a 2xx answer. */
+  z.object({
+    kind: z.literal('http'),
+    port: z.number().int().min(1).max(65535),
+    path: z.string().regex(/^\/[\x21-\x7e]*$/, 'a path starting with /').default('/'),
+    intervalMs: Millis(50, 60_000).default(250),
+  }),
+]);
+export type ContainerHealth = z.infer<typeof ContainerHealthSchema>;
+
+export const UPDATE_STRATEGIES = ['download-then-replace', 'stop-then-download'] as const;
+
+/** How the agent runs an image (kind 'image'), or the container that serves a model (kind 'model' with `inference`). */
+export const ContainerSpecSchema = z.object({
+  /** Replaces the image's CMD (and, with `entrypoint`, its ENTRYPOINT). */
+  command: z.array(z.string()).max(256).optional(),
+  entrypoint: z.array(z.string()).max(64).optional(),
+  env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'an environment variable name'), z.string().max(8192)).default({}),
+  ports: z.array(ContainerPortSchema).max(64).default([]),
+  mounts: z.array(ContainerMountSchema).max(32).default([]),
+  restart: z.enum(['no', 'on-failure', 'unless-stopped', 'always']).default('unless-stopped'),
+  resources: z
+    .object({
+      /** Hard memory limit; the engine's minimum is 6 MiB. */
+      memoryBytes: z.number().int().min(6 * 1024 * 1024).optional(),
+      cpus: z.number().positive().max(1024).optional(),
+    })
+    .default({}),
+  health: ContainerHealthSchema.default({ kind: 'image', settleMs: 2000 }),
+  /** A new container not healthy within this long (or one that exits) is stopped and the previous one restarted. */
+  healthyWithinMs: Millis(100, 3_600_000).default(60_000),
+  update: z
+    .object({
+      /** download-then-replace: the old container serves while the image arrives; stop-then-download: for devices short of disk. */
+      strategy: z.enum(UPDATE_STRATEGIES).default('download-then-replace'),
+      /** Images of earlier versions kept for rollback, besides the running one. */
+      keepPrevious: z.number().int().min(0).max(20).default(1),
+    })
+    .default({ strategy: 'download-then-replace', keepPrevious: 1 }),
+  /** The container serves a model over the Open Inference Protocol (KServe V2) on HTTP: the agent forwards inference to it. */
+  inference: z
+    .object({
+      protocol: z.literal('oip-http'),
+      port: z.number().int().min(1).max(65535),
+      /** An image app's model name on its OIP server (default: the app's name); devices route `infer {model: <app>}` to it. */
+      model: Name.optional(),
+      /** Where the model's version directory is mounted: <modelRoot>/<model>/<version>/model.onnx (Triton's repository layout). */
+      modelRoot: ContainerPath.default('/models'),
+    })
+    .optional(),
+});
+export type ContainerSpec = z.infer<typeof ContainerSpecSchema>;
+export type ContainerSpecInput = z.input<typeof ContainerSpecSchema>;
+
 // ---------------------------------------------------------------- activation checks
 
 /**
@@ -148,12 +273,22 @@ export const ManifestSchema = z
     sample: z.record(z.string(), SampleTensorSchema).optional(),
     /** How the device checks this version before switching to it (see CheckSchema). */
     check: CheckSchema.optional(),
-    /** For kind 'image': the Docker image, pinned by digest. */
-    image: z.object({ reference: z.string(), digest: z.string().regex(/^sha256:[0-9a-f]{64}$/) }).optional(),
+    /**
+     * kind 'image': the image the archive (`docker save`) holds, pinned by its ID. kind 'model' with a container
+     * runtime: the image that serves the model (delivered beforehand by its own image manifest).
+     */
+    image: ImageRefSchema.optional(),
+    /** kind 'image': how the image runs. kind 'model': a container that serves the model (needs `inference`). */
+    container: ContainerSpecSchema.optional(),
   })
   .refine((m) => m.chunking.sha256.length === Math.max(1, Math.ceil(m.length / m.chunking.size)), {
     message: 'chunking.sha256 must list one hash per chunk',
     path: ['chunking'],
+  })
+  .refine((m) => m.kind !== 'image' || m.image !== undefined, { message: "an image manifest pins its image: set image.digest", path: ['image'] })
+  .refine((m) => m.kind !== 'model' || m.container === undefined || (m.container.inference !== undefined && m.image !== undefined), {
+    message: 'a model served by a container names its image and container.inference (protocol and port)',
+    path: ['container'],
   })
   .refine((m) => !(m.sample && m.check?.sample), { message: 'give the sample once: in check.sample (any request body) or in sample, not both', path: ['check', 'sample'] })
   .refine((m) => m.check?.policy !== 'sample' || m.sample !== undefined || m.check.sample !== undefined, {

@@ -34,6 +34,29 @@ export const ModelStateSchema = z.object({
 });
 export type ModelState = z.infer<typeof ModelStateSchema>;
 
+/** A container the fleet owns on a device, as the engine reports it. */
+export const ContainerStateSchema = z.object({
+  /** The image manifest's name (an app), or the model a container serves. */
+  app: NameSchema,
+  version: VersionSchema,
+  role: z.enum(['app', 'inference']),
+  /** The engine's container id and name. */
+  id: z.string().min(1).max(128),
+  name: z.string().min(1).max(256),
+  /** Image ID (sha256:…). */
+  image: z.string(),
+  state: z.enum(['created', 'running', 'paused', 'restarting', 'removing', 'exited', 'dead']),
+  running: z.boolean(),
+  /** From the Docker HEALTHCHECK; 'none' when the container has none (the agent's own probes are not shown here). */
+  health: z.enum(['starting', 'healthy', 'unhealthy', 'none']),
+  restarts: z.number().int().nonnegative(),
+  /** Epoch milliseconds. */
+  created: z.number().int(),
+  startedAt: z.number().int().nullable(),
+  exitCode: z.number().int().nullable(),
+});
+export type ContainerState = z.infer<typeof ContainerStateSchema>;
+
 export const DeviceInfoSchema = z.object({
   agentVersion: z.string(),
   hostname: z.string(),
@@ -45,6 +68,8 @@ export const DeviceInfoSchema = z.object({
   docker: z.boolean(),
   groups: z.array(NameSchema),
   models: z.array(z.object({ name: NameSchema, version: VersionSchema })),
+  /** Containers the fleet owns on this device (absent from agents before containers, empty without an engine). */
+  containers: z.array(ContainerStateSchema).optional(),
 });
 export type DeviceInfo = z.infer<typeof DeviceInfoSchema>;
 
@@ -74,6 +99,8 @@ export const TelemetrySampleSchema = z.object({
   uptimeS: z.number(),
   /** Per model `name@version`: counts and latency since the previous sample. */
   models: z.record(z.string(), ModelHealthSchema),
+  /** The fleet's containers at sampling time (bounded: only owned ones). */
+  containers: z.array(ContainerStateSchema).optional(),
 });
 export type TelemetrySample = z.infer<typeof TelemetrySampleSchema>;
 
@@ -107,6 +134,19 @@ export const EventSchema = z.discriminatedUnion('event', [
     type: z.literal('event'),
     event: z.literal('model.failed'),
     data: z.object({ model: NameSchema, version: VersionSchema, error: ErrorBodySchema }),
+  }),
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    event: z.literal('container.activated'),
+    data: z.object({ app: NameSchema, version: VersionSchema, previous: VersionSchema.nullable(), strategy: z.enum(['blue-green', 'stop-then-start', 'start']) }),
+  }),
+  z.object({
+    ...envelope,
+    type: z.literal('event'),
+    event: z.literal('container.failed'),
+    /** A new version that did not become healthy; `restored` is the version running again after the automatic rollback. */
+    data: z.object({ app: NameSchema, version: VersionSchema, error: ErrorBodySchema, restored: VersionSchema.nullable() }),
   }),
   z.object({
     ...envelope,
@@ -200,14 +240,62 @@ export const commands = {
     result: z.object({ missing: z.array(z.number().int().nonnegative()), total: z.number().int() }),
   },
   'transfer.commit': {
-    /** Verifies the whole file against its manifest, stores it, and activates it unless told not to. */
+    /**
+     * Verifies the whole file against its manifest, stores it, and activates it unless told not to. For an image
+     * manifest: installs the image (the engine's ID must be the pin) and, when it has a container spec, runs it.
+     */
     params: z.object({ transferId: NameSchema, activate: z.boolean().default(true) }).strict(),
     result: z.object({
+      /** The manifest's name: a model, or an app for an image manifest. */
       model: NameSchema,
       version: VersionSchema,
       activated: z.boolean(),
       previous: VersionSchema.nullable(),
     }),
+  },
+  'containers.list': {
+    params: empty,
+    result: z.object({
+      engine: z.object({ available: z.boolean(), version: z.string().nullable(), reason: z.string().nullable() }),
+      containers: z.array(ContainerStateSchema),
+      /** Per app: the version running (or last run) and the versions whose images are kept for rollback. */
+      apps: z.array(
+        z.object({
+          app: NameSchema,
+          active: VersionSchema.nullable(),
+          images: z.array(z.object({ version: VersionSchema, image: z.string() })),
+          lastFailure: z.object({ version: VersionSchema, error: ErrorBodySchema, at: z.number().int() }).nullable(),
+        }),
+      ),
+    }),
+  },
+  'containers.logs': {
+    /** The tail of an app's (or a served model's) container output, stdout and stderr interleaved. */
+    params: z.object({ app: NameSchema, lines: z.number().int().min(1).max(5000).default(100) }).strict(),
+    result: z.object({ app: NameSchema, container: z.string(), lines: z.array(z.string()) }),
+  },
+  'containers.stop': {
+    params: z.object({ app: NameSchema }).strict(),
+    result: z.object({ app: NameSchema, version: VersionSchema, stopped: z.boolean() }),
+  },
+  'containers.start': {
+    params: z.object({ app: NameSchema }).strict(),
+    result: z.object({ app: NameSchema, version: VersionSchema, started: z.boolean() }),
+  },
+  'containers.deploy': {
+    /** Runs an installed version of an app (replacing the running one: blue/green or stop-then-start, health-checked, undone on failure). */
+    params: z.object({ app: NameSchema, version: VersionSchema }).strict(),
+    result: z.object({ app: NameSchema, version: VersionSchema, previous: VersionSchema.nullable(), strategy: z.enum(['blue-green', 'stop-then-start', 'start', 'none']) }),
+  },
+  'containers.remove': {
+    /** Stops and removes the app's containers and its images; the highest version accepted is kept (anti-rollback). */
+    params: z.object({ app: NameSchema }).strict(),
+    result: z.object({ app: NameSchema, removed: z.boolean(), containers: z.number().int().nonnegative(), images: z.number().int().nonnegative() }),
+  },
+  'containers.rollback': {
+    /** Back to the previous version whose image is kept, replacing the running one (health-checked, undone on failure). */
+    params: z.object({ app: NameSchema }).strict(),
+    result: z.object({ app: NameSchema, version: VersionSchema, previous: VersionSchema.nullable() }),
   },
   legacy: {
     /** The original plain-text commands, sent through the request/response channel. */

@@ -28,6 +28,7 @@ import {
   sha256Hex,
   sliceBinaryTensors,
   splitInferBody,
+  splitStoredInferBody,
 } from '../src/index.js';
 import type { ManifestInput } from '../src/index.js';
 
@@ -109,6 +110,24 @@ describe('binary tensor data', () => {
     expect(thrown(() => sliceBinaryTensors([{ name: 'x', parameters: { binary_data_size: -1 } }], new Uint8Array(0), 'input')).message).toMatch(/binary_data_size must be a byte count/);
     expect(thrown(() => splitInferBody(Buffer.from('{"a":1}xyz'), 5))).toMatchObject({ code: 'bad_request', message: expect.stringMatching(/first 5 bytes/) });
     expect(thrown(() => splitInferBody(Buffer.from('{}'), 9)).message).toMatch(/only 2 bytes/);
+  });
+
+  it('finds where a stored body\'s JSON header ends: binary when its inputs declare binary_data_size, JSON otherwise', () => {
+    // a header whose strings hold braces and escaped quotes, so the scan must know strings
+    const tricky = { ...header, id: 'a } "quoted" ]{', inputs: header.inputs };
+    const { body, headerLength } = encodeInferBody(tricky, [input0, input1]);
+    const found = splitStoredInferBody(body);
+    expect(found.headerLength).toBe(headerLength);
+    expect(found.json).toEqual(tricky);
+    expect(Array.from(found.binary!)).toEqual([...input0, ...input1]);
+    // a JSON body (trailing white space allowed) has no header length
+    const json = Buffer.from(`${JSON.stringify({ inputs: { x: { dtype: 'float32', shape: [1], data: [1] } } })}\n\n`);
+    expect(splitStoredInferBody(json)).toEqual({ json: { inputs: { x: { dtype: 'float32', shape: [1], data: [1] } } }, binary: undefined, headerLength: undefined });
+    // an explicit length wins
+    expect(splitStoredInferBody(body, headerLength).headerLength).toBe(headerLength);
+    expect(thrown(() => splitStoredInferBody(Buffer.from('{"inputs":[]}xyz'))).message).toMatch(/3 bytes after its JSON, but no input declares parameters.binary_data_size/);
+    expect(thrown(() => splitStoredInferBody(Buffer.from('\x00\x01binary'))).message).toMatch(/neither JSON nor a JSON header/);
+    expect(thrown(() => splitStoredInferBody(Buffer.from('{"inputs": [')))).toMatchObject({ code: 'bad_request' });
   });
 
   it('BYTES elements are a 4-byte little-endian length, then the bytes', () => {

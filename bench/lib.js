@@ -1,4 +1,7 @@
-// Helpers shared by bench/transfer.js (loopback) and bench/transfer-links.js (a link per device).
+// What the benchmarks that start processes share: JSON output, CPU seconds from /proc, waiting for a
+// child's line or IPC reply, a model file of a given size, a real sshd (on loopback, or inside a
+// device's network namespace) for the scp / ssh baselines, and a bench device's MQTT side (chunks and
+// transfer.* requests to the agent's real receiver).
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -6,7 +9,9 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import mqtt from 'mqtt';
 import onnxProto from 'onnx-proto';
+import { FleetError, errorReply, okReply, parseRequest, parseTopic, topics } from '@edgefleet/protocol';
 
 export const run = promisify(execFile);
 export const out = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
@@ -20,10 +25,9 @@ export async function cpuSeconds(pid, { reaped = false } = {}) {
     const [user, system] = reaped ? [fields[13], fields[14]] : [fields[11], fields[12]];
     return (Number(user) + Number(system)) / 100;
   } catch {
-    return 0;
+    return 0; // the process is gone: it uses nothing more
   }
 }
-
 export async function cpuOf(broker, receivers) {
   const r = await Promise.all(receivers.map((c) => cpuSeconds(c.pid)));
   return { broker: await cpuSeconds(broker.pid), host: process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6, receivers: r.reduce((a, b) => a + b, 0) };
@@ -113,3 +117,33 @@ export async function startSshd(dir, { listen = '127.0.0.1', wrap = [] } = {}) {
   return { port, key: join(dir, 'client_key'), child };
 }
 
+
+/**
+ * Connects as device `id` and hands chunks and transfer.* requests to `receiver()` (the receiver of the
+ * moment: a reset replaces it); every request gets one reply. Chunk topics at `chunkQos`.
+ */
+export async function serveTransfers({ id, url, groups, chunkQos, receiver }) {
+  const client = await mqtt.connectAsync(url, { clientId: id, username: id, password: 'bench-device', reconnectPeriod: 0 });
+  client.on('message', (topic, payload) => {
+    const parsed = parseTopic(topic);
+    if (parsed?.kind === 'transfer') {
+      receiver().chunk(parsed.transferId, parsed.index, payload);
+      return;
+    }
+    const req = parseRequest(payload);
+    if (!req.ok) return;
+    const { command, params } = req.request;
+    const r = receiver();
+    const handler = { 'transfer.offer': r.offer, 'transfer.status': r.status, 'transfer.commit': r.commit }[command];
+    const reply = (body) => client.publish(topics.device(id, 'replies'), JSON.stringify(body), { qos: 1 });
+    if (!handler) return reply(errorReply(req.request.id, { code: 'unknown_command', message: command }));
+    handler(params).then(
+      (data) => reply(okReply(req.request, data)),
+      (e) => reply(errorReply(req.request.id, e instanceof FleetError ? e.toJSON() : { code: 'internal', message: String(e) })),
+    );
+  });
+  // as the agent: its own commands and its groups' (a group's offer, status and commit reach every member at once)
+  await client.subscribeAsync([topics.device(id, 'commands'), ...groups.map((g) => topics.group(g, 'commands'))], { qos: 1 });
+  await client.subscribeAsync([topics.transferFilter({ kind: 'device', name: id }), ...groups.map((g) => topics.transferFilter({ kind: 'group', name: g }))], { qos: chunkQos });
+  return client;
+}

@@ -1,0 +1,24 @@
+/** Public API of the device agent's containers half: engine, image installs, app deploys, inference runtimes. */
+export { createContainerService } from './service.js';
+export type { ContainerService, ContainerServiceOptions, DeployResult } from './service.js';
+export { containerHandlers } from './handlers.js';
+export { openEngine, demuxLogs } from './engine.js';
+export type { Engine, EngineStatus, OwnedContainer, ImageInfo } from './engine.js';
+export { installImage, verifyLoaded, checkImageManifest } from './install.js';
+export type { InstallOptions, InstallResult } from './install.js';
+export { planDeploy, planStop, planMakeRoom, planPrune, planRemove, sideBySide, describePlan } from './plan.js';
+export type { Plan, PlannedStep, Step, Strategy, ObservedContainer, DeployInput } from './plan.js';
+export { executePlan, undoSteps, PlanFailed } from './executor.js';
+export { AppStore, activated, emptyRecord } from './state.js';
+export type { AppRecord } from './state.js';
+export { createOptions, resolveMounts, insideDataDir, fixedHostPorts } from './spec.js';
+export type { Release } from './spec.js';
+export { boardPlatform, platformMismatch } from './platform.js';
+export type { BoardPlatform } from './platform.js';
+export { LABELS, containerName, imageTag, isOwned, ownedFilter } from './labels.js';
+export { OipClient } from './oip-client.js';
+export type { OipResponse, OipModelMetadata, OipServerMetadata } from './oip-client.js';
+export { encodeInferRequest, decodeInferResponse } from './oip-codec.js';
+export { createContainerRuntime, containerSession } from './runtime.js';
+export { AppTraffic } from './traffic.js';
+export type { ContainerRuntime, ContainerSession, RuntimeRequest } from './runtime.js';
