@@ -3,16 +3,20 @@
  * wrapped by a PacketGuard, every CONNECT authenticated against a CredentialStore,
  * and every PUBLISH and SUBSCRIBE decided by the protocol's access rules.
  */
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { Aedes, AedesOptions } from 'aedes';
+import type { Aedes, AedesOptions, Client } from 'aedes';
 import { pino, type Logger } from 'pino';
 import { mayRetain, type AccessOptions } from '@edgefleet/protocol';
-import { BrokerConfigError, validateLimits } from './config.js';
+import { BrokerConfigError, validateAdmission, validateLimits, validateOutbound } from './config.js';
 import type { CredentialStore } from './credentials.js';
+import { Admission, DEFAULT_ADMISSION_LIMITS, type AdmissionLimits, type AdmissionStats } from './admission.js';
 import { createGatekeeper } from './gatekeeper.js';
 import { DEFAULT_LIMITS, MAX_CLIENT_ID_BYTES, PacketGuard, guardStream, type GuardLimits, type Violation } from './guard.js';
 import { startListeners, type Accept, type Listeners } from './listeners.js';
+import { DEFAULT_OUTBOUND_LIMITS, StallWatch, watchOutbound, type OutboundLimits, type OutboundOptions, type OutboundStats, type Transport } from './outbound.js';
 import { createPersistence, type PersistenceOption, type PersistenceSetup } from './persistence.js';
 
 export { BrokerConfigError };
@@ -35,15 +39,36 @@ export interface BrokerOptions {
   maxTopicLevels?: number;
   /** The original plain-text channel (e.g. 'hello'): operators publish, devices subscribe; never retained. */
   legacyTopic?: string;
+  /**
+   * Bytes queued for one connection (written, not yet taken by the peer) from which its QoS 0
+   * deliveries are dropped; twice this with QoS 1 still coming closes it. Default 64 MiB.
+   */
+  maxQueuedBytes?: number;
+  /** A delivery waits at most this long for a subscriber that takes no byte; then nothing waits for it until it catches up. Default 2 s. */
+  stallMs?: number;
+  /** A stalled connection that takes no byte for this long is closed. Default 30 s. */
+  stallTimeoutMs?: number;
+  /**
+   * Redis: how often this instance tells the others it is alive. An instance not heard from for
+   * 3 heartbeats is dead; every 4 heartbeats the others publish the wills of its clients that
+   * have not connected again. Default 10 s (Aedes' own default is 60 s).
+   */
+  heartbeatMs?: number;
+  /** What a CONNECT's token check may cost (concurrency, per-address backoff, cache of verified tokens); see admission.ts. */
+  admission?: Partial<AdmissionLimits>;
   persistence?: PersistenceOption;
   logger?: Logger;
 }
+
+/** Counters since the broker started. */
+export interface BrokerStats extends OutboundStats, AdmissionStats {}
 
 export interface RunningBroker {
   aedes: Aedes;
   ports: { tcp?: number; tls?: number; ws?: number };
   /** mqtt://127.0.0.1:<tcp> (or the TCP listener's host when it is not a wildcard address). */
   url: string;
+  stats(): BrokerStats;
   close(): Promise<void>;
 }
 
@@ -61,9 +86,28 @@ function limitsOf(options: BrokerOptions): GuardLimits {
   return limits;
 }
 
+function outboundOf(options: BrokerOptions): OutboundLimits {
+  const limits: OutboundLimits = {
+    maxQueuedBytes: options.maxQueuedBytes ?? DEFAULT_OUTBOUND_LIMITS.maxQueuedBytes,
+    stallMs: options.stallMs ?? DEFAULT_OUTBOUND_LIMITS.stallMs,
+    stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_OUTBOUND_LIMITS.stallTimeoutMs,
+  };
+  validateOutbound(limits);
+  return limits;
+}
+
+function heartbeatOf(options: BrokerOptions): number {
+  const ms = options.heartbeatMs ?? 10_000;
+  if (!Number.isInteger(ms) || ms < 100 || ms > 3_600_000) throw new BrokerConfigError(`heartbeatMs must be an integer from 100 to 3600000, got ${ms}`);
+  return ms;
+}
+
 export async function createBroker(options: BrokerOptions): Promise<RunningBroker> {
   const log = (options.logger ?? defaultLogger()).child({ component: 'broker' });
   const limits = limitsOf(options);
+  const outbound = outboundOf(options);
+  const stats: OutboundStats = { droppedQos0: 0, stalled: 0, closedBehind: 0 };
+  const stallWatch = new StallWatch(Math.max(10, Math.floor(outbound.stallMs / 4)));
   const access: AccessOptions = { legacyTopic: options.legacyTopic };
   const allowAnonymous = options.allowAnonymous === true;
   if (allowAnonymous) {
@@ -72,20 +116,39 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
         'Development only; never expose this broker beyond localhost.',
     );
   }
-  const gatekeeper = createGatekeeper({ store: options.credentials, allowAnonymous, access, log });
-  const persistence = await createPersistence(options.persistence ?? { kind: 'memory' }, log);
+  const admissionLimits: AdmissionLimits = { ...DEFAULT_ADMISSION_LIMITS, ...options.admission };
+  validateAdmission(admissionLimits);
+  const admission = new Admission(admissionLimits, {
+    limited: (address, failures, backoffMs) =>
+      log.warn({ address, failures, backoffMs }, 'too many failed logins from one address: refusing its CONNECTs without a token check for a while'),
+    busy: (waiting) => log.warn({ waiting, limit: admissionLimits.maxWaiting }, 'too many token checks waiting: refusing new CONNECTs with "server unavailable" until they are done'),
+  });
+  const addresses = new WeakMap<Client, string | undefined>();
+  const gatekeeper = createGatekeeper({ store: options.credentials, allowAnonymous, access, admission, addressOf: (c) => addresses.get(c), log });
+  const brokerId = randomUUID();
+  const persistence = await createPersistence(options.persistence ?? { kind: 'memory' }, log, brokerId);
   const { Aedes } = await import('aedes');
   const aedesOptions: AedesOptions = {
+    id: brokerId,
+    ...(options.persistence?.kind === 'redis' ? { heartbeatInterval: heartbeatOf(options) } : {}),
     ...persistence.aedesOptions,
     ...gatekeeper.hooks,
+    ...persistence.cluster?.hooks(gatekeeper.hooks.authorizePublish),
     maxClientsIdLength: MAX_CLIENT_ID_BYTES,
     // a socket that has not sent CONNECT after 10 s is closed (Aedes' default is 30 s)
     connectTimeout: 10_000,
     maxTopicLevels: Math.min(limits.maxTopicLevels, 100),
+    // slow and frozen subscribers are handled per connection (outbound.ts), by progress rather than
+    // by "drained within 60 s", which a live device on a slow link fails with a window of 1 MiB chunks;
+    // a day rather than 0 (no timeout) keeps Aedes' one coalesced drain listener per connection
+    drainTimeout: 86_400_000,
   };
   const aedes = await Aedes.createBroker(aedesOptions);
   gatekeeper.attach(aedes);
   completeAsynchronously(aedes);
+  persistence.cluster?.attach(aedes);
+  // Aedes reports failures of its persistence here (a Redis command that failed, the will sweep); unheard, they would end the process
+  (aedes as unknown as NodeJS.EventEmitter).on('error', (err: Error) => log.error({ err: err.message }, 'broker error'));
   aedes.on('clientError', (client, err) => log.debug({ clientId: client.id, err: err.message }, 'client error'));
   aedes.on('connectionError', (_client, err) => log.debug({ err: err.message }, 'connection error'));
 
@@ -95,24 +158,26 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
     await sweepRetained(aedes, access, log);
     listeners = await startListeners(
       { tcp: options.tcp === undefined ? { host: '0.0.0.0', port: 1883 } : options.tcp, tls: options.tls, ws: options.ws, maxPacketSize: limits.maxPacketSize },
-      guardedAccept(aedes, limits, connections, log),
+      guardedAccept(aedes, { limits, outbound: { limits: outbound, watch: stallWatch, pace: persistence.paced, stats, log }, addresses }, connections, log),
       log,
     );
   } catch (err) {
     await closeAedes(aedes, persistence);
     throw err;
   }
-  log.info({ ports: listeners.ports, persistence: options.persistence?.kind ?? 'memory', limits }, 'broker listening');
+  log.info({ ports: listeners.ports, persistence: options.persistence?.kind ?? 'memory', limits, outbound }, 'broker listening');
 
   let closing: Promise<void> | undefined;
   return {
     aedes,
     ports: listeners.ports,
     url: listeners.url,
+    stats: () => ({ ...stats, ...admission.stats }),
     close() {
       closing ??= (async () => {
         const closed = listeners.close();
         for (const c of connections) c.destroy();
+        stallWatch.stop();
         await new Promise<void>((resolve) => aedes.close(() => resolve()));
         await closed;
         await persistence.close();
@@ -123,9 +188,17 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
   };
 }
 
-/** Every connection gets its own PacketGuard in front of Aedes. */
-function guardedAccept(aedes: Aedes, limits: GuardLimits, connections: Set<Duplex>, log: Logger): Accept {
-  return (stream: Duplex, remote: string, req?: IncomingMessage) => {
+interface ConnectionRules {
+  limits: GuardLimits;
+  outbound: OutboundOptions;
+  /** Each client's peer address, for the gatekeeper. */
+  addresses: WeakMap<Client, string | undefined>;
+}
+
+/** Every connection gets its own PacketGuard in front of Aedes, and its own bound on what is queued for it. */
+function guardedAccept(aedes: Aedes, rules: ConnectionRules, connections: Set<Duplex>, log: Logger): Accept {
+  const { limits } = rules;
+  return (stream: Duplex, remote: string, req?: IncomingMessage, transport?: Socket) => {
     connections.add(stream);
     stream.once('close', () => connections.delete(stream));
     stream.on('error', () => {
@@ -135,7 +208,9 @@ function guardedAccept(aedes: Aedes, limits: GuardLimits, connections: Set<Duple
     const onViolation = (v: Violation) => {
       log.warn({ remote, clientId: guard.clientId, username: guard.username, packet: v.packetType, reason: v.reason }, v.connack === undefined ? 'closing connection: invalid packet' : 'refusing connection');
     };
-    aedes.handle(guardStream(stream, guard, onViolation), req);
+    const client = aedes.handle(guardStream(stream, guard, onViolation), req as IncomingMessage);
+    rules.addresses.set(client, transport?.remoteAddress);
+    watchOutbound(client, stream, transport as Transport | undefined, rules.outbound);
   };
 }
 

@@ -76,8 +76,12 @@ export function brokerCli(argv: string[]) {
     .option('max-packet-size', { type: 'number', describe: 'bytes, enforced before a packet is buffered (default 4194304)' })
     .option('max-topic-length', { type: 'number', describe: 'bytes (default 1024)' })
     .option('max-topic-levels', { type: 'number', describe: 'levels (default 32)' })
+    .option('max-queued-bytes', { type: 'number', describe: "bytes queued for one connection beyond which its QoS 0 messages are dropped (default 67108864)" })
+    .option('stall-ms', { type: 'number', describe: 'stop waiting for a subscriber that takes no byte for this long (default 2000)' })
+    .option('stall-timeout-ms', { type: 'number', describe: 'close a stalled connection that takes no byte for this long (default 30000)' })
     .option('legacy-topic', { type: 'string', describe: "plain-text channel granted to everyone (e.g. 'hello')" })
     .option('redis', { type: 'string', describe: 'redis://host:port: share sessions and messages with other broker instances' })
+    .option('heartbeat-ms', { type: 'number', describe: 'with --redis: how often this instance tells the others it is alive (default 10000)' })
     .option('log-level', { type: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] })
     .strict()
     .exitProcess(false)
@@ -137,10 +141,21 @@ export async function parseBrokerArgs(argv: string[]): Promise<BrokerCliConfig> 
   if (maxTopicLength !== undefined) options.maxTopicLength = maxTopicLength;
   const maxTopicLevels = positive('max-topic-levels', a['max-topic-levels']);
   if (maxTopicLevels !== undefined) options.maxTopicLevels = maxTopicLevels;
+  const maxQueuedBytes = positive('max-queued-bytes', a['max-queued-bytes']);
+  if (maxQueuedBytes !== undefined) options.maxQueuedBytes = maxQueuedBytes;
+  const stallMs = positive('stall-ms', a['stall-ms']);
+  if (stallMs !== undefined) options.stallMs = stallMs;
+  const stallTimeoutMs = positive('stall-timeout-ms', a['stall-timeout-ms']);
+  if (stallTimeoutMs !== undefined) options.stallTimeoutMs = stallTimeoutMs;
   if (a['legacy-topic'] !== undefined) options.legacyTopic = a['legacy-topic'];
   if (a.redis !== undefined) {
     if (!/^rediss?:\/\//.test(a.redis)) throw new BrokerConfigError(`--redis must be a redis:// or rediss:// URL, got "${a.redis}"`);
     options.persistence = { kind: 'redis', url: a.redis };
+  }
+  const heartbeatMs = positive('heartbeat-ms', a['heartbeat-ms']);
+  if (heartbeatMs !== undefined) {
+    if (a.redis === undefined) throw new BrokerConfigError('--heartbeat-ms is for a cluster: give --redis <url> too');
+    options.heartbeatMs = heartbeatMs;
   }
   return { options, logLevel: a['log-level'], warnings };
 }

@@ -9,6 +9,7 @@ import type { Aedes, AedesOptions, AuthenticateError, Client } from 'aedes';
 import type { Logger } from 'pino';
 import { mayPublish, mayRetain, maySubscribe, type AccessOptions, type Principal, type Qos } from '@edgefleet/protocol';
 import { decoySecretHash, verifySecretAsync } from '@edgefleet/node-io';
+import type { Admission } from './admission.js';
 import type { Credential, CredentialStore } from './credentials.js';
 
 /** What the broker knows about an authenticated connection. */
@@ -32,6 +33,7 @@ export const MAX_REFUSED_SUBSCRIPTIONS = 64;
 
 // Aedes' connect return codes (AuthErrorCode is a const enum, unusable with isolatedModules)
 const IDENTIFIER_REJECTED = 2;
+const SERVER_UNAVAILABLE = 3;
 const BAD_USERNAME_OR_PASSWORD = 4;
 const NOT_AUTHORIZED = 5;
 
@@ -47,6 +49,10 @@ export interface GatekeeperOptions {
   store: CredentialStore;
   allowAnonymous: boolean;
   access: AccessOptions;
+  /** What a token check may cost: concurrency, per-address backoff, cache of verified tokens. */
+  admission: Admission;
+  /** The peer address of a client's connection (for the per-address backoff). */
+  addressOf: (client: Client) => string | undefined;
   log: Logger;
 }
 
@@ -80,7 +86,9 @@ export function createGatekeeper(options: GatekeeperOptions): Gatekeeper {
           done(null, true);
         },
         (err: AuthenticateError) => {
-          log.warn({ clientId: requested, username, reason: err.message }, 'connection refused');
+          // refusals that cost nothing are a flood's: one warning per limited address is logged instead
+          const cheap = err.returnCode === SERVER_UNAVAILABLE || (err as { cheap?: boolean }).cheap === true;
+          log[cheap ? 'debug' : 'warn']({ clientId: requested, username, reason: err.message }, 'connection refused');
           done(err, false);
         },
       );
@@ -184,9 +192,7 @@ async function authenticateClient(args: AuthenticateArgs): Promise<Session> {
     }
     session = { principal: { role: 'operator', id: 'anonymous' }, key: 'anonymous', publishDecisions: new Map(), refusedFilters: 0 };
   } else {
-    const credential = await options.store.find(username);
-    const ok = await verifySecretAsync(args.password ?? Buffer.alloc(0), credential?.secretHash ?? decoySecretHash());
-    if (!ok || !credential) throw authError(BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
+    const credential = await checkToken(client, username, args.password ?? Buffer.alloc(0), options);
     await settleClientId(client, credential, args.assigned, options.store);
     session = { principal: principalOf(credential), key: `${credential.role}:${credential.id}`, publishDecisions: new Map(), refusedFilters: 0 };
   }
@@ -200,6 +206,28 @@ async function authenticateClient(args: AuthenticateArgs): Promise<Session> {
   }
   args.claims.claim(client.id, session.key, client);
   return session;
+}
+
+/** The credential whose token `password` is, or the CONNACK error that refuses it. */
+async function checkToken(client: Client, username: string, password: Buffer, options: GatekeeperOptions): Promise<Credential> {
+  const credential = await options.store.find(username);
+  // an unknown user name is checked against a decoy, so timing does not tell which ids exist
+  const secretHash = credential?.secretHash ?? decoySecretHash();
+  const outcome = await options.admission.admit({
+    address: options.addressOf(client),
+    username,
+    token: password,
+    secretHash,
+    known: credential !== undefined,
+    check: () => verifySecretAsync(password, secretHash),
+  });
+  if (outcome === 'ok' && credential) return credential;
+  if (typeof outcome === 'object' && outcome.refused === 'busy') throw authError(SERVER_UNAVAILABLE, 'too many token checks waiting; retry later');
+  if (typeof outcome === 'object' && outcome.refused === 'backoff') {
+    const err = authError(NOT_AUTHORIZED, `too many failed logins from this address; refused without a check for ${Math.ceil(outcome.retryAfterMs / 1000)} s`);
+    throw Object.assign(err, { cheap: true });
+  }
+  throw authError(BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
 }
 
 /**

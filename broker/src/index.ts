@@ -1,4 +1,6 @@
-export { createBroker, BrokerConfigError, type BrokerOptions, type RunningBroker } from './broker.js';
+export { createBroker, BrokerConfigError, type BrokerOptions, type BrokerStats, type RunningBroker } from './broker.js';
+export { DEFAULT_OUTBOUND_LIMITS, type OutboundLimits } from './outbound.js';
+export { DEFAULT_ADMISSION_LIMITS, addressKey, type AdmissionLimits } from './admission.js';
 export {
   assertCredential,
   staticCredentials,

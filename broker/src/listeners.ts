@@ -18,7 +18,8 @@ export interface ListenerOptions {
   maxPacketSize: number;
 }
 
-export type Accept = (stream: Duplex, remote: string, req?: IncomingMessage) => void;
+/** `transport`: the socket under `stream` (the stream itself for TCP and TLS), for its write progress. */
+export type Accept = (stream: Duplex, remote: string, req?: IncomingMessage, transport?: Socket) => void;
 
 export interface Listeners {
   ports: { tcp?: number; tls?: number; ws?: number };
@@ -65,7 +66,7 @@ export async function startListeners(options: ListenerOptions, accept: Accept, l
 
 async function listenTcp(host: string, port: number, accept: Accept): Promise<Listener> {
   // noDelay: MQTT packets are small; with Nagle + delayed ACK each request/reply hop waits ~40 ms
-  const server = createNetServer({ noDelay: true }, (socket: Socket) => accept(socket, `${socket.remoteAddress}:${socket.remotePort}`));
+  const server = createNetServer({ noDelay: true }, (socket: Socket) => accept(socket, `${socket.remoteAddress}:${socket.remotePort}`, undefined, socket));
   return { port: await listen(server, port, host, 'tcp'), close: () => closeServer(server) };
 }
 
@@ -79,7 +80,7 @@ async function listenTls(t: NonNullable<ListenerOptions['tls']>, accept: Accept,
       rejectUnauthorized: t.requestCert === true,
       noDelay: true,
     },
-    (socket: TLSSocket) => accept(socket, `tls ${socket.remoteAddress}:${socket.remotePort}`),
+    (socket: TLSSocket) => accept(socket, `tls ${socket.remoteAddress}:${socket.remotePort}`, undefined, socket),
   );
   server.on('tlsClientError', (err) => log.warn({ err: err.message }, 'TLS handshake failed'));
   return { port: await listen(server, t.port, t.host ?? '0.0.0.0', 'tls'), close: () => closeServer(server) };
@@ -93,7 +94,7 @@ async function listenWs(w: NonNullable<ListenerOptions['ws']>, maxPacketSize: nu
   const wss = new WebSocketServer({ server: http, maxPayload: maxPacketSize + 16 });
   wss.on('connection', (socket, req) => {
     const stream = createWebSocketStream(socket);
-    accept(stream, `ws ${req.socket.remoteAddress}:${req.socket.remotePort}`, req);
+    accept(stream, `ws ${req.socket.remoteAddress}:${req.socket.remotePort}`, req, req.socket as Socket);
   });
   const port = await listen(http, w.port, w.host ?? '0.0.0.0', 'ws');
   return {

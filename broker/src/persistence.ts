@@ -8,20 +8,26 @@ import { Readable } from 'node:stream';
 import type { AedesOptions } from 'aedes';
 import type { Logger } from 'pino';
 import { indexedMemoryPersistence } from './retained.js';
+import { ClusterMember, type ClusterRedis } from './cluster.js';
 
 export type PersistenceOption = { kind: 'memory' } | { kind: 'redis'; url: string };
 
 export interface PersistenceSetup {
   aedesOptions: Pick<AedesOptions, 'persistence' | 'mq'>;
+  /**
+   * Whether a publish waits for its local deliveries (Aedes' own emitter). mqemitter-redis
+   * finishes a publish once Redis has it, and delivers what arrives from Redis without waiting.
+   */
+  paced: boolean;
+  /** Redis only: what this instance does so that the cluster acts as one broker. */
+  cluster?: ClusterMember;
   close(): Promise<void>;
 }
 
-export async function createPersistence(
-  kind: PersistenceOption,
-  log: Logger,
-): Promise<PersistenceSetup> {
+/** `brokerId`: the Aedes id this instance will have (other instances see it in wills and in the connection record). */
+export async function createPersistence(kind: PersistenceOption, log: Logger, brokerId: string): Promise<PersistenceSetup> {
   // in memory: Aedes' own store, with retained messages indexed by topic level (retained.ts)
-  if (kind.kind === 'memory') return { aedesOptions: { persistence: indexedMemoryPersistence() }, close: async () => {} };
+  if (kind.kind === 'memory') return { aedesOptions: { persistence: indexedMemoryPersistence() }, paced: true, close: async () => {} };
   if (kind.kind !== 'redis') throw new Error(`unknown persistence "${(kind as { kind: string }).kind}": use "memory" or "redis"`);
   // Aedes 1.x calls persistence methods as promises: use the package's async class, not its callback wrapper.
   const requireHere = createRequire(import.meta.url);
@@ -53,11 +59,14 @@ export async function createPersistence(
   const subConn = conn.duplicate();
   const pubConn = conn.duplicate();
   for (const c of [subConn, pubConn]) c.on('error', (err: Error) => log.error({ err: err.message }, 'redis connection error'));
-  const persistence = streamsAsReadables(new AsyncRedisPersistence({ conn }));
+  const cluster = new ClusterMember(conn, brokerId, log);
+  const persistence = oneStorePerSubscribe(streamsAsReadables(new AsyncRedisPersistence({ conn })));
   const mq = mqemitterRedis({ subConn, pubConn });
-  log.info({ redis: redactUrl(kind.url) }, 'persistence and message routing shared through Redis');
+  log.info({ redis: redactUrl(kind.url), brokerId }, 'persistence and message routing shared through Redis');
   return {
-    aedesOptions: { persistence, mq },
+    aedesOptions: { persistence: cluster.freshWills(persistence), mq },
+    paced: false,
+    cluster,
     // aedes.close() closes the emitter (both of its connections); the persistence is ours to end. Its
     // destroy() drops the connection at once, failing any command still in flight (a client's last
     // session update, say) with an unhandled "Connection is closed": let those finish first (≤ 1 s).
@@ -92,7 +101,27 @@ function streamsAsReadables<T extends object>(persistence: T): T {
   });
 }
 
-interface RedisConnection {
+/**
+ * Aedes 1.2 stores the subscriptions of a SUBSCRIBE once per filter, each time with the whole
+ * list, all at once; aedes-persistence-redis then waits for the echo of each broadcast under one
+ * key (client, first filter), so only one of those waits ever ends and a persistent client that
+ * subscribes to two filters in one packet never gets its SUBACK. One store per list instead.
+ */
+function oneStorePerSubscribe<T extends object>(persistence: T): T {
+  const add = (persistence as unknown as { addSubscriptions(client: unknown, subs: object): Promise<unknown> }).addSubscriptions.bind(persistence);
+  const inFlight = new WeakMap<object, Promise<unknown>>();
+  const addSubscriptions = (client: unknown, subs: object) => {
+    let stored = inFlight.get(subs);
+    if (!stored) {
+      stored = add(client, subs);
+      inFlight.set(subs, stored);
+    }
+    return stored;
+  };
+  return new Proxy(persistence, { get: (target, prop) => (prop === 'addSubscriptions' ? addSubscriptions : Reflect.get(target, prop, target)) });
+}
+
+interface RedisConnection extends ClusterRedis {
   status: string;
   /** ioredis: commands sent and not yet answered. */
   commandQueue?: { length: number };

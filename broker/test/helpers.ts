@@ -1,6 +1,7 @@
 /** Small helpers for broker tests: real MQTT.js clients, raw sockets, deadlines instead of sleeps. */
 import { connect as netConnect, type Socket } from 'node:net';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { connect as connectPacket, subscribe as subscribePacket } from './packets.js';
 
 export const TOKEN = (name: string) => `token-${name}-0123456789abcdef`;
 
@@ -113,5 +114,43 @@ export function run(
         child.stdin.end(opts.input ?? '');
         opts.onSpawn?.(child);
       }),
+  );
+}
+
+/** A device that connects, subscribes, reads its SUBACK and then never reads again (a frozen process). */
+export async function frozenSubscriber(port: number, id: string, filter: string): Promise<{ socket: Socket; closed: Promise<void> }> {
+  const socket = await rawSocket(port);
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  socket.on('error', () => {
+    /* the broker resets it when it gives up on it: that is the point */
+  });
+  let seen = Buffer.alloc(0);
+  const subacked = new Promise<void>((resolve) => {
+    socket.on('data', function onData(d: Buffer) {
+      seen = Buffer.concat([seen, d]);
+      // CONNACK (4 bytes) then SUBACK 0x90 0x03 id id rc
+      if (seen.length >= 9 && seen[4] === 0x90) {
+        socket.off('data', onData);
+        socket.pause();
+        resolve();
+      }
+    });
+  });
+  socket.write(Buffer.concat([connectPacket({ clientId: id, username: id, password: TOKEN(id) }), subscribePacket(7, [filter], { qos: 0 })]));
+  await withDeadline(subacked, 5000, `${id}'s SUBACK`);
+  if (seen[8] !== 0) throw new Error(`${id}'s subscription to ${filter} was not granted at QoS 0 (return code ${seen[8]})`);
+  return { socket, closed };
+}
+
+/** Publishes like the transfer sender: QoS 1, at most `window` awaiting PUBACK. */
+export async function publishWindowed(client: MqttClient, jobs: { topic: string; payload: Buffer }[], window: number): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: window }, async () => {
+      while (next < jobs.length) {
+        const job = jobs[next++]!;
+        await client.publishAsync(job.topic, job.payload, { qos: 1 });
+      }
+    }),
   );
 }

@@ -10,6 +10,14 @@ import { resolve } from 'node:path';
 import { z } from 'zod';
 import { NAME_PATTERN } from '@edgefleet/protocol';
 
+const BROKER_URL = /^(mqtts?|wss?):\/\/[^/\s]+/;
+/** `a, b,,c` -> ['a', 'b', 'c'] (lists in the environment, flags and the config file). */
+function splitList(value: string): string[] {
+  return value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+}
 const name = z.string().regex(NAME_PATTERN, 'use 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit');
 const port = z.number().int().min(0).max(65535);
 const commandLine = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]);
@@ -30,12 +38,15 @@ interface KeySpec {
 /** Every configuration key, its type, default and meaning. */
 export const CONFIG_KEYS = {
   broker: {
-    kind: 'string',
-    describe: 'broker URL: mqtt://host:1883, mqtts://host:8883 or ws://host:8080',
+    kind: 'list',
+    describe:
+      'broker URL: mqtt://host:1883, mqtts://host:8883 or ws://host:8080; or several, comma separated, ' +
+      'instances of one cluster: each reconnect goes to the next (each device starts at its own place in the list)',
     schema: z
-      .string()
-      .default('mqtt://127.0.0.1:1883')
-      .refine((v) => /^(mqtts?|wss?):\/\/[^/\s]+/.test(v), 'expected a URL starting with mqtt://, mqtts://, ws:// or wss://'),
+      .preprocess((v) => (typeof v === 'string' ? splitList(v) : v), z.array(z.string().refine((v) => BROKER_URL.test(v), 'expected a URL starting with mqtt://, mqtts://, ws:// or wss://')))
+      .default(['mqtt://127.0.0.1:1883'])
+      .refine((list) => list.length > 0, 'expected at least one broker URL')
+      .refine((list) => list.length === 1 || list.every((u) => /^[a-z]+:\/\/[^/]+\/?$/i.test(u)), 'a list of brokers cannot carry paths: give scheme://host:port for each'),
   },
   device: { kind: 'string', describe: 'this device id (also the MQTT client id and username)', schema: name },
   token: {
@@ -224,10 +235,7 @@ function coerce(kind: Kind, value: unknown): unknown {
       if (/^(0|false|no|off)$/i.test(value)) return false;
       return value;
     case 'list':
-      return value
-        .split(',')
-        .map((s) => s.trim())
-        .filter((s) => s.length > 0);
+      return splitList(value);
     default:
       return value;
   }

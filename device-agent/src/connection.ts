@@ -1,8 +1,10 @@
 /**
  * The agent's one MQTT connection, under the device's own identity: a persistent
  * session, a retained last will "offline", and reconnects of its own (exponential
- * backoff with full jitter) that keep the unacknowledged QoS 1 messages.
+ * backoff with full jitter) that keep the unacknowledged QoS 1 messages. Given several
+ * brokers (instances of one cluster), each reconnect goes to the next one in the list.
  */
+import { createHash } from 'node:crypto';
 import mqtt from 'mqtt';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
@@ -15,6 +17,27 @@ export interface ConnectionEvents {
   onConnected(client: MqttClient): Promise<void>;
   /** `retained`: the broker delivered a stored retained message (sent before we subscribed). */
   onMessage(topic: string, payload: Buffer, retained: boolean): void;
+}
+
+const DEFAULT_PORTS: Record<string, number> = { mqtt: 1883, mqtts: 8883, ws: 80, wss: 443 };
+
+/**
+ * The brokers in the order this device tries them: the list, rotated to start at a place
+ * of the device's own (from a hash of its id), so that a fleet given one list spreads over
+ * the instances, and a device always starts at the same one.
+ */
+export function brokerOrder(urls: readonly string[], device: string): string[] {
+  if (urls.length < 2) return [...urls];
+  const start = createHash('sha256').update(device).digest().readUInt32BE(0) % urls.length;
+  return [...urls.slice(start), ...urls.slice(0, start)];
+}
+
+type Protocol = 'mqtt' | 'mqtts' | 'ws' | 'wss';
+/** One entry of MQTT.js's `servers` list (which it walks, one per (re)connect). */
+function serverOf(url: string): { host: string; port: number; protocol: Protocol } {
+  const u = new URL(url);
+  const protocol = u.protocol.slice(0, -1) as Protocol;
+  return { host: u.hostname.replace(/^\[(.*)\]$/, '$1'), port: u.port ? Number(u.port) : DEFAULT_PORTS[protocol]!, protocol };
 }
 
 export class DeviceConnection {
@@ -67,12 +90,18 @@ export class DeviceConnection {
       ...(config.tls.cert ? { cert: config.tls.cert } : {}),
       ...(config.tls.key ? { key: config.tls.key } : {}),
     };
-    const c = mqtt.connect(config.broker, options);
+    const brokers = brokerOrder(config.broker, id);
+    // one broker: its URL as given (a WebSocket path included); several: MQTT.js's `servers`, one per (re)connect
+    const c =
+      brokers.length === 1
+        ? mqtt.connect(brokers[0]!, options)
+        : mqtt.connect({ ...options, servers: brokers.map(serverOf), protocol: serverOf(brokers[0]!).protocol });
     c.on('connect', (connack) => {
       this.#backoff.reset();
       // requests and replies are small packets: without this, Nagle + delayed ACK add ~40 ms per hop
       (c.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
-      this.logger.info({ broker: config.broker, sessionPresent: connack.sessionPresent }, 'connected');
+      const { protocol, host, port } = c.options;
+      this.logger.info({ broker: brokers.length === 1 ? brokers[0] : `${protocol}://${host}:${port}`, sessionPresent: connack.sessionPresent }, 'connected');
       this.events.onConnected(c).catch((error: unknown) => this.logger.warn({ err: error }, 'connection setup interrupted'));
     });
     c.on('message', (topic, payload, packet) => this.events.onMessage(topic, payload, packet.retain));

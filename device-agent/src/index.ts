@@ -5,6 +5,7 @@ export type { Agent, AgentDeps } from './agent.js';
 export { loadConfig, makeConfig, parseFlags, redactConfig, ConfigError } from './config.js';
 export type { AgentConfig, LoadedConfig } from './config.js';
 export { createAgentLogger } from './logs.js';
+export { brokerOrder } from './connection.js';
 export { createModelService, createInferenceServer, encodeTensor, decodeInputs } from './models/index.js';
 // The request code the controller checks a version's sample request with when it is added, and decodes binary answers with.
 export { prepareRequest, decodeTensor, zerosFor, tensorFromBytes } from './models/index.js';

@@ -1,5 +1,6 @@
 import { describe, it, expect } from '@jest/globals';
 import { Backoff, backoffCeiling, backoffDelay } from '../src/backoff.js';
+import { brokerOrder } from '../src/connection.js';
 
 describe('reconnect backoff', () => {
   const options = { minMs: 500, maxMs: 30_000 };
@@ -36,5 +37,27 @@ describe('reconnect backoff', () => {
     for (const d of delays) perSecond[Math.floor(d / 1000)]! += 1;
     expect(Math.max(...delays)).toBeLessThan(4000);
     for (const n of perSecond) expect(n).toBeGreaterThan(180); // ~250 each, none empty, no spike
+  });
+});
+
+describe('a list of brokers (the instances of a cluster)', () => {
+  const list = ['mqtt://a:1883', 'mqtt://b:1883', 'mqtt://c:1883'];
+
+  it('keeps one broker as it is, and gives every device the whole list, rotated, the same each time', () => {
+    expect(brokerOrder(['ws://a:8080/mqtt'], 'dev-1')).toEqual(['ws://a:8080/mqtt']);
+    const order = brokerOrder(list, 'dev-1');
+    expect([...order].sort()).toEqual(list);
+    expect(brokerOrder(list, 'dev-1')).toEqual(order);
+    const start = list.indexOf(order[0]!);
+    expect(order).toEqual([...list.slice(start), ...list.slice(0, start)]); // then the next ones, in list order
+  });
+
+  it('spreads a fleet given one list over the instances', () => {
+    const first = new Map<string, number>();
+    for (let i = 0; i < 3000; i++) {
+      const b = brokerOrder(list, `cam-${i}`)[0]!;
+      first.set(b, (first.get(b) ?? 0) + 1);
+    }
+    for (const url of list) expect(first.get(url)).toBeGreaterThan(850); // ~1000 each
   });
 });

@@ -49,11 +49,28 @@ describe('configuration', () => {
     expect(config.telemetryIntervalMs).toBe(2500);
     expect(config.httpPort).toBe(9100);
     expect(config.groups).toEqual(['x', 'y']);
-    expect(config.broker).toBe('mqtt://127.0.0.1:1883');
+    expect(config.broker).toEqual(['mqtt://127.0.0.1:1883']);
     expect(config.httpHost).toBe('127.0.0.1');
     expect(config.httpMaxBodyMb).toBe(64);
     expect(config.token).toBe('s3cret');
     expect(origin).toMatchObject({ device: 'env', httpPort: 'flag', groups: 'flag', telemetryIntervalMs: 'env' });
+  });
+
+  it('takes one broker or a list of them (a cluster) from a flag, the environment or the file', async () => {
+    const env = { EDGEFLEET_DEVICE_TOKEN: 't', EDGEFLEET_DEVICE: 'd' };
+    expect((await loadConfig({ argv: ['--broker', 'mqtt://a:1883'], env })).config.broker).toEqual(['mqtt://a:1883']);
+    expect((await loadConfig({ argv: ['--broker', 'mqtt://a:1883, mqtt://b:1884'], env })).config.broker).toEqual(['mqtt://a:1883', 'mqtt://b:1884']);
+    expect((await loadConfig({ env: { ...env, EDGEFLEET_BROKER: 'mqtts://a:8883,mqtts://b:8883' } })).config.broker).toEqual(['mqtts://a:8883', 'mqtts://b:8883']);
+    for (const [name, broker] of [['string', 'ws://a:8080,ws://b:8080'], ['array', ['ws://a:8080', 'ws://b:8080']]] as const) {
+      const file = join(dir, `brokers-${name}.json`);
+      await writeFile(file, JSON.stringify({ broker }));
+      expect((await loadConfig({ argv: ['--config', file], env, cwd: dir })).config.broker).toEqual(['ws://a:8080', 'ws://b:8080']);
+    }
+    // one bad URL in the list names the key; a list cannot carry paths (one URL can)
+    expect((await configError({ argv: ['--broker', 'mqtt://a:1883,http://b'], env })).message).toMatch(/broker .*expected a URL starting with mqtt:\/\//);
+    expect((await configError({ argv: ['--broker', 'ws://a:8080/mqtt,ws://b:8080/mqtt'], env })).message).toMatch(/broker .*cannot carry paths/);
+    expect((await loadConfig({ argv: ['--broker', 'ws://a:8080/mqtt'], env })).config.broker).toEqual(['ws://a:8080/mqtt']);
+    expect((await configError({ argv: ['--broker', ' , '], env })).message).toMatch(/broker .*at least one broker URL/);
   });
 
   it('reads the device token from EDGEFLEET_DEVICE_TOKEN, and from the old EDGEFLEET_TOKEN with a warning', async () => {

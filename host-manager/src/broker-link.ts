@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { networkInterfaces } from 'node:os';
 import mqtt from 'mqtt';
-import type { MqttClient } from 'mqtt';
+import type { IClientOptions, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { createBroker } from '@edgefleet/broker';
 import type { RunningBroker } from '@edgefleet/broker';
@@ -19,7 +19,11 @@ import { DEFAULTS } from './defaults.js';
 import type { FleetRepository } from './state/repository.js';
 
 export interface BrokerLinkOptions {
-  /** An external broker (IP, host:port or URL). Omitted: the embedded broker starts in this process. */
+  /**
+   * An external broker (IP, host:port or URL), or several, comma separated (instances of one
+   * cluster: the controller fails over from one to the next). Omitted: the embedded broker
+   * starts in this process.
+   */
   broker?: string | undefined;
   mqttHost?: string;
   mqttPort?: number;
@@ -40,9 +44,9 @@ export interface BrokerLinkOptions {
 export interface BrokerLink {
   broker: RunningBroker | null;
   client: BrokerClient;
-  /** Where the controller's client is connected (the embedded broker's TCP listener, for devices on this host). */
+  /** Where the controller's client connects (several URLs comma separated for a cluster); with the embedded broker, its TCP listener (for devices on this host). */
   brokerUrl: string;
-  /** What devices are told to use. */
+  /** What devices are told to use (the same list, unless advertised otherwise). */
   advertised: string;
   /** Closes the connection of a client of the embedded broker now (a removed device); nothing on an external broker. */
   disconnect(clientId: string): void;
@@ -54,6 +58,15 @@ export function brokerUrlOf(text: string): string {
   if (/^[a-z]+:\/\//i.test(text)) return text;
   if (/:\d+$/.test(text)) return `mqtt://${text}`;
   return `mqtt://${text}:${DEFAULTS.mqttPort}`;
+}
+
+/** `a, b:1884, mqtt://c:1883` → one URL per broker (brokerUrlOf each). */
+export function brokerUrlsOf(text: string): string[] {
+  return text
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0)
+    .map(brokerUrlOf);
 }
 
 function lanAddress(): string {
@@ -90,7 +103,9 @@ export async function connectBroker(
     const advHost = host === '0.0.0.0' || host === '::' ? lanAddress() : host;
     advertised = options.advertiseUrl ?? `mqtt://${advHost}:${broker.ports.tcp}`;
   } else {
-    brokerUrl = brokerUrlOf(options.broker);
+    const urls = brokerUrlsOf(options.broker);
+    if (urls.length === 0) throw new FleetError('bad_request', 'no broker address given; give an IP, host:port or URL (several: comma separated)');
+    brokerUrl = urls.join(',');
     advertised = options.advertiseUrl ?? brokerUrl;
   }
   const client: BrokerClient & { endAsync(): Promise<unknown> } =
@@ -118,7 +133,8 @@ async function connectClient(brokerUrl: string, options: BrokerLinkOptions, ctx:
   const { log } = ctx;
   const clientId = `${options.brokerUsername ?? ctx.operator.id}-controller-${randomBytes(3).toString('hex')}`;
   log.info({ broker: brokerUrl }, `Connecting to broker at ${brokerUrl}`);
-  const client = await mqtt.connectAsync(brokerUrl, {
+  const urls = brokerUrl.split(',');
+  const clientOptions: IClientOptions = {
     clientId,
     username: options.brokerUsername ?? ctx.operator.id,
     password: options.brokerPassword ?? ctx.operator.token,
@@ -126,10 +142,42 @@ async function connectClient(brokerUrl: string, options: BrokerLinkOptions, ctx:
     clean: true,
     reconnectPeriod: 2000,
     connectTimeout: 10_000,
-  });
+  };
+  const client =
+    urls.length === 1
+      ? await mqtt.connectAsync(brokerUrl, clientOptions)
+      : // a cluster: MQTT.js walks `servers`, one per (re)connect, from the first
+        await firstConnect(mqtt.connect({ ...clientOptions, servers: urls.map(serverOf), protocol: serverOf(urls[0]!).protocol }), 12_000 * urls.length);
   client.on('error', (error) => log.warn({ err: error.message }, 'broker connection error'));
   client.on('offline', () => log.warn('lost the broker connection; reconnecting'));
   client.on('connect', () => log.info('Connected'));
   log.info({ clientId }, 'Connected');
   return client;
+}
+
+type Protocol = 'mqtt' | 'mqtts' | 'ws' | 'wss';
+function serverOf(url: string): { host: string; port: number; protocol: Protocol } {
+  const u = new URL(url);
+  const protocol = u.protocol.slice(0, -1) as Protocol;
+  const port = u.port ? Number(u.port) : { mqtt: DEFAULTS.mqttPort, mqtts: 8883, ws: 80, wss: 443 }[protocol];
+  return { host: u.hostname.replace(/^\[(.*)\]$/, '$1'), port, protocol };
+}
+
+/** Resolves on the first CONNACK while MQTT.js tries one instance after the other; rejects with the last error after `ms`. */
+function firstConnect(client: MqttClient, ms: number): Promise<MqttClient> {
+  return new Promise((resolve, reject) => {
+    let last: Error | undefined;
+    const onError = (error: Error) => (last = error); // an instance that is down: MQTT.js goes on to the next
+    const timer = setTimeout(() => {
+      client.off('error', onError);
+      client.end(true);
+      reject(last ?? new Error(`no broker of the list answered within ${ms} ms`));
+    }, ms);
+    client.on('error', onError);
+    client.once('connect', () => {
+      clearTimeout(timer);
+      client.off('error', onError);
+      resolve(client);
+    });
+  });
 }

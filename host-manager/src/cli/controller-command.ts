@@ -13,7 +13,7 @@ export function controllerCommand<T>(y: Argv<T>, ctx: CliContext, controller: Co
     'run the controller (embedded broker unless a broker is given)',
     (yy) =>
       yy
-        .positional('broker', { type: 'string', describe: 'external broker: IP, host:port or URL (mqtt://, mqtts://, ws://)' })
+        .positional('broker', { type: 'string', describe: 'external broker: IP, host:port or URL (mqtt://, mqtts://, ws://); several, comma separated, for the instances of a cluster' })
         .option('mqtt-host', { type: 'string', default: DEFAULTS.mqttHost, describe: 'embedded broker: address to listen on' })
         .option('mqtt-port', { type: 'number', default: DEFAULTS.mqttPort, describe: 'embedded broker: MQTT TCP port (0 = any free port)' })
         .option('mqtt-ws-port', { type: 'number', default: DEFAULTS.mqttWsPort, describe: 'embedded broker: MQTT over WebSocket port (-1 = off)' })

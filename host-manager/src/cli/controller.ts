@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { createManager } from '../main.js';
 import type { Manager } from '../main.js';
-import { brokerUrlOf } from '../broker-link.js';
+import { brokerUrlsOf } from '../broker-link.js';
 import { DEFAULTS, defaultDataDir } from '../defaults.js';
 import { enrolmentKeyPath, operatorTokenPath } from '../access/tokens.js';
 import { readBrokerPassword } from '../broker-setup/password-file.js';
@@ -47,7 +47,7 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
     ? pino({ name: 'hostManager', level }, pino.destination({ dest: join(dataDir, 'controller.log'), mkdir: true, sync: false }))
     : pino({ name: 'hostManager', level }, pino.destination(2));
 
-  const target = args.broker ? brokerUrlOf(args.broker) : 'the embedded broker';
+  const target = args.broker ? brokerUrlsOf(args.broker).join(', ') : 'the embedded broker';
   if (interactive) io.out(`Connecting to broker at ${target}...`);
   let manager: Manager;
   try {
