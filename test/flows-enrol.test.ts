@@ -55,7 +55,24 @@ describe('enrolment with the fleet provisioning key', () => {
       return d.body.online ? d.body : undefined;
     });
     expect(seen).toMatchObject({ enrolled: true, groups: ['field'] });
+    // The enrolment is audited; the refused attempts are counted instead (anyone who reaches /enrol could otherwise fill the audit).
     const audit = (await api<{ action: string; result: string }[]>(m, 'GET', '/api/audit?limit=50')).body;
-    expect(audit.filter((a) => a.action === 'device.enrol').map((a) => a.result)).toEqual(['error', 'error', 'ok']);
+    expect(audit.filter((a) => a.action === 'device.enrol').map((a) => a.result)).toEqual(['ok']);
+    expect(await (await fetch(`${m.url}/metrics`)).text()).toMatch(/edgefleet_enrolments_refused_total\{reason="wrong_key"\} 2/);
+  });
+
+  it('refuses a flood of enrolment attempts from one address with 429, without auditing them, and the operator keeps working', async () => {
+    const m = await startManager({ args: ['--enrolment'] });
+    managers.push(m);
+    const answers: number[] = [];
+    for (let i = 0; i < 15; i++) answers.push((await enrol(m, `wrong-${i}`, { id: `flood-${i}` })).status);
+    expect(answers.slice(0, 10)).toEqual(Array(10).fill(401));
+    expect(answers.slice(10)).toEqual(Array(5).fill(429));
+    const limited = (await (await enrol(m, 'wrong', { id: 'flood-x' })).json()) as { error: { code: string; message: string } };
+    expect(limited.error).toMatchObject({ code: 'rate_limited' });
+    expect(limited.error.message).toMatch(/too many enrolment attempts from .* \(10 a minute\); retry in \d+ s/);
+    const audit = (await api<{ action: string }[]>(m, 'GET', '/api/audit?limit=100')).body;
+    expect(audit.filter((a) => a.action === 'device.enrol')).toEqual([]);
+    expect((await api(m, 'GET', '/api/devices')).status).toBe(200);
   });
 });

@@ -4,7 +4,7 @@
  * where the test wants: kill -9 in the middle of an image and a resume from the chunks on disk; and every
  * refusal with its reason while the running container keeps running: a digest that is not the archive's,
  * a truncated archive, an image for another architecture (in the manifest, and only in the archive), a
- * full disk. The agent's data directory is a small tmpfs of its own (mounted here: needs root).
+ * lower image manifest signed as a rollback (never accepted: apps keep no rollback sequence), a full disk. The agent's data directory is a small tmpfs of its own (mounted here: needs root).
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
@@ -214,6 +214,15 @@ describe('refusals, each with its reason, while the running container keeps runn
     const r2 = (await deliver({ ...armRecord, version: armRecord.version + 10, image: unlabelled }, {}, images.blobPath(armRecord)).run)[DEVICE];
     expect(r2).toMatchObject({ ok: false, error: { code: 'incompatible' } });
     expect((r2 as { error: { message: string } }).error.message).toMatch(/linux\/arm64.*nothing was loaded/);
+    await stillServing();
+  }, 60_000);
+
+  it('a lower image manifest signed as a rollback (with a sequence number) is refused at the offer: apps go back with containers.deploy, so no image manifest can be replayed', async () => {
+    const d = deliver(records.v1!, { rollbackSeq: Date.now() });
+    const r = (await d.run)[DEVICE];
+    expect(r).toMatchObject({ ok: false, error: { code: 'lower_version' } });
+    expect((r as { error: { message: string } }).error.message).toMatch(/web@1 is lower than version \d+ already accepted; an app goes back to a version the device keeps with `hostManager image rollback`/);
+    expect(d.sent).toHaveLength(0);
     await stillServing();
   }, 60_000);
 

@@ -5,9 +5,8 @@
  * offline during the transfer getting the model when it returns.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
@@ -22,6 +21,7 @@ import type { LinearModel } from './support/onnx-models.js';
 import { createRegistry, createRequester, loadOrCreateFleetKeys, openState, transferIdFor } from '@edgefleet/host-manager';
 import type { DeliverOptions, FleetKeys, ModelVersionRecord, Registry, Requester } from '@edgefleet/host-manager';
 import { refusal } from './support/refusal.js';
+import { mountSmallDisk, receiverWithFreeSpace, tmpfsWorks } from './support/small-disk.js';
 import { recordedDelivery } from './support/delivery.js';
 
 const IDS = ['k1', 'k2', 't1', 'f1', 'f2', 'f3', 'df'];
@@ -318,51 +318,31 @@ describe('refusals on a real agent: each with its reason, the old model keeps an
   });
 });
 
-const tmpfsWorks = (() => {
-  const probe = join(tmpdir(), `tmpfs-probe-${process.pid}`);
-  spawnSync('mkdir', ['-p', probe]);
-  const ok = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe]).status === 0;
-  if (ok) spawnSync('umount', [probe]);
-  spawnSync('rmdir', [probe]);
-  return ok;
-})();
-
 describe('disk full', () => {
   // A real small filesystem when this machine lets the test mount one; otherwise the in-process
   // receiver test with the injected statfs (device-agent/test/transfer.test.ts) is the proof.
   const title = tmpfsWorks
     ? 'on a real 6 MiB tmpfs data directory: refused with disk_full before anything is written, the old model keeps answering'
     : 'tmpfs not mountable here: the offer is refused through an injected statfs (see device-agent/test/transfer.test.ts)';
-  let mountPoint: string | undefined;
+  let unmount: (() => void) | undefined;
   afterAll(async () => {
-    if (mountPoint) {
+    if (unmount) {
       await cleanupAgents(...agents.filter((a) => a.id === 'df'));
-      spawnSync('umount', ['-l', mountPoint]);
+      unmount();
     }
   });
 
   it(title, async () => {
     if (!tmpfsWorks) {
       // the same rule as the agent's, through the receiver it runs
-      const { createTransferReceiver } = await import('@edgefleet/device-agent');
-      const { pino } = await import('pino');
-      const receiver = createTransferReceiver({
-        dataDir: join(work, 'df-injected'),
-        publicKeyPem: keys.publicKeyPem,
-        identity: { id: 'df', groups: [], arch: process.arch },
-        models: { list: () => [], install: async () => undefined, activate: async () => ({ model: 'm', version: 1, previous: null }), highestAccepted: () => 0, recordAccepted: async () => undefined },
-        publishEvent: () => undefined,
-        logger: pino({ level: 'silent' }),
-        diskSpace: async () => ({ freeBytes: 1000 }),
-      });
+      const receiver = await receiverWithFreeSpace({ dataDir: join(work, 'df-injected'), publicKeyPem: keys.publicKeyPem, id: 'df', freeBytes: 1000 });
       const bytes = big.bytes;
       const signed = signManifest({ kind: 'model', name: 'm', version: 9, sha256: sha256Hex(bytes), length: bytes.length, issuedAt: new Date().toISOString(), expiresAt: new Date(Date.now() + 60_000).toISOString(), target: { devices: ['df'] }, chunking: { size: 65536, sha256: chunkHashes(bytes, 65536) } }, keys.privateKeyPem);
       expect((await refusal(receiver.offer({ transferId: 'tdf', manifest: signed, via: { kind: 'device', name: 'df' } }))).code).toBe('disk_full');
       return;
     }
-    mountPoint = join(work, 'small-disk');
-    await mkdir(mountPoint, { recursive: true });
-    expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mountPoint]).status).toBe(0);
+    const mountPoint = join(work, 'small-disk');
+    unmount = await mountSmallDisk(mountPoint, '6m');
     await agent('df', { dataDir: mountPoint });
     expect((await deliver(rec1, { devices: ['df'] }).run).df).toMatchObject({ ok: true, version: 1 });
     const huge = largeModel({ inFeatures: 1024, outFeatures: 2048, seed: 11 }); // 8 MiB: more than the disk

@@ -172,6 +172,7 @@ class DeviceAgent implements Agent {
           if (e.event === 'model.activated') void this.#publishStatus();
         },
         logger,
+        expiryMs: config.transferExpiryS * 1000,
       });
     }
     if (config.http) {

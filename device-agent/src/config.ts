@@ -92,6 +92,11 @@ export const CONFIG_KEYS = {
     describe: 'model versions kept on disk per model (the active one included)',
     schema: z.number().int().min(1).max(100).default(2),
   },
+  transferExpiryS: {
+    kind: 'number',
+    describe: 'a staged transfer neither offered again nor sent a chunk for this many seconds is removed with its files (at start and periodically)',
+    schema: z.number().int().min(1).max(30 * 86_400).default(86_400),
+  },
   dockerSocket: {
     kind: 'string',
     describe: "the Docker engine's unix socket (default: DOCKER_HOST, else /var/run/docker.sock); an engine that does not answer turns containers off, nothing else",

@@ -329,31 +329,41 @@ describe('activation, rollback, removal', () => {
     );
     await expectCode(models.rollback('m', signManifest({ ...m1, rollback: true, target: { devices: ['dev-2'] } }, keys.privateKeyPem)), 'wrong_target');
     expect(models.active()).toEqual([{ name: 'm', version: 2 }]);
+    // Signed as a rollback but without a sequence number: it could be replayed, so it is refused.
+    await expectCode(models.rollback('m', signManifest({ ...m1, rollback: true }, keys.privateKeyPem)), 'lower_version', /no sequence number/);
     // The real thing.
-    expect(await models.rollback('m', signManifest({ ...m1, rollback: true }, keys.privateKeyPem))).toEqual({ model: 'm', version: 1, previous: 2 });
+    const fresh = signManifest({ ...m1, rollback: true, rollbackSeq: 5 }, keys.privateKeyPem);
+    expect(await models.rollback('m', fresh)).toEqual({ model: 'm', version: 1, previous: 2 });
     const x = x4(1);
     expect(allClose((await inferLinear(models, 'm', x)).outputs.y?.data as number[], v1.expected(x))).toBe(true);
     expect(models.highestAccepted('m')).toBe(2); // rollback does not lower the mark
     // v2 (higher than the active one) is kept on disk, so activating it again needs no transfer.
     expect(models.list()[0]?.versions).toEqual([1, 2]);
     expect(await models.activate('m', 2)).toEqual({ model: 'm', version: 2, previous: 1 });
+    // The same rollback manifest again (or one with a lower number) is a replay: refused, v2 keeps serving, also after a restart.
+    await expectCode(models.rollback('m', fresh), 'replayed', /already used 5 for m/);
+    await expectCode(models.rollback('m', signManifest({ ...m1, rollback: true, rollbackSeq: 4 }, keys.privateKeyPem)), 'replayed');
     await models.close();
+    const reopened = await open(dataDir, { publicKeyPem: keys.publicKeyPem, identity });
+    expect(reopened.lastRollbackSeq('m')).toBe(5);
+    await expectCode(reopened.rollback('m', fresh), 'replayed');
+    expect(reopened.active()).toEqual([{ name: 'm', version: 2 }]);
+    expect(await reopened.rollback('m', signManifest({ ...m1, rollback: true, rollbackSeq: 6 }, keys.privateKeyPem))).toMatchObject({ version: 1 });
+    await reopened.close();
   });
 
-  it('rolls back without a signature when the earlier version was itself delivered as a signed rollback', async () => {
+  it('a stored rollback manifest is used up: going below the highest accepted again needs a fresh signed one', async () => {
     const dataDir = await tempDir();
     const models = await open(dataDir);
     await install(models, dataDir, 'm', 2, v2.bytes);
     await models.activate('m', 2);
-    await install(models, dataDir, 'm', 1, v1.bytes, { rollback: true });
-    await models.activate('m', 1); // a lower version whose manifest the operator signed as a rollback
+    await install(models, dataDir, 'm', 1, v1.bytes, { rollback: true, rollbackSeq: 1 });
+    // A lower version whose manifest the operator signed as a rollback is not activated by name, nor by an unsigned rollback...
+    await expectCode(models.activate('m', 1), 'lower_version', /fresh operator-signed manifest/);
     await install(models, dataDir, 'm', 3, v3.bytes);
     await models.activate('m', 3);
-    // History is [2, 1]: back to 1 is allowed (its manifest is an operator-signed rollback)...
-    expect(await models.rollback('m')).toEqual({ model: 'm', version: 1, previous: 3 });
-    // ...but further back to 2, below the highest accepted (3), is not without a signature.
-    await expectCode(models.rollback('m'), 'lower_version');
-    expect(models.active()).toEqual([{ name: 'm', version: 1 }]);
+    await expectCode(models.rollback('m'), 'lower_version', /fresh rollback manifest/);
+    expect(models.active()).toEqual([{ name: 'm', version: 3 }]);
     await models.close();
   });
 
@@ -389,7 +399,7 @@ describe('activation, rollback, removal', () => {
     await models.recordAccepted('other', 7);
     await models.close();
     const state = JSON.parse(await readFile(join(dataDir, 'models', 'state.json'), 'utf8'));
-    expect(state.models.m).toEqual({ active: 2, history: [1], highestAccepted: 5 });
+    expect(state.models.m).toEqual({ active: 2, history: [1], highestAccepted: 5, rollbackSeq: 0 });
 
     models = await open(dataDir);
     expect(models.active()).toEqual([{ name: 'm', version: 2 }]);

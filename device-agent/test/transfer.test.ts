@@ -254,7 +254,9 @@ describe('refusals (each with its reason; nothing installed, the active model un
     const e = await refusal(offer('x1', 'tlow', low));
     expect(e.code).toBe('lower_version');
     expect(e.message).toMatch(/explicit rollback/);
-    const rollback = signManifest(manifestFor(bytes2, { version: 2, rollback: true }), keys.privateKeyPem);
+    const unnumbered = signManifest(manifestFor(bytes2, { version: 2, rollback: true }), keys.privateKeyPem);
+    expect((await refusal(offer('x1', 'tlow1', unnumbered))).message).toMatch(/no sequence number/);
+    const rollback = signManifest(manifestFor(bytes2, { version: 2, rollback: true, rollbackSeq: 1 }), keys.privateKeyPem);
     expect((await offer('x1', 'tlow2', rollback)).missing.length).toBeGreaterThan(0);
     models.accepted.set('big', 1);
     untouched();

@@ -17,6 +17,8 @@ export const DEFAULTS = {
   /** How long a command sent to a device waits for its reply. */
   requestTimeoutMs: 10_000,
   logLevel: 'info',
+  /** The largest model the registry takes (uploads and files on the controller host): 2 GiB, protobuf's own limit for an ONNX file. */
+  maxModelBytes: 2 * 1024 * 1024 * 1024,
 } as const;
 
 export const DEFAULT_MQTT_PORT = DEFAULTS.mqttPort;

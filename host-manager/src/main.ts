@@ -33,6 +33,7 @@ import { createImageOperations } from './images/operations.js';
 import { createImageRegistry } from './images/registry.js';
 import type { ImageRegistry } from './images/registry.js';
 import { createModelOperations } from './models/operations.js';
+import { INCOMING_DIR } from './models/blobs.js';
 import { createRegistry } from './models/registry.js';
 import type { Registry } from './models/registry.js';
 import { Rollouts } from './rollouts/executor.js';
@@ -57,6 +58,10 @@ export interface ManagerOptions extends BrokerLinkOptions {
   requestTimeoutMs?: number;
   /** Enrolment with a fleet provisioning key (POST /enrol); off by default. Enrolled devices join `groups`. */
   enrolment?: { groups?: string[] } | false;
+  /** Names besides the listening addresses that HTTP requests may use in Host (DNS rebinding guard). */
+  httpAllowedHosts?: string[];
+  /** The largest model the registry takes (uploads included), in bytes; default DEFAULTS.maxModelBytes (2 GiB). */
+  maxModelBytes?: number;
   /** An external broker's accounts: Mosquitto's dynamic security when it answers (`auto`, the default), required, or `none`. */
   brokerAccounts?: BrokerAccountsMode;
   /** Transfer tuning passed to deliverModel. */
@@ -102,10 +107,21 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const requester = await createRequester(link.client);
   const accounts = link.broker ? undefined : await brokerAccountsFor(link.client, options.brokerAccounts ?? 'auto', { legacyTopic, log });
   if (accounts) await reconcileAccounts(accounts, state, log);
-  const fleet = new Fleet({ mqtt: link.client, state, logger: log.child({ component: 'fleet' }), metrics, discover: link.broker === null });
+  const fleet = new Fleet({
+    mqtt: link.client,
+    state,
+    logger: log.child({ component: 'fleet' }),
+    metrics,
+    discover: link.broker === null,
+    // telemetry is kept only for versions a registry holds: models, and image apps that serve inference
+    knownModel: (name, version) => state.modelVersions(name).some((v) => v.version === version) || state.imageVersions(name).some((v) => v.version === version),
+  });
   await fleet.start();
-  const registry = createRegistry(state, dataDir);
+  const maxModelBytes = options.maxModelBytes ?? DEFAULTS.maxModelBytes;
+  const registry = createRegistry(state, dataDir, { maxModelBytes });
   const images = createImageRegistry(state, dataDir);
+  // uploads and copies cut off by a crash are never kept
+  for (const leftovers of ['uploads', INCOMING_DIR]) await rm(join(dataDir, leftovers), { recursive: true, force: true });
   const timeoutMs = options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
   const deliver = makeDeliver({
     mqtt: link.client,
@@ -118,10 +134,39 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
     ...(options.window !== undefined ? { window: options.window } : {}),
     onPhase: (phase, ms) => metrics.deliveryPhase.observe({ phase }, ms / 1000),
   });
-  const rollback = makeRollback({ requester, registry, images, keys, timeoutMs });
+  const rollback = makeRollback({ requester, registry, images, keys, state, timeoutMs });
   const rollouts = new Rollouts({ state, fleet, deliver, rollback, logger: log, metrics, ...(options.tickMs ? { tickMs: options.tickMs } : {}) });
-  const ops = createOperations({ state, fleet, registry, images, rollouts, requester, client: link.client, keys, legacyTopic, advertised: link.advertised, broker: link.broker, dataDir, timeoutMs, enrolmentOn: enrolment !== null, disconnect: link.disconnect, ...(accounts ? { brokerAccounts: accounts } : {}) });
-  const api = await startApi({ ops, state, fleet, metrics, logger: log.child({ component: 'api' }), host: options.httpHost ?? DEFAULTS.httpHost, port: options.httpPort ?? DEFAULTS.httpPort });
+  fleet.expectModels((device, name, version) => rollouts.expects(device, name, version));
+  const ops = createOperations({
+    state,
+    fleet,
+    registry,
+    images,
+    rollouts,
+    requester,
+    client: link.client,
+    keys,
+    legacyTopic,
+    advertised: link.advertised,
+    broker: link.broker,
+    dataDir,
+    timeoutMs,
+    enrolmentOn: enrolment !== null,
+    disconnect: link.disconnect,
+    metrics,
+    ...(accounts ? { brokerAccounts: accounts } : {}),
+  });
+  const api = await startApi({
+    ops,
+    state,
+    fleet,
+    metrics,
+    logger: log.child({ component: 'api' }),
+    host: options.httpHost ?? DEFAULTS.httpHost,
+    port: options.httpPort ?? DEFAULTS.httpPort,
+    maxModelBytes,
+    ...(options.httpAllowedHosts ? { allowedHosts: options.httpAllowedHosts } : {}),
+  });
   const controllerFile = join(dataDir, CONTROLLER_FILE);
   const announced = { pid: process.pid, url: api.url, broker: link.brokerUrl, advertisedBroker: link.advertised, mqtt: link.broker?.ports ?? null, startedAt: new Date().toISOString() };
   await writeFileAtomic(controllerFile, JSON.stringify(announced, null, 1));
@@ -176,6 +221,7 @@ function createOperations(ctx: {
   timeoutMs: number;
   enrolmentOn: boolean;
   disconnect(id: string): void;
+  metrics: Metrics;
   brokerAccounts?: BrokerAccounts;
 }): Operations {
   const { state, fleet, rollouts, client } = ctx;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
@@ -11,6 +11,7 @@ import { createManager } from '../src/main.js';
 import type { Manager } from '../src/main.js';
 import { openState } from '../src/state/repository.js';
 import { DurableJsonFile } from '../src/state/store.js';
+import { linearModel } from '../../test/support/onnx-models.js';
 
 const info: DeviceInfo = {
   agentVersion: 't',
@@ -22,7 +23,7 @@ const info: DeviceInfo = {
   onnxruntime: { version: '1.30.0', executionProviders: ['cpu'] },
   docker: false,
   groups: ['g'],
-  models: [],
+  models: [{ name: 'm', version: 1 }],
 };
 
 async function until<T>(what: string, check: () => T | undefined, timeoutMs = 5000): Promise<T> {
@@ -76,6 +77,10 @@ describe('the controller in-process', () => {
     dir = await mkdtemp(join(tmpdir(), 'manager-'));
     m = await createManager({ dataDir: dir, mqttHost: '127.0.0.1', mqttPort: 0, mqttWsPort: false, httpPort: 0, logger: pino({ level: 'silent' }) });
     token = (await m.ops.addDevice({ id: 'dev-1', groups: ['g'], actor: 'operator:test' })).token;
+    for (const name of ['m', 'other']) {
+      await writeFile(join(dir, `${name}.onnx`), linearModel({ seed: name.length }).bytes);
+      await m.registry.add(join(dir, `${name}.onnx`), { name });
+    }
   });
 
   afterAll(async () => {
@@ -97,12 +102,22 @@ describe('the controller in-process', () => {
     await c.publishAsync(topics.device('dev-1', 'status'), JSON.stringify(makeStatus(info)), { qos: 1, retain: true });
     await until('online', () => (m.fleet.isOnline('dev-1') ? true : undefined));
     expect(await bad()).toBe(3);
+    const byCode = (await m.metrics.badMessages.get()).values.map((v) => [v.labels.channel, v.labels.code, v.value]);
+    expect(byCode).toEqual(expect.arrayContaining([['telemetry', 'bad_request', 1], ['status', 'bad_request', 1], ['events', 'bad_request', 1]]));
     expect(m.state.device('dev-1')!.info?.hostname).toBe('h');
 
-    const sample = { ts: Date.now(), cpuPercent: 12, load: [0.1], memoryUsedBytes: 1, memoryTotalBytes: 2, diskFreeBytes: null, temperatureC: 41.5, uptimeS: 3, models: { 'm@1': { requests: 10, errors: 1, p50Ms: 1, p95Ms: 2, p99Ms: 3 } } };
+    const health = { requests: 10, errors: 1, p50Ms: 1, p95Ms: 2, p99Ms: 3 };
+    // m@1 is in the registry and active on the device; other@1 is in the registry but not running there; ghost@1 is not known at all
+    const models = { 'm@1': health, 'other@1': health, 'ghost@1': health };
+    const sample = { ts: Date.now(), cpuPercent: 12, load: [0.1], memoryUsedBytes: 1, memoryTotalBytes: 2, diskFreeBytes: null, temperatureC: 41.5, uptimeS: 3, models };
     await c.publishAsync(topics.device('dev-1', 'telemetry'), JSON.stringify(makeTelemetry(1, 0, sample)), { qos: 1 });
     await until('telemetry', () => m.state.device('dev-1')!.telemetry ?? undefined);
-    expect(m.fleet.history.health('dev-1', 'm@1', 0)).toEqual([{ requests: 10, errors: 1, p50Ms: 1, p95Ms: 2, p99Ms: 3 }]);
+    expect(m.fleet.history.health('dev-1', 'm@1', 0)).toEqual([{ requests: 10, errors: 1, p95Ms: 2 }]);
+    expect(Object.keys(m.state.device('dev-1')!.telemetry!.models)).toEqual(['m@1']);
+    expect(m.fleet.history.health('dev-1', 'other@1', 0)).toEqual([]);
+    const dropped = (await m.metrics.telemetryModelsDropped.get()).values.map((v) => [v.labels.reason, v.value]);
+    expect(dropped).toEqual(expect.arrayContaining([['unknown_model', 1], ['not_running', 1]]));
+    expect(m.ops.deviceReports({ device: 'dev-1' }).dropped).toEqual({ events: 0, telemetryModels: 2 });
 
     // The last will marks it offline when the connection drops without a goodbye.
     c.stream.destroy();

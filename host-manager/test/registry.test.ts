@@ -10,8 +10,8 @@ import { createRegistry } from '../src/models/registry.js';
 import { createImageRegistry } from '../src/images/registry.js';
 import { checkCompatibility, compareVersions, minOnnxruntimeForOpset } from '../src/models/compatibility.js';
 import { loadOrCreateFleetKeys, fleetKeyPaths } from '../src/access/fleet-keys.js';
-import { readOnnxMetadata } from '@edgefleet/onnx';
-import { linearModel, multiInputModel, opsetModel } from '../../test/support/onnx-models.js';
+import { readOnnxMetadata, readOnnxMetadataFromFile } from '@edgefleet/onnx';
+import { imageClassifierModel, largeModel, linearModel, multiInputModel, opsetModel } from '../../test/support/onnx-models.js';
 import { refusal as rejection } from '../../test/support/refusal.js';
 import { tinyImage } from '../../test/support/container-images.js';
 
@@ -53,7 +53,7 @@ describe('ONNX metadata', () => {
     ['random bytes', randomBytes(4096)],
     ['text', Buffer.from('{"not": "a model"}\n')],
     ['a truncated model', linearModel().bytes.subarray(0, 40)],
-  ])('refuses %s as not_onnx', (_label, bytes) => {
+  ])('refuses %s as not_onnx', async (label, bytes) => {
     let caught: unknown;
     try {
       readOnnxMetadata(bytes);
@@ -62,6 +62,22 @@ describe('ONNX metadata', () => {
     }
     expect(caught).toBeInstanceOf(FleetError);
     expect((caught as FleetError).code).toBe('not_onnx');
+    // the same refusal when the file is walked on disk instead of loaded
+    const fromFile = await rejection(readOnnxMetadataFromFile(await modelFile(`bad-${label.replace(/ /g, '-')}.bin`, bytes)));
+    expect(fromFile.code).toBe('not_onnx');
+    expect(fromFile.message).toMatch(/export the model to \.onnx/);
+  });
+
+  it.each([
+    ['a linear model', () => linearModel({ opset: 15 }).bytes],
+    ['two inputs, int64 beside float32', () => multiInputModel().bytes],
+    ['a 1 MiB model with large initializers', () => largeModel({ inFeatures: 512, outFeatures: 512 }).bytes],
+    ['an image classifier with processing-friendly names', () => imageClassifierModel().bytes],
+    ['an old IR version', () => opsetModel(7, 3).bytes],
+  ])('reads %s from its file (walked, not loaded) exactly as from its bytes', async (_label, build) => {
+    const bytes = build();
+    const file = await modelFile(`walk-${sha256Hex(bytes).slice(0, 8)}.onnx`, bytes);
+    expect(await readOnnxMetadataFromFile(file)).toEqual(readOnnxMetadata(bytes));
   });
 });
 

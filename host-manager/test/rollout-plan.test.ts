@@ -155,9 +155,9 @@ describe('evaluateGate', () => {
 
   it('summarizes samples weighting p95 by requests', () => {
     const s = summarizeHealth([
-      { requests: 10, errors: 1, p50Ms: 1, p95Ms: 10, p99Ms: 12 },
-      { requests: 30, errors: 0, p50Ms: 1, p95Ms: 20, p99Ms: 25 },
-      { requests: 0, errors: 0, p50Ms: null, p95Ms: null, p99Ms: null },
+      { requests: 10, errors: 1, p95Ms: 10 },
+      { requests: 30, errors: 0, p95Ms: 20 },
+      { requests: 0, errors: 0, p95Ms: null },
     ]);
     expect(s).toEqual({ requests: 40, errors: 1, errorRate: 1 / 40, p95Ms: 17.5, samples: 3 });
   });

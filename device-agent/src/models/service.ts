@@ -17,7 +17,7 @@ import { performance } from 'node:perf_hooks';
 import ort from 'onnxruntime-node';
 import { createHash } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { FleetError, activationCheck, checkAcceptance, verifiedManifest } from '@edgefleet/protocol';
+import { FleetError, activationCheck, checkAcceptance, isRollbackBelow, verifiedManifest } from '@edgefleet/protocol';
 import type {
   CommandResult,
   DeviceIdentity,
@@ -63,6 +63,8 @@ export interface ModelService {
   rollback(name: string, signed?: SignedManifest): Promise<ActivationResult>;
   remove(name: string, version: number): Promise<{ removed: boolean }>;
   highestAccepted(name: string): number;
+  /** The highest rollback sequence number this device used for the model (persisted), or 0. */
+  lastRollbackSeq(name: string): number;
   recordAccepted(name: string, version: number): Promise<void>;
   active(): { name: string; version: number }[];
   drainHealth(): Record<string, ModelHealth>;
@@ -345,29 +347,32 @@ class OnnxModelService implements ModelService {
     return this.exclusive(name, async () => {
       this.assertOpen();
       const record = this.store.record(name);
-      let target: number;
-      if (signed) {
-        const manifest = this.verifyRollback(name, signed, record.highestAccepted);
-        target = manifest.version;
-        const stored = this.store.get(name, target);
-        if (!stored) {
-          throw new FleetError('not_found', `${name}@${target} is no longer stored on this device; deliver it again with the signed rollback manifest`);
-        }
-        if (stored.info.sha256 !== manifest.sha256) {
-          throw new FleetError('bad_signature', `the signed manifest for ${name}@${target} names sha256 ${manifest.sha256}, but the stored file is ${stored.info.sha256}`);
-        }
-      } else {
+      if (!signed) {
         const previous = [...record.history].reverse().find((v) => this.store.has(name, v));
         if (previous === undefined) throw new FleetError('not_found', `${name} has no previous version on this device to roll back to`);
-        target = previous;
-        if (target < record.highestAccepted && !this.store.get(name, target)?.manifest.rollback) {
+        // Below the highest accepted only with a fresh signed rollback: a stored rollback manifest was used up when it was used.
+        if (previous < record.highestAccepted) {
           throw new FleetError(
             'lower_version',
-            `rolling ${name} back to version ${target}, below version ${record.highestAccepted} already accepted, needs a rollback manifest signed by the operator`,
+            `rolling ${name} back to version ${previous}, below version ${record.highestAccepted} already accepted, needs a fresh rollback manifest signed by the operator`,
           );
         }
+        return this.switchTo(name, previous, 'rollback');
       }
-      return this.switchTo(name, target, 'rollback');
+      const manifest = this.verifyRollback(name, signed, record);
+      const stored = this.store.get(name, manifest.version);
+      if (!stored) {
+        throw new FleetError('not_found', `${name}@${manifest.version} is no longer stored on this device; deliver it again with the signed rollback manifest`);
+      }
+      if (stored.info.sha256 !== manifest.sha256) {
+        throw new FleetError('bad_signature', `the signed manifest for ${name}@${manifest.version} names sha256 ${manifest.sha256}, but the stored file is ${stored.info.sha256}`);
+      }
+      if (isRollbackBelow(manifest, record.highestAccepted)) {
+        // Used up before the switch, durably (fsync), so a crash in between cannot leave it usable again.
+        const seq = manifest.rollbackSeq ?? 0;
+        await this.store.updateRecord(name, (r) => ({ ...r, rollbackSeq: Math.max(r.rollbackSeq, seq) }), 'rollback:seq');
+      }
+      return this.switchTo(name, manifest.version, 'rollback');
     });
   }
 
@@ -386,6 +391,10 @@ class OnnxModelService implements ModelService {
       this.logger.info({ model: name, version }, 'model version removed');
       return { removed: true };
     });
+  }
+
+  lastRollbackSeq(name: string): number {
+    return this.store.record(name).rollbackSeq;
   }
 
   async recordAccepted(name: string, version: number): Promise<void> {
@@ -432,10 +441,10 @@ class OnnxModelService implements ModelService {
     if (current?.version === version) return { model: name, version, previous: record.history.at(-1) ?? null };
     const stored = this.store.get(name, version);
     if (!stored) throw new FleetError('not_found', `${name}@${version} is not installed on this device${this.installedText(name)}; send it first`);
-    if (mode === 'activate' && version < record.highestAccepted && !stored.manifest.rollback) {
+    if (mode === 'activate' && version < record.highestAccepted) {
       throw new FleetError(
         'lower_version',
-        `${name}@${version} is lower than version ${record.highestAccepted} already accepted; roll back with an operator-signed manifest instead`,
+        `${name}@${version} is lower than version ${record.highestAccepted} already accepted; roll back with a fresh operator-signed manifest instead`,
       );
     }
     const next = await this.load(name, version, stored.manifest);
@@ -452,6 +461,7 @@ class OnnxModelService implements ModelService {
           const history = r.history.filter((v) => v !== version);
           if (mode === 'activate' && previous !== null && previous !== version) history.push(previous);
           return {
+            ...r,
             active: version,
             history: this.keepVersions > 0 ? history.slice(-this.keepVersions) : [],
             highestAccepted: Math.max(r.highestAccepted, version),
@@ -552,7 +562,7 @@ class OnnxModelService implements ModelService {
     return checkActivation({ ...loaded, run: (feeds) => loaded.session.run(feeds) }, manifest, stored);
   }
 
-  private verifyRollback(name: string, signed: SignedManifest, highestAccepted: number): Manifest {
+  private verifyRollback(name: string, signed: SignedManifest, record: { highestAccepted: number; rollbackSeq: number }): Manifest {
     const { publicKeyPem, identity } = this.opts;
     if (!publicKeyPem || !identity) {
       throw new FleetError('bad_signature', 'this device has no fleet public key (and identity) to verify a rollback manifest; provision it with the key');
@@ -561,8 +571,8 @@ class OnnxModelService implements ModelService {
     if (manifest.name !== name || manifest.kind !== 'model') {
       throw new FleetError('invalid_params', `the rollback manifest is for ${manifest.kind} ${manifest.name}, not model ${name}`);
     }
-    // the protocol's acceptance rules: target, expiry, and a version below the highest accepted only when signed as a rollback
-    const refused = checkAcceptance(manifest, { device: identity, highestAccepted, now: this.opts.now?.() ?? new Date() });
+    // the protocol's acceptance rules: target, expiry, and a version below the highest accepted only as a signed rollback with an unused sequence number
+    const refused = checkAcceptance(manifest, { device: identity, highestAccepted: record.highestAccepted, lastRollbackSeq: record.rollbackSeq, now: this.opts.now?.() ?? new Date() });
     if (refused) throw refused;
     return manifest;
   }

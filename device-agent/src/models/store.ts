@@ -32,6 +32,8 @@ const ModelRecordSchema = z.object({
   /** Previously active versions, oldest first; the last one is what `rollback` returns to. */
   history: z.array(z.number().int().positive()),
   highestAccepted: z.number().int().nonnegative(),
+  /** The highest rollback sequence number used for this model (a signed rollback works once); absent in files written before it was kept. */
+  rollbackSeq: z.number().int().nonnegative().default(0),
 });
 export type ModelRecord = z.infer<typeof ModelRecordSchema>;
 
@@ -114,7 +116,7 @@ export class ModelStore {
   }
 
   record(name: string): ModelRecord {
-    return ownEntry(this.state.models, name) ?? { active: null, history: [], highestAccepted: 0 };
+    return ownEntry(this.state.models, name) ?? { active: null, history: [], highestAccepted: 0, rollbackSeq: 0 };
   }
 
   versions(name: string): number[] {

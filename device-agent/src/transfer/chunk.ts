@@ -47,6 +47,7 @@ export function chunk(ctx: ReceiverContext, transferId: string, index: number, p
   const data = t.data;
   if (!data) return;
   t.have[index] = 1;
+  t.touchedAt = Date.now();
   if (t.running) {
     if (index === t.nextInOrder) {
       t.running.update(payload);

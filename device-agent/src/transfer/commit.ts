@@ -7,7 +7,7 @@
  * can re-sign), and drops it otherwise.
  */
 import { hashFile } from '@edgefleet/node-io';
-import { FleetError, asFleetError, makeEvent } from '@edgefleet/protocol';
+import { FleetError, asFleetError, isRollbackBelow, makeEvent } from '@edgefleet/protocol';
 import type { CommandResult, ErrorCode, ParsedParams } from '@edgefleet/protocol';
 import { accept, drop, event, images, load, locked } from './context.js';
 import type { ReceiverContext } from './context.js';
@@ -58,7 +58,7 @@ async function installAndActivate(ctx: ReceiverContext, t: Transfer, activate: b
       await models.recordAccepted(m.name, m.version);
       return { model: m.name, version: m.version, activated: false, previous: null };
     }
-    const result = await models.activate(m.name, m.version);
+    const result = await activateStaged(ctx, t);
     await models.recordAccepted(m.name, m.version);
     event(ctx, makeEvent('model.activated', { model: m.name, version: m.version, previous: result.previous }));
     return { model: m.name, version: m.version, activated: true, previous: result.previous };
@@ -71,6 +71,15 @@ async function installAndActivate(ctx: ReceiverContext, t: Transfer, activate: b
     }
     throw fleetError;
   }
+}
+
+/** Activates what was installed; a version below the highest accepted goes through the rollback, which uses up its sequence number. */
+function activateStaged(ctx: ReceiverContext, t: Transfer): Promise<{ previous: number | null }> {
+  const { models } = ctx.opts;
+  const m = t.manifest;
+  if (!isRollbackBelow(m, models.highestAccepted(m.name))) return models.activate(m.name, m.version);
+  if (!models.rollback) throw new FleetError('lower_version', `${m.name}@${m.version} is below the highest version accepted and this device cannot take rollbacks`);
+  return models.rollback(m.name, t.signed);
 }
 
 /**

@@ -6,7 +6,7 @@
 import { readdir, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { FleetError, checkAcceptance, isValidName, makeEvent, verifiedManifest } from '@edgefleet/protocol';
+import { FleetError, checkAcceptance, isRollbackBelow, isValidName, makeEvent, verifiedManifest } from '@edgefleet/protocol';
 import type { FleetEvent, Manifest, SignedManifest } from '@edgefleet/protocol';
 import { closeFiles, newTransfer } from './state.js';
 import type { Transfer } from './state.js';
@@ -27,9 +27,21 @@ export interface ReceiverContext {
   /** Offers, loads and commits of one transfer id run one at a time. */
   locks: Map<string, Promise<unknown>>;
   stats: ReceiverStats;
+  /** Stagings untouched this long are reclaimed (lifecycle.ts). */
+  expiryMs: number;
+  sweepEveryMs: number;
+  /** The reclaim at start: offers, loads and commits wait for it, so nothing expired is resumed. */
+  ready: Promise<void>;
 }
 
+/** Default expiry of an abandoned staging: a day. */
+export const DEFAULT_TRANSFER_EXPIRY_MS = 24 * 60 * 60_000;
+
+/** The lock key under which free space is checked and reserved (never a valid transfer id, so it cannot clash). */
+export const SPACE_LOCK = ' disk space';
+
 export function createContext(opts: TransferReceiverOptions): ReceiverContext {
+  const expiryMs = opts.expiryMs ?? DEFAULT_TRANSFER_EXPIRY_MS;
   return {
     opts,
     root: join(opts.dataDir, 'transfers'),
@@ -46,7 +58,10 @@ export function createContext(opts: TransferReceiverOptions): ReceiverContext {
       }),
     transfers: new Map(),
     locks: new Map(),
-    stats: { written: 0, duplicates: 0, unknownTransfer: 0, rejected: {} },
+    stats: { written: 0, duplicates: 0, unknownTransfer: 0, rejected: {}, reclaimed: 0 },
+    expiryMs,
+    sweepEveryMs: opts.sweepEveryMs ?? Math.min(15 * 60_000, Math.max(1000, Math.floor(expiryMs / 4))),
+    ready: Promise.resolve(),
   };
 }
 
@@ -114,10 +129,28 @@ export function images(ctx: ReceiverContext): ReceiverImages {
 
 /** The protocol's acceptance check (target, expiry, anti-rollback) against this device; throws its refusal. */
 export function accept(ctx: ReceiverContext, m: Manifest): void {
-  // models and apps each have their own durable highest version accepted
-  const highestAccepted = m.kind === 'image' ? images(ctx).highestAccepted(m.name) : ctx.opts.models.highestAccepted(m.name);
+  if (m.kind === 'image') return acceptImage(ctx, m);
+  const { models } = ctx.opts;
+  const lastRollbackSeq = models.lastRollbackSeq?.(m.name) ?? 0;
+  const refusal = checkAcceptance(m, { device: ctx.opts.identity, highestAccepted: models.highestAccepted(m.name), lastRollbackSeq, now: ctx.now() });
+  if (refusal) throw refusal;
+}
+
+/**
+ * Apps have their own durable highest version accepted. An app goes back with `containers.deploy` of a version
+ * the device keeps (the controller's image rollback), never with a lower signed image manifest: the device keeps
+ * no rollback sequence for apps, so such a manifest, even one marked as a rollback, could be replayed; it is refused.
+ */
+function acceptImage(ctx: ReceiverContext, m: Manifest): void {
+  const highestAccepted = images(ctx).highestAccepted(m.name);
   const refusal = checkAcceptance(m, { device: ctx.opts.identity, highestAccepted, now: ctx.now() });
   if (refusal) throw refusal;
+  if (isRollbackBelow(m, highestAccepted)) {
+    throw new FleetError(
+      'lower_version',
+      `${m.name}@${m.version} is lower than version ${highestAccepted} already accepted; an app goes back to a version the device keeps with \`hostManager image rollback\`, not with a lower image manifest`,
+    );
+  }
 }
 
 export function isInstalled(ctx: ReceiverContext, m: Manifest): boolean {
@@ -140,6 +173,7 @@ export async function drop(ctx: ReceiverContext, t: Transfer): Promise<void> {
 export async function load(ctx: ReceiverContext, id: string): Promise<Transfer | undefined> {
   const known = ctx.transfers.get(id);
   if (known) return known;
+  await ctx.ready;
   const dir = join(ctx.root, id);
   let signed: SignedManifest;
   try {

@@ -8,7 +8,8 @@ import { mkdir, rm } from 'node:fs/promises';
 import { mib } from '@edgefleet/node-io';
 import { FleetError } from '@edgefleet/protocol';
 import type { CommandResult, Manifest, ParsedParams } from '@edgefleet/protocol';
-import { accept, drop, images, isInstalled, load, locked, removeStale, transferFor, verify } from './context.js';
+import { SPACE_LOCK, accept, drop, images, isInstalled, load, locked, removeStale, transferFor, verify } from './context.js';
+import { reservedBytes } from './lifecycle.js';
 import type { ReceiverContext } from './context.js';
 import { closeFiles, missingOf, sameContent } from './state.js';
 import { openStaging, writeStagedManifest } from './staging.js';
@@ -22,6 +23,7 @@ export async function offer(ctx: ReceiverContext, p: ParsedParams<'transfer.offe
   if (via.kind === 'device' ? via.name !== identity.id : !identity.groups.includes(via.name)) {
     throw new FleetError('wrong_target', `chunks would come through ${via.kind} ${via.name}, which this device (${identity.id}) does not listen to`);
   }
+  await ctx.ready;
   return locked(ctx, p.transferId, async () => {
     let t = await load(ctx, p.transferId);
     if (t && !sameContent(t.manifest, manifest)) {
@@ -40,6 +42,7 @@ export async function offer(ctx: ReceiverContext, p: ParsedParams<'transfer.offe
     if (t) {
       t.signed = p.manifest; // a fresh signature (new expiry) for the same content
       t.manifest = manifest;
+      t.touchedAt = Date.now();
       await writeStagedManifest(t);
       return { missing: missingOf(t), total: t.total };
     }
@@ -47,19 +50,36 @@ export async function offer(ctx: ReceiverContext, p: ParsedParams<'transfer.offe
   });
 }
 
-/** A first offer: room on the disk, then an empty staging of the declared length. */
-async function startStaging(ctx: ReceiverContext, p: ParsedParams<'transfer.offer'>, manifest: Manifest): Promise<CommandResult<'transfer.offer'>> {
-  const { dataDir } = ctx.opts;
-  await mkdir(ctx.root, { recursive: true });
-  await removeStale(ctx, p.transferId, manifest.name);
-  if (manifest.kind === 'image') await images(ctx).prepareDownload(manifest);
+/**
+ * A first offer: room on the disk for it and for what the other stagings may still write, then an
+ * empty staging of the declared length. The check and the reservation (the staging joining the
+ * transfers) happen under one lock, so two offers at once cannot both count the same free space.
+ * An image whose update strategy is stop-then-download makes its room first (old containers and images go).
+ */
+function startStaging(ctx: ReceiverContext, p: ParsedParams<'transfer.offer'>, manifest: Manifest): Promise<CommandResult<'transfer.offer'>> {
+  return locked(ctx, SPACE_LOCK, async () => {
+    await mkdir(ctx.root, { recursive: true });
+    await removeStale(ctx, p.transferId, manifest.name);
+    if (manifest.kind === 'image') await images(ctx).prepareDownload(manifest);
+    await checkRoom(ctx, p.transferId, manifest);
+    return openFresh(ctx, p, manifest);
+  });
+}
+
+async function checkRoom(ctx: ReceiverContext, transferId: string, manifest: Manifest): Promise<void> {
   const free = (await ctx.diskSpace(ctx.root)).freeBytes;
-  if (free < manifest.length + ctx.reserveBytes) {
-    throw new FleetError(
-      'disk_full',
-      `${manifest.name}@${manifest.version} needs ${mib(manifest.length + ctx.reserveBytes)} MiB but only ${mib(free)} MiB are free in ${dataDir}; free space on the device (remove old model versions or images) and retry`,
-    );
-  }
+  const reserved = await reservedBytes(ctx, transferId);
+  const needed = manifest.length + reserved.bytes + ctx.reserveBytes;
+  if (free >= needed) return;
+  const others = reserved.transfers > 0 ? ` (${mib(manifest.length)} MiB for it, ${mib(reserved.bytes)} MiB still to come for ${reserved.transfers} other staged transfer${reserved.transfers > 1 ? 's' : ''})` : '';
+  throw new FleetError(
+    'disk_full',
+    `${manifest.name}@${manifest.version} needs ${mib(needed)} MiB${others} but only ${mib(free)} MiB are free in ${ctx.opts.dataDir}; free space on the device (remove old model versions or images) or let the other transfers finish, and retry`,
+  );
+}
+
+async function openFresh(ctx: ReceiverContext, p: ParsedParams<'transfer.offer'>, manifest: Manifest): Promise<CommandResult<'transfer.offer'>> {
+  const { dataDir } = ctx.opts;
   const fresh = transferFor(ctx, p.transferId, p.manifest, manifest);
   try {
     await openStaging(fresh, false, ctx.log);

@@ -37,6 +37,8 @@ export interface Transfer {
   lastProgressAt: number;
   progressTimer: NodeJS.Timeout | null;
   closed: boolean;
+  /** Wall-clock ms of the last offer or chunk: a staging untouched for the receiver's expiry is reclaimed. */
+  touchedAt: number;
 }
 
 export function newTransfer(id: string, dir: string, signed: SignedManifest, manifest: Manifest): Transfer {
@@ -64,7 +66,16 @@ export function newTransfer(id: string, dir: string, signed: SignedManifest, man
     lastProgressAt: 0,
     progressTimer: null,
     closed: false,
+    touchedAt: Date.now(),
   };
+}
+
+/** Bytes the staging of `t` may still write (its file is sparse until the chunks arrive). */
+export function bytesStillToWrite(t: Transfer): number {
+  if (t.installed || t.closed) return 0;
+  let left = 0;
+  for (let i = 0; i < t.total; i++) if (t.have[i] !== 2) left += chunkLength(t.manifest, i, t.total);
+  return left;
 }
 
 /** Bytes of chunk `index`: the chunk size, except for the last one. */

@@ -1,6 +1,6 @@
 /** What the transfer receiver needs from the rest of the agent, and what it offers it. */
 import type { Logger } from 'pino';
-import type { CommandResult, DeviceIdentity, FleetEvent, Manifest, ModelState, ParsedParams } from '@edgefleet/protocol';
+import type { CommandResult, DeviceIdentity, FleetEvent, Manifest, ModelState, ParsedParams, SignedManifest } from '@edgefleet/protocol';
 
 /** What the receiver needs from the model store (a subset of ModelService). */
 export interface ReceiverModels {
@@ -9,6 +9,10 @@ export interface ReceiverModels {
   activate(name: string, version: number): Promise<{ model: string; version: number; previous: number | null }>;
   remove?(name: string, version: number): Promise<{ removed: boolean }>;
   highestAccepted(name: string): number;
+  /** The highest rollback sequence number used for the model (persisted), or 0. */
+  lastRollbackSeq?(name: string): number;
+  /** Activates a version below the highest accepted with its signed rollback manifest, using up its sequence number (absent: such commits are refused). */
+  rollback?(name: string, signed: SignedManifest): Promise<{ model: string; version: number; previous: number | null }>;
   recordAccepted(name: string, version: number): Promise<void>;
 }
 
@@ -48,8 +52,15 @@ export interface TransferReceiverOptions {
   now?: () => Date;
   /** Least time between two transfer.progress events of one transfer. */
   progressIntervalMs?: number;
-  /** Bytes kept free beyond the file itself. */
+  /** Bytes kept free beyond the file itself (and beyond what the other staged transfers may still write). */
   diskReserveBytes?: number;
+  /**
+   * A staged transfer that was neither offered again nor sent a chunk for this long is removed, with its
+   * files and file descriptors: at start (by the files' times) and every `sweepEveryMs`. Default 24 h.
+   */
+  expiryMs?: number;
+  /** How often expired stagings are looked for; default a quarter of the expiry, between 1 s and 15 min. */
+  sweepEveryMs?: number;
   /** fdatasync the staging file in the background every this many bytes received; 0 (the default) = only at commit. */
   backgroundSyncBytes?: number;
   /**
@@ -65,6 +76,8 @@ export interface TransferReceiver {
   status(p: ParsedParams<'transfer.status'>): Promise<CommandResult<'transfer.status'>>;
   commit(p: ParsedParams<'transfer.commit'>): Promise<CommandResult<'transfer.commit'>>;
   chunk(transferId: string, index: number, payload: Buffer): void;
+  /** Removes expired stagings now (it also happens at start and periodically); returns how many. */
+  reclaimExpired(): Promise<number>;
   close(): Promise<void>;
   /** Counters for tests and logs: chunks written, duplicates, rejected by reason. */
   stats(): ReceiverStats;
@@ -75,4 +88,6 @@ export interface ReceiverStats {
   duplicates: number;
   unknownTransfer: number;
   rejected: Record<string, number>;
+  /** Stagings removed because they expired. */
+  reclaimed: number;
 }

@@ -54,6 +54,8 @@ export function deviceView(store: Store, id: string): View {
   let series: VitalsSeries = { at: [], cpuPercent: [], memoryPercent: [], temperatureC: [], models: {} };
   let offTelemetry: () => void = () => undefined;
   let audit: { ts: string; actor: string; action: string; target?: string; result: string }[] = [];
+  /** What the device said about itself before the page listened (GET /api/reports): its word, each line marked so. */
+  let reports: { ts: string; event: string; text: string }[] = [];
 
   function draw(): void {
     const x = series.at;
@@ -93,7 +95,10 @@ export function deviceView(store: Store, id: string): View {
   function eventsList(): string {
     const live = (store.events.get(id) ?? []).map((e) => ({ ts: e.ts, text: e.text, kind: e.kind }));
     const fromAudit = audit.map((a) => ({ ts: Date.parse(a.ts), text: `${a.action}${a.target ? ` ${a.target}` : ''} (${a.actor})`, kind: a.result === 'ok' ? 'ok' : 'bad' }));
-    const all = [...live, ...fromAudit].sort((a, b) => b.ts - a.ts).slice(0, 40);
+    // a report the feed also brought is shown once
+    const seen = new Set(live.map((e) => e.text));
+    const fromReports = reports.filter((r) => !seen.has(r.text)).map((r) => ({ ts: Date.parse(r.ts), text: r.text, kind: r.event.endsWith('.failed') ? 'bad' : 'info' }));
+    const all = [...live, ...fromAudit, ...fromReports].sort((a, b) => b.ts - a.ts).slice(0, 40);
     if (all.length === 0) return '<p class="muted">No events yet.</p>';
     return `<ul class="events">${all.map((e) => `<li class="${e.kind === 'bad' ? 'bad-text' : ''}"><time>${new Date(e.ts).toLocaleTimeString()}</time>${esc(e.text)}</li>`).join('')}</ul>`;
   }
@@ -130,10 +135,16 @@ export function deviceView(store: Store, id: string): View {
     }
     draw();
     try {
+      // the controller's own records about this device (operator actions, delivery results); the device's word is in its reports
       const entries = await call<typeof audit>('GET', '/api/audit?limit=500');
-      audit = entries.filter((a) => a.actor === `device:${id}` || a.target === id || a.target?.startsWith(`${id}:`));
+      audit = entries.filter((a) => a.target === id || a.target?.startsWith(`${id}:`));
     } catch {
       audit = []; // the events list shows what the feed brings
+    }
+    try {
+      reports = (await call<{ reports: typeof reports }>('GET', `/api/reports?device=${encodeURIComponent(id)}`)).reports;
+    } catch {
+      reports = []; // the events list shows what the feed brings
     }
     update();
   }

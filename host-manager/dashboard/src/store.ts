@@ -4,6 +4,7 @@
  * changes (coalesced to one render per frame).
  */
 import { call } from './api.js';
+import { short } from './format.js';
 import type { DeviceView, FeedEvent, RolloutSummary, RolloutView } from './types.js';
 
 type Sample = NonNullable<DeviceView['telemetry']>;
@@ -78,7 +79,7 @@ export class Store {
       case 'device': {
         const was = this.devices.get(e.device);
         this.devices.set(e.device, { ...was, ...e.record });
-        if (was && was.online !== e.online) this.#event(e.device, e.online ? 'ok' : 'bad', e.online ? 'online' : `offline${e.record.offlineReason ? `: ${e.record.offlineReason}` : ''}`);
+        if (was && was.online !== e.online) this.#event(e.device, e.online ? 'ok' : 'bad', e.online ? 'online' : `offline${e.record.offlineReason ? ` (reported by device ${e.device}: ${e.record.offlineReason})` : ''}`);
         break;
       }
       case 'telemetry': {
@@ -92,7 +93,7 @@ export class Store {
         break;
       }
       case 'event':
-        this.#onDeviceEvent(e.device, e.event);
+        this.#onDeviceEvent(e.device, e.event, e.text);
         break;
       case 'rollout':
         this.rollouts.set(e.id, e.summary);
@@ -153,13 +154,21 @@ export class Store {
     this.events.set(device, list);
   }
 
-  #onDeviceEvent(device: string, e: { event: string; ts: number; data: Record<string, unknown> }): void {
+  /**
+   * A device's own event, shown as its word: the controller's line for it (marked "reported by device
+   * <id>:", printable, cut), or one marked the same way here for a controller that sends none.
+   */
+  #onDeviceEvent(device: string, e: { event: string; ts: number; data: Record<string, unknown> }, text?: string): void {
     const d = e.data;
-    if (e.event === 'model.activated') this.#event(device, 'ok', `activated ${String(d['model'])}@${String(d['version'])}${d['previous'] ? ` (was ${String(d['previous'])})` : ''}`, e.ts);
+    const kind: DeviceEvent['kind'] = e.event.endsWith('.failed') || (e.event === 'log' && (d['level'] === 'error' || d['level'] === 'warn')) ? 'bad' : e.event === 'log' ? 'info' : 'ok';
+    if (e.event === 'transfer.progress') return;
+    if (text !== undefined) return this.#event(device, kind, text, e.ts);
+    const by = `reported by device ${device}:`;
+    if (e.event === 'model.activated') this.#event(device, kind, `${by} activated ${String(d['model'])}@${String(d['version'])}${d['previous'] ? ` (was ${String(d['previous'])})` : ''}`, e.ts);
     else if (e.event === 'model.failed') {
       const error = d['error'] as { code?: string; message?: string } | undefined;
-      this.#event(device, 'bad', `${String(d['model'])}@${String(d['version'])} failed: ${error?.code ?? ''} ${error?.message ?? ''}`, e.ts);
-    } else if (e.event === 'log') this.#event(device, d['level'] === 'error' || d['level'] === 'warn' ? 'bad' : 'info', `${String(d['level'])}: ${String(d['message'])}`, e.ts);
-    else if (e.event.startsWith('container.')) this.#event(device, e.event.endsWith('failed') ? 'bad' : 'ok', `${e.event} ${String(d['app'] ?? '')}@${String(d['version'] ?? '')}`, e.ts);
+      this.#event(device, kind, `${by} ${String(d['model'])}@${String(d['version'])} failed: ${error?.code ?? ''} ${short(String(error?.message ?? ''), 240)}`, e.ts);
+    } else if (e.event === 'log') this.#event(device, kind, `${by} ${String(d['level'])}: ${short(String(d['message']), 240)}`, e.ts);
+    else if (e.event.startsWith('container.')) this.#event(device, kind, `${by} ${e.event} ${String(d['app'] ?? '')}@${String(d['version'] ?? '')}`, e.ts);
   }
 }

@@ -6,6 +6,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { FleetError } from '@edgefleet/protocol';
+import { SAFE_HEADERS } from './http.js';
 
 /** An answer with binary parts: its JSON header, then the parts (the route's handler returns it instead of a JSON value). */
 export class BinaryAnswer {
@@ -36,7 +37,7 @@ export function sendBinary(res: ServerResponse, status: number, answer: BinaryAn
     'content-type': 'application/octet-stream',
     'inference-header-content-length': header.byteLength,
     'content-length': header.byteLength + answer.binary.reduce((sum, b) => sum + b.byteLength, 0),
-    'cache-control': 'no-store',
+    ...SAFE_HEADERS,
   });
   res.write(header);
   for (const part of answer.binary) res.write(part);

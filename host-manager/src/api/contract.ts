@@ -10,6 +10,7 @@ import type { AddedModel, AddOptions } from '../models/registry.js';
 import type { BatchProvisionResult, ProvisionResult } from '../devices/provisioning.js';
 import type { AddedImage, AddImageOptions } from '../images/registry.js';
 import type { ExpectedUpload, SampleUpload } from '../models/check-files.js';
+import type { DeviceReport, DroppedCounts } from '../devices/reports.js';
 import type { CreateRolloutInput } from '../rollouts/executor.js';
 import type { RolloutTiming } from '../rollouts/summary.js';
 import type { ArtifactKind, AuditEntry, DeviceRecord, ImageVersionRecord, ModelVersionRecord, RolloutRecord, RolloutTarget } from '../state/schema.js';
@@ -123,7 +124,7 @@ export interface DeviceOperations {
   /** Many devices with one durable write (at most MAX_BATCH): all or none. */
   addDevices(args: { devices: { id: string; groups: string[] }[]; actor: string }): Promise<BatchProvisionResult>;
   /** A new device exchanges the fleet provisioning key for its own credential; undefined when the key is wrong. */
-  enrol(args: { id: string; key: string | undefined }): Promise<ProvisionResult | undefined>;
+  enrol(args: { id: string; key: string | undefined; /** The caller's address, for the attempt limits. */ source?: string }): Promise<ProvisionResult | undefined>;
   removeDevice(args: { id: string; actor: string }): Promise<{ removed: string }>;
   /** Removes those of `ids` that exist; the others are listed as not found. */
   removeDevices(args: { ids: string[]; actor: string }): Promise<{ removed: string[]; notFound: string[] }>;
@@ -133,6 +134,8 @@ export interface DeviceOperations {
   /** One inference through MQTT; `binary` is the binary part of a request in the binary extension's layout. */
   infer(args: { device: string; params: CommandParams<'infer'>; actor: string; timeoutMs?: number; binary?: Uint8Array }): Promise<InferAnswer>;
   logs(args: { device: string; lines: number }): Promise<CommandResult<'logs'>>;
+  /** What devices reported about themselves (kept apart from the audit; each entry names its device), for one device or all. */
+  deviceReports(args: { device?: string; limit?: number }): { reports: DeviceReport[]; dropped: DroppedCounts };
   /** Recent telemetry the controller kept in memory (minutes back, at most what it keeps), oldest first. */
   telemetryHistory(args: { device: string; minutes: number }): VitalsSeries & { device: string };
   /** The original plain-text commands, to devices (answered) or on the legacy topic (not answered). */
@@ -182,6 +185,7 @@ export interface ControllerOperations {
   readonly dataDir: string;
   health(): HealthView;
   keys(): { keyId: string; publicKeyPem: string };
+  /** The operator audit: operators' actions and what the controller itself saw, never a device's own word. */
   audit(limit?: number): AuditEntry[];
 }
 

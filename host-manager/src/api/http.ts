@@ -1,12 +1,15 @@
 /** The HTTP plumbing the API's routes share: the route table's shape, JSON bodies, bearer tokens, answers. */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { FleetError } from '@edgefleet/protocol';
+import { FleetError, MAX_JSON_DEPTH, parseJson } from '@edgefleet/protocol';
 
 export interface RequestContext {
   /** 'operator:<id>' once authenticated, 'anonymous' on open routes. */
   actor: string;
   url: URL;
-  body: () => Promise<unknown>;
+  /** The peer's address, for per-source limits. */
+  source: string;
+  /** The JSON body (at most `limitBytes`, default JSON_LIMIT). */
+  body: (limitBytes?: number) => Promise<unknown>;
 }
 
 export type Handler = (req: IncomingMessage, params: Record<string, string>, ctx: RequestContext) => Promise<unknown> | unknown;
@@ -28,24 +31,28 @@ export function route(method: string, path: string, handler: Handler, extra: { a
   return { method, path: pattern, name: path, handler, auth: extra.auth ?? true, ...(extra.created ? { created: true } : {}) };
 }
 
-const JSON_LIMIT = 8 * 1024 * 1024;
+export const JSON_LIMIT = 8 * 1024 * 1024;
 
-export async function readJson(req: IncomingMessage): Promise<unknown> {
+/** A JSON body: at most `limitBytes` (refused from Content-Length before reading), nested at most MAX_JSON_DEPTH, checked before parsing. */
+export async function readJson(req: IncomingMessage, limitBytes = JSON_LIMIT): Promise<unknown> {
   const type = req.headers['content-type'] ?? '';
   if (!type.includes('application/json')) throw new FleetError('unsupported_media_type', 'send the request body as application/json');
+  const tooLong = (): FleetError => new FleetError('too_long', `request body over ${limitBytes} bytes`);
+  if (Number(req.headers['content-length']) > limitBytes) throw tooLong();
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > JSON_LIMIT) throw new FleetError('too_long', `request body over ${JSON_LIMIT} bytes`);
+    if (size > limitBytes) throw tooLong();
     chunks.push(chunk as Buffer);
   }
-  const text = Buffer.concat(chunks).toString('utf8');
-  if (text.trim() === '') return {};
+  const bytes = Buffer.concat(chunks);
+  if (bytes.toString('utf8').trim() === '') return {};
   try {
-    return JSON.parse(text);
-  } catch {
-    throw new FleetError('bad_request', 'the request body is not valid JSON');
+    return parseJson(bytes, { maxBytes: limitBytes, maxDepth: MAX_JSON_DEPTH }, 'the request body');
+  } catch (error) {
+    if ((error as FleetError).code === 'bad_request') throw new FleetError('bad_request', 'the request body is not valid JSON');
+    throw error;
   }
 }
 
@@ -55,9 +62,15 @@ export function bearer(req: IncomingMessage): string | undefined {
   return m?.[1];
 }
 
+/**
+ * Headers on every answer: never cached, never sniffed as another type, never framed by another
+ * page (clickjacking the dashboard), no referrer sent on.
+ */
+export const SAFE_HEADERS = { 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', 'x-frame-options': 'DENY', 'content-security-policy': "frame-ancestors 'none'", 'referrer-policy': 'no-referrer' } as const;
+
 export function send(res: ServerResponse, status: number, body: unknown, type = 'application/json'): void {
   const text = type === 'application/json' ? JSON.stringify(body) : String(body);
-  res.writeHead(status, { 'content-type': type === 'application/json' ? 'application/json; charset=utf-8' : type, 'cache-control': 'no-store' });
+  res.writeHead(status, { 'content-type': type === 'application/json' ? 'application/json; charset=utf-8' : type, ...SAFE_HEADERS });
   res.end(text);
 }
 

@@ -4,18 +4,16 @@
  * is `POST /api/rollouts` with `kind: "image"` (routes.ts).
  */
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import { copyFile, mkdir, rm } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { join } from 'node:path';
-import { Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { FleetError } from '@edgefleet/protocol';
 import type { Operations } from './contract.js';
 import { route } from './http.js';
 import type { RequestContext, Route } from './http.js';
 import { parseBody, schemas, versionParam } from './schemas.js';
 import { parseTarget } from '../rollouts/target.js';
+import { withUploadedFile } from './upload.js';
 
 /** Largest archive an upload may be (a board's image is far smaller; past this the body is refused, not stored). */
 export const IMAGE_UPLOAD_LIMIT = 16 * 1024 ** 3;
@@ -66,16 +64,10 @@ async function uploadPath(ops: Operations): Promise<string> {
   return join(dir, `${randomBytes(8).toString('hex')}.tar`);
 }
 
-/** Counts the bytes streaming through and refuses past the limit (before they reach the disk). */
-function capped(limit: number): Transform {
-  let seen = 0;
-  return new Transform({
-    transform(chunk: Buffer, _enc, done) {
-      seen += chunk.length;
-      if (seen > limit) done(new FleetError('too_long', `the image archive is over ${limit} bytes; refused`));
-      else done(null, chunk);
-    },
-  });
+/** An archive over the upload cap: refused with the cap (from Content-Length, or at the byte that passes it). */
+function imageTooLarge(declared: number | undefined): FleetError {
+  const what = declared === undefined ? 'the image archive is' : `the image archive of ${declared} bytes is`;
+  return new FleetError('too_long', `${what} over the controller's limit of ${IMAGE_UPLOAD_LIMIT / 1024 ** 3} GiB per image upload; refused before it was stored (slim the image, or give the controller a path on its host)`);
 }
 
 /**
@@ -97,19 +89,14 @@ async function uploadImage(ops: Operations, req: IncomingMessage, c: RequestCont
       throw new FleetError('bad_request', 'x-image-container must be base64 of JSON');
     }
   }
-  const tmp = await uploadPath(ops);
-  try {
-    await pipeline(req, capped(IMAGE_UPLOAD_LIMIT), createWriteStream(tmp, { mode: 0o600 }));
-  } catch (error) {
-    await rm(tmp, { force: true });
-    if (error instanceof FleetError) throw error;
-    const code = (error as NodeJS.ErrnoException).code === 'ENOSPC' ? 'disk_full' : 'bad_request';
-    throw new FleetError(code, `the upload did not arrive whole (${(error as Error).message}); push the image again`);
-  }
-  return ops.addImage({
-    file: tmp,
-    opts: { name, ...(reference ? { reference } : {}), ...(container !== undefined ? { container: container as never } : {}), ...(typeof id === 'string' ? { expectId: id } : {}) },
-    actor: c.actor,
-  });
+  // streamed to disk under the cap (upload.ts), never held in memory; the registry takes the file over
+  const upload = { maxBytes: IMAGE_UPLOAD_LIMIT, suffix: '.tar', tooLarge: imageTooLarge };
+  return withUploadedFile(ops, req, upload, (file) =>
+    ops.addImage({
+      file,
+      opts: { name, ...(reference ? { reference } : {}), ...(container !== undefined ? { container: container as never } : {}), ...(typeof id === 'string' ? { expectId: id } : {}) },
+      actor: c.actor,
+    }),
+  );
 }
 

@@ -1,11 +1,19 @@
-/** Prometheus metrics of the controller, in a registry of its own (no global state). */
+/**
+ * Prometheus metrics of the controller, in a registry of its own (no global state). Every label
+ * value comes from a bounded set the controller owns (channels, error codes, registry model
+ * names, routes, reasons), never from what a device says, and there is no per-device label: a
+ * device cannot mint a series.
+ */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export interface Metrics {
   registry: Registry;
   devices: Gauge<'state'>;
   messages: Counter<'channel'>;
-  badMessages: Counter<'channel'>;
+  badMessages: Counter<'channel' | 'code'>;
+  telemetryModelsDropped: Counter<'reason'>;
+  deviceEventsDropped: Counter;
+  enrolmentsRefused: Counter<'reason'>;
   inferenceRequests: Counter<'model'>;
   inferenceErrors: Counter<'model'>;
   httpRequests: Counter<'method' | 'route' | 'status'>;
@@ -49,13 +57,30 @@ export function createMetrics(): Metrics {
     messages: new Counter({ name: 'edgefleet_messages_total', help: 'Device messages received, by channel', labelNames: ['channel'], registers }),
     badMessages: new Counter({
       name: 'edgefleet_bad_messages_total',
-      help: 'Device messages dropped because they failed validation',
-      labelNames: ['channel'],
+      help: 'Device messages dropped because they failed validation, by channel and error code (too_long and too_deep: refused before parsing)',
+      labelNames: ['channel', 'code'],
+      registers,
+    }),
+    telemetryModelsDropped: new Counter({
+      name: 'edgefleet_telemetry_models_dropped_total',
+      help: 'Telemetry entries dropped because the controller does not know the device runs that model (unknown_model: not in the registry; not_running: not active on the device)',
+      labelNames: ['reason'],
+      registers,
+    }),
+    enrolmentsRefused: new Counter({
+      name: 'edgefleet_enrolments_refused_total',
+      help: 'Enrolment attempts refused (wrong_key, rate_limited); they are not audited',
+      labelNames: ['reason'],
+      registers,
+    }),
+    deviceEventsDropped: new Counter({
+      name: 'edgefleet_device_events_dropped_total',
+      help: 'Device events dropped because the device was over its rate',
       registers,
     }),
     inferenceRequests: new Counter({
       name: 'edgefleet_inference_requests_total',
-      help: 'Inference requests devices reported in telemetry, by model',
+      help: 'Inference requests devices reported in telemetry, by model (registry models only)',
       labelNames: ['model'],
       registers,
     }),

@@ -1,31 +1,34 @@
 /** The HTTP API's routes: each parses its request (schemas.ts) and calls one of the `Operations`. */
-import { createWriteStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import type { IncomingMessage } from 'node:http';
-import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { pipeline } from 'node:stream/promises';
 import { FleetError } from '@edgefleet/protocol';
 import type { Operations } from './contract.js';
 import { bearer, route } from './http.js';
-import type { RequestContext, Route } from './http.js';
+import type { Route } from './http.js';
 import { imageRoutes } from './image-routes.js';
 import { intParam, parseBody, schemas, versionParam } from './schemas.js';
-import { uploadSample, uploadedCheck } from './check-uploads.js';
+import { uploadModel } from './upload.js';
+import { uploadSample } from './check-uploads.js';
 import { inferRoute } from './infer-route.js';
 import { parseTarget } from '../rollouts/target.js';
 import { summarize } from '../rollouts/summary.js';
 
-export function apiRoutes(ops: Operations): Route[] {
-  return [...deviceRoutes(ops), ...modelRoutes(ops), ...imageRoutes(ops), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
+export interface RouteOptions {
+  /** The largest model upload, in bytes (--max-model-mb). */
+  maxModelBytes: number;
+}
+
+/** Bytes an enrolment body may have: `{"id": "<64 characters>"}` with room to spare. */
+const ENROL_BODY_LIMIT = 4096;
+
+export function apiRoutes(ops: Operations, opts: RouteOptions): Route[] {
+  return [...deviceRoutes(ops), ...modelRoutes(ops, opts), ...imageRoutes(ops), ...rolloutRoutes(ops), ...controllerRoutes(ops)];
 }
 
 function deviceRoutes(ops: Operations): Route[] {
   return [
     // Enrolment: authenticated by the fleet provisioning key instead of the operator token (404 when off).
     route('POST', '/enrol', async (req, _p, c) => {
-      const body = parseBody(schemas.enrol, await c.body());
-      const result = await ops.enrol({ id: body.id, key: bearer(req) });
+      const body = parseBody(schemas.enrol, await c.body(ENROL_BODY_LIMIT));
+      const result = await ops.enrol({ id: body.id, key: bearer(req), source: c.source });
       if (!result) throw new FleetError('unauthorized', 'wrong or missing provisioning key: send Authorization: Bearer <enrolment key>');
       return result;
     }, { auth: false, created: true }),
@@ -50,6 +53,10 @@ function deviceRoutes(ops: Operations): Route[] {
     route('GET', '/api/devices/:id/logs', (_r, p, c) => ops.logs({ device: p['id']!, lines: Math.min(5000, Math.max(1, intParam(c.url.searchParams.get('lines'), 'lines', 100))) })),
     route('POST', '/api/devices/:id/infer', (req, p, c) => inferRoute(ops, req, p['id']!, c)),
     route('GET', '/api/groups', () => ops.listGroups()),
+    route('GET', '/api/reports', (_r, _p, c) => {
+      const device = c.url.searchParams.get('device') ?? undefined;
+      return ops.deviceReports({ ...(device !== undefined ? { device } : {}), limit: intParam(c.url.searchParams.get('limit'), 'limit', 100) });
+    }),
     route('POST', '/api/exec', async (_r, _p, c) => {
       const body = parseBody(schemas.exec, await c.body());
       return ops.exec({ to: parseTarget(body.to), command: body.command, actor: c.actor, ...(body.via ? { via: body.via } : {}) });
@@ -57,11 +64,11 @@ function deviceRoutes(ops: Operations): Route[] {
   ];
 }
 
-function modelRoutes(ops: Operations): Route[] {
+function modelRoutes(ops: Operations, opts: RouteOptions): Route[] {
   return [
     route('GET', '/api/models', (_r, _p, c) => ops.listModels(c.url.searchParams.get('name') ?? undefined)),
     route('POST', '/api/models', async (req, _p, c) => {
-      if ((req.headers['content-type'] ?? '').includes('application/octet-stream')) return uploadModel(ops, req, c);
+      if ((req.headers['content-type'] ?? '').includes('application/octet-stream')) return uploadModel(ops, req, c, opts.maxModelBytes);
       const body = parseBody(schemas.addModelPath, await c.body());
       return ops.addModel({
         file: body.path,
@@ -125,48 +132,4 @@ function controllerRoutes(ops: Operations): Route[] {
     route('GET', '/api/keys', () => ops.keys()),
     route('GET', '/api/audit', (_r, _p, c) => ops.audit(intParam(c.url.searchParams.get('limit'), 'limit', 100))),
   ];
-}
-
-/** `POST /api/models?name=NAME` with the file as the body (lineage and processing as base64 JSON headers). */
-async function uploadModel(ops: Operations, req: IncomingMessage, c: RequestContext): Promise<unknown> {
-  const name = c.url.searchParams.get('name');
-  if (!name) throw new FleetError('invalid_params', 'give the model a name: POST /api/models?name=NAME');
-  const header = (h: string): unknown => {
-    const v = req.headers[h];
-    if (typeof v !== 'string') return undefined;
-    try {
-      return JSON.parse(Buffer.from(v, 'base64').toString('utf8'));
-    } catch {
-      throw new FleetError('bad_request', `${h} must be base64 of JSON`);
-    }
-  };
-  const lineage = header('x-model-lineage');
-  const processing = header('x-model-processing');
-  const source = uploadedName(req.headers['x-model-filename']);
-  const check = uploadedCheck(req);
-  const dir = join(ops.dataDir, 'uploads');
-  await mkdir(dir, { recursive: true });
-  const tmp = join(dir, `${randomBytes(8).toString('hex')}.onnx`);
-  try {
-    await pipeline(req, createWriteStream(tmp, { mode: 0o600 }));
-    return await ops.addModel({
-      file: tmp,
-      opts: { name, source, ...(lineage ? { lineage: lineage as never } : {}), ...(processing ? { processing: processing as never } : {}), ...(check ? { check } : {}) },
-      actor: c.actor,
-    });
-  } finally {
-    await rm(tmp, { force: true });
-  }
-}
-
-/** The name the client gave its file (x-model-filename, percent-encoded), for error messages only; never a path on this host. */
-function uploadedName(header: string | string[] | undefined): string {
-  if (typeof header !== 'string' || header === '') return 'the uploaded file';
-  let name: string;
-  try {
-    name = decodeURIComponent(header);
-  } catch {
-    return 'the uploaded file'; // a malformed escape: the name is only for messages, so fall back
-  }
-  return JSON.stringify(name.replace(/[\u0000-\u001f]/g, '').slice(0, 256));
 }

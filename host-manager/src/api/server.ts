@@ -1,9 +1,10 @@
 /**
  * The HTTP API (node:http) and the live feed (ws): the one surface the CLI, the
- * dashboard and scripts use. Bound to 127.0.0.1 by default. Every route but /health,
- * /metrics and the dashboard's static page needs the operator token as
- * `Authorization: Bearer <token>` (never in a URL). Errors are the protocol's
- * `{"error":{"code","message"}}` with the status of its error table.
+ * dashboard and scripts use. Bound to 127.0.0.1 by default. Every request must name
+ * this API in its Host header and come from no foreign page (host-check.ts), before
+ * anything else. Every route but /health, /metrics and the dashboard's static page
+ * needs the operator token as `Authorization: Bearer <token>` (never in a URL). Errors
+ * are the protocol's `{"error":{"code","message"}}` with the status of its error table.
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -17,6 +18,8 @@ import type { FleetRepository } from '../state/repository.js';
 import type { Operations } from './contract.js';
 import { serveDashboard } from './dashboard.js';
 import { attachFeed } from './feed.js';
+import { createHostCheck } from './host-check.js';
+import type { HostCheck } from './host-check.js';
 import { bearer, pathParams, readJson, send } from './http.js';
 import { BinaryAnswer, sendBinary } from './bodies.js';
 import type { Route } from './http.js';
@@ -37,13 +40,26 @@ export interface ApiOptions {
   logger: Logger;
   host: string;
   port: number;
+  /** Names besides the listening addresses that requests may use in Host (--http-allowed-hosts). */
+  allowedHosts?: readonly string[];
+  /** The largest model upload, in bytes. */
+  maxModelBytes: number;
+}
+
+interface AnswerContext {
+  routes: Route[];
+  checkToken: TokenChecker;
+  hostCheck: HostCheck;
+  metrics: Metrics;
+  log: Logger;
 }
 
 export async function startApi(opts: ApiOptions): Promise<RunningApi> {
   const checkToken = createTokenChecker(opts.state);
-  const routes = apiRoutes(opts.ops);
-  const server = createServer((req, res) => void answer(req, res, { routes, checkToken, metrics: opts.metrics, log: opts.logger }));
-  const feed = attachFeed(server, { ops: opts.ops, fleet: opts.fleet, checkToken });
+  const hostCheck = createHostCheck({ host: opts.host, ...(opts.allowedHosts ? { allowedHosts: opts.allowedHosts } : {}) });
+  const routes = apiRoutes(opts.ops, { maxModelBytes: opts.maxModelBytes });
+  const server = createServer((req, res) => void answer(req, res, { routes, checkToken, hostCheck, metrics: opts.metrics, log: opts.logger }));
+  const feed = attachFeed(server, { ops: opts.ops, fleet: opts.fleet, checkToken, hostCheck });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port, opts.host, () => resolve());
@@ -62,15 +78,18 @@ export async function startApi(opts: ApiOptions): Promise<RunningApi> {
 }
 
 /** One request: the dashboard, /metrics, or a route (authenticated unless it is open); every answer is counted. */
-async function answer(req: IncomingMessage, res: ServerResponse, ctx: { routes: Route[]; checkToken: TokenChecker; metrics: Metrics; log: Logger }): Promise<void> {
+async function answer(req: IncomingMessage, res: ServerResponse, ctx: AnswerContext): Promise<void> {
   const { metrics } = ctx;
   const url = new URL(req.url ?? '/', 'http://localhost');
+  const source = req.socket.remoteAddress ?? 'unknown';
   let routeName = 'unknown';
   const finish = (status: number, body: unknown, type?: string): void => {
     metrics.httpRequests.inc({ method: req.method ?? '', route: routeName, status: String(status) });
     send(res, status, body, type);
   };
   try {
+    const refused = ctx.hostCheck.refusal(req.headers);
+    if (refused) throw refused;
     if (req.method === 'GET' && (await serveDashboard(res, url.pathname))) {
       metrics.httpRequests.inc({ method: 'GET', route: '/dashboard', status: '200' });
       return;
@@ -86,11 +105,11 @@ async function answer(req: IncomingMessage, res: ServerResponse, ctx: { routes: 
     routeName = matched.name;
     let actor = 'anonymous';
     if (matched.auth) {
-      const operator = await ctx.checkToken(bearer(req));
+      const operator = await ctx.checkToken(bearer(req), source);
       if (!operator) throw new FleetError('unauthorized', 'missing or wrong operator token: send Authorization: Bearer <token> (see <data dir>/operator.token)');
       actor = `operator:${operator}`;
     }
-    const result = await matched.handler(req, pathParams(matched, url.pathname), { actor, url, body: () => readJson(req) });
+    const result = await matched.handler(req, pathParams(matched, url.pathname), { actor, url, source, body: (limit) => readJson(req, limit) });
     if (result instanceof BinaryAnswer) {
       metrics.httpRequests.inc({ method: req.method ?? '', route: routeName, status: '200' });
       return sendBinary(res, 200, result);

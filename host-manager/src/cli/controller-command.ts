@@ -19,6 +19,8 @@ export function controllerCommand<T>(y: Argv<T>, ctx: CliContext, controller: Co
         .option('mqtt-ws-port', { type: 'number', default: DEFAULTS.mqttWsPort, describe: 'embedded broker: MQTT over WebSocket port (-1 = off)' })
         .option('http-host', { type: 'string', default: DEFAULTS.httpHost, describe: 'API and dashboard address' })
         .option('http-port', { type: 'number', default: DEFAULTS.httpPort, describe: 'API and dashboard port (0 = any free port)' })
+        .option('http-allowed-hosts', { type: 'string', array: true, default: [], describe: 'names (besides the addresses it listens on) requests may use in Host, e.g. fleet.example.com (comma separated)' })
+        .option('max-model-mb', { type: 'number', default: DEFAULTS.maxModelBytes / (1024 * 1024), describe: 'largest model file the registry takes (uploads and paths), in MiB' })
         .option('operator', { type: 'string', default: DEFAULTS.operatorId, describe: 'operator id (MQTT user name of the controller)' })
         .option('broker-username', { type: 'string', describe: 'external broker user name (default: the operator id)' })
         .option('broker-password', { type: 'string', describe: 'external broker password (env EDGEFLEET_BROKER_PASSWORD; default: <data-dir>/broker.password from `broker setup`, else the operator token)' })

@@ -35,6 +35,8 @@ export interface ControllerArgs {
   'request-timeout'?: number;
   enrolment?: boolean;
   'enrolment-group'?: string[];
+  'http-allowed-hosts'?: string[];
+  'max-model-mb'?: number;
 }
 
 export async function runController(args: ControllerArgs, io: CliIO, opts: { stdin?: NodeJS.ReadableStream & { isTTY?: boolean }; env?: NodeJS.ProcessEnv } = {}): Promise<number> {
@@ -47,6 +49,11 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
     ? pino({ name: 'hostManager', level }, pino.destination({ dest: join(dataDir, 'controller.log'), mkdir: true, sync: false }))
     : pino({ name: 'hostManager', level }, pino.destination(2));
 
+  const maxModelMb = args['max-model-mb'];
+  if (maxModelMb !== undefined && !(Number.isFinite(maxModelMb) && maxModelMb > 0)) {
+    io.err(`hostManager: --max-model-mb must be a positive number of MiB (got ${String(maxModelMb)}); the default is ${DEFAULTS.maxModelBytes / (1024 * 1024)}`);
+    return EXIT.usage;
+  }
   const target = args.broker ? brokerUrlsOf(args.broker).join(', ') : 'the embedded broker';
   if (interactive) io.out(`Connecting to broker at ${target}...`);
   let manager: Manager;
@@ -68,6 +75,8 @@ export async function runController(args: ControllerArgs, io: CliIO, opts: { std
       logger,
       requestTimeoutMs: args['request-timeout'] ?? DEFAULTS.requestTimeoutMs,
       enrolment: args.enrolment ? { groups: (args['enrolment-group'] ?? []).flatMap((g) => g.split(',')).filter(Boolean) } : false,
+      httpAllowedHosts: (args['http-allowed-hosts'] ?? []).flatMap((h) => h.split(',')).map((h) => h.trim()).filter(Boolean),
+      maxModelBytes: Math.round((args['max-model-mb'] ?? DEFAULTS.maxModelBytes / (1024 * 1024)) * 1024 * 1024),
     });
   } catch (error) {
     io.err(`hostManager: ${startErrorText(error, args)}`);

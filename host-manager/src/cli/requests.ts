@@ -77,8 +77,14 @@ export function requestCommands<T>(y: Argv<T>, ctx: CliContext): Argv<T> {
       const k = await c.call<{ keyId: string; publicKeyPem: string }>('GET', '/api/keys');
       return { json: k, text: `key id ${k.keyId}\n${k.publicKeyPem.trimEnd()}` };
     }))
-    .command('audit', 'the audit log: operator actions and device results', (y) => y.option('limit', { type: 'number', default: 50 }), ctx.run<{ limit: number }>(async (a, c) => {
+    .command('audit', 'the audit log: operator actions and what the controller saw (devices\' own reports: `reports`)', (y) => y.option('limit', { type: 'number', default: 50 }), ctx.run<{ limit: number }>(async (a, c) => {
       const list = await c.call<{ ts: string; actor: string; action: string; target?: string; result: string }[]>('GET', `/api/audit?limit=${a.limit}`);
       return { json: list, text: table(list, ['ts', 'actor', 'action', 'target', 'result']) };
+    }))
+    .command('reports [device]', 'what devices reported about themselves (their word, not the controller\'s)', (y) => y.positional('device', { type: 'string' }).option('limit', { type: 'number', default: 50 }), ctx.run<{ device?: string; limit: number }>(async (a, c) => {
+      const r = await c.call<{ reports: { ts: string; text: string }[]; dropped: { events: number; telemetryModels: number } }>('GET', `/api/reports?limit=${a.limit}${a.device ? `&device=${encodeURIComponent(a.device)}` : ''}`);
+      const dropped = r.dropped.events + r.dropped.telemetryModels > 0 ? `\ndropped: ${r.dropped.events} events over the rate, ${r.dropped.telemetryModels} telemetry entries of models not known to run there` : '';
+      // a report's text is already bounded (240 characters, escaped): shown whole, never cut to the terminal, so nothing of what the device said is hidden
+      return { json: r, text: `${table(r.reports, ['ts', 'text'], Number.MAX_SAFE_INTEGER)}${dropped}` };
     }));
 }

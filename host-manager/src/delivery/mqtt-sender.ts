@@ -21,8 +21,8 @@ import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import type { BrokerClient } from '../broker-client.js';
 import type { Logger } from 'pino';
-import { EventSchema, FleetError, nameRecord, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
-import type { CommandParams, CommandResult, DeviceInfo, ErrorBody, Manifest, TransferTarget } from '@edgefleet/protocol';
+import { EventSchema, FleetError, nameRecord, parseMessage, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
+import type { CommandParams, CommandResult, DeviceInfo, ErrorBody, FleetEvent, Manifest, TransferTarget } from '@edgefleet/protocol';
 import type { RequestFn, Requester } from '../devices/requester.js';
 import { checkCompatibility } from '../models/compatibility.js';
 import { DEFAULT_CHUNK_SIZE, loadChunkTable } from './chunk-table.js';
@@ -49,8 +49,11 @@ export interface DeliverOptions {
   window?: number;
   /** Activate after install (default true). */
   activate?: boolean;
-  /** Signed as an explicit rollback: the devices accept it although they accepted a higher version. */
-  rollback?: boolean;
+  /**
+   * Signed as an explicit rollback with this sequence number (from the state's nextRollbackSeq): the
+   * devices accept it once although they accepted a higher version.
+   */
+  rollbackSeq?: number;
   /** The version's activation check (check.ts deliveryCheck): in the manifest, and a sample by hash to deliver before activating. */
   check?: DeliveryCheck;
   /** Received chunks per device, from the devices' progress events and status replies. */
@@ -133,13 +136,16 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
   const hashes = { chunks: await loadChunkTable(opts.blobPath, record, chunkSize) };
   const signed = signManifest(
-    buildManifest(record, hashes, {
-      chunkSize,
-      target: opts.target,
-      expiresInMs: opts.expiresInMs ?? DEFAULT_EXPIRY_MS,
-      rollback: opts.rollback ?? false,
-      ...(opts.check ? { check: opts.check.manifest } : {}),
-    }),
+    {
+      ...buildManifest(record, hashes, {
+        chunkSize,
+        target: opts.target,
+        expiresInMs: opts.expiresInMs ?? DEFAULT_EXPIRY_MS,
+        rollback: opts.rollbackSeq !== undefined,
+        ...(opts.check ? { check: opts.check.manifest } : {}),
+      }),
+      ...(opts.rollbackSeq !== undefined ? { rollbackSeq: opts.rollbackSeq } : {}),
+    },
     opts.keys.privateKeyPem,
   );
   phase('hash');
@@ -200,16 +206,13 @@ async function listenForProgress(d: Delivery, devices: string[]): Promise<() => 
   const onMessage = (topic: string, payload: Buffer): void => {
     const parsed = parseTopic(topic);
     if (parsed?.kind !== 'device' || parsed.channel !== 'events' || !d.missing.has(parsed.device)) return;
-    let json: unknown;
+    let e: FleetEvent;
     try {
-      json = JSON.parse(payload.toString());
+      e = parseMessage(EventSchema, payload); // size and depth checked before parsing, as every device message
     } catch {
-      return; // not an event this delivery can use
+      return; // not an event this delivery can use (the fleet's intake counts it)
     }
-    const e = EventSchema.safeParse(json);
-    if (e.success && e.data.event === 'transfer.progress' && e.data.data.transferId === d.transferId) {
-      onProgress(parsed.device, e.data.data.received, e.data.data.total);
-    }
+    if (e.event === 'transfer.progress' && e.data.transferId === d.transferId) onProgress(parsed.device, e.data.received, e.data.total);
   };
   opts.mqtt.on('message', onMessage);
   if (opts.subscribeEvents) await opts.mqtt.subscribeAsync(eventTopics, { qos: 0 });

@@ -82,7 +82,15 @@ function coversGroup(state: FleetRepository, group: string, devices: string[]): 
   return state.devices().every((d) => !d.online || !d.groups.includes(group) || chosen.has(d.id));
 }
 
-export function makeRollback(ctx: { requester: Requester; registry: Registry; images: ImageRegistry; keys: FleetKeys; timeoutMs: number }): RollbackFn {
+/** A rollback manifest is sent at once and used once; it need not stay valid for long. */
+export const ROLLBACK_EXPIRY_MS = 10 * 60_000;
+
+/**
+ * Rollbacks sign nothing for an app: the device deploys a version it keeps, on the controller's
+ * command (operators only may send it), so there is no manifest to capture and replay. A model goes
+ * back with a single-use rollback manifest (its own rollbackSeq).
+ */
+export function makeRollback(ctx: { requester: Requester; registry: Registry; images: ImageRegistry; keys: FleetKeys; state: FleetRepository; timeoutMs: number }): RollbackFn {
   return async ({ kind, device, model, previous }) => {
     if (kind === 'image') {
       if (previous === null) {
@@ -98,8 +106,11 @@ export function makeRollback(ctx: { requester: Requester; registry: Registry; im
     const record = previous === null ? undefined : ctx.registry.get(model, previous);
     if (record) {
       const hashes = await hashChunks(ctx.registry.blobPath(record), DEFAULT_CHUNK_SIZE);
+      // single-use: a new sequence number, on disk before the manifest that carries it exists
+      const rollbackSeq = ctx.state.nextRollbackSeq();
+      await ctx.state.write();
       manifest = signManifest(
-        buildManifest(record, hashes, { chunkSize: DEFAULT_CHUNK_SIZE, target: { devices: [device] }, expiresInMs: 60 * 60_000, rollback: true }),
+        { ...buildManifest(record, hashes, { chunkSize: DEFAULT_CHUNK_SIZE, target: { devices: [device] }, expiresInMs: ROLLBACK_EXPIRY_MS, rollback: true }), rollbackSeq },
         ctx.keys.privateKeyPem,
       );
     } else if (previous === null) {

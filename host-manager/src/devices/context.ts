@@ -1,6 +1,7 @@
 /** What the device operations work with. */
 import type { BrokerClient } from '../broker-client.js';
 import type { FleetKeys } from '../access/fleet-keys.js';
+import type { Metrics } from '../api/metrics.js';
 import type { BrokerAccounts } from '../broker-setup/dynsec.js';
 import type { RecordAudit } from '../state/audit.js';
 import type { FleetRepository } from '../state/repository.js';
@@ -20,6 +21,7 @@ export interface DeviceContext {
   advertised: string;
   timeoutMs: number;
   enrolmentOn: boolean;
+  metrics?: Metrics;
   /** Mosquitto's dynamic security, when the controller manages the devices' accounts on an external broker. */
   brokerAccounts?: BrokerAccounts;
   /** The embedded broker (null: an external one). */

@@ -9,6 +9,7 @@ import type { DeviceContext } from './context.js';
 import { createLegacyExec } from './legacy-exec.js';
 import { passwdLine } from '../broker-setup/passwords.js';
 import { MAX_BATCH, provisionDevice, provisionDevices } from './provisioning.js';
+import { RateLimiter } from '../access/rate-limit.js';
 import type { BatchProvisionResult, ProvisionResult } from './provisioning.js';
 
 function publicDevice(d: DeviceRecord): PublicDevice {
@@ -18,6 +19,7 @@ function publicDevice(d: DeviceRecord): PublicDevice {
 
 export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
   const { state, fleet, requester, audit } = ctx;
+  const enrolmentLimits = enrolmentLimiter(ctx);
 
   /** Creates a device's credential (by the operator or by enrolment); a bad id or group is the caller's error. */
   const shared = { brokerUrl: ctx.advertised, fleetPublicKeyPem: ctx.keys.publicKeyPem, legacyTopic: ctx.legacyTopic || undefined };
@@ -62,9 +64,10 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
     async enrol(args) {
       const enrolment = state.enrolment();
       if (!ctx.enrolmentOn || !enrolment) throw new FleetError('not_found', 'enrolment is off on this controller; ask the operator to provision the device (devices add)');
+      enrolmentLimits.check(args.source ?? 'unknown');
       if (!args.key || args.key.length > 512 || !(await verifySecretAsync(args.key, enrolment.keyHash))) {
-        state.appendAudit({ actor: 'enrolment', action: 'device.enrol', target: args.id, result: 'error', detail: { reason: 'wrong provisioning key' } });
-        await state.write();
+        // Not an operator action and not a change: counted, never in the audit, so nobody can flood the audit with it.
+        ctx.metrics?.enrolmentsRefused.inc({ reason: 'wrong_key' });
         return undefined;
       }
       const result = await provision(args.id, enrolment.groups);
@@ -107,6 +110,10 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       return { device: publicDevice(d), notes: groupNotes(d) };
     },
     listGroups: () => groupsOf(state),
+    deviceReports(args) {
+      if (args.device !== undefined) state.requireDevice(args.device);
+      return fleet.reports.list(args.device, args.limit);
+    },
     async infer(args) {
       state.requireDevice(args.device);
       return requester.exchange(args.device, 'infer', args.params, { timeoutMs: args.timeoutMs ?? ctx.timeoutMs, ...(args.binary ? { binary: [args.binary] } : {}) });
@@ -120,6 +127,25 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       return { device: args.device, ...fleet.vitals.series(args.device, Date.now() - args.minutes * 60_000) };
     },
     exec: createLegacyExec(ctx),
+  };
+}
+
+/** Enrolment attempts per source address and in all: each costs an scrypt (a good one two), and a good one adds a device. */
+export const ENROLMENT_LIMITS = { perSourcePerMinute: 10, perMinute: 60 } as const;
+
+function enrolmentLimiter(ctx: DeviceContext): { check(source: string): void } {
+  const perSource = new RateLimiter(ENROLMENT_LIMITS.perSourcePerMinute);
+  const overall = new RateLimiter(ENROLMENT_LIMITS.perMinute);
+  return {
+    check(source) {
+      const limiter = !perSource.take(source) ? perSource : !overall.take('all') ? overall : undefined;
+      if (!limiter) return;
+      ctx.metrics?.enrolmentsRefused.inc({ reason: 'rate_limited' });
+      const key = limiter === perSource ? source : 'all';
+      const seconds = Math.ceil(limiter.retryAfterMs(key) / 1000);
+      const which = limiter === perSource ? `from ${source} (${ENROLMENT_LIMITS.perSourcePerMinute} a minute)` : `in all (${ENROLMENT_LIMITS.perMinute} a minute)`;
+      throw new FleetError('rate_limited', `too many enrolment attempts ${which}; retry in ${seconds} s`);
+    },
   };
 }
 

@@ -1,7 +1,14 @@
 /**
  * What the controller learns from the fleet without asking: presence (retained
  * status + last will), telemetry and events of every device, each validated
- * with the protocol's schemas. Bad messages are counted, logged and dropped.
+ * with the protocol's schemas (size and depth before parsing). Bad messages are
+ * counted by channel and error code, logged and dropped.
+ *
+ * Everything a device can make the controller hold is bounded: its status by the
+ * protocol's schema, its telemetry to the models the controller knows it runs (the
+ * rest is dropped and counted) in a fixed ring (telemetry-history.ts) and the dashboard's
+ * fixed-size charts (vitals-history.ts), its events in a ring of its own with a rate
+ * (reports.ts), apart from the operator audit.
  *
  * Presence is hot (a thousand devices reconnecting at once), so it is written to the
  * state file at most every `flushMs`; telemetry is never written (state/schema.ts,
@@ -12,16 +19,18 @@ import type { BrokerClient } from '../broker-client.js';
 import type { Logger } from 'pino';
 import {
   EventSchema,
+  FleetError,
   StatusMessageSchema,
   TelemetryMessageSchema,
   parseMessage,
   parseTopic,
   topics,
 } from '@edgefleet/protocol';
-import type { FleetEvent, StatusMessage, TelemetryMessage, TelemetrySample } from '@edgefleet/protocol';
+import type { FleetEvent, ModelHealth, StatusMessage, TelemetryMessage, TelemetrySample } from '@edgefleet/protocol';
 import type { FleetRepository } from '../state/repository.js';
 import type { AuditEntry, DeviceRecord } from '../state/schema.js';
 import type { Metrics } from '../api/metrics.js';
+import { DeviceReports } from './reports.js';
 import { TelemetryHistory } from './telemetry-history.js';
 import { TelemetrySequences } from './telemetry-seq.js';
 import { VitalsHistory } from './vitals-history.js';
@@ -29,7 +38,11 @@ import { VitalsHistory } from './vitals-history.js';
 export type FeedEvent =
   | { type: 'device'; device: string; online: boolean; record: DeviceRecord }
   | { type: 'telemetry'; device: string; seq: number; sample: TelemetrySample }
-  | { type: 'event'; device: string; event: FleetEvent }
+  /**
+   * A device's own event: `reportedBy` is `device:<id>`, and it is that device's word; `text` is its
+   * report's line (reports.ts: "reported by device <id>: …", printable, cut), absent for transfer progress.
+   */
+  | { type: 'event'; device: string; reportedBy: string; event: FleetEvent; text?: string }
   | { type: 'rollout'; id: string; status: string; summary: unknown }
   | { type: 'audit'; entry: AuditEntry };
 
@@ -46,14 +59,29 @@ export interface FleetOptions {
    * the last will of a device just removed.
    */
   discover?: boolean;
+  /** Whether a registry (models or images) has `name@version`; telemetry of others is dropped. Default: every model is known. */
+  knownModel?: (name: string, version: number) => boolean;
 }
+
+/** Whether the device's status says it runs `name@version`: a model, or an app's container. */
+function runs(rec: DeviceRecord, name: string, version: number): boolean {
+  const info = rec.info;
+  if (!info) return false;
+  return info.models.some((m) => m.name === name && m.version === version) || (info.containers ?? []).some((c) => c.app === name && c.version === version);
+}
+
+/** Whether a running rollout switches `device` to or from `name@version` (its telemetry is then kept before the status says so). */
+export type ExpectedModel = (device: string, name: string, version: number) => boolean;
 
 export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   readonly history = new TelemetryHistory();
+  readonly reports = new DeviceReports();
   /** Each device's telemetry numbering as seen here: samples missing on the way, repeats. */
   readonly sequences = new TelemetrySequences();
-  /** What the dashboard charts (bounded per device; see vitals-history.ts). */
+  /** What the dashboard charts (a fixed size per device, fed only the models kept; see vitals-history.ts). */
   readonly vitals = new VitalsHistory();
+  readonly #knownModel: (name: string, version: number) => boolean;
+  #expectedModel: ExpectedModel = () => false;
   readonly #mqtt: BrokerClient;
   readonly #state: FleetRepository;
   readonly #log: Logger;
@@ -75,12 +103,19 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     this.#metrics = opts.metrics;
     this.#flushMs = opts.flushMs ?? 2000;
     this.#discover = opts.discover ?? true;
+    this.#knownModel = opts.knownModel ?? (() => true);
+  }
+
+  /** Set by the rollouts once they exist (they are built after the fleet). */
+  expectModels(expected: ExpectedModel): void {
+    this.#expectedModel = expected;
   }
 
   /** The operator removed this device: forget what we know and ignore its last words. */
   forgetDevice(device: string): void {
     this.history.forget(device);
     this.sequences.forget(device);
+    this.reports.forget(device);
     this.vitals.forget(device);
     this.#removed.add(device);
   }
@@ -137,8 +172,9 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
       else if (channel === 'telemetry') this.#onTelemetry(device, parseMessage(TelemetryMessageSchema, payload));
       else this.#onEvent(device, parseMessage(EventSchema, payload));
     } catch (error) {
-      this.#metrics?.badMessages.inc({ channel });
-      this.#log.warn({ device, channel, err: (error as Error).message }, 'ignored a malformed message');
+      const code = error instanceof FleetError ? error.code : 'internal';
+      this.#metrics?.badMessages.inc({ channel, code });
+      this.#log.warn({ device, channel, code, err: (error as Error).message }, 'ignored a malformed message');
     }
   }
 
@@ -185,12 +221,13 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
 
   #onTelemetry(device: string, msg: TelemetryMessage): void {
     const rec = this.#record(device);
-    rec.telemetry = msg.sample;
+    const sample = { ...msg.sample, models: this.#modelsItRuns(rec, msg.sample.models) };
+    rec.telemetry = sample;
     rec.lastSeen = new Date().toISOString();
-    this.history.push(device, msg.sample);
-    this.vitals.push(device, msg.sample);
-    for (const [key, h] of Object.entries(msg.sample.models)) {
-      const model = key.split('@')[0] ?? key;
+    this.history.push(device, sample.models);
+    this.vitals.push(device, sample);
+    for (const [key, h] of Object.entries(sample.models)) {
+      const model = key.slice(0, key.lastIndexOf('@')); // a registry model's name: a bounded set of label values
       this.#metrics?.inferenceRequests.inc({ model }, h.requests);
       this.#metrics?.inferenceErrors.inc({ model }, h.errors);
     }
@@ -198,22 +235,41 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     if (order.missing > 0) this.#metrics?.telemetryMissing.inc(order.missing);
     if (order.verdict === 'repeat') this.#metrics?.telemetryRepeated.inc();
     if (msg.dropped > 0) this.#metrics?.telemetryDropped.inc(msg.dropped);
-    this.emitFeed({ type: 'telemetry', device, seq: msg.seq, sample: msg.sample });
+    this.emitFeed({ type: 'telemetry', device, seq: msg.seq, sample });
   }
 
-  #onEvent(device: string, event: FleetEvent): void {
-    if (event.event === 'model.activated' || event.event === 'model.failed') {
-      const entry = this.#state.appendAudit({
-        actor: `device:${device}`,
-        action: event.event,
-        target: `${event.data.model}@${event.data.version}`,
-        result: event.event === 'model.activated' ? 'ok' : 'error',
-        detail: event.data,
-      });
-      this.emitFeed({ type: 'audit', entry });
-      this.#markDirty();
+  /**
+   * The entries of `models` (`name@version` → health) for models the controller knows this device
+   * runs: in the registry (models, or image apps serving inference), and active on it by its status
+   * (its models or its containers) or switched by a running rollout. The
+   * others are dropped and counted, so no device can make the controller hold a model it invented.
+   */
+  #modelsItRuns(rec: DeviceRecord, models: Record<string, ModelHealth>): Record<string, ModelHealth> {
+    const kept: Record<string, ModelHealth> = Object.create(null) as Record<string, ModelHealth>;
+    let unknown = 0;
+    let notRunning = 0;
+    for (const key of Object.keys(models)) {
+      const at = key.lastIndexOf('@');
+      const name = key.slice(0, at);
+      const version = Number(key.slice(at + 1));
+      if (at <= 0 || !Number.isInteger(version) || !this.#knownModel(name, version)) unknown++;
+      else if (!runs(rec, name, version) && !this.#expectedModel(rec.id, name, version)) notRunning++;
+      else kept[key] = models[key]!;
     }
-    this.emitFeed({ type: 'event', device, event });
+    if (unknown > 0) this.#metrics?.telemetryModelsDropped.inc({ reason: 'unknown_model' }, unknown);
+    if (notRunning > 0) this.#metrics?.telemetryModelsDropped.inc({ reason: 'not_running' }, notRunning);
+    this.reports.countDroppedModels(rec.id, unknown + notRunning);
+    return kept;
+  }
+
+  /** A device's event: within its rate it is kept as that device's report (never in the operator audit) and shown on the feed. */
+  #onEvent(device: string, event: FleetEvent): void {
+    if (!this.reports.admit(device)) {
+      this.#metrics?.deviceEventsDropped.inc();
+      return;
+    }
+    const report = this.reports.record(device, event);
+    this.emitFeed({ type: 'event', device, reportedBy: `device:${device}`, event, ...(report ? { text: report.text } : {}) });
   }
 
   #markDirty(): void {

@@ -1,11 +1,15 @@
 /**
  * The registry's content-addressed blob store, `<dataDir>/blobs/sha256/<hex>`, shared by models and images:
- * a blob is named by its sha256, written atomically, and a record's path is checked to stay inside it.
+ * a blob is named by its sha256, moved in atomically, and a record's path is checked to stay inside it.
+ * Files go in by path (a private staged copy, or a streamed upload), never as bytes held in memory.
  */
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
-import { fsyncDir, fsyncFile, hashFile, writeFileAtomic } from '@edgefleet/node-io';
+import { fsyncDir, fsyncFile, hashFile, tmpPathFor } from '@edgefleet/node-io';
 import { FleetError } from '@edgefleet/protocol';
+
+/** Where a file being added is copied to be checked, relative to the data directory (emptied when the controller starts). */
+export const INCOMING_DIR = join('blobs', 'incoming');
 
 export interface BlobRef {
   blob: string;
@@ -19,8 +23,11 @@ export interface BlobStore {
   path(record: BlobRef): string;
   /** The record's `blob` field for a sha256 (relative to the data directory). */
   relativePath(sha256: string): string;
-  /** Stores the bytes under their sha256 (atomically; kept when already there and whole). */
-  store(bytes: Uint8Array, sha256: string): Promise<string>;
+  /**
+   * A private copy of `file` beside the blobs (copied by the kernel, never through this process), to check and
+   * then adopt or drop; `label` names the file in errors.
+   */
+  stage(file: string, label?: string): Promise<string>;
   /** Moves a file whose sha256 the caller computed into the store (same file system: a rename); an existing blob wins. */
   adopt(file: string, sha256: string): Promise<string>;
   /** Removes a blob and the chunk tables kept beside it. */
@@ -45,13 +52,19 @@ export function blobStore(dataDir: string): BlobStore {
       return full;
     },
     relativePath: (sha256) => relative(root, checked(sha256)).split(sep).join('/'),
-    async store(bytes, sha256) {
-      await mkdir(dir, { recursive: true });
-      const target = checked(sha256);
-      const present = await stat(target).catch(() => undefined); // not there yet: written below
-      if (present?.size === bytes.length && (await hashFile(target)) === sha256) return target;
-      await writeFileAtomic(target, bytes);
-      return target;
+    async stage(file, label = file) {
+      const incoming = join(root, INCOMING_DIR);
+      await mkdir(incoming, { recursive: true, mode: 0o700 });
+      const tmp = tmpPathFor(join(incoming, 'model'));
+      try {
+        await copyFile(file, tmp);
+      } catch (error) {
+        await rm(tmp, { force: true });
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') throw new FleetError('not_found', `no file ${label} on the controller host`);
+        throw error;
+      }
+      return tmp;
     },
     async adopt(file, sha256) {
       await mkdir(dir, { recursive: true });

@@ -3,15 +3,22 @@
  * and an index of versions in the fleet state (lowdb). Adding the same bytes under
  * the same name again returns the existing version; version numbers only go up and a
  * removed number is never handed out again.
+ *
+ * A file is never read into memory: its size is checked against `maxModelBytes` (the
+ * controller's --max-model-mb), its ONNX metadata is read from the file, then a private
+ * copy is made beside the blobs (by the kernel), checked again and hashed as a stream,
+ * so what is checked is what is stored even if the file changes meanwhile.
  */
-import { readFile } from 'node:fs/promises';
-import { FleetError, ProcessingSchema, assertName, chunkHashes, describe, sha256Hex } from '@edgefleet/protocol';
+import { rm, stat } from 'node:fs/promises';
+import { mib } from '@edgefleet/node-io';
+import { FleetError, ProcessingSchema, assertName, describe } from '@edgefleet/protocol';
 import type { Processing, ProcessingInput } from '@edgefleet/protocol';
-import { readOnnxMetadata } from '@edgefleet/onnx';
+import { readOnnxMetadataFromFile } from '@edgefleet/onnx';
 import type { OnnxMetadata } from '@edgefleet/onnx';
 import type { FleetRepository } from '../state/repository.js';
-import type { ModelVersionRecord } from '../state/schema.js';
-import { DEFAULT_CHUNK_SIZE, writeChunkTable } from '../delivery/chunk-table.js';
+import type { ModelVersionRecord, VersionCheck } from '../state/schema.js';
+import { DEFAULT_CHUNK_SIZE, hashChunks, writeChunkTable } from '../delivery/chunk-table.js';
+import { DEFAULTS } from '../defaults.js';
 import { blobStore } from './blobs.js';
 import { nextVersion, pickVersion, serialQueue } from './versions.js';
 import type { BlobStore } from './blobs.js';
@@ -59,14 +66,20 @@ function invalid(message: string): FleetError {
   return new FleetError('invalid_params', message);
 }
 
-export function createRegistry(state: FleetRepository, dataDir: string): Registry {
+export interface RegistryOptions {
+  /** The largest model file accepted, in bytes (default DEFAULTS.maxModelBytes, 2 GiB). */
+  maxModelBytes?: number;
+}
+
+export function createRegistry(state: FleetRepository, dataDir: string, options: RegistryOptions = {}): Registry {
   const blobs = blobStore(dataDir);
+  const maxBytes = options.maxModelBytes ?? DEFAULTS.maxModelBytes;
   const checkFiles = createCheckFiles(dataDir);
   const namedCheckFiles = (): Set<string> => new Set(state.allModelVersions().flatMap((v) => checkFilesOf(v.check)));
   const serial = serialQueue();
   const get = (name: string, version?: number): ModelVersionRecord | undefined => pickVersion(state.modelVersions(name), version);
   return {
-    add: (file, opts) => serial(() => addVersion(state, blobs, checkFiles, file, opts)),
+    add: (file, opts) => serial(() => addVersion(state, blobs, checkFiles, file, opts, maxBytes)),
     list(name) {
       if (name !== undefined) return [...state.modelVersions(checkedName(name))];
       return state.allModelVersions();
@@ -104,15 +117,32 @@ export function createRegistry(state: FleetRepository, dataDir: string): Registr
   };
 }
 
-/** Reads and checks an ONNX file (and the processing it declares) before anything is stored. */
-async function readModel(file: string, processing: Processing | null, source = file): Promise<{ bytes: Buffer; meta: OnnxMetadata }> {
-  let bytes: Buffer;
+/** The size of the file to add: not_found only when it is not there, too_long past the cap; `label` names it in errors. */
+async function modelFileSize(file: string, label: string, maxBytes: number): Promise<number> {
+  let size: number;
   try {
-    bytes = await readFile(file);
+    const info = await stat(file);
+    if (!info.isFile()) throw new FleetError('invalid_params', `${label} is not a regular file; give the path of an .onnx file`);
+    size = info.size;
   } catch (error) {
-    throw new FleetError('not_found', `cannot read ${source}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    if (error instanceof FleetError) throw error;
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new FleetError('not_found', `no file ${label} on the controller host`);
+    throw new FleetError('invalid_params', `cannot read ${label}: ${code ?? (error as Error).message}`);
   }
-  const meta = readOnnxMetadata(bytes, source);
+  if (size > maxBytes) throw modelTooLarge(size, maxBytes);
+  return size;
+}
+
+/** The refusal of a model over the cap: says the cap and how to raise it. */
+export function modelTooLarge(size: number | undefined, maxBytes: number): FleetError {
+  const what = size === undefined ? 'the model is' : `the model is ${mib(size)} MiB,`;
+  return new FleetError('too_long', `${what} over the controller's limit of ${mib(maxBytes)} MiB per model; raise it with --max-model-mb (hostManager) or maxModelBytes (createManager)`);
+}
+
+/** Reads and checks an ONNX file (and the processing it declares) before anything is stored, without loading it; `label` names it in errors. */
+async function readModel(file: string, label: string, processing: Processing | null): Promise<OnnxMetadata> {
+  const meta = await readOnnxMetadataFromFile(file, label);
   if (processing) {
     if (!meta.inputs.some((i) => i.name === processing.input)) {
       throw invalid(`processing names input "${processing.input}", but the model's inputs are ${meta.inputs.map((i) => i.name).join(', ')}`);
@@ -121,28 +151,66 @@ async function readModel(file: string, processing: Processing | null, source = f
       throw invalid(`processing names output "${processing.output}", but the model's outputs are ${meta.outputs.map((o) => o.name).join(', ')}`);
     }
   }
-  return { bytes, meta };
+  return meta;
 }
 
-async function addVersion(state: FleetRepository, blobs: BlobStore, checkFiles: CheckFiles, file: string, opts: AddOptions): Promise<AddedModel> {
+interface CheckedCopy {
+  /** The version of this name with the same bytes checked the same way, when there is one (nothing was stored). */
+  same?: ModelVersionRecord;
+  stored: string;
+  meta: OnnxMetadata;
+  check: VersionCheck;
+  hashed: { sha256: string; length: number; chunks: string[] };
+}
+
+/**
+ * Copies the file beside the blobs and checks the copy (size, ONNX metadata, activation check, hashes), so
+ * what is checked is what is stored even if the file changes meanwhile. The copy is moved in under its
+ * sha256, or removed (also when this name has a version with the same bytes checked the same way).
+ */
+async function checkedCopy(
+  ctx: { state: FleetRepository; blobs: BlobStore; checkFiles: CheckFiles },
+  file: string,
+  opts: { name: string; label: string; processing: Processing | null; check: CheckRequest | undefined; maxBytes: number },
+): Promise<CheckedCopy> {
+  const staged = await ctx.blobs.stage(file, opts.label);
+  try {
+    await modelFileSize(staged, opts.label, opts.maxBytes); // it may have grown since
+    const meta = await readModel(staged, opts.label, opts.processing);
+    const check = await resolveCheck(opts.check, { name: opts.name, inputs: meta.inputs, outputs: meta.outputs, processing: opts.processing, file: staged }, ctx.checkFiles);
+    const hashed = await hashChunks(staged, DEFAULT_CHUNK_SIZE); // one pass: the file's sha256 and the manifest's chunk table
+    // the same bytes checked the same way are the same version; another check makes a new one
+    const same = ctx.state.modelVersions(opts.name).find((v) => v.sha256 === hashed.sha256 && sameCheck(checkOf(v), check));
+    if (same) {
+      await rm(staged, { force: true });
+      return { same, stored: '', meta, check, hashed };
+    }
+    return { stored: await ctx.blobs.adopt(staged, hashed.sha256), meta, check, hashed };
+  } catch (error) {
+    await rm(staged, { force: true });
+    throw error;
+  }
+}
+
+async function addVersion(state: FleetRepository, blobs: BlobStore, checkFiles: CheckFiles, file: string, opts: AddOptions, maxBytes: number): Promise<AddedModel> {
   const name = checkedName(opts.name);
   const processing = opts.processing ? parseProcessing(opts.processing) : null;
-  const { bytes, meta } = await readModel(file, processing, opts.source);
-  const check = await resolveCheck(opts.check, { name, inputs: meta.inputs, outputs: meta.outputs, processing, file }, checkFiles);
-  const sha256 = sha256Hex(bytes);
-  const versions = state.modelVersions(name);
-  // the same bytes checked the same way are the same version; another check makes a new one
-  const same = versions.find((v) => v.sha256 === sha256 && sameCheck(checkOf(v), check));
-  if (same) return { ...same, created: false };
-  const stored = await blobs.store(bytes, sha256);
+  const label = opts.source ?? file;
+  await modelFileSize(file, label, maxBytes);
+  await readModel(file, label, processing); // refuses what is not ONNX before anything is copied
+  const checked = await checkedCopy({ state, blobs, checkFiles }, file, { name, label, processing, check: opts.check, maxBytes });
+  if (checked.same) return { ...checked.same, created: false };
+  const { stored, meta, check, hashed } = checked;
+  const { sha256, length, chunks } = hashed;
   // the manifest's chunk table for the default chunk size, so the first delivery need not hash the file
-  await writeChunkTable(stored, { sha256, length: bytes.length, size: DEFAULT_CHUNK_SIZE, chunks: chunkHashes(bytes, DEFAULT_CHUNK_SIZE) });
+  await writeChunkTable(stored, { sha256, length, size: DEFAULT_CHUNK_SIZE, chunks });
+  const versions = state.modelVersions(name);
   const version = nextVersion(state.highestVersionEver(name), versions);
   const record: ModelVersionRecord = {
     name,
     version,
     sha256,
-    length: bytes.length,
+    length,
     addedAt: new Date().toISOString(),
     blob: blobs.relativePath(sha256),
     inputs: meta.inputs,

@@ -90,6 +90,16 @@ export class Rollouts {
     return this.#state.rollouts().sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
   }
 
+  /** Whether a running rollout switches `device` to or from `model@version` (so its telemetry is expected). */
+  expects(device: string, model: string, version: number): boolean {
+    for (const id of this.#running.keys()) {
+      const r = this.#state.rollout(id);
+      const d = r?.model === model ? ownEntry(r.devices, device) : undefined;
+      if (d && (r!.version === version || d.previous === version)) return true;
+    }
+    return false;
+  }
+
   get(id: string): RolloutRecord {
     const r = this.#state.rollout(id);
     if (!r) throw new FleetError('not_found', `no rollout ${id}; see \`hostManager rollouts list\``);
@@ -411,10 +421,11 @@ export class Rollouts {
         d.error = outcome.error;
         this.#metrics?.deliveries.inc({ result: 'error' });
       }
+      // the controller's own record of what it observed (the device's answer), not the device's word
       this.#state.appendAudit({
-        actor: `device:${id}`,
+        actor: 'controller',
         action: `${r.kind ?? 'model'}.deliver`,
-        target: `${r.model}@${r.version}`,
+        target: `${id}: ${r.model}@${r.version}`,
         result: outcome.ok ? 'ok' : 'error',
         detail: { rollout: r.id, wave: waveIndex, ...(outcome.ok ? { previous: d.previous } : { error: outcome.error }) },
       });

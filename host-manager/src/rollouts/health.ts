@@ -5,7 +5,7 @@ import type { HealthSummary } from '../state/schema.js';
 export const EMPTY_HEALTH: HealthSummary = { requests: 0, errors: 0, errorRate: null, p95Ms: null, samples: 0 };
 
 /** Sums per-interval model health; p95 is the request-weighted mean of the intervals' p95. */
-export function summarizeHealth(samples: readonly ModelHealth[]): HealthSummary {
+export function summarizeHealth(samples: readonly Pick<ModelHealth, 'requests' | 'errors' | 'p95Ms'>[]): HealthSummary {
   return combineHealth(samples.map((s) => ({ requests: s.requests, errors: s.errors, errorRate: null, p95Ms: s.p95Ms, samples: 1 })));
 }
 

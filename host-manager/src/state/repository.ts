@@ -10,6 +10,7 @@ import { AUDIT_LIMIT } from './schema.js';
 import type { AuditEntry, DeviceRecord, EnrolmentRecord, FleetState, GroupRecord, ImageVersionRecord, ModelVersionRecord, OperatorRecord, RolloutRecord } from './schema.js';
 import { openStateFile } from './store.js';
 import type { StateFileOptions } from './store.js';
+import { cutText } from '../text.js';
 
 export class FleetRepository {
   readonly #db: Low<FleetState>;
@@ -92,6 +93,13 @@ export class FleetRepository {
     highWater[name] = Math.max(ownEntry(highWater, name) ?? 0, version);
   }
 
+  /** A rollback sequence number above every one given before (the caller writes before signing with it). */
+  nextRollbackSeq(now = Date.now()): number {
+    const next = Math.max((this.#data.lastRollbackSeq ?? 0) + 1, Math.floor(now));
+    this.#data.lastRollbackSeq = next;
+    return next;
+  }
+
   // ---------------------------------------------------------------- images
 
   /** The versions of one image, oldest first (empty when there are none). */
@@ -159,9 +167,15 @@ export class FleetRepository {
 
   // ---------------------------------------------------------------- audit
 
-  /** Appends to the audit log in memory (the caller writes), dropping the oldest entries past the cap. */
+  /**
+   * Appends to the audit log in memory (the caller writes), dropping the oldest entries past the cap.
+   * The log holds what operators did and what the controller itself saw (devices' own reports are
+   * kept apart, devices/reports.ts); strings in `detail` are cut to AUDIT_TEXT_LIMIT characters, since
+   * some carry a device's answer (an error message, a legacy command's output).
+   */
   appendAudit(entry: Omit<AuditEntry, 'ts'> & { ts?: string }): AuditEntry {
     const full = { ts: entry.ts ?? new Date().toISOString(), ...entry } as AuditEntry;
+    if (full.detail !== undefined) full.detail = cutStrings(full.detail, AUDIT_TEXT_LIMIT);
     const audit = this.#data.audit;
     audit.push(full);
     if (audit.length > AUDIT_LIMIT) audit.splice(0, audit.length - AUDIT_LIMIT);
@@ -172,6 +186,18 @@ export class FleetRepository {
   auditTail(limit = 100): AuditEntry[] {
     return this.#data.audit.slice(-Math.max(1, Math.min(limit, 5000)));
   }
+}
+
+/** Characters kept of any string in an audit entry's detail. */
+export const AUDIT_TEXT_LIMIT = 1000;
+
+function cutStrings(value: unknown, max: number, depth = 0): unknown {
+  if (typeof value === 'string') return value.length <= max ? value : cutText(value, max);
+  if (value === null || typeof value !== 'object' || depth > 16) return value;
+  if (Array.isArray(value)) return value.map((v) => cutStrings(v, max, depth + 1));
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) out[k] = cutStrings(v, max, depth + 1);
+  return out;
 }
 
 /** Opens (and validates) the state file: the controller's repository. */

@@ -336,6 +336,12 @@ export const FleetStateSchema = z
     imageVersionHighWater: byName(VersionSchema).optional(),
     rollouts: byName(RolloutRecordSchema),
     operators: byName(OperatorRecordSchema),
+    /**
+     * The sequence number of the last rollback manifest signed: each new one gets a higher number
+     * (at least the current time in ms, so a restored older state file still moves forward), and a
+     * device refuses a rollback whose number it has already used for that model.
+     */
+    lastRollbackSeq: z.number().int().nonnegative().optional(),
     /** Enrolment with the fleet provisioning key (off unless the controller runs with --enrolment). */
     enrolment: EnrolmentRecordSchema.optional(),
     /** Newest last; capped at AUDIT_LIMIT entries (oldest dropped). */

@@ -38,7 +38,7 @@ const DTYPE_NAMES: Record<number, string> = {
   16: 'bfloat16',
 };
 
-function toNumber(value: number | { toNumber(): number } | null | undefined): number {
+export function toNumber(value: number | { toNumber(): number } | null | undefined): number {
   if (value === null || value === undefined) return 0;
   return typeof value === 'number' ? value : value.toNumber();
 }
@@ -54,32 +54,58 @@ function tensorInfo(v: onnxProto.onnx.IValueInfoProto): TensorInfo {
   return { name: v.name ?? '', dtype, shape };
 }
 
+export function notOnnx(label: string, why: string): FleetError {
+  return new FleetError('not_onnx', `${label} is not an ONNX model (${why}); export the model to .onnx and send that file`);
+}
+
+/** The parts of a ModelProto the metadata is made of, however they were read (all of it, or walked from a file). */
+export interface ModelParts {
+  irVersion: number;
+  producerName: string;
+  producerVersion: string;
+  opsetImport: onnxProto.onnx.IOperatorSetIdProto[];
+  /** Undefined when the model has no graph. */
+  graph: { input: onnxProto.onnx.IValueInfoProto[]; output: onnxProto.onnx.IValueInfoProto[]; initializerNames: string[] } | undefined;
+}
+
+/** The checks and the metadata, from the parts (one definition for both ways of reading). */
+export function metadataOf(parts: ModelParts, label: string): OnnxMetadata {
+  if (parts.irVersion <= 0) throw notOnnx(label, 'it has no IR version');
+  const graph = parts.graph;
+  if (!graph) throw notOnnx(label, 'it has no graph');
+  if (graph.output.length === 0) throw notOnnx(label, 'its graph declares no outputs');
+  if (parts.opsetImport.length === 0) throw notOnnx(label, 'it imports no operator set');
+  const opsets = parts.opsetImport.map((o) => ({ domain: o.domain ?? '', version: toNumber(o.version) }));
+  const main = opsets.find((o) => o.domain === '' || o.domain === 'ai.onnx');
+  const initializers = new Set(graph.initializerNames);
+  return {
+    irVersion: parts.irVersion,
+    opset: main ? main.version : null,
+    opsets,
+    // Older exporters list initializers among the inputs; they are not inputs a caller feeds.
+    inputs: graph.input.filter((i) => !initializers.has(i.name ?? '')).map(tensorInfo),
+    outputs: graph.output.map(tensorInfo),
+    producer: parts.producerName ? `${parts.producerName}${parts.producerVersion ? ` ${parts.producerVersion}` : ''}` : null,
+  };
+}
+
 export function readOnnxMetadata(bytes: Uint8Array, label = 'the file'): OnnxMetadata {
-  const notOnnx = (why: string): FleetError =>
-    new FleetError('not_onnx', `${label} is not an ONNX model (${why}); export the model to .onnx and send that file`);
-  if (bytes.length === 0) throw notOnnx('it is empty');
+  if (bytes.length === 0) throw notOnnx(label, 'it is empty');
   let model: onnxProto.onnx.ModelProto;
   try {
     model = onnx.ModelProto.decode(bytes);
   } catch (error) {
-    throw notOnnx(`it does not parse as a ModelProto: ${(error as Error).message}`);
+    throw notOnnx(label, `it does not parse as a ModelProto: ${(error as Error).message}`);
   }
-  const irVersion = toNumber(model.irVersion);
-  if (irVersion <= 0) throw notOnnx('it has no IR version');
   const graph = model.graph;
-  if (!graph) throw notOnnx('it has no graph');
-  if ((graph.output ?? []).length === 0) throw notOnnx('its graph declares no outputs');
-  if ((model.opsetImport ?? []).length === 0) throw notOnnx('it imports no operator set');
-  const opsets = model.opsetImport.map((o) => ({ domain: o.domain ?? '', version: toNumber(o.version) }));
-  const main = opsets.find((o) => o.domain === '' || o.domain === 'ai.onnx');
-  const initializers = new Set((graph.initializer ?? []).map((t) => t.name));
-  return {
-    irVersion,
-    opset: main ? main.version : null,
-    opsets,
-    // Older exporters list initializers among the inputs; they are not inputs a caller feeds.
-    inputs: (graph.input ?? []).filter((i) => !initializers.has(i.name ?? '')).map(tensorInfo),
-    outputs: (graph.output ?? []).map(tensorInfo),
-    producer: model.producerName ? `${model.producerName}${model.producerVersion ? ` ${model.producerVersion}` : ''}` : null,
-  };
+  return metadataOf(
+    {
+      irVersion: toNumber(model.irVersion),
+      producerName: model.producerName ?? '',
+      producerVersion: model.producerVersion ?? '',
+      opsetImport: model.opsetImport ?? [],
+      graph: graph ? { input: graph.input ?? [], output: graph.output ?? [], initializerNames: (graph.initializer ?? []).map((t) => t.name ?? '') } : undefined,
+    },
+    label,
+  );
 }

@@ -13,13 +13,16 @@ export const ERROR_STATUS = {
   invalid_input: 400, // tensors that do not match the model
   not_onnx: 400,
   unauthorized: 401, // a missing or wrong token (HTTP surfaces only)
+  forbidden: 403, // a browser request from a page of another origin (HTTP surfaces only)
   not_found: 404,
   method_not_allowed: 405,
   conflict: 409, // the request contradicts the current state: a program already running, a version already active
   too_long: 413, // over a byte limit (a chunk, a file, a body, a message of its kind)
   too_deep: 400, // JSON nested deeper than the protocol allows
+  wrong_host: 421, // a Host header that names none of the server's addresses or configured names (DNS rebinding)
   unsupported_media_type: 415,
   incompatible: 422, // the device cannot run this model (opset, runtime version, memory)
+  rate_limited: 429, // too many attempts from one source (failed logins, enrolments); retry after the time the message names
   internal: 500,
   unavailable: 503, // e.g. no Docker engine, shutting down
   // busy is a temporary shortage that clears by itself (retry later), which is 503 (RFC 9110 §15.6.4:
@@ -33,6 +36,7 @@ export const ERROR_STATUS = {
   expired: 502,
   wrong_target: 502,
   lower_version: 502,
+  replayed: 502, // a rollback manifest whose sequence number this device has already used
   corrupt_chunk: 502,
   missing_chunk: 502,
   truncated: 502,

@@ -10,6 +10,7 @@
  */
 import { z } from 'zod';
 import { FleetError } from './errors.js';
+import { MAX_JSON_DEPTH, checkJsonLimits } from './limits.js';
 
 // ---------------------------------------------------------------- tensors (tensor-map form)
 
@@ -275,16 +276,20 @@ export function decodeBytesElements(bytes: Uint8Array, count: number, name: stri
 /**
  * Splits a request body into its JSON header and binary part: `headerLength` is the
  * Inference-Header-Content-Length (absent: the whole body is JSON). Throws bad_request when the header
- * is not JSON or is longer than the body.
+ * is not JSON or is longer than the body, too_deep when it nests past MAX_JSON_DEPTH.
  */
 export function splitInferBody(body: Uint8Array, headerLength: number | undefined): { json: unknown; binary: Uint8Array | undefined } {
   const length = headerLength ?? body.byteLength;
   if (length > body.byteLength) {
     throw new FleetError('bad_request', `Inference-Header-Content-Length is ${length}, but the body has only ${body.byteLength} bytes`);
   }
+  const header = body.subarray(0, length);
+  // nesting is checked before parsing, as for every JSON the protocol takes (limits.ts)
+  const tooDeep = checkJsonLimits(header, { maxBytes: length, maxDepth: MAX_JSON_DEPTH }, headerLength === undefined ? 'the request body' : 'the JSON header');
+  if (tooDeep) throw tooDeep;
   let json: unknown;
   try {
-    json = JSON.parse(new TextDecoder().decode(body.subarray(0, length)));
+    json = JSON.parse(new TextDecoder().decode(header));
   } catch {
     throw new FleetError(
       'bad_request',

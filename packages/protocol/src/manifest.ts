@@ -261,6 +261,12 @@ export const ManifestSchema = z
     chunking: z.object({ size: z.number().int().positive(), sha256: z.array(Sha256Hex) }),
     /** Set only when the operator deliberately signs a version lower than the highest accepted. */
     rollback: z.boolean().default(false),
+    /**
+     * Makes a rollback manifest single-use: a device installs or activates a version below the
+     * highest it accepted only with a sequence number above the last one it used for that model
+     * (which it records durably). The controller signs each rollback with a new, higher one.
+     */
+    rollbackSeq: z.number().int().positive().optional(),
     requires: z
       .object({
         opset: z.number().int().optional(),
@@ -427,7 +433,14 @@ export interface AcceptanceContext {
   device: DeviceIdentity;
   /** The highest version of this model the device has ever accepted (persisted), or 0. */
   highestAccepted: number;
+  /** The highest rollback sequence number the device has used for this model (persisted), or 0. */
+  lastRollbackSeq?: number;
   now: Date;
+}
+
+/** Whether installing or activating this manifest moves the model below the highest version accepted: a rollback, which uses up its sequence number. */
+export function isRollbackBelow(manifest: Manifest, highestAccepted: number): boolean {
+  return manifest.version < highestAccepted;
 }
 
 /**
@@ -441,10 +454,19 @@ export function checkAcceptance(manifest: Manifest, ctx: AcceptanceContext): Fle
   if (Date.parse(manifest.expiresAt) <= ctx.now.getTime()) {
     return new FleetError('expired', `the manifest for ${manifest.name}@${manifest.version} expired at ${manifest.expiresAt}; sign a fresh one`);
   }
-  if (manifest.version < ctx.highestAccepted && !manifest.rollback) {
+  if (!isRollbackBelow(manifest, ctx.highestAccepted)) return undefined;
+  const what = `${manifest.name}@${manifest.version}`;
+  if (!manifest.rollback) {
+    return new FleetError('lower_version', `${what} is lower than version ${ctx.highestAccepted} already accepted; sign an explicit rollback to install it`);
+  }
+  if (manifest.rollbackSeq === undefined) {
+    return new FleetError('lower_version', `the rollback manifest for ${what} carries no sequence number (rollbackSeq), so it could be replayed; ask the controller for a fresh rollback`);
+  }
+  const last = ctx.lastRollbackSeq ?? 0;
+  if (manifest.rollbackSeq <= last) {
     return new FleetError(
-      'lower_version',
-      `${manifest.name}@${manifest.version} is lower than version ${ctx.highestAccepted} already accepted; sign an explicit rollback to install it`,
+      'replayed',
+      `the rollback manifest for ${what} has sequence number ${manifest.rollbackSeq}, and this device already used ${last} for ${manifest.name}: a rollback manifest works once; ask the controller for a fresh rollback`,
     );
   }
   return undefined;

@@ -34,17 +34,26 @@ export const ModelStateSchema = z.object({
 });
 export type ModelState = z.infer<typeof ModelStateSchema>;
 
-/** A container the fleet owns on a device, as the engine reports it. */
+/**
+ * What one device may make the controller keep about itself is bounded here: short strings and
+ * short lists (a status is stored per device and written to the state file).
+ */
+export const DEVICE_INFO_LIMITS = { text: 256, list: 32 } as const;
+/** No control characters, line separators or bidirectional overrides: these strings are shown in terminals and pages. */
+const PRINTABLE = /^[^\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$/;
+const InfoText = z.string().max(DEVICE_INFO_LIMITS.text).regex(PRINTABLE, 'control characters are not allowed');
+
+/** A container the fleet owns on a device, as the engine reports it (device-reported: bounded and printable like the rest of its status). */
 export const ContainerStateSchema = z.object({
   /** The image manifest's name (an app), or the model a container serves. */
   app: NameSchema,
   version: VersionSchema,
   role: z.enum(['app', 'inference']),
   /** The engine's container id and name. */
-  id: z.string().min(1).max(128),
-  name: z.string().min(1).max(256),
+  id: InfoText.min(1).max(128),
+  name: InfoText.min(1),
   /** Image ID (sha256:…). */
-  image: z.string(),
+  image: InfoText,
   state: z.enum(['created', 'running', 'paused', 'restarting', 'removing', 'exited', 'dead']),
   running: z.boolean(),
   /** From the Docker HEALTHCHECK; 'none' when the container has none (the agent's own probes are not shown here). */
@@ -58,24 +67,24 @@ export const ContainerStateSchema = z.object({
 export type ContainerState = z.infer<typeof ContainerStateSchema>;
 
 export const DeviceInfoSchema = z.object({
-  agentVersion: z.string(),
-  hostname: z.string(),
-  arch: z.string(),
-  platform: z.string(),
+  agentVersion: InfoText,
+  hostname: InfoText,
+  arch: InfoText,
+  platform: InfoText,
   cpus: z.number().int(),
   memoryBytes: z.number(),
-  onnxruntime: z.object({ version: z.string(), executionProviders: z.array(z.string()) }).nullable(),
+  onnxruntime: z.object({ version: InfoText, executionProviders: z.array(InfoText).max(DEVICE_INFO_LIMITS.list) }).nullable(),
   docker: z.boolean(),
-  groups: z.array(NameSchema),
-  models: z.array(z.object({ name: NameSchema, version: VersionSchema })),
+  groups: z.array(NameSchema).max(DEVICE_INFO_LIMITS.list),
+  models: z.array(z.object({ name: NameSchema, version: VersionSchema })).max(DEVICE_INFO_LIMITS.list),
   /** Containers the fleet owns on this device (absent from agents before containers, empty without an engine). */
-  containers: z.array(ContainerStateSchema).optional(),
+  containers: z.array(ContainerStateSchema).max(DEVICE_INFO_LIMITS.list).optional(),
 });
 export type DeviceInfo = z.infer<typeof DeviceInfoSchema>;
 
 export const StatusMessageSchema = z.discriminatedUnion('online', [
   z.object({ ...envelope, type: z.literal('status'), online: z.literal(true), device: DeviceInfoSchema }),
-  z.object({ ...envelope, type: z.literal('status'), online: z.literal(false), reason: z.string() }),
+  z.object({ ...envelope, type: z.literal('status'), online: z.literal(false), reason: z.string().max(1024).regex(PRINTABLE, 'control characters are not allowed') }),
 ]);
 export type StatusMessage = z.infer<typeof StatusMessageSchema>;
 
@@ -91,7 +100,7 @@ export type ModelHealth = z.infer<typeof ModelHealthSchema>;
 export const TelemetrySampleSchema = z.object({
   ts: z.number().int(),
   cpuPercent: z.number(),
-  load: z.array(z.number()),
+  load: z.array(z.number()).max(16),
   memoryUsedBytes: z.number(),
   memoryTotalBytes: z.number(),
   diskFreeBytes: z.number().nullable(),
@@ -100,7 +109,7 @@ export const TelemetrySampleSchema = z.object({
   /** Per model `name@version`: counts and latency since the previous sample. */
   models: z.record(z.string(), ModelHealthSchema),
   /** The fleet's containers at sampling time (bounded: only owned ones). */
-  containers: z.array(ContainerStateSchema).optional(),
+  containers: z.array(ContainerStateSchema).max(DEVICE_INFO_LIMITS.list).optional(),
 });
 export type TelemetrySample = z.infer<typeof TelemetrySampleSchema>;
 

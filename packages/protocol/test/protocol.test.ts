@@ -1,6 +1,10 @@
 import { describe, expect, it } from '@jest/globals';
 import {
+  DEVICE_INFO_LIMITS,
+  StatusMessageSchema,
   checkAcceptance,
+  isRollbackBelow,
+  parseMessage,
   chunkHashes,
   generateFleetKeys,
   makeRequest,
@@ -147,11 +151,47 @@ describe('manifests', () => {
     expect(checkAcceptance(check.manifest, { device: { ...identity, groups: [] }, highestAccepted: 0, now })?.code).toBe('wrong_target');
     expect(checkAcceptance(check.manifest, { device: identity, highestAccepted: 0, now: new Date(Date.now() + 120_000) })?.code).toBe('expired');
     expect(checkAcceptance(check.manifest, { device: identity, highestAccepted: 5, now })?.code).toBe('lower_version');
-    const rollback = verifyManifest(signManifest({ ...manifest, rollback: true }, keys.privateKeyPem), keys.publicKeyPem);
+    const rollback = verifyManifest(signManifest({ ...manifest, rollback: true, rollbackSeq: 7 }, keys.privateKeyPem), keys.publicKeyPem);
     if (!rollback.ok) throw new Error('expected a valid manifest');
     expect(checkAcceptance(rollback.manifest, { device: identity, highestAccepted: 5, now })).toBeUndefined();
+    expect(checkAcceptance(rollback.manifest, { device: identity, highestAccepted: 5, lastRollbackSeq: 6, now })).toBeUndefined();
+  });
+  it('takes a rollback manifest once: its sequence number must be above the last one the device used for the model', () => {
+    const now = new Date();
+    const signed = (extra: object) => {
+      const check = verifyManifest(signManifest({ ...manifest, rollback: true, ...extra }, keys.privateKeyPem), keys.publicKeyPem);
+      if (!check.ok) throw new Error('expected a valid manifest');
+      return check.manifest;
+    };
+    const used = checkAcceptance(signed({ rollbackSeq: 7 }), { device: identity, highestAccepted: 5, lastRollbackSeq: 7, now });
+    expect(used?.code).toBe('replayed');
+    expect(used?.message).toMatch(/sequence number 7, and this device already used 7 for food: a rollback manifest works once/);
+    expect(checkAcceptance(signed({ rollbackSeq: 3 }), { device: identity, highestAccepted: 5, lastRollbackSeq: 7, now })?.code).toBe('replayed');
+    // without a sequence number a rollback could be replayed forever: refused
+    expect(checkAcceptance(signed({}), { device: identity, highestAccepted: 5, now })?.message).toMatch(/carries no sequence number/);
+    // not below the highest accepted: not a rollback, nothing is used up
+    expect(checkAcceptance(signed({ rollbackSeq: 1 }), { device: identity, highestAccepted: 3, lastRollbackSeq: 7, now })).toBeUndefined();
+    expect(isRollbackBelow(signed({ rollbackSeq: 1 }), 3)).toBe(false);
+    expect(isRollbackBelow(signed({ rollbackSeq: 1 }), 4)).toBe(true);
   });
   it('refuses a manifest whose chunk list does not fit its length', () => {
     expect(() => signManifest({ ...manifest, chunking: { size: 256, sha256: [] } }, keys.privateKeyPem)).toThrow(/one hash per chunk/);
+  });
+});
+
+describe('what a device may say about itself', () => {
+  const info = { agentVersion: '1', hostname: 'pi-1', arch: 'arm64', platform: 'linux', cpus: 4, memoryBytes: 1, onnxruntime: null, docker: false, groups: [], models: [] };
+  const status = (device: object) => JSON.stringify({ v: 1, id: 's', ts: 1, type: 'status', online: true, device });
+  it('is bounded and printable: long strings, long lists and control characters are refused', () => {
+    expect(parseMessage(StatusMessageSchema, status(info))).toMatchObject({ online: true });
+    for (const bad of [
+      { ...info, hostname: 'h'.repeat(DEVICE_INFO_LIMITS.text + 1) },
+      { ...info, hostname: 'pi-1\r\u001b[2Kcontroller' },
+      { ...info, platform: 'linux\u202e' },
+      { ...info, models: Array.from({ length: DEVICE_INFO_LIMITS.list + 1 }, (_, i) => ({ name: `m${i}`, version: 1 })) },
+    ]) {
+      expect(() => parseMessage(StatusMessageSchema, status(bad))).toThrow(expect.objectContaining({ code: 'bad_request' }));
+    }
+    expect(() => parseMessage(StatusMessageSchema, JSON.stringify({ v: 1, id: 's', ts: 1, type: 'status', online: false, reason: 'gone\u001b[1m' }))).toThrow(/control characters/);
   });
 });
