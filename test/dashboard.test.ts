@@ -15,33 +15,20 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { MqttClient } from 'mqtt';
-import { chromium } from 'playwright-core';
 import type { BrowserContext, Page } from 'playwright-core';
 import { topics } from '@edgefleet/protocol';
 import { cleanupAgents, connectOperator, spawnAgent } from './support/agent-process.js';
+import { CHROMIUM, DESKTOP, openBrowser, signIn } from './support/browser.js';
 import type { AgentProcess } from './support/agent-process.js';
 import { api, eventually, startManager } from './support/manager-process.js';
 import type { ManagerProcess } from './support/manager-process.js';
 import { linearModel } from './support/onnx-models.js';
 import type { DeviceView, RolloutView } from './support/views.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const WAIT_MS = 15_000;
 const SHOTS = fileURLToPath(new URL('./artifacts/screenshots/', import.meta.url));
-const DESKTOP = { width: 1280, height: 860 };
 const PHONE = { width: 390, height: 844 };
 
-
-/** Opens the dashboard in a fresh tab and signs in through its own form, as a person would. */
-async function signIn(context: BrowserContext, url: string, token: string): Promise<Page> {
-  const page = await context.newPage();
-  await page.goto(url);
-  const input = page.getByLabel('Operator token');
-  await input.waitFor({ state: 'visible', timeout: WAIT_MS });
-  await input.fill(token);
-  await page.getByRole('button', { name: 'Connect' }).click();
-  return page;
-}
 
 /** The text a person reads in a device's fleet row, cell by cell (null while there is no row). */
 function fleetRow(page: Page, id: string): Promise<string[] | null> {
@@ -108,13 +95,7 @@ describe('dashboard in headless Chromium', () => {
     traffic = setInterval(() => {
       for (const id of ['cam-1', 'cam-2']) void api(m, 'POST', `/api/devices/${id}/infer`, { model: 'lin', inputs: x }).catch(() => undefined); // a device mid-switch may refuse one; the next goes on
     }, 100);
-    context = await chromium.launchPersistentContext(join(work, 'profile'), {
-      executablePath: CHROMIUM,
-      headless: true,
-      viewport: DESKTOP,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'],
-      timeout: 15_000,
-    });
+    context = await openBrowser(join(work, 'profile'));
     context.on('weberror', (e) => pageErrors.push(String(e.error())));
   }, 90_000);
 

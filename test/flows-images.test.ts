@@ -13,6 +13,7 @@ import mqtt from 'mqtt';
 import { topics } from '@edgefleet/protocol';
 import { cleanupAgents, spawnAgent } from './support/agent-process.js';
 import type { AgentProcess } from './support/agent-process.js';
+import { openBrowser, signIn } from './support/browser.js';
 import { oipImage, tinyImage } from './support/container-images.js';
 import type { ImageArchive } from './support/container-images.js';
 import { cleanupDevice, docker, imageExists, inspect, requireEngine } from './support/docker.js';
@@ -54,7 +55,7 @@ function operatorImage(tag: string, archive: ImageArchive): void {
 }
 
 async function start(id: string): Promise<AgentProcess> {
-  const a = await spawnAgent({ broker: m.broker, id, token: tokens[id]!, groups: [GROUP], telemetryIntervalMs: 300, args: ['--fleet-public-key', m.publicKeyFile] });
+  const a = await spawnAgent({ broker: m.broker, id, token: tokens[id]!, groups: [GROUP], telemetryIntervalMs: 300, http: true, args: ['--fleet-public-key', m.publicKeyFile] });
   agents.set(id, a);
   await eventually(`${id} online`, async () => ((await api<DeviceView>(m, 'GET', `/api/devices/${id}`)).body.online ? true : undefined), 20_000);
   return a;
@@ -151,9 +152,33 @@ describe('image push through the fleet', () => {
     const oip = await api<{ model_name: string; outputs: { name: string; datatype: string; data: number[] }[] }>(m, 'POST', '/api/devices/img-1/infer', { model: 'web', inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 4], data: X }] });
     expect(oip.status).toBe(200);
     expect(oip.body).toMatchObject({ model_name: 'web', model_version: '1', outputs: [{ name: 'y', datatype: 'FP32', shape: [1, 4], data: X.map((v) => 2 * v) }] });
+    // and so does the device's own HTTP API, on both route families
+    const port = await agents.get('img-1')!.httpPort();
+    const local = async (path: string, body: unknown) => {
+      const r = await fetch(`http://127.0.0.1:${port}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      return { status: r.status, body: (await r.json()) as Record<string, unknown> };
+    };
+    const v2 = await local('/v2/models/web/infer', { inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 4], data: X }] });
+    expect(v2).toMatchObject({ status: 200, body: { model_name: 'web', outputs: [{ name: 'y', data: X.map((v) => 2 * v) }] } });
+    const original = await local('/models/web', { inputs: { x: { dtype: 'float32', shape: [1, 4], data: X } } });
+    expect(original).toMatchObject({ status: 200, body: { outputs: { y: { data: X.map((v) => 2 * v) } } } });
+    expect((await local('/v2/models/nothing-here/infer', { inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 4], data: X }] })).status).toBe(404); // neither a model nor an app
     const ls = await runCli(m, ['image', 'ls', '--json']);
     expect(ls.json<{ name: string; version: number; image: { digest: string } }[]>()).toEqual([expect.objectContaining({ name: 'web', version: 1, image: expect.objectContaining({ digest: archives.v1!.id }) })]);
   }, 240_000);
+
+  it("the dashboard shows the device's containers: the app's version, role, state and container name", async () => {
+    const context = await openBrowser(join(work, 'profile'));
+    try {
+      const page = await signIn(context, `${m.url}#/device/img-1`, m.token);
+      await page.waitForFunction(() => /web@1/.test(document.getElementById('device-containers')?.textContent ?? ''), null, { timeout: 15_000 });
+      const row = await page.locator('#device-containers tr', { hasText: 'web@1' }).first().innerText();
+      expect(row).toMatch(/^web@1\s+app\s+running\s+none\s+\d+\s+.*edgefleet\.img-1\.web\.v1$/); // health: the engine's own HEALTHCHECK (this image has none; the agent's check gated the switch)
+      expect(await page.locator('#device-containers').innerText()).not.toMatch(/foreign/); // not the fleet's: not shown
+    } finally {
+      await context.close();
+    }
+  }, 60_000);
 
   it('replaces blue/green under inference load through the fleet with no failed request, gated on the same health figures as models', async () => {
     const before = await Promise.all(DEVICES.map((d) => running(d)));

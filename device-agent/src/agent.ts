@@ -184,6 +184,7 @@ class DeviceAgent implements Agent {
         maxBodyBytes,
         serverVersion: this.#version,
         metrics: (req, res) => this.#metrics.handle(req, res),
+        apps: containers,
       });
       logger.info({ host: config.httpHost, port: this.#http.port }, 'HTTP inference API listening');
     }

@@ -10,6 +10,7 @@ import type { ModelService } from './models/index.js';
 import type { TransferReceiver } from './transfer/index.js';
 import { containerHandlers } from './containers/index.js';
 import type { ContainerService } from './containers/index.js';
+import { appFor } from './inference-target.js';
 
 /** Commands after whose success the device republishes its status (its models, containers or programs changed). */
 export const STATUS_CHANGING: ReadonlySet<CommandName> = new Set([
@@ -57,11 +58,8 @@ export function createHandlers(parts: HandlerParts): HandlerTable {
   return {
     ping: async () => ({ pong: true, uptimeS: Math.round((Date.now() - STARTED) / 1000) }),
     info: async () => parts.info(),
-    // a model of the model service first; otherwise an image app that serves inference under that name
     infer: async (params, ctx) => {
-      const containers = parts.containers();
-      const asModel = parts.models()?.active().some((m) => m.name === params.model) ?? false;
-      const service = !asModel && containers?.serves(params.model) ? containers : models();
+      const service = appFor(params.model, parts.models(), parts.containers()) ?? models();
       return BinaryReply.of(await service.answer(params, ctx.request.binary));
     },
     'models.list': async () => ({ models: models().list() }),

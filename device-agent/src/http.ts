@@ -14,7 +14,9 @@
  *   POST /models/{name}[/v{version}]
  *   errors: {"error": {"code", "message"}}
  *
- * Every POST takes either body form (infer.ts) and is answered in that form. A binary body is read into
+ * Every POST takes either body form (infer.ts) and is answered in that form. A name that no active model
+ * has but an image app serves is answered by the app's container (inference-target.ts), as MQTT `infer` is;
+ * the metadata and ready routes describe models only (ask the app's own server for its metadata). A binary body is read into
  * one buffer allocated from its Content-Length, placed so its binary part starts 8-byte aligned, and
  * input tensors are views into it; binary outputs are written straight from their tensors' buffers.
  * Statuses: 400 bad input, 404 unknown model/version/route, 405, 413 over the body limit, 415 a content
@@ -29,6 +31,8 @@ import type { ModelState } from '@edgefleet/protocol';
 import type { Logger } from 'pino';
 import type { InferAnswer, InferParams } from './models/infer.js';
 import type { ModelService } from './models/service.js';
+import { appFor } from './inference-target.js';
+import type { InferenceApps } from './inference-target.js';
 
 export interface InferenceServerOptions {
   host?: string;
@@ -41,6 +45,8 @@ export interface InferenceServerOptions {
   serverVersion?: string;
   /** Answers GET /metrics (the agent's Prometheus metrics, metrics.ts). */
   metrics?: (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+  /** Image apps that serve inference: POST infer for a name no active model has goes to its container. */
+  apps?: InferenceApps;
 }
 
 export interface InferenceServer {
@@ -192,6 +198,7 @@ function readBody(req: IncomingMessage, maxBody: number, headerLength: number | 
 /** What the request handlers share. */
 interface Context {
   models: ModelService;
+  apps: InferenceApps | undefined;
   logger: Logger;
   maxBody: number;
   pool: BodyPool;
@@ -242,7 +249,8 @@ async function infer(ctx: Context, req: IncomingMessage, res: ServerResponse, na
     const { json, binary } = splitInferBody(bytes, headerLength);
     const body = parseInferBody(json);
     const params = { ...body, model: name, ...(version !== undefined ? { version } : {}) } as InferParams;
-    sendAnswer(ctx, res, await ctx.models.answer(params, binary));
+    const target = appFor(name, ctx.models, ctx.apps) ?? ctx.models;
+    sendAnswer(ctx, res, await target.answer(params, binary));
   } finally {
     // the run is over (answered or failed): nothing views the body any more
     for (const buffer of held) ctx.pool.give(buffer);
@@ -327,7 +335,7 @@ export async function createInferenceServer(models: ModelService, opts: Inferenc
   let inflight = 0;
   let closing = false;
   let idle: (() => void) | undefined;
-  const ctx: Context = { models, logger, maxBody, pool: new BodyPool(), serverVersion: opts.serverVersion ?? '0.0.0', closing: () => closing };
+  const ctx: Context = { models, apps: opts.apps, logger, maxBody, pool: new BodyPool(), serverVersion: opts.serverVersion ?? '0.0.0', closing: () => closing };
 
   const server = createServer({ keepAliveTimeout: 5000 }, (req, res) => {
     inflight++;
