@@ -1,12 +1,16 @@
 // What the benchmarks that start processes share: JSON output, CPU seconds from /proc, waiting for a
-// child's line or IPC reply, a real sshd on loopback for the scp / ssh baselines, and a bench device's
-// MQTT side (chunks and transfer.* requests to the agent's real receiver).
+// child's line or IPC reply, a model file of a given size, a real sshd (on loopback, or inside a
+// device's network namespace) for the scp / ssh baselines, and a bench device's MQTT side (chunks and
+// transfer.* requests to the agent's real receiver).
 import { execFile, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import mqtt from 'mqtt';
+import onnxProto from 'onnx-proto';
 import { FleetError, errorReply, okReply, parseRequest, parseTopic, topics } from '@edgefleet/protocol';
 
 export const run = promisify(execFile);
@@ -24,6 +28,36 @@ export async function cpuSeconds(pid, { reaped = false } = {}) {
     return 0; // the process is gone: it uses nothing more
   }
 }
+export async function cpuOf(broker, receivers) {
+  const r = await Promise.all(receivers.map((c) => cpuSeconds(c.pid)));
+  return { broker: await cpuSeconds(broker.pid), host: process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6, receivers: r.reduce((a, b) => a + b, 0) };
+}
+
+export async function sha256File(file) {
+  const h = createHash('sha256');
+  for await (const part of createReadStream(file, { highWaterMark: 1 << 20 })) h.update(part);
+  return h.digest('hex');
+}
+
+export function buildModel(bytes) {
+  const { onnx } = onnxProto;
+  const rows = 1024;
+  const cols = Math.floor(bytes / 4 / rows);
+  const model = onnx.ModelProto.create({
+    irVersion: 8,
+    producerName: 'edgefleet-bench',
+    opsetImport: [{ domain: '', version: 13 }],
+    graph: {
+      name: 'bench',
+      node: [{ opType: 'MatMul', input: ['x', 'W'], output: ['y'] }],
+      input: [{ name: 'x', type: { tensorType: { elemType: 1, shape: { dim: [{ dimParam: 'batch' }, { dimValue: rows }] } } } }],
+      output: [{ name: 'y', type: { tensorType: { elemType: 1, shape: { dim: [{ dimParam: 'batch' }, { dimValue: cols }] } } } }],
+      initializer: [{ name: 'W', dims: [rows, cols], dataType: 1, rawData: randomBytes(rows * cols * 4) }],
+    },
+  });
+  return Buffer.from(onnx.ModelProto.encode(model).finish());
+}
+
 export function waitLine(child, pattern) {
   return new Promise((resolve, reject) => {
     let buf = '';
@@ -49,7 +83,11 @@ export function ipc(child, message, replyType) {
   });
 }
 
-export async function startSshd(dir) {
+/**
+ * An sshd on a free port for the scp baseline; `listen` is its address, `wrap` (ip netns exec NS)
+ * runs it inside a device's namespace so that the copy crosses that device's link.
+ */
+export async function startSshd(dir, { listen = '127.0.0.1', wrap = [] } = {}) {
   await mkdir('/run/sshd', { recursive: true });
   await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host_key')]);
   await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'client_key')]);
@@ -61,12 +99,13 @@ export async function startSshd(dir) {
     });
   });
   const config = [
-    `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${join(dir, 'host_key')}`, `PidFile ${join(dir, 'sshd.pid')}`,
+    `Port ${port}`, `ListenAddress ${listen}`, `HostKey ${join(dir, 'host_key')}`, `PidFile ${join(dir, 'sshd.pid')}`,
     `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`, 'PermitRootLogin yes', 'StrictModes no', 'UsePAM no',
     'PasswordAuthentication no', 'MaxStartups 200', 'Subsystem sftp internal-sftp', 'LogLevel INFO',
   ].join('\n');
   await writeFile(join(dir, 'sshd_config'), `${config}\n`);
-  const child = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const argv = [...wrap, '/usr/sbin/sshd', '-D', '-e', '-f', join(dir, 'sshd_config')];
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   await new Promise((resolve, reject) => {
     let err = '';
     child.stderr.on('data', (d) => {
@@ -103,7 +142,8 @@ export async function serveTransfers({ id, url, groups, chunkQos, receiver }) {
       (e) => reply(errorReply(req.request.id, e instanceof FleetError ? e.toJSON() : { code: 'internal', message: String(e) })),
     );
   });
-  await client.subscribeAsync([topics.device(id, 'commands')], { qos: 1 });
+  // as the agent: its own commands and its groups' (a group's offer, status and commit reach every member at once)
+  await client.subscribeAsync([topics.device(id, 'commands'), ...groups.map((g) => topics.group(g, 'commands'))], { qos: 1 });
   await client.subscribeAsync([topics.transferFilter({ kind: 'device', name: id }), ...groups.map((g) => topics.transferFilter({ kind: 'group', name: g }))], { qos: chunkQos });
   return client;
 }

@@ -14,17 +14,19 @@
 // Options (env): BENCH_DEVICES=1,10,50  BENCH_MB=50  BENCH_SWEEP=full|quick|none|<KiB>:<window>,...  BENCH_CHUNK_QOS=0
 // Tuning only: BENCH_SKIP_SCP=1 (no baseline, no ratio)  BENCH_PROFILE=<dir> (a CPU profile of device d0 per delivery)
 import { fork, spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir, userInfo, cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt from 'mqtt';
-import onnxProto from 'onnx-proto';
 import { createRegistry, createRequester, deliverModel, loadOrCreateFleetKeys, openState } from '@edgefleet/host-manager';
-import { cpuSeconds, ipc, out, round2, run, seconds, startSshd, waitLine } from './lib.js';
+import { buildModel, cpuOf, cpuSeconds, ipc, out, round2, run, seconds, sha256File, startSshd, waitLine } from './lib.js';
 
+if (process.env.BENCH_LINK === 'netns') {
+  // the realistic mode: a shaped link per device (bench/transfer-links.js)
+  await import('./transfer-links.js');
+  process.exit(0);
+}
 const here = fileURLToPath(new URL('.', import.meta.url));
 const DEVICE_COUNTS = (process.env.BENCH_DEVICES ?? '1,10,50').split(',').map(Number);
 const MB = Number(process.env.BENCH_MB ?? 50);
@@ -32,37 +34,6 @@ const SWEEP = process.env.BENCH_SWEEP ?? 'quick';
 const CHUNK_QOS = Number(process.env.BENCH_CHUNK_QOS ?? 0); // as the agent subscribes chunk topics
 const MAX = Math.max(...DEVICE_COUNTS);
 const KiB = 1024;
-
-
-async function cpuOf(broker, receivers) {
-  const r = await Promise.all(receivers.map((c) => cpuSeconds(c.pid)));
-  return { broker: await cpuSeconds(broker.pid), host: process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6, receivers: r.reduce((a, b) => a + b, 0) };
-}
-
-async function sha256File(file) {
-  const h = createHash('sha256');
-  for await (const part of createReadStream(file, { highWaterMark: 1 << 20 })) h.update(part);
-  return h.digest('hex');
-}
-
-function buildModel(bytes) {
-  const { onnx } = onnxProto;
-  const rows = 1024;
-  const cols = Math.floor(bytes / 4 / rows);
-  const model = onnx.ModelProto.create({
-    irVersion: 8,
-    producerName: 'edgefleet-bench',
-    opsetImport: [{ domain: '', version: 13 }],
-    graph: {
-      name: 'bench',
-      node: [{ opType: 'MatMul', input: ['x', 'W'], output: ['y'] }],
-      input: [{ name: 'x', type: { tensorType: { elemType: 1, shape: { dim: [{ dimParam: 'batch' }, { dimValue: rows }] } } } }],
-      output: [{ name: 'y', type: { tensorType: { elemType: 1, shape: { dim: [{ dimParam: 'batch' }, { dimValue: cols }] } } } }],
-      initializer: [{ name: 'W', dims: [rows, cols], dataType: 1, rawData: randomBytes(rows * cols * 4) }],
-    },
-  });
-  return Buffer.from(onnx.ModelProto.encode(model).finish());
-}
 
 async function scpLoop(sshd, file, n, targetDir, sha) {
   await rm(targetDir, { recursive: true, force: true });

@@ -9,6 +9,8 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import mqtt from 'mqtt';
+import { topics } from '@edgefleet/protocol';
 import { cleanupAgents, spawnAgent } from './support/agent-process.js';
 import type { AgentProcess } from './support/agent-process.js';
 import { openBrowser, signIn } from './support/browser.js';
@@ -263,6 +265,35 @@ describe('image push through the fleet', () => {
     expect(still?.State.StartedAt).toBe(foreign.startedAt);
     expect((await running('img-2'))?.version).toBe(2); // other devices keep theirs
   }, 120_000);
+
+  it('a push to every online device of the group at once sends offer, status and commit once, on the group topic', async () => {
+    archives.v5 = await oipImage(work, 'flows-5', { env: { FACTOR: '6' } });
+    operatorImage('v5', archives.v5);
+    // an operator's MQTT client sees what the controller publishes (the controller itself is inside the broker)
+    const watch = await mqtt.connectAsync(m.broker, { clientId: 'admin-watch', username: 'admin', password: m.token, protocolVersion: 4, reconnectPeriod: 0 });
+    const seen: { topic: string; command: string }[] = [];
+    watch.on('message', (topic, payload) => {
+      const command = (JSON.parse(payload.toString()) as { command?: string }).command;
+      if (command?.startsWith('transfer.')) seen.push({ topic, command });
+    });
+    await watch.subscribeAsync([topics.group(GROUP, 'commands'), ...DEVICES.map((d) => topics.device(d, 'commands'))], { qos: 1 });
+    try {
+      const r = await runCli(m, ['image', 'push', `${REPO}:v5`, '--name', 'web', '--spec', specFile, '--to', `group:${GROUP}`, '--canary', '0', '--waves', '100', '--soak', '0', '--wait', '--json'], { timeoutMs: 180_000 });
+      expect(r.code).toBe(0);
+      expect(r.json<RolloutView>().status).toBe('succeeded');
+    } finally {
+      await watch.endAsync();
+    }
+    const onGroup = seen.filter((e) => e.topic === topics.group(GROUP, 'commands')).map((e) => e.command);
+    expect(onGroup.filter((c) => c === 'transfer.offer')).toHaveLength(1);
+    expect(onGroup.filter((c) => c === 'transfer.commit')).toHaveLength(1);
+    expect(seen.filter((e) => e.topic !== topics.group(GROUP, 'commands'))).toEqual([]); // nothing device by device
+    for (const d of DEVICES) {
+      const c = await eventually(`${d} runs web@5`, async () => ((await running(d))?.version === 5 ? running(d) : undefined));
+      expect(c!.image).toBe(archives.v5!.id);
+      expect(await infer(d)).toEqual({ status: 200, y: X.map((v) => 6 * v) });
+    }
+  }, 240_000);
 });
 
 describe('image push --via ssh (a device without an agent)', () => {

@@ -225,7 +225,8 @@ describe('provision → connect → deploy → infer → roll back', () => {
     await new Promise<void>((resolve, reject) => {
       ws.on('open', () => ws.send(JSON.stringify({ token: m.token })));
       ws.on('message', (d) => {
-        events.push(JSON.parse(String(d)) as { type: string });
+        const e = JSON.parse(String(d)) as { type: string; events?: { type: string }[] };
+        events.push(...(e.type === 'batch' ? e.events! : [e])); // events of one moment come as one batch
         if (events.some((e) => e.type === 'snapshot') && events.some((e) => e.type === 'telemetry' && e.device === 'pi-1')) resolve();
       });
       ws.on('error', reject);

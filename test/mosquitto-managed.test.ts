@@ -186,6 +186,17 @@ describe('Mosquitto with the dynamic security plugin, managed by the controller'
     expect(roles.data?.['roles']).toEqual(expect.not.arrayContaining(['edgefleet-device-pi-1', 'edgefleet-device-pi-3']));
     expect(roles.data?.['roles']).toEqual(expect.arrayContaining(['edgefleet-device-pi-2']));
   });
+
+  it('a batch of devices gets its accounts in Mosquitto too; a batch removal deletes them there', async () => {
+    const r = await api<{ devices: { id: string; token: string }[] }>(m, 'POST', '/api/devices/batch', { devices: [{ id: 'bt-1' }, { id: 'bt-2' }], groups: ['lab'] });
+    expect(r.status).toBe(201);
+    for (const d of r.body.devices) await (await login(url, d.id, d.token)).endAsync();
+    const gone = await api<{ removed: string[] }>(m, 'POST', '/api/devices/batch-remove', { ids: ['bt-1', 'bt-2'] });
+    expect(gone.body.removed).toEqual(['bt-1', 'bt-2']);
+    for (const d of r.body.devices) await expect(login(url, d.id, d.token)).rejects.toThrow(/Not authorized/);
+    const clients = await dynsec(admin!, { command: 'listClients' });
+    expect(clients.data?.['clients']).toEqual(expect.not.arrayContaining(['bt-1', 'bt-2']));
+  });
 });
 
 describe('Mosquitto without the plugin: a password file and an ACL file from the protocol', () => {

@@ -145,6 +145,7 @@ export async function createBroker(options: BrokerOptions): Promise<RunningBroke
   };
   const aedes = await Aedes.createBroker(aedesOptions);
   gatekeeper.attach(aedes);
+  completeAsynchronously(aedes);
   persistence.cluster?.attach(aedes);
   // Aedes reports failures of its persistence here (a Redis command that failed, the will sweep); unheard, they would end the process
   (aedes as unknown as NodeJS.EventEmitter).on('error', (err: Error) => log.error({ err: err.message }, 'broker error'));
@@ -230,6 +231,22 @@ async function sweepRetained(aedes: Aedes, access: AccessOptions, log: Logger): 
     await store.storeRetained({ cmd: 'publish', topic, payload: Buffer.alloc(0), qos: 0, retain: true });
     log.warn({ topic }, 'removed a retained message that only presence may have');
   }
+}
+
+/**
+ * Aedes routes every message through mqemitter, which holds at most `concurrency` (100)
+ * messages in flight and queues the rest; a message completes when all its subscribers took
+ * it. When a queued message has none that waits (nobody subscribes to it, or only in-process
+ * listeners), the next one starts inside the completion of the one before, so a long queue
+ * drains as one recursion and overflows the stack ("Maximum call stack size exceeded",
+ * mqemitter#204). A queue builds whenever subscribers' sockets are full (a frozen device, a
+ * loaded controller), and drains at once when they close: the broker crashed that way on
+ * SIGTERM with thousands of devices connected. One listener on every topic that finishes on
+ * the next tick makes every completion asynchronous; process.nextTick drains the queue in a
+ * loop, without a stack per message and without waiting for the event loop.
+ */
+function completeAsynchronously(aedes: Aedes): void {
+  aedes.subscribe('#', (_packet, done) => process.nextTick(done), () => undefined);
 }
 
 async function closeAedes(aedes: Aedes, persistence: PersistenceSetup): Promise<void> {

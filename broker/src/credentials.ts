@@ -1,6 +1,6 @@
 /**
- * Device and operator credentials: stored hashed (scrypt, salted: @edgefleet/node-io's
- * hashSecret), compared in constant time. A credential's id is the MQTT username; the
+ * Device and operator credentials: stored hashed (salted: @edgefleet/node-io's
+ * hashRandomToken or hashSecret), compared in constant time. A credential's id is the MQTT username; the
  * password is its token.
  */
 import { isSecretHash } from '@edgefleet/node-io';
@@ -10,7 +10,7 @@ export interface Credential {
   role: 'device' | 'operator';
   id: string;
   groups: string[];
-  /** Output of `hashSecret`: never the token itself. */
+  /** Output of `hashSecret` or `hashRandomToken`: never the token itself. */
   secretHash: string;
 }
 
@@ -33,7 +33,7 @@ export function assertCredential(c: Credential): Credential {
     throw new TypeError(`credential "${c.id}": operators have no groups; remove "groups"`);
   }
   if (!isSecretHash(c.secretHash)) {
-    throw new TypeError(`credential "${c.id}": secretHash is not a hashSecret() output; store hashSecret(token), never the token`);
+    throw new TypeError(`credential "${c.id}": secretHash is not a hashSecret() or hashRandomToken() output; store the hash, never the token`);
   }
   return c;
 }

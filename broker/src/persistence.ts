@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
 import type { AedesOptions } from 'aedes';
 import type { Logger } from 'pino';
+import { indexedMemoryPersistence } from './retained.js';
 import { ClusterMember, type ClusterRedis } from './cluster.js';
 
 export type PersistenceOption = { kind: 'memory' } | { kind: 'redis'; url: string };
@@ -25,7 +26,8 @@ export interface PersistenceSetup {
 
 /** `brokerId`: the Aedes id this instance will have (other instances see it in wills and in the connection record). */
 export async function createPersistence(kind: PersistenceOption, log: Logger, brokerId: string): Promise<PersistenceSetup> {
-  if (kind.kind === 'memory') return { aedesOptions: {}, paced: true, close: async () => {} };
+  // in memory: Aedes' own store, with retained messages indexed by topic level (retained.ts)
+  if (kind.kind === 'memory') return { aedesOptions: { persistence: indexedMemoryPersistence() }, paced: true, close: async () => {} };
   if (kind.kind !== 'redis') throw new Error(`unknown persistence "${(kind as { kind: string }).kind}": use "memory" or "redis"`);
   // Aedes 1.x calls persistence methods as promises: use the package's async class, not its callback wrapper.
   const requireHere = createRequire(import.meta.url);

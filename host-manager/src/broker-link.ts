@@ -1,7 +1,8 @@
 /**
  * The controller's link to the broker: the embedded broker started in this process
- * (credentials read live from the fleet state), or any MQTT 3.1.1 broker given by
- * address; the controller's own MQTT client; and the URL devices are told to use.
+ * (credentials read live from the fleet state) with the controller as an in-process
+ * client of it, or any MQTT 3.1.1 broker given by address with the controller's own MQTT
+ * client; and the URL devices are told to use.
  */
 import { randomBytes } from 'node:crypto';
 import { networkInterfaces } from 'node:os';
@@ -10,8 +11,10 @@ import type { IClientOptions, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { createBroker } from '@edgefleet/broker';
 import type { RunningBroker } from '@edgefleet/broker';
-import { FleetError } from '@edgefleet/protocol';
+import { FleetError, topics } from '@edgefleet/protocol';
 import { stateCredentials } from './access/broker-credentials.js';
+import { InProcessClient } from './broker-client.js';
+import type { BrokerClient } from './broker-client.js';
 import { DEFAULTS } from './defaults.js';
 import type { FleetRepository } from './state/repository.js';
 
@@ -30,12 +33,18 @@ export interface BrokerLinkOptions {
   brokerUsername?: string | undefined;
   brokerPassword?: string | undefined;
   advertiseUrl?: string | undefined;
+  /**
+   * How the controller reaches the embedded broker: 'in-process' (default: Aedes' own
+   * subscribe/publish, no loopback connection) or 'mqtt' (an MQTT client over loopback, the
+   * path an external broker takes; for comparison in benchmarks).
+   */
+  intake?: 'in-process' | 'mqtt';
 }
 
 export interface BrokerLink {
   broker: RunningBroker | null;
-  client: MqttClient;
-  /** Where the controller's client connects (several URLs comma separated for a cluster). */
+  client: BrokerClient;
+  /** Where the controller's client connects (several URLs comma separated for a cluster); with the embedded broker, its TCP listener (for devices on this host). */
   brokerUrl: string;
   /** What devices are told to use (the same list, unless advertised otherwise). */
   advertised: string;
@@ -99,10 +108,14 @@ export async function connectBroker(
     brokerUrl = urls.join(',');
     advertised = options.advertiseUrl ?? brokerUrl;
   }
-  const client = await connectClient(brokerUrl, options, ctx).catch(async (error: Error) => {
-    await broker?.close();
-    throw new FleetError('unavailable', `cannot connect to the broker at ${brokerUrl}: ${error.message}; check the address and the operator credentials`);
-  });
+  const client: BrokerClient & { endAsync(): Promise<unknown> } =
+    broker && options.intake !== 'mqtt'
+      ? // subscribed before any device can publish: nothing arrives while the controller starts (broker-client.ts)
+        new InProcessClient(broker.aedes, { hold: (['status', 'telemetry', 'events', 'replies'] as const).map((c) => topics.allDevices(c)) })
+      : await connectClient(brokerUrl, options, ctx).catch(async (error: Error) => {
+          await broker?.close();
+          throw new FleetError('unavailable', `cannot connect to the broker at ${brokerUrl}: ${error.message}; check the address and the operator credentials`);
+        });
   return {
     broker,
     client,

@@ -7,7 +7,7 @@
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from './broker-client.js';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 import type { RunningBroker } from '@edgefleet/broker';
@@ -101,12 +101,12 @@ export async function createManager(options: ManagerOptions): Promise<Manager> {
   const log = options.logger ?? pino({ name: 'hostManager' }, pino.destination(2));
   const dataDir = resolve(options.dataDir);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const state = await openState(join(dataDir, 'state.json'));
+  const metrics = createMetrics();
+  const state = await openState(join(dataDir, 'state.json'), { onWritten: (bytes) => metrics.stateBytesWritten.inc(bytes) });
   const keys = await loadOrCreateFleetKeys(dataDir);
   const operator = await ensureOperator(state, dataDir, options.operatorId ?? DEFAULTS.operatorId);
   const enrolment = options.enrolment ? await ensureEnrolmentKey(state, dataDir, options.enrolment.groups ?? []) : null;
   const legacyTopic = options.legacyTopic ?? DEFAULTS.legacyTopic;
-  const metrics = createMetrics();
   registerFleetGauges(metrics.registry, state);
   const link = await connectBroker(options, { state, operator, legacyTopic, log });
   const requester = await createRequester(link.client);
@@ -222,7 +222,7 @@ function createOperations(ctx: {
   agents: AgentRegistry;
   rollouts: Rollouts;
   requester: Requester;
-  client: MqttClient;
+  client: BrokerClient;
   keys: FleetKeys;
   legacyTopic: string;
   advertised: string;

@@ -5,7 +5,18 @@
  */
 import type { Logger } from 'pino';
 import type { TelemetryMessage, TelemetrySample } from '@edgefleet/protocol';
-import type { TelemetryBuffer } from './buffer.js';
+
+/** What the flusher needs of a buffer: the agent's is on disk (buffer.ts); a simulator's may live in memory. */
+export interface TelemetryQueue {
+  /** Stores a sample as the next message (next seq) and returns it. */
+  append(sample: TelemetrySample): Promise<TelemetryMessage>;
+  /** The oldest `n` pending messages, oldest first. */
+  peek(n: number): TelemetryMessage[];
+  /** Removes every message up to and including `seq`. */
+  ack(seq: number): Promise<void>;
+  readonly size: number;
+  close(): Promise<void>;
+}
 
 export class TelemetryFlusher {
   #flushing = false;
@@ -13,7 +24,7 @@ export class TelemetryFlusher {
   #stopped = false;
 
   constructor(
-    readonly buffer: TelemetryBuffer,
+    readonly buffer: TelemetryQueue,
     private readonly publish: (message: TelemetryMessage) => Promise<void>,
     private readonly connected: () => boolean,
     private readonly logger: Logger,

@@ -47,6 +47,12 @@ export async function call<T>(method: string, path: string, body?: unknown): Pro
   return json as T;
 }
 
+/** Events of one event-loop turn on the controller, sent as one WebSocket frame. */
+interface FeedBatch {
+  type: 'batch';
+  events: FeedEvent[];
+}
+
 export interface Feed {
   close(): void;
 }
@@ -61,7 +67,10 @@ export function openFeed(onEvent: (e: FeedEvent) => void, onOpen: () => void, on
       first = false;
       onOpen();
     }
-    onEvent(JSON.parse(String(m.data)) as FeedEvent);
+    const frame = JSON.parse(String(m.data)) as FeedEvent | FeedBatch;
+    // the events of one moment on the controller come as one batch frame (the store renders once per animation frame either way)
+    if (frame.type === 'batch') frame.events.forEach(onEvent);
+    else onEvent(frame);
   };
   ws.onclose = (e) => onClose(e.code);
   return { close: () => ws.close() };

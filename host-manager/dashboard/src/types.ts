@@ -37,7 +37,7 @@ export type VersionView = ModelVersionRecord & { check?: unknown };
 export type FeedEvent =
   | { type: 'snapshot'; devices: DeviceView[]; rollouts: RolloutSummary[] }
   | { type: 'device'; device: string; online: boolean; record: DeviceView }
-  | { type: 'telemetry'; device: string; sample: NonNullable<DeviceView['telemetry']> }
+  | { type: 'telemetry'; device: string; seq?: number; sample: NonNullable<DeviceView['telemetry']> }
   /** A device's own event (its word, not the controller's): `text` is the controller's marked, printable line for it. */
   | { type: 'event'; device: string; reportedBy?: string; text?: string; event: { event: string; ts: number; data: Record<string, unknown> } }
   | { type: 'rollout'; id: string; status: string; summary: RolloutSummary }

@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { hashSecret, verifySecretAsync } from '@edgefleet/node-io';
+import { hashRandomToken, verifySecretAsync } from '@edgefleet/node-io';
 import { assertName } from '@edgefleet/protocol';
 import type { FleetRepository } from '../state/repository.js';
 
@@ -58,7 +58,7 @@ export async function ensureOperator(state: FleetRepository, dataDir: string, id
   const onDisk = await readOperatorToken(dataDir);
   if (existing && onDisk && (await verifySecretAsync(onDisk, existing.tokenHash))) return { id, token: onDisk, created: false };
   const token = newToken();
-  state.putOperator({ id, tokenHash: hashSecret(token), createdAt: existing?.createdAt ?? new Date().toISOString() });
+  state.putOperator({ id, tokenHash: hashRandomToken(token), createdAt: existing?.createdAt ?? new Date().toISOString() });
   await writeSecretFile(operatorTokenPath(dataDir), token);
   await state.write();
   return { id, token, created: true };
@@ -84,7 +84,7 @@ export async function ensureEnrolmentKey(state: FleetRepository, dataDir: string
     return { key: onDisk, created: false };
   }
   const key = newToken();
-  state.setEnrolment({ keyHash: hashSecret(key), createdAt: new Date().toISOString(), groups: [...groups] });
+  state.setEnrolment({ keyHash: hashRandomToken(key), createdAt: new Date().toISOString(), groups: [...groups] });
   await writeSecretFile(file, key);
   await state.write();
   return { key, created: true };

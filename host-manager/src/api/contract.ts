@@ -7,10 +7,10 @@
 import type { CommandParams, CommandResult, ErrorBody } from '@edgefleet/protocol';
 import type { VitalsSeries } from '../devices/vitals-history.js';
 import type { AddedModel, AddOptions } from '../models/registry.js';
+import type { BatchProvisionResult, ProvisionResult } from '../devices/provisioning.js';
 import type { AddedImage, AddImageOptions } from '../images/registry.js';
 import type { AddedAgentBundle } from '../agents/registry.js';
 import type { ExpectedUpload, SampleUpload } from '../models/check-files.js';
-import type { ProvisionResult } from '../devices/provisioning.js';
 import type { DeviceReport, DroppedCounts } from '../devices/reports.js';
 import type { CreateRolloutInput } from '../rollouts/executor.js';
 import type { RolloutTiming } from '../rollouts/summary.js';
@@ -122,9 +122,13 @@ export interface DeviceOperations {
   listDevices(): PublicDevice[];
   showDevice(id: string): PublicDevice;
   addDevice(args: { id: string; groups: string[]; actor: string }): Promise<ProvisionResult>;
+  /** Many devices with one durable write (at most MAX_BATCH): all or none. */
+  addDevices(args: { devices: { id: string; groups: string[] }[]; actor: string }): Promise<BatchProvisionResult>;
   /** A new device exchanges the fleet provisioning key for its own credential; undefined when the key is wrong. */
   enrol(args: { id: string; key: string | undefined; /** The caller's address, for the attempt limits. */ source?: string }): Promise<ProvisionResult | undefined>;
   removeDevice(args: { id: string; actor: string }): Promise<{ removed: string }>;
+  /** Removes those of `ids` that exist; the others are listed as not found. */
+  removeDevices(args: { ids: string[]; actor: string }): Promise<{ removed: string[]; notFound: string[] }>;
   /** Replaces its groups and/or merges its labels (a null value removes a label). */
   updateDevice(args: { id: string; groups?: string[]; labels?: Record<string, string | null>; actor: string }): Promise<DeviceUpdateView>;
   listGroups(): GroupView[];

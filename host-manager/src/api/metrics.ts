@@ -20,6 +20,14 @@ export interface Metrics {
   rollouts: Gauge<'status'>;
   deliveries: Counter<'result'>;
   deliveryPhase: Histogram<'phase'>;
+  /** Telemetry samples never seen that the agents did not report as dropped (seq gaps). */
+  telemetryMissing: Counter;
+  /** Telemetry samples agents reported as dropped by their offline buffer. */
+  telemetryDropped: Counter;
+  /** Telemetry samples whose sequence number was not above the last one seen (QoS 1 redeliveries). */
+  telemetryRepeated: Counter;
+  /** Bytes the durable state writes put on disk (the file and its last-good copy). */
+  stateBytesWritten: Counter;
   /** Where the devices gauge reads its values at scrape time (counting on every message would be O(fleet) each). */
   onCollectDevices(read: () => { online: number; offline: number }): void;
 }
@@ -89,6 +97,10 @@ export function createMetrics(): Metrics {
       registers,
     }),
     rollouts: new Gauge({ name: 'edgefleet_rollouts', help: 'Rollouts by status', labelNames: ['status'], registers }),
+    telemetryMissing: new Counter({ name: 'edgefleet_telemetry_missing_total', help: 'Telemetry samples never received that the devices did not report as dropped', registers }),
+    telemetryDropped: new Counter({ name: 'edgefleet_telemetry_dropped_total', help: "Telemetry samples the devices' offline buffers dropped (reported by the devices)", registers }),
+    telemetryRepeated: new Counter({ name: 'edgefleet_telemetry_repeated_total', help: 'Telemetry samples received again or out of order (QoS 1 redelivery)', registers }),
+    stateBytesWritten: new Counter({ name: 'edgefleet_state_bytes_written_total', help: 'Bytes written to the state file and its last-good copy', registers }),
     deliveries: new Counter({ name: 'edgefleet_deliveries_total', help: 'Model deliveries to devices, by result', labelNames: ['result'], registers }),
     deliveryPhase: new Histogram({
       name: 'edgefleet_delivery_phase_seconds',

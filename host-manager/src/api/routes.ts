@@ -40,6 +40,11 @@ function deviceRoutes(ops: Operations): Route[] {
       const body = parseBody(schemas.addDevice, await c.body());
       return ops.addDevice({ id: body.id, groups: body.groups, actor: c.actor });
     }, { created: true }),
+    route('POST', '/api/devices/batch', async (_req, _p, c) => {
+      const body = parseBody(schemas.addDevices, await c.body());
+      return ops.addDevices({ devices: body.devices.map((d) => ({ id: d.id, groups: [...body.groups, ...(d.groups ?? [])] })), actor: c.actor });
+    }, { created: true }),
+    route('POST', '/api/devices/batch-remove', async (_req, _p, c) => ops.removeDevices({ ids: parseBody(schemas.removeDevices, await c.body()).ids, actor: c.actor })),
     route('GET', '/api/devices/:id', (_r, p) => ops.showDevice(p['id']!)),
     route('DELETE', '/api/devices/:id', (_r, p, c) => ops.removeDevice({ id: p['id']!, actor: c.actor })),
     route('PATCH', '/api/devices/:id', async (_r, p, c) => {

@@ -26,6 +26,14 @@ const sshLogin = {
 
 export const schemas = {
   addDevice: z.object({ id: z.string().min(1), groups: z.array(z.string()).default([]) }).strict(),
+  addDevices: z
+    .object({
+      devices: z.array(z.object({ id: z.string().min(1).max(64), groups: z.array(z.string()).optional() }).strict()).min(1),
+      /** Groups every device of the batch joins (besides its own). */
+      groups: z.array(z.string()).default([]),
+    })
+    .strict(),
+  removeDevices: z.object({ ids: z.array(z.string().min(1).max(64)).min(1) }).strict(),
   updateDevice: z
     .object({ groups: z.array(NameSchema).max(64).optional(), labels: z.record(LabelKeySchema, LabelValueSchema.nullable()).optional() })
     .strict()

@@ -5,7 +5,7 @@
  * change, and deletes both when the device is removed (the plugin disconnects it at once).
  */
 import { randomUUID } from 'node:crypto';
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from '../broker-client.js';
 import type { Logger } from 'pino';
 import { FleetError } from '@edgefleet/protocol';
 import { DYNSEC_TOPIC, deviceRoleName, roleAcls } from './acl.js';
@@ -33,7 +33,7 @@ const RESPONSE_TOPIC = `${DYNSEC_TOPIC}/response`;
 const ALREADY = /not found/i;
 
 /** Sends batches of commands and waits for their responses (matched by correlation data), one batch at a time. */
-function commander(client: MqttClient, timeoutMs: number): (commands: Command[]) => Promise<Response[]> {
+function commander(client: BrokerClient, timeoutMs: number): (commands: Command[]) => Promise<Response[]> {
   let queue: Promise<unknown> = Promise.resolve();
   let subscribed: Promise<unknown> | undefined;
   return (commands) => {
@@ -72,7 +72,7 @@ function commander(client: MqttClient, timeoutMs: number): (commands: Command[])
 }
 
 /** Whether the broker answers the dynamic security API (a Mosquitto 2 with the plugin, and the rights to use it). */
-export async function detectDynsec(client: MqttClient, timeoutMs = 3000): Promise<boolean> {
+export async function detectDynsec(client: BrokerClient, timeoutMs = 3000): Promise<boolean> {
   try {
     const [r] = await commander(client, timeoutMs)([{ command: 'getDefaultACLAccess' }]);
     return r !== undefined && !r.error;
@@ -86,7 +86,7 @@ function failed(responses: Response[], what: string, tolerate = ALREADY): void {
   if (bad.length) throw new FleetError('unavailable', `Mosquitto's dynamic security refused to ${what}: ${bad.map((r) => `${r.command}: ${r.error}`).join('; ')}`);
 }
 
-export function dynsecAccounts(client: MqttClient, opts: { legacyTopic?: string; log: Logger; timeoutMs?: number }): BrokerAccounts {
+export function dynsecAccounts(client: BrokerClient, opts: { legacyTopic?: string; log: Logger; timeoutMs?: number }): BrokerAccounts {
   const send = commander(client, opts.timeoutMs ?? 10_000);
   const acls = (d: { id: string; groups: readonly string[] }) => roleAcls({ role: 'device', id: d.id, groups: d.groups }, opts.legacyTopic);
   const forget = (id: string): Command[] => [
@@ -135,7 +135,7 @@ export function dynsecAccounts(client: MqttClient, opts: { legacyTopic?: string;
 export type BrokerAccountsMode = 'auto' | 'mosquitto-dynsec' | 'none';
 
 /** The accounts of an external broker, as the mode asks: undefined when it manages them itself (or with files). */
-export async function brokerAccountsFor(client: MqttClient, mode: BrokerAccountsMode, opts: { legacyTopic?: string; log: Logger }): Promise<BrokerAccounts | undefined> {
+export async function brokerAccountsFor(client: BrokerClient, mode: BrokerAccountsMode, opts: { legacyTopic?: string; log: Logger }): Promise<BrokerAccounts | undefined> {
   if (mode === 'none') return undefined;
   if (await detectDynsec(client, mode === 'auto' ? 2000 : 10_000)) {
     opts.log.info("the broker answers Mosquitto's dynamic security API: devices get their clients and roles there");

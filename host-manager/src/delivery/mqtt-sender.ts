@@ -6,6 +6,9 @@
  *   2. sign a manifest (name, version, sha256, length, expiry, target, per-chunk sha256);
  *   3. `transfer.offer` to each device: it checks signature, target, expiry, version and free
  *      disk, and answers with the chunks it still misses (all, or only some after a restart);
+ *      when the delivery goes to every online device of a group (`groupRequests`), the offer,
+ *      the status requests and the commit are each published once on the group's command
+ *      topic and the replies collected, instead of one request per device;
  *   4. publish chunks (binary, QoS 1) with a bounded window of unacknowledged publishes. A
  *      group target gets each chunk once on the group's topic (the broker fans it out); what
  *      a device still misses afterwards (`transfer.status`) goes to its own topic only;
@@ -16,11 +19,11 @@
  */
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from '../broker-client.js';
 import type { Logger } from 'pino';
 import { EventSchema, FleetError, nameRecord, parseMessage, parseTopic, signManifest, toErrorBody, topics } from '@edgefleet/protocol';
-import type { CommandResult, DeviceInfo, ErrorBody, FleetEvent, Manifest, TransferTarget } from '@edgefleet/protocol';
-import type { RequestFn } from '../devices/requester.js';
+import type { CommandParams, CommandResult, DeviceInfo, ErrorBody, FleetEvent, Manifest, TransferTarget } from '@edgefleet/protocol';
+import type { RequestFn, Requester } from '../devices/requester.js';
 import { checkCompatibility } from '../models/compatibility.js';
 import { DEFAULT_CHUNK_SIZE, loadChunkTable } from './chunk-table.js';
 import { DEFAULT_DEADLINE_MS, DEFAULT_EXPIRY_MS, DEFAULT_WINDOW, buildManifest, isAgentRecord, isImageRecord, transferIdFor } from './manifest.js';
@@ -29,8 +32,13 @@ import { activateWithSample } from './check.js';
 import type { DeliveryCheck } from './check.js';
 
 export interface DeliverOptions {
-  mqtt: MqttClient;
+  mqtt: BrokerClient;
   request: RequestFn;
+  /**
+   * One request per step on the group's command topic instead of one per device. Only for a
+   * delivery to every online device of the group: every device of the group receives them.
+   */
+  groupRequests?: Requester['requestGroup'];
   /** A model version, or an image version (its manifest pins the image ID and carries the container spec). */
   record: ArtifactRecord;
   blobPath: string;
@@ -89,6 +97,8 @@ interface Delivery {
   deadline: number;
   requestTimeout: number;
   group: string | undefined;
+  /** Offers, status requests and commits go once to the group (see DeliverOptions.groupRequests). */
+  byGroup: Requester['requestGroup'] | undefined;
   transferId: string;
   total: number;
   signed: ReturnType<typeof signManifest>;
@@ -149,6 +159,7 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
     deadline: Date.now() + (opts.deadlineMs ?? DEFAULT_DEADLINE_MS),
     requestTimeout: opts.requestTimeoutMs ?? 15_000,
     group: 'group' in opts.target ? opts.target.group : undefined,
+    byGroup: 'group' in opts.target ? opts.groupRequests : undefined,
     transferId: transferIdFor(record, chunkSize),
     total: (signed.manifest as Manifest).chunking.sha256.length,
     signed,
@@ -211,18 +222,48 @@ async function listenForProgress(d: Delivery, devices: string[]): Promise<() => 
   };
 }
 
-async function offerAll(d: Delivery, devices: string[]): Promise<void> {
+/**
+ * One request to each device, or one to the group when the delivery may (byGroup: then the
+ * params must be the same for every device); `onAnswer` per device that answered.
+ */
+async function askEach<C extends 'transfer.offer' | 'transfer.status'>(
+  d: Delivery,
+  devices: string[],
+  command: C,
+  params: (device: string) => CommandParams<C>,
+  onAnswer: (device: string, answer: CommandResult<C>) => void,
+): Promise<void> {
+  const take = (device: string, answer: CommandResult<C>): void => {
+    try {
+      onAnswer(device, answer);
+    } catch (error) {
+      fail(d, device, error);
+    }
+  };
+  if (d.byGroup && d.group) {
+    const outcomes = await d.byGroup(d.group, devices, command, params(d.group), timeout(d, d.requestTimeout));
+    for (const [device, outcome] of outcomes) outcome.ok ? take(device, outcome.data) : fail(d, device, outcome.error);
+    return;
+  }
   await eachLimited(devices, d.concurrency, async (device) => {
     try {
-      const via: TransferTarget = d.group ? { kind: 'group', name: d.group } : { kind: 'device', name: device };
-      const answer = await d.opts.request(device, 'transfer.offer', { transferId: d.transferId, manifest: d.signed, via }, timeout(d, d.requestTimeout));
-      if (answer.total !== d.total) throw new FleetError('bad_request', `${device} counts ${answer.total} chunks, the manifest ${d.total}`);
-      d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
-      report(d, device);
+      take(device, await d.opts.request(device, command, params(device), timeout(d, d.requestTimeout)));
     } catch (error) {
       fail(d, device, error);
     }
   });
+}
+
+async function offerAll(d: Delivery, devices: string[]): Promise<void> {
+  const via: TransferTarget | undefined = d.group ? { kind: 'group', name: d.group } : undefined;
+  // a unicast delivery's offer names each device's own topic; a group's is the same for all
+  const params = (device: string): CommandParams<'transfer.offer'> => ({ transferId: d.transferId, manifest: d.signed, via: via ?? { kind: 'device', name: device } });
+  const onAnswer = (device: string, answer: CommandResult<'transfer.offer'>): void => {
+    if (answer.total !== d.total) throw new FleetError('bad_request', `${device} counts ${answer.total} chunks, the manifest ${d.total}`);
+    d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
+    report(d, device);
+  };
+  await askEach(d, devices, 'transfer.offer', params, onAnswer);
   d.opts.logger?.info({ transferId: d.transferId, model: d.label, devices: d.missing.size, chunks: d.total, chunkSize: d.chunkSize, window: d.window }, 'transfer offered');
 }
 
@@ -246,14 +287,9 @@ async function sendChunks(d: Delivery): Promise<void> {
     }
     round++;
     const before = stillMissing();
-    await eachLimited([...d.missing.keys()], d.concurrency, async (device) => {
-      try {
-        const answer = await d.opts.request(device, 'transfer.status', { transferId: d.transferId }, timeout(d, d.requestTimeout));
-        d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
-        report(d, device);
-      } catch (error) {
-        fail(d, device, error);
-      }
+    await askEach(d, [...d.missing.keys()], 'transfer.status', () => ({ transferId: d.transferId }), (device, answer) => {
+      d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
+      report(d, device);
     });
     stalled = stillMissing() >= before ? stalled + 1 : 0;
     if (stalled >= 3) {
@@ -283,24 +319,45 @@ async function commitAll(d: Delivery): Promise<void> {
   const activate = opts.activate ?? true;
   const sample = opts.check?.sample;
   const commitTimeout = opts.commitTimeoutMs ?? 120_000;
-  await eachLimited([...d.missing.keys()], Math.max(1, Math.floor(d.concurrency / 2)), async (device) => {
-    // a sample by hash can only reach the device once the version is installed, so activation waits for it
-    const done = await commitOne(d, device, activate && !sample, commitTimeout);
-    if (!done) return;
-    if (!sample || !activate) {
-      d.results[device] = { ok: true, version: done.version, activated: done.activated, previous: done.previous };
-    } else {
-      try {
-        const ref = { model: d.record.name, version: d.record.version };
-        const activated = await activateWithSample(opts.request, device, ref, sample, { request: timeout(d, d.requestTimeout), activate: timeout(d, commitTimeout) });
-        d.results[device] = { ok: true, version: activated.version, activated: true, previous: activated.previous };
-      } catch (error) {
-        fail(d, device, error);
-        return;
-      }
+  const installActivate = activate && !sample;
+  let devices = [...d.missing.keys()];
+  const installed: Array<[string, CommandResult<'transfer.commit'>]> = [];
+  if (d.byGroup && d.group && devices.length > 0) {
+    // one commit to the group; those that need chunks again (or did not answer) go on one by one below
+    const outcomes = await d.byGroup(d.group, devices, 'transfer.commit', { transferId: d.transferId, activate: installActivate }, timeout(d, commitTimeout));
+    devices = [];
+    for (const [device, outcome] of outcomes) {
+      if (outcome.ok) installed.push([device, outcome.data]);
+      else if (outcome.error.code === 'missing_chunk' || outcome.error.code === 'corrupt_chunk') devices.push(device);
+      else fail(d, device, outcome.error);
     }
-    opts.onProgress?.(device, d.total, d.total);
+  }
+  const limit = Math.max(1, Math.floor(d.concurrency / 2));
+  await eachLimited(installed, limit, ([device, done]) => finishCommit(d, device, done, commitTimeout));
+  await eachLimited(devices, limit, async (device) => {
+    // a sample by hash can only reach the device once the version is installed, so activation waits for it
+    const done = await commitOne(d, device, installActivate, commitTimeout);
+    if (done) await finishCommit(d, device, done, commitTimeout);
   });
+}
+
+/** Records a committed device; with a sample by hash, delivers it and activates the version first. */
+async function finishCommit(d: Delivery, device: string, done: CommandResult<'transfer.commit'>, commitTimeout: number): Promise<void> {
+  const { opts } = d;
+  const sample = opts.check?.sample;
+  if (!sample || !(opts.activate ?? true)) {
+    d.results[device] = { ok: true, version: done.version, activated: done.activated, previous: done.previous };
+  } else {
+    try {
+      const ref = { model: d.record.name, version: d.record.version };
+      const activated = await activateWithSample(opts.request, device, ref, sample, { request: timeout(d, d.requestTimeout), activate: timeout(d, commitTimeout) });
+      d.results[device] = { ok: true, version: activated.version, activated: true, previous: activated.previous };
+    } catch (error) {
+      fail(d, device, error);
+      return;
+    }
+  }
+  opts.onProgress?.(device, d.total, d.total);
 }
 
 /** transfer.commit, resending what a device reports missing or corrupt (up to 3 times); undefined when it failed (recorded). */

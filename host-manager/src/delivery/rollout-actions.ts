@@ -8,7 +8,7 @@
  * accepted; an app: `containers.deploy` of the previous version, whose image the
  * device keeps, or `containers.stop` when it ran none before).
  */
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from '../broker-client.js';
 import { FleetError, signManifest } from '@edgefleet/protocol';
 import type { SignedManifest } from '@edgefleet/protocol';
 import type { FleetKeys } from '../access/fleet-keys.js';
@@ -26,7 +26,7 @@ import type { AgentDeliveryContext } from './agent-delivery.js';
 import type { AgentRegistry } from '../agents/registry.js';
 
 export function makeDeliver(ctx: {
-  mqtt: MqttClient;
+  mqtt: BrokerClient;
   requester: Requester;
   registry: Registry;
   images: ImageRegistry;
@@ -51,6 +51,7 @@ export function makeDeliver(ctx: {
     const results = await deliverModel({
       mqtt: ctx.mqtt,
       request: ctx.requester.request,
+      ...(target.kind === 'group' && coversGroup(ctx.state, target.name, devices) ? { groupRequests: ctx.requester.requestGroup } : {}),
       record,
       blobPath,
       keys: ctx.keys,
@@ -73,6 +74,18 @@ export function makeDeliver(ctx: {
       Object.entries(results).map(([device, r]) => [device, r.ok ? { ok: true as const, version: r.version, previous: r.previous } : r]),
     );
   };
+}
+
+/**
+ * Whether `devices` holds every online device of the group: then offers, status requests and
+ * commits may go once to the group's command topic (every member receives them; a member not
+ * in the delivery would otherwise stage, or even activate, a version outside its wave). An
+ * offline member's queued copy is refused by its deadline, or fails for want of the chunks.
+ */
+function coversGroup(state: FleetRepository, group: string, devices: string[]): boolean {
+  if (devices.length < 2) return false;
+  const chosen = new Set(devices);
+  return state.devices().every((d) => !d.online || !d.groups.includes(group) || chosen.has(d.id));
 }
 
 /** A rollback manifest is sent at once and used once; it need not stay valid for long. */

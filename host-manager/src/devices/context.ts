@@ -1,5 +1,5 @@
 /** What the device operations work with. */
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from '../broker-client.js';
 import type { FleetKeys } from '../access/fleet-keys.js';
 import type { Metrics } from '../api/metrics.js';
 import type { BrokerAccounts } from '../broker-setup/dynsec.js';
@@ -12,7 +12,7 @@ export interface DeviceContext {
   state: FleetRepository;
   fleet: Fleet;
   requester: Requester;
-  client: MqttClient;
+  client: BrokerClient;
   keys: FleetKeys;
   audit: RecordAudit;
   /** Closes a removed device's connection on the embedded broker. */

@@ -8,9 +8,9 @@ import type { DeviceRecord } from '../state/schema.js';
 import type { DeviceContext } from './context.js';
 import { createLegacyExec } from './legacy-exec.js';
 import { passwdLine } from '../broker-setup/passwords.js';
-import { provisionDevice } from './provisioning.js';
+import { MAX_BATCH, provisionDevice, provisionDevices } from './provisioning.js';
 import { RateLimiter } from '../access/rate-limit.js';
-import type { ProvisionResult } from './provisioning.js';
+import type { BatchProvisionResult, ProvisionResult } from './provisioning.js';
 
 function publicDevice(d: DeviceRecord): PublicDevice {
   const { tokenHash, ...rest } = d;
@@ -22,16 +22,23 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
   const enrolmentLimits = enrolmentLimiter(ctx);
 
   /** Creates a device's credential (by the operator or by enrolment); a bad id or group is the caller's error. */
+  const shared = { brokerUrl: ctx.advertised, fleetPublicKeyPem: ctx.keys.publicKeyPem, legacyTopic: ctx.legacyTopic || undefined };
   async function provision(id: string, groups: string[]): Promise<ProvisionResult> {
     let result: ProvisionResult;
     try {
-      const args = { id, groups, brokerUrl: ctx.advertised, fleetPublicKeyPem: ctx.keys.publicKeyPem, legacyTopic: ctx.legacyTopic || undefined };
-      result = await provisionDevice(state, args);
+      result = await provisionDevice(state, { ...shared, id, groups });
     } catch (error) {
       if (error instanceof TypeError) throw new FleetError('invalid_params', error.message);
       throw error;
     }
     return withBrokerAccount(ctx, result);
+  }
+
+  /** Its credential is gone: forget it, disconnect it now and clear its retained presence. */
+  function removeOne(id: string): void {
+    fleet.forgetDevice(id);
+    ctx.disconnect(id);
+    ctx.client.publish(topics.device(id, 'status'), '', { qos: 1, retain: true });
   }
 
   return {
@@ -45,6 +52,13 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
       const result = await provision(args.id, args.groups);
       fleet.admitDevice(args.id);
       await audit({ actor: args.actor, action: 'device.add', target: args.id, result: 'ok', detail: { groups: result.device.groups } });
+      return result;
+    },
+    async addDevices(args) {
+      const result = await withBrokerAccounts(ctx, await provisionDevices(state, { ...shared, devices: args.devices }));
+      for (const d of result.devices) fleet.admitDevice(d.id);
+      // one audit entry per batch: ten thousand devices must not push the rest of the log out
+      await audit({ actor: args.actor, action: 'device.add', target: `${result.devices.length} devices`, result: 'ok', detail: { ids: result.devices.map((d) => d.id) } });
       return result;
     },
     async enrol(args) {
@@ -65,16 +79,20 @@ export function createDeviceOperations(ctx: DeviceContext): DeviceOperations {
     async removeDevice(args) {
       state.requireDevice(args.id);
       state.removeDevice(args.id);
-      fleet.forgetDevice(args.id);
       await audit({ actor: args.actor, action: 'device.remove', target: args.id, result: 'ok' });
-      // deleted in the broker's accounts too (which disconnects it); a failure is told, and retried at the next start
-      await ctx.brokerAccounts?.removeDevice(args.id).catch((error: unknown) => {
-        throw new FleetError('unavailable', `${args.id} is removed from the fleet, but ${(error as Error).message}; the controller deletes it there at its next start`);
-      });
-      // Its credential is gone: disconnect it now and clear its retained presence.
-      ctx.disconnect(args.id);
-      ctx.client.publish(topics.device(args.id, 'status'), '', { qos: 1, retain: true });
+      removeOne(args.id);
+      await removeBrokerAccounts(ctx, [args.id]);
       return { removed: args.id };
+    },
+    async removeDevices(args) {
+      if (args.ids.length > MAX_BATCH) throw new FleetError('invalid_params', `at most ${MAX_BATCH} devices per batch, got ${args.ids.length}; split the list`);
+      const removed = [...new Set(args.ids)].filter((id) => state.device(id) !== undefined);
+      const notFound = args.ids.filter((id) => state.device(id) === undefined);
+      for (const id of removed) state.removeDevice(id);
+      if (removed.length > 0) await audit({ actor: args.actor, action: 'device.remove', target: `${removed.length} devices`, result: 'ok', detail: { ids: removed } });
+      for (const id of removed) removeOne(id);
+      await removeBrokerAccounts(ctx, removed);
+      return { removed, notFound };
     },
     async updateDevice(args) {
       const d = state.requireDevice(args.id);
@@ -194,4 +212,47 @@ async function withBrokerAccount(ctx: DeviceContext, result: ProvisionResult): P
       note: `the broker authenticates devices itself: add this line to its password file, regenerate its ACL file (hostManager broker acl > acl) and reload it (kill -HUP <mosquitto pid>)`,
     },
   };
+}
+
+/** The batch's accounts on a managed broker (all or none: the batch leaves the fleet again if the broker refuses one); on an unmanaged external broker, each device's password file line. */
+async function withBrokerAccounts(ctx: DeviceContext, result: BatchProvisionResult): Promise<BatchProvisionResult> {
+  if (ctx.brokerAccounts) {
+    const added: string[] = [];
+    try {
+      for (const d of result.devices) {
+        await ctx.brokerAccounts.addDevice(d, d.token);
+        added.push(d.id);
+      }
+    } catch (error) {
+      for (const d of result.devices) ctx.state.removeDevice(d.id);
+      await ctx.state.write();
+      // the ones the broker took are taken back; one it keeps is deleted there at the next start
+      for (const id of added) await ctx.brokerAccounts.removeDevice(id).catch(() => undefined);
+      throw error;
+    }
+    return result;
+  }
+  if (ctx.broker !== null) return result;
+  return {
+    ...result,
+    devices: result.devices.map((d) => ({ ...d, mosquittoPasswd: passwdLine(d.id, d.token) })),
+    brokerNote: 'the broker authenticates devices itself: add each mosquittoPasswd line to its password file, regenerate its ACL file (hostManager broker acl > acl) and reload it (kill -HUP <mosquitto pid>)',
+  };
+}
+
+/** Deletes removed devices' accounts on a managed broker (which disconnects them); a failure is told, and retried at the next start. */
+async function removeBrokerAccounts(ctx: DeviceContext, ids: readonly string[]): Promise<void> {
+  if (!ctx.brokerAccounts) return;
+  const failed: string[] = [];
+  let reason = '';
+  for (const id of ids) {
+    await ctx.brokerAccounts.removeDevice(id).catch((error: unknown) => {
+      failed.push(id);
+      reason = (error as Error).message;
+    });
+  }
+  if (failed.length > 0) {
+    const which = failed.length === 1 ? failed[0]! : `${failed.length} devices (${failed.slice(0, 3).join(', ')}${failed.length > 3 ? ', …' : ''})`;
+    throw new FleetError('unavailable', `${which} removed from the fleet, but ${reason}; the controller deletes them on the broker at its next start`);
+  }
 }

@@ -10,11 +10,12 @@
  * fixed-size charts (vitals-history.ts), its events in a ring of its own with a rate
  * (reports.ts), apart from the operator audit.
  *
- * Presence and telemetry are hot (a thousand devices reconnecting at once),
- * so they are written to the state file at most every `flushMs`.
+ * Presence is hot (a thousand devices reconnecting at once), so it is written to the
+ * state file at most every `flushMs`; telemetry is never written (state/schema.ts,
+ * durableView): it is held in memory, and the next sample replaces it.
  */
 import { EventEmitter } from 'node:events';
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from '../broker-client.js';
 import type { Logger } from 'pino';
 import {
   EventSchema,
@@ -31,11 +32,12 @@ import type { AuditEntry, DeviceRecord } from '../state/schema.js';
 import type { Metrics } from '../api/metrics.js';
 import { DeviceReports } from './reports.js';
 import { TelemetryHistory } from './telemetry-history.js';
+import { TelemetrySequences } from './telemetry-seq.js';
 import { VitalsHistory } from './vitals-history.js';
 
 export type FeedEvent =
   | { type: 'device'; device: string; online: boolean; record: DeviceRecord }
-  | { type: 'telemetry'; device: string; sample: TelemetrySample }
+  | { type: 'telemetry'; device: string; seq: number; sample: TelemetrySample }
   /**
    * A device's own event: `reportedBy` is `device:<id>`, and it is that device's word; `text` is its
    * report's line (reports.ts: "reported by device <id>: …", printable, cut), absent for transfer progress.
@@ -45,7 +47,7 @@ export type FeedEvent =
   | { type: 'audit'; entry: AuditEntry };
 
 export interface FleetOptions {
-  mqtt: MqttClient;
+  mqtt: BrokerClient;
   state: FleetRepository;
   logger: Logger;
   metrics?: Metrics;
@@ -74,11 +76,13 @@ export type ExpectedModel = (device: string, name: string, version: number) => b
 export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   readonly history = new TelemetryHistory();
   readonly reports = new DeviceReports();
+  /** Each device's telemetry numbering as seen here: samples missing on the way, repeats. */
+  readonly sequences = new TelemetrySequences();
   /** What the dashboard charts (a fixed size per device, fed only the models kept; see vitals-history.ts). */
   readonly vitals = new VitalsHistory();
   readonly #knownModel: (name: string, version: number) => boolean;
   #expectedModel: ExpectedModel = () => false;
-  readonly #mqtt: MqttClient;
+  readonly #mqtt: BrokerClient;
   readonly #state: FleetRepository;
   readonly #log: Logger;
   readonly #metrics: Metrics | undefined;
@@ -110,6 +114,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   /** The operator removed this device: forget what we know and ignore its last words. */
   forgetDevice(device: string): void {
     this.history.forget(device);
+    this.sequences.forget(device);
     this.reports.forget(device);
     this.vitals.forget(device);
     this.#removed.add(device);
@@ -226,8 +231,11 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
       this.#metrics?.inferenceRequests.inc({ model }, h.requests);
       this.#metrics?.inferenceErrors.inc({ model }, h.errors);
     }
-    this.emitFeed({ type: 'telemetry', device, sample });
-    this.#markDirty();
+    const order = this.sequences.observe(device, msg.seq, msg.dropped);
+    if (order.missing > 0) this.#metrics?.telemetryMissing.inc(order.missing);
+    if (order.verdict === 'repeat') this.#metrics?.telemetryRepeated.inc();
+    if (msg.dropped > 0) this.#metrics?.telemetryDropped.inc(msg.dropped);
+    this.emitFeed({ type: 'telemetry', device, seq: msg.seq, sample });
   }
 
   /**

@@ -4,7 +4,7 @@
  * replies may carry binary parts (framed payloads, protocol frames.ts): the tensors of
  * an inference, the bytes of a sample.
  */
-import type { MqttClient } from 'mqtt';
+import type { BrokerClient } from '../broker-client.js';
 import {
   FleetError,
   MESSAGE_LIMITS,
@@ -57,7 +57,7 @@ interface Pending {
 
 export const DEFAULT_TIMEOUT_MS = DEFAULTS.requestTimeoutMs;
 
-export async function createRequester(mqtt: MqttClient): Promise<Requester> {
+export async function createRequester(mqtt: BrokerClient): Promise<Requester> {
   const pending = new Map<string, Pending>();
 
   const onMessage = (topic: string, payload: Buffer): void => {

@@ -9,6 +9,7 @@ import { FleetError, ownEntry } from '@edgefleet/protocol';
 import { AUDIT_LIMIT } from './schema.js';
 import type { AgentBundleRecord, AuditEntry, DeviceRecord, EnrolmentRecord, FleetState, GroupRecord, ImageVersionRecord, ModelVersionRecord, OperatorRecord, RolloutRecord } from './schema.js';
 import { openStateFile } from './store.js';
+import type { StateFileOptions } from './store.js';
 import { cutText } from '../text.js';
 
 export class FleetRepository {
@@ -220,6 +221,6 @@ function cutStrings(value: unknown, max: number, depth = 0): unknown {
 }
 
 /** Opens (and validates) the state file: the controller's repository. */
-export async function openState(file: string): Promise<FleetRepository> {
-  return new FleetRepository(await openStateFile(file));
+export async function openState(file: string, opts: StateFileOptions = {}): Promise<FleetRepository> {
+  return new FleetRepository(await openStateFile(file, opts));
 }

@@ -38,7 +38,7 @@ export const DeviceRecordSchema = z
   .object({
     id: NameSchema,
     groups: z.array(NameSchema),
-    /** scrypt hash of the device token (node-io's hashSecret); the token itself is never stored. Empty for a device seen but never provisioned here. */
+    /** hash of the device token (node-io: hashRandomToken, or scrypt hashSecret from before); the token itself is never stored. Empty for a device seen but never provisioned here. */
     tokenHash: z.string(),
     createdAt: z.string(),
     online: z.boolean(),
@@ -379,6 +379,18 @@ export const FleetStateSchema = z
 export type FleetState = z.output<typeof FleetStateSchema>;
 
 export const AUDIT_LIMIT = 20_000;
+
+/**
+ * The document as it goes to disk. A device's presence and its latest telemetry sample are
+ * volatile: they come back from the devices themselves (retained presence, the next sample)
+ * and after a restart every device starts offline anyway. Kept out of the file, telemetry
+ * never makes it grow or be rewritten, however many devices report how often.
+ */
+export function durableView(state: FleetState): FleetState {
+  const devices = nameRecord<DeviceRecord>();
+  for (const [id, d] of Object.entries(state.devices)) devices[id] = d.online || d.telemetry ? { ...d, online: false, telemetry: null } : d;
+  return { ...state, devices };
+}
 
 export function emptyState(): FleetState {
   return { devices: nameRecord(), groups: nameRecord(), models: nameRecord(), rollouts: nameRecord(), operators: nameRecord(), audit: [] };

@@ -12,7 +12,7 @@ import { dirname } from 'node:path';
 import { Low } from 'lowdb';
 import type { Adapter } from 'lowdb';
 import { writeFileAtomic } from '@edgefleet/node-io';
-import { FleetStateSchema, emptyState } from './schema.js';
+import { FleetStateSchema, durableView, emptyState } from './schema.js';
 import type { FleetState } from './schema.js';
 
 export const LAST_GOOD_SUFFIX = '.last-good';
@@ -25,9 +25,14 @@ export class DurableJsonFile<T> implements Adapter<T> {
   /** The next write: serialized only when it starts, so a burst of changes costs one JSON.stringify. */
   #queued: { data: T; waiters: { resolve(): void; reject(e: unknown): void }[] } | null = null;
 
-  constructor(file: string, opts: { lastGood?: string } = {}) {
+  readonly #onWritten: ((bytes: number) => void) | undefined;
+  readonly #serialize: (data: T) => string;
+
+  constructor(file: string, opts: { lastGood?: string; onWritten?: (bytes: number) => void; serialize?: (data: T) => string } = {}) {
     this.#file = file;
     this.#lastGood = opts.lastGood;
+    this.#onWritten = opts.onWritten;
+    this.#serialize = opts.serialize ?? ((data) => JSON.stringify(data));
   }
 
   async read(): Promise<T | null> {
@@ -58,7 +63,7 @@ export class DurableJsonFile<T> implements Adapter<T> {
     while (this.#queued) {
       const job = this.#queued;
       this.#queued = null;
-      this.#writing = this.#writeNow(JSON.stringify(job.data));
+      this.#writing = this.#writeNow(this.#serialize(job.data));
       try {
         await this.#writing;
         for (const w of job.waiters) w.resolve();
@@ -72,7 +77,13 @@ export class DurableJsonFile<T> implements Adapter<T> {
   async #writeNow(text: string): Promise<void> {
     await writeFileAtomic(this.#file, text, { mode: 0o600 });
     if (this.#lastGood) await writeFileAtomic(this.#lastGood, text, { mode: 0o600 });
+    this.#onWritten?.(Buffer.byteLength(text) * (this.#lastGood ? 2 : 1));
   }
+}
+
+export interface StateFileOptions {
+  /** Bytes written per durable write (the file and its last-good copy), e.g. for a metric. */
+  onWritten?: (bytes: number) => void;
 }
 
 /**
@@ -80,10 +91,11 @@ export class DurableJsonFile<T> implements Adapter<T> {
  * with one that is not JSON or does not match the schema: the error names the file and
  * the first problem, and how to restore the last good copy.
  */
-export async function openStateFile(file: string): Promise<Low<FleetState>> {
+export async function openStateFile(file: string, opts: StateFileOptions = {}): Promise<Low<FleetState>> {
   await mkdir(dirname(file), { recursive: true });
   const lastGood = `${file}${LAST_GOOD_SUFFIX}`;
-  const adapter = new DurableJsonFile<FleetState>(file, { lastGood });
+  const serialize = (data: FleetState): string => JSON.stringify(durableView(data));
+  const adapter = new DurableJsonFile<FleetState>(file, { lastGood, serialize, ...(opts.onWritten ? { onWritten: opts.onWritten } : {}) });
   let raw: unknown;
   try {
     raw = await adapter.read();
@@ -99,7 +111,7 @@ export async function openStateFile(file: string): Promise<Low<FleetState>> {
     throw await refusal(file, lastGood, `${where}: ${issue?.message ?? 'does not match the state schema'}`);
   }
   db.data = parsed.data;
-  await writeFileAtomic(lastGood, JSON.stringify(db.data), { mode: 0o600 });
+  await writeFileAtomic(lastGood, serialize(db.data), { mode: 0o600 });
   return db;
 }
 

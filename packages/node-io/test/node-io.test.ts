@@ -1,11 +1,11 @@
 import { describe, expect, it } from '@jest/globals';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { TMP_MARK, hashFile, hashSecret, inspectArchive, isSecretHash, mib, untaggedArchive, verifySecret, verifySecretAsync, writeFileAtomic } from '../src/index.js';
+import { TMP_MARK, decoySecretHash, hashFile, hashRandomToken, hashSecret, inspectArchive, isSecretHash, mib, untaggedArchive, verifySecret, verifySecretAsync, writeFileAtomic } from '../src/index.js';
 import { tinyImage } from '../../../test/support/container-images.js';
 
 async function inTmp(fn: (dir: string) => Promise<void>): Promise<void> {
@@ -92,6 +92,46 @@ describe('secrets', () => {
     expect(await verifySecretAsync('a-token-of-some-length', 'plain text')).toBe(false);
     expect(isSecretHash('scrypt$99999999$8$1$AAAA$AAAA')).toBe(false);
     expect(() => hashSecret('')).toThrow(/empty secret/);
+  });
+});
+
+describe('random tokens (SHA-256)', () => {
+  const token = randomBytes(32).toString('base64url');
+
+  it('hashes with a salt and verifies only the right token, sync and async', async () => {
+    const a = hashRandomToken(token);
+    const b = hashRandomToken(token);
+    expect(a).not.toBe(b);
+    expect(a).toMatch(/^sha256\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]{44}$/);
+    expect(a).not.toContain(token);
+    expect(isSecretHash(a)).toBe(true);
+    expect(verifySecret(token, a)).toBe(true);
+    expect(await verifySecretAsync(token, a)).toBe(true);
+    expect(await verifySecretAsync(Buffer.from(token), a)).toBe(true);
+    const flipped = token.slice(0, -1) + (token.endsWith('A') ? 'B' : 'A');
+    expect(verifySecret(flipped, a)).toBe(false);
+    expect(await verifySecretAsync(flipped, a)).toBe(false);
+    expect(await verifySecretAsync('', a)).toBe(false);
+  });
+
+  it('refuses a short secret (a chosen one needs scrypt) and hashes that are not whole', async () => {
+    expect(() => hashRandomToken('correct-horse-battery')).toThrow(/at least 32 characters.*hashSecret/);
+    const [, salt, hash] = hashRandomToken(token).split('$');
+    expect(isSecretHash(`sha256$${salt}$${hash!.slice(0, 20)}`)).toBe(false);
+    expect(await verifySecretAsync(token, `sha256$${salt}$${hash!.slice(0, 20)}`)).toBe(false);
+    expect(await verifySecretAsync(token, `sha256$$${hash}`)).toBe(false);
+    expect(await verifySecretAsync(token, `sha256$${salt}$${hash}$extra`)).toBe(false);
+  });
+
+  it('keeps verifying scrypt hashes made before (both schemes side by side)', async () => {
+    const old = hashSecret(token);
+    expect(await verifySecretAsync(token, old)).toBe(true);
+    expect(await verifySecretAsync(token, hashRandomToken(token))).toBe(true);
+  });
+
+  it('uses a token hash as the decoy for unknown user names, so they cost what a real check costs', async () => {
+    expect(decoySecretHash()).toMatch(/^sha256\$/);
+    expect(await verifySecretAsync(token, decoySecretHash())).toBe(false);
   });
 });
 
