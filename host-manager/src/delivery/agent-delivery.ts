@@ -6,11 +6,11 @@
  * after its commit answer, so a delivery counts as done only when the device reports that version healthy
  * (agentUpdate 'updated'), and as failed when it reports falling back or says nothing within the deadline.
  */
-import type { MqttClient } from 'mqtt';
 import { agentArchOf } from '@edgefleet/protocol';
 import type { AgentArch, DeviceInfo, ErrorBody } from '@edgefleet/protocol';
 import type { FleetKeys } from '../access/fleet-keys.js';
 import type { AgentRegistry } from '../agents/registry.js';
+import type { BrokerClient } from '../broker-client.js';
 import type { Requester } from '../devices/requester.js';
 import type { DeliveryOutcome } from '../rollouts/executor.js';
 import type { FleetRepository } from '../state/repository.js';
@@ -18,7 +18,7 @@ import type { AgentBundleRecord } from '../state/schema.js';
 import { deliverModel } from './mqtt-sender.js';
 
 export interface AgentDeliveryContext {
-  mqtt: MqttClient;
+  mqtt: BrokerClient;
   requester: Requester;
   agents: AgentRegistry;
   keys: FleetKeys;
