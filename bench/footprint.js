@@ -123,12 +123,14 @@ function once(emitterSetup) {
 
 async function startBroker(devices) {
   const script = `
-    const { createBroker, hashSecret, staticCredentials } = await import(${JSON.stringify(join(ROOT, 'broker/dist/src/index.js'))});
+    const { createBroker, staticCredentials } = await import(${JSON.stringify(join(ROOT, 'broker/dist/src/index.js'))});
+    const { hashSecret } = await import(${JSON.stringify(join(ROOT, 'packages/node-io/dist/src/index.js'))});
     const creds = JSON.parse(process.env.CREDS).map((c) => ({ ...c, groups: [], secretHash: hashSecret(c.token) }));
     const b = await createBroker({ tcp: { host: '127.0.0.1', port: 0 }, credentials: staticCredentials(creds) });
     console.log(JSON.stringify({ url: b.url }));`;
   const creds = [{ role: 'operator', id: OPERATOR.id, token: OPERATOR.token }, ...devices.map((d) => ({ role: 'device', id: d.id, token: d.token }))];
-  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, CREDS: JSON.stringify(creds) }, stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, CREDS: JSON.stringify(creds) }, stdio: ['ignore', 'pipe', 'inherit'] }); // its errors shown: a broker that cannot start must not leave the bench waiting
+  child.on('exit', (code) => code && console.error(`the bench's broker exited with ${code}`));
   const url = await once((resolve) => child.stdout.on('data', (d) => {
     const m = /"url":"([^"]+)"/.exec(String(d));
     if (m) resolve(m[1]);
