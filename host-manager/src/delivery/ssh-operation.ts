@@ -28,6 +28,11 @@ async function refuseControllerKeys(keyPath: string, dataDir: string): Promise<v
 }
 
 /** The SSH key at `keyPath` on the controller host, refused when it is one of the controller's own keys or unusable. */
+/** How an SSH delivery target is named in audit entries and answers: `ssh:user@host:port` (IPv6 in brackets). */
+export function sshTargetName(username: string, host: string, port: number): string {
+  return `ssh:${username}@${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
 export async function operatorSshKey(keyPath: string, dataDir: string): Promise<string> {
   await refuseControllerKeys(keyPath, dataDir);
   return readPrivateKeyFile(keyPath);
@@ -37,7 +42,7 @@ export function createSshDelivery(ctx: { registry: Registry; dataDir: string; au
   const { registry, audit } = ctx;
   return async (args) => {
     const port = args.port ?? 22;
-    const target = `ssh:${args.username}@${args.host.includes(':') ? `[${args.host}]` : args.host}:${port}`;
+    const target = sshTargetName(args.username, args.host, port);
     const rec = registry.require(args.model, args.version);
     const remotePath = args.remotePath ?? defaultSshRemotePath(rec.name, rec.version);
     const detail = { model: rec.name, version: rec.version, remotePath, hostKeyPinned: args.hostKeyFingerprint !== undefined };

@@ -5,7 +5,7 @@
  */
 import { FleetError, toErrorBody } from '@edgefleet/protocol';
 import type { AppCommandResult, ImageOperations, SshImageDeliveryView } from '../api/contract.js';
-import { operatorSshKey } from '../delivery/ssh-operation.js';
+import { operatorSshKey, sshTargetName } from '../delivery/ssh-operation.js';
 import type { Requester } from '../devices/requester.js';
 import { targetMembers } from '../devices/targets.js';
 import type { Rollouts } from '../rollouts/executor.js';
@@ -104,7 +104,7 @@ export function createImageOperations(ctx: ImageContext): ImageOperations {
 
 async function deliverImageSsh(ctx: ImageContext, args: Parameters<ImageOperations['deliverImageSsh']>[0]): Promise<SshImageDeliveryView> {
   const port = args.port ?? 22;
-  const target = `ssh:${args.username}@${args.host.includes(':') ? `[${args.host}]` : args.host}:${port}`;
+  const target = sshTargetName(args.username, args.host, port);
   const rec = ctx.images.require(args.name, args.version);
   const detail = { image: `${rec.name}@${rec.version}`, digest: rec.image.digest, hostKeyPinned: args.hostKeyFingerprint !== undefined };
   try {
