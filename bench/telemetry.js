@@ -25,7 +25,10 @@
  *
  * Env: STEPS (1000,2000,5000,10000,15000,20000), MEASURE_S (60), WARMUP_S (20), PER_PROCESS (2500),
  * STEADY_S (600; 0 = skip), BREAK_P99_MS (1000), MODELS (1), BASELINE_N (2000; 0 = skip),
- * CONNECT_PER_S (1000), PROFILE (a directory: a CPU profile of the controller per measurement window).
+ * CONNECT_PER_S (1000), PROFILE (a directory: a CPU profile of the controller per measurement window),
+ * SIM_PROFILE (a directory: a CPU profile of each simulator process over its whole life),
+ * CONTROLLER_NODE_ARGS (Node.js options of the controller process, e.g. `--max-semi-space-size=64`; default none,
+ * as `hostManager` runs).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
@@ -44,6 +47,8 @@ const BREAK_P99_MS = Number(process.env.BREAK_P99_MS ?? 1000);
 const MODELS = Number(process.env.MODELS ?? 1);
 const BASELINE_N = Number(process.env.BASELINE_N ?? 2000);
 const CONNECT_PER_S = Number(process.env.CONNECT_PER_S ?? 1000);
+const SIM_PROFILE = process.env.SIM_PROFILE;
+const CONTROLLER_ARGS = (process.env.CONTROLLER_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const here = (f) => fileURLToPath(new URL(f, import.meta.url));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const out = (o) => console.log(JSON.stringify(o));
@@ -54,7 +59,7 @@ const load = () => loadavg().map((l) => Number(l.toFixed(2)));
 let sessions = 0;
 async function session(work, intake) {
   const id = `${intake}-${sessions++}`;
-  const controller = child(here('./controller-process.js'), [], { DATA_DIR: join(work, `controller-${id}`), INTAKE: intake });
+  const controller = child(here('./controller-process.js'), [], { DATA_DIR: join(work, `controller-${id}`), INTAKE: intake }, CONTROLLER_ARGS);
   const info = await controller.ready;
   const feed = child(here('./telemetry-feed.js'), [info.url], { FEED_TOKEN: info.token });
   await feed.ready;
@@ -80,7 +85,7 @@ async function session(work, intake) {
       const provisioned = (Date.now() - t0) / 1000;
       provisionS += provisioned;
       const t1 = Date.now();
-      const fleet = await startFleet({ creds, broker: info.brokerUrl, publicKeyPem: info.publicKeyPem, processes: Math.ceil(add / PER_PROCESS), dataRoot: join(work, `devices-${id}-${fleets.length}`), models: MODELS, connectPerS: CONNECT_PER_S });
+      const fleet = await startFleet({ creds, broker: info.brokerUrl, publicKeyPem: info.publicKeyPem, processes: Math.ceil(add / PER_PROCESS), dataRoot: join(work, `devices-${id}-${fleets.length}`), models: MODELS, connectPerS: CONNECT_PER_S, execArgv: SIM_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${SIM_PROFILE}`] : [] });
       const connected = (Date.now() - t1) / 1000;
       fleet.telemetry(1);
       fleets.push(fleet);
@@ -178,7 +183,7 @@ async function sigtermUnderLoad(s) {
 
 const work = await mkdtemp(join(tmpdir(), 'bench-telemetry-'));
 try {
-  out({ bench: 'telemetry', setup: { steps: STEPS, measureS: MEASURE_S, warmupS: WARMUP_S, perProcess: PER_PROCESS, models: MODELS, hz: 1, qos: 1, layout: 'controller+embedded broker one process; dashboard feed client one process; simulated devices ceil(N/PER_PROCESS) processes per step', cores: (await import('node:os')).availableParallelism(), load: load() } });
+  out({ bench: 'telemetry', setup: { steps: STEPS, measureS: MEASURE_S, warmupS: WARMUP_S, perProcess: PER_PROCESS, models: MODELS, hz: 1, qos: 1, layout: 'controller+embedded broker one process; dashboard feed client one process; simulated devices ceil(N/PER_PROCESS) processes per step', controllerNodeArgs: CONTROLLER_ARGS, cores: (await import('node:os')).availableParallelism(), load: load() } });
   if (BASELINE_N > 0) {
     const results = {};
     for (const intake of ['mqtt', 'in-process']) {

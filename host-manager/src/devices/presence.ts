@@ -10,9 +10,12 @@
  * fixed-size charts (vitals-history.ts), its events in a ring of its own with a rate
  * (reports.ts), apart from the operator audit.
  *
- * Presence is hot (a thousand devices reconnecting at once), so it is written to the
- * state file at most every `flushMs`; telemetry is never written (state/schema.ts,
- * durableView): it is held in memory, and the next sample replaces it.
+ * Presence is hot (ten thousand devices reconnecting at once) and comes back from the
+ * devices after a restart (retained status), so the state file is not rewritten for it:
+ * a status that changes what is kept about the device (its info, its groups) is written
+ * within `flushMs`, one that only says online, offline or seen within `presenceFlushMs`.
+ * Telemetry is never written (state/schema.ts, durableView): it is held in memory, and
+ * the next sample replaces it.
  */
 import { EventEmitter } from 'node:events';
 import type { BrokerClient } from '../broker-client.js';
@@ -51,7 +54,10 @@ export interface FleetOptions {
   state: FleetRepository;
   logger: Logger;
   metrics?: Metrics;
+  /** How soon a status that changed the device's info or groups is written (default 2 s). */
   flushMs?: number;
+  /** How soon a status that changed only presence (online, offline, last seen) is written (default 60 s). */
+  presenceFlushMs?: number;
   /**
    * Record devices that were never provisioned here when they show up (an external broker
    * authenticates them itself). Off with the embedded broker: there only provisioned
@@ -87,11 +93,16 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   readonly #log: Logger;
   readonly #metrics: Metrics | undefined;
   readonly #flushMs: number;
+  readonly #presenceFlushMs: number;
   readonly #discover: boolean;
   /** Devices removed by the operator: their last will and stale messages must not bring them back. */
   readonly #removed = new Set<string>();
   #dirty = false;
   #flushTimer: NodeJS.Timeout | null = null;
+  /** When the pending write is due (ms since epoch). */
+  #flushDue = Infinity;
+  /** Counters by label value, resolved once (prom-client hashes the labels on every call otherwise). */
+  readonly #counters = new Map<string, { inc(n?: number): void }>();
   readonly #onMessage = (topic: string, payload: Buffer): void => this.handle(topic, payload);
 
   constructor(opts: FleetOptions) {
@@ -102,6 +113,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     this.#log = opts.logger;
     this.#metrics = opts.metrics;
     this.#flushMs = opts.flushMs ?? 2000;
+    this.#presenceFlushMs = Math.max(this.#flushMs, opts.presenceFlushMs ?? 60_000);
     this.#discover = opts.discover ?? true;
     this.#knownModel = opts.knownModel ?? (() => true);
   }
@@ -161,7 +173,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     if (parsed?.kind !== 'device') return;
     const { device, channel } = parsed;
     if (channel !== 'status' && channel !== 'telemetry' && channel !== 'events') return;
-    this.#metrics?.messages.inc({ channel });
+    this.#count('messages', channel);
     if (payload.length === 0) return; // a cleared retained message
     if (this.#removed.has(device) || (!this.#discover && !this.#state.device(device))) {
       this.#log.debug({ device, channel }, 'ignored a message from a device that is not in the fleet');
@@ -202,6 +214,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   #onStatus(device: string, msg: StatusMessage): void {
     const rec = this.#record(device);
     const was = rec.online;
+    const kept = JSON.stringify([rec.info, rec.groups]);
     rec.lastSeen = new Date().toISOString();
     if (msg.online) {
       rec.online = true;
@@ -214,9 +227,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     }
     if (was !== rec.online) this.#log.info({ device, online: rec.online }, rec.online ? 'device online' : 'device offline');
     this.emitFeed({ type: 'device', device, online: rec.online, record: rec });
-    // Presence is not an acknowledged change (after a restart it comes from the retained status
-    // messages again), so it is written with the telemetry, not once per message.
-    this.#markDirty();
+    this.#markDirty(JSON.stringify([rec.info, rec.groups]) === kept ? this.#presenceFlushMs : this.#flushMs);
   }
 
   #onTelemetry(device: string, msg: TelemetryMessage): void {
@@ -228,8 +239,8 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     this.vitals.push(device, sample);
     for (const [key, h] of Object.entries(sample.models)) {
       const model = key.slice(0, key.lastIndexOf('@')); // a registry model's name: a bounded set of label values
-      this.#metrics?.inferenceRequests.inc({ model }, h.requests);
-      this.#metrics?.inferenceErrors.inc({ model }, h.errors);
+      this.#count('inferenceRequests', model, h.requests);
+      this.#count('inferenceErrors', model, h.errors);
     }
     const order = this.sequences.observe(device, msg.seq, msg.dropped);
     if (order.missing > 0) this.#metrics?.telemetryMissing.inc(order.missing);
@@ -272,15 +283,30 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     this.emitFeed({ type: 'event', device, reportedBy: `device:${device}`, event, ...(report ? { text: report.text } : {}) });
   }
 
-  #markDirty(): void {
+  /** `counter{label=value}` += n. The label values are bounded sets (channels, registry models). */
+  #count(counter: 'messages' | 'inferenceRequests' | 'inferenceErrors', value: string, n = 1): void {
+    const metrics = this.#metrics;
+    if (!metrics) return;
+    const key = `${counter}\0${value}`;
+    let child = this.#counters.get(key);
+    if (!child) this.#counters.set(key, (child = metrics[counter].labels(value)));
+    child.inc(n);
+  }
+
+  /** The state file is written within `withinMs` (sooner if an earlier write is already due). */
+  #markDirty(withinMs: number): void {
     this.#dirty = true;
-    if (this.#flushTimer) return;
+    const due = Date.now() + withinMs;
+    if (this.#flushTimer && this.#flushDue <= due) return;
+    if (this.#flushTimer) clearTimeout(this.#flushTimer);
+    this.#flushDue = due;
     this.#flushTimer = setTimeout(() => {
       this.#flushTimer = null;
+      this.#flushDue = Infinity;
       if (!this.#dirty) return;
       this.#dirty = false;
       void this.#state.write().catch((error: unknown) => this.#log.error({ err: error }, 'could not write the state file'));
-    }, this.#flushMs);
+    }, withinMs);
     this.#flushTimer.unref();
   }
 }

@@ -61,6 +61,7 @@ export async function createRequester(mqtt: BrokerClient): Promise<Requester> {
   const pending = new Map<string, Pending>();
 
   const onMessage = (topic: string, payload: Buffer): void => {
+    if (!topic.endsWith('/replies')) return; // every device message passes here; telemetry is most of them
     const parsed = parseTopic(topic);
     if (parsed?.kind !== 'device' || parsed.channel !== 'replies') return;
     let reply: Reply;
