@@ -48,6 +48,7 @@ const MODELS = Number(process.env.MODELS ?? 1);
 const BASELINE_N = Number(process.env.BASELINE_N ?? 2000);
 const CONNECT_PER_S = Number(process.env.CONNECT_PER_S ?? 1000);
 const SIM_PROFILE = process.env.SIM_PROFILE;
+const SIM_NICE = Number(process.env.SIM_NICE ?? 10);
 const CONTROLLER_ARGS = (process.env.CONTROLLER_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const here = (f) => fileURLToPath(new URL(f, import.meta.url));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -85,7 +86,7 @@ async function session(work, intake) {
       const provisioned = (Date.now() - t0) / 1000;
       provisionS += provisioned;
       const t1 = Date.now();
-      const fleet = await startFleet({ creds, broker: info.brokerUrl, publicKeyPem: info.publicKeyPem, processes: Math.ceil(add / PER_PROCESS), dataRoot: join(work, `devices-${id}-${fleets.length}`), models: MODELS, connectPerS: CONNECT_PER_S, execArgv: SIM_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${SIM_PROFILE}`] : [] });
+      const fleet = await startFleet({ creds, broker: info.brokerUrl, publicKeyPem: info.publicKeyPem, processes: Math.ceil(add / PER_PROCESS), dataRoot: join(work, `devices-${id}-${fleets.length}`), models: MODELS, connectPerS: CONNECT_PER_S, nice: SIM_NICE, execArgv: SIM_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${SIM_PROFILE}`] : [] });
       const connected = (Date.now() - t1) / 1000;
       fleet.telemetry(1);
       fleets.push(fleet);

@@ -4,6 +4,7 @@
  * several processes (bench/sim/worker.js), driven over IPC.
  */
 import { fork, spawn } from 'node:child_process';
+import { setPriority } from 'node:os';
 import { fileURLToPath } from 'node:url';
 
 const WORKER = fileURLToPath(new URL('./worker.js', import.meta.url));
@@ -50,7 +51,7 @@ export async function unprovision({ url, token, ids }) {
  * Starts `creds` as simulated devices in `processes` processes. Resolves once every device is
  * connected and announced. `connectPerS` is the whole fleet's pace of first connections.
  */
-export async function startFleet({ creds, broker, publicKeyPem, processes, dataRoot, models = 0, connectPerS = 500, keepaliveS, reconnectMinMs, reconnectMaxMs, execArgv = [], wrap }) {
+export async function startFleet({ creds, broker, publicKeyPem, processes, dataRoot, models = 0, connectPerS = 500, keepaliveS, reconnectMinMs, reconnectMaxMs, execArgv = [], wrap, nice = 0 }) {
   const workers = [];
   const per = Math.ceil(creds.length / processes);
   const exited = [];
@@ -62,6 +63,8 @@ export async function startFleet({ creds, broker, publicKeyPem, processes, dataR
       const child = wrap
         ? spawn(wrap[0], [...wrap.slice(1), process.execPath, ...execArgv, WORKER], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env })
         : fork(WORKER, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env, execArgv });
+      // `nice`: the simulated fleet yields the host's cores to the controller it measures (real devices have CPUs of their own)
+      if (nice > 0) setPriority(child.pid, nice);
       workers.push(child);
       child.once('exit', (code, signal) => exited.push({ w, code, signal }));
       return new Promise((resolve, reject) => {
