@@ -24,7 +24,7 @@ import { refusal } from './support/refusal.js';
 import { mountSmallDisk, receiverWithFreeSpace, tmpfsWorks } from './support/small-disk.js';
 import { recordedDelivery } from './support/delivery.js';
 
-const IDS = ['k1', 'k2', 't1', 'f1', 'f2', 'f3', 'df'];
+const IDS = ['k1', 'k2', 't1', 'f1', 'f2', 'f3', 'df', 'l1'];
 const GROUP_OF: Record<string, string[]> = { f1: ['floor'], f2: ['floor'], f3: ['floor'] };
 
 let work: string;
@@ -191,6 +191,24 @@ describe('kill -9 of the agent', () => {
     expect((await deliver(rec2, { devices: ['k2'] }).run).k2).toMatchObject({ ok: true, version: 2 });
     expect(await answers('k2', v2)).toBe(true);
   }, 90_000);
+});
+
+describe('a status reply lost on the way', () => {
+  it('is asked for again, and the delivery succeeds: one silence does not fail a device', async () => {
+    await agent('l1');
+    // The device gets the first transfer.status and answers it; the controller drops that answer
+    // and reports the requester's own timeout, as when a reply is lost between broker and controller.
+    let lost = 0;
+    const request: DeliverOptions['request'] = async (device, command, params, timeoutMs, binary) => {
+      const answer = await requester.request(device, command, params, timeoutMs, binary);
+      if (command === 'transfer.status' && lost++ === 0) throw new FleetError('deadline_exceeded', `${device} did not answer transfer.status within ${timeoutMs} ms`);
+      return answer;
+    };
+    const r = await deliver(rec1, { devices: ['l1'] }, { request }).run;
+    expect(lost).toBe(2); // asked again after the lost answer
+    expect(r.l1).toMatchObject({ ok: true, version: 1, activated: true });
+    expect(await answers('l1', v1)).toBe(true);
+  }, 60_000);
 });
 
 describe('refusals on a real agent: each with its reason, the old model keeps answering', () => {

@@ -11,7 +11,9 @@
  *      topic and the replies collected, instead of one request per device;
  *   4. publish chunks (binary, QoS 1) with a bounded window of unacknowledged publishes. A
  *      group target gets each chunk once on the group's topic (the broker fans it out); what
- *      a device still misses afterwards (`transfer.status`) goes to its own topic only;
+ *      a device still misses afterwards (`transfer.status`) goes to its own topic only; a
+ *      device that does not answer a status request in time is asked again the next round and
+ *      fails only at its second silence in a row;
  *   5. `transfer.commit` per device: whole-file check, install, activate (a sample that goes by hash
  *      is delivered between install and activation: check.ts).
  *
@@ -104,6 +106,8 @@ interface Delivery {
   signed: ReturnType<typeof signManifest>;
   file: FileHandle;
   missing: Map<string, Set<number>>;
+  /** Status requests in a row a device did not answer in time. */
+  unanswered: Map<string, number>;
   results: DeliveryResults;
 }
 
@@ -165,6 +169,7 @@ export async function deliverModel(opts: DeliverOptions): Promise<DeliveryResult
     signed,
     file: await open(opts.blobPath, 'r'),
     missing: new Map(),
+    unanswered: new Map(),
     results,
   };
   const stopListening = await listenForProgress(d, devices);
@@ -224,7 +229,8 @@ async function listenForProgress(d: Delivery, devices: string[]): Promise<() => 
 
 /**
  * One request to each device, or one to the group when the delivery may (byGroup: then the
- * params must be the same for every device); `onAnswer` per device that answered.
+ * params must be the same for every device); `onAnswer` per device that answered, `onError`
+ * per device that did not (default: its delivery fails).
  */
 async function askEach<C extends 'transfer.offer' | 'transfer.status'>(
   d: Delivery,
@@ -232,6 +238,7 @@ async function askEach<C extends 'transfer.offer' | 'transfer.status'>(
   command: C,
   params: (device: string) => CommandParams<C>,
   onAnswer: (device: string, answer: CommandResult<C>) => void,
+  onError: (device: string, error: unknown) => void = (device, error) => fail(d, device, error),
 ): Promise<void> {
   const take = (device: string, answer: CommandResult<C>): void => {
     try {
@@ -242,17 +249,20 @@ async function askEach<C extends 'transfer.offer' | 'transfer.status'>(
   };
   if (d.byGroup && d.group) {
     const outcomes = await d.byGroup(d.group, devices, command, params(d.group), timeout(d, d.requestTimeout));
-    for (const [device, outcome] of outcomes) outcome.ok ? take(device, outcome.data) : fail(d, device, outcome.error);
+    for (const [device, outcome] of outcomes) outcome.ok ? take(device, outcome.data) : onError(device, outcome.error);
     return;
   }
   await eachLimited(devices, d.concurrency, async (device) => {
     try {
       take(device, await d.opts.request(device, command, params(device), timeout(d, d.requestTimeout)));
     } catch (error) {
-      fail(d, device, error);
+      onError(device, error);
     }
   });
 }
+
+/** Silent status requests in a row after which a device's delivery fails (one lost reply in ten thousand must not fail it). */
+const STATUS_SILENCES = 2;
 
 async function offerAll(d: Delivery, devices: string[]): Promise<void> {
   const via: TransferTarget | undefined = d.group ? { kind: 'group', name: d.group } : undefined;
@@ -287,10 +297,18 @@ async function sendChunks(d: Delivery): Promise<void> {
     }
     round++;
     const before = stillMissing();
-    await askEach(d, [...d.missing.keys()], 'transfer.status', () => ({ transferId: d.transferId }), (device, answer) => {
+    const onStatus = (device: string, answer: CommandResult<'transfer.status'>): void => {
+      d.unanswered.delete(device);
       d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
       report(d, device);
-    });
+    };
+    const onSilence = (device: string, error: unknown): void => {
+      // a late or lost reply: asked again next round (what it misses is resent first); failed at the second silence in a row
+      const silences = (d.unanswered.get(device) ?? 0) + 1;
+      d.unanswered.set(device, silences);
+      if (silences >= STATUS_SILENCES || toErrorBody(error).code !== 'deadline_exceeded') fail(d, device, error);
+    };
+    await askEach(d, [...d.missing.keys()], 'transfer.status', () => ({ transferId: d.transferId }), onStatus, onSilence);
     stalled = stillMissing() >= before ? stalled + 1 : 0;
     if (stalled >= 3) {
       for (const [device, m] of d.missing) {
