@@ -107,6 +107,7 @@ process.on('message', async (msg) => {
     outOfOrder,
     seconds: (Date.now() - since) / 1000,
     cpuS: (nowCpu.user + nowCpu.system) / 1e6,
+    cpuSystemS: nowCpu.system / 1e6,
     elu: nowElu.utilization,
     loopDelayP99Ms: delay.percentile(99) / 1e6,
     rss: mem.rss,

@@ -127,7 +127,7 @@ async function measure(s, seconds, profileAs) {
     messagesPerS: Math.round(state.n / c.seconds),
     stateLatencyMs: { p50: state.p50, p99: state.p99, max: state.max },
     feedLatencyMs: { p50: dash.p50, p99: dash.p99, max: dash.max },
-    controller: { cpuCores: Number((c.cpuS / c.seconds).toFixed(2)), eventLoopBusy: Number(c.elu.toFixed(2)), loopDelayP99Ms: Number(c.loopDelayP99Ms.toFixed(1)), rssMB: Math.round(c.rss / 2 ** 20), rssMinMaxMB: [Math.round(Math.min(...rss) / 2 ** 20), Math.round(Math.max(...rss) / 2 ** 20)], heapMB: Math.round(c.heapUsed / 2 ** 20) },
+    controller: { cpuCores: Number((c.cpuS / c.seconds).toFixed(2)), kernelShare: Number((c.cpuSystemS / Math.max(1e-9, c.cpuS)).toFixed(2)), perMessageUs: Math.round((c.cpuS * 1e6) / Math.max(1, c.received - c0.received)), eventLoopBusy: Number(c.elu.toFixed(2)), loopDelayP99Ms: Number(c.loopDelayP99Ms.toFixed(1)), rssMB: Math.round(c.rss / 2 ** 20), rssMinMaxMB: [Math.round(Math.min(...rss) / 2 ** 20), Math.round(Math.max(...rss) / 2 ** 20)], heapMB: Math.round(c.heapUsed / 2 ** 20) },
     stateFileBytesPerS: Math.round((c.stateBytes - c0.stateBytes) / c.seconds),
     devicesBacklog: { start: sim0.pending, end: sim1.pending },
     simulators: { cpuCores: Number(((sim1.cpuS - sim0.cpuS) / c.seconds).toFixed(2)), rssMB: Math.round(sim1.rss / 2 ** 20) },

@@ -76,6 +76,10 @@ function runs(rec: DeviceRecord, name: string, version: number): boolean {
   return info.models.some((m) => m.name === name && m.version === version) || (info.containers ?? []).some((c) => c.app === name && c.version === version);
 }
 
+/** A labelled counter's child (prom-client's `counter.labels(value)`). */
+type Counted = { inc(n?: number): void };
+type CountedMetric = 'messages' | 'inferenceRequests' | 'inferenceErrors';
+
 /** Whether a running rollout switches `device` to or from `name@version` (its telemetry is then kept before the status says so). */
 export type ExpectedModel = (device: string, name: string, version: number) => boolean;
 
@@ -102,7 +106,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   /** When the pending write is due (ms since epoch). */
   #flushDue = Infinity;
   /** Counters by label value, resolved once (prom-client hashes the labels on every call otherwise). */
-  readonly #counters = new Map<string, { inc(n?: number): void }>();
+  readonly #counters: Record<CountedMetric, Map<string, Counted>> = { messages: new Map(), inferenceRequests: new Map(), inferenceErrors: new Map() };
   readonly #onMessage = (topic: string, payload: Buffer): void => this.handle(topic, payload);
 
   constructor(opts: FleetOptions) {
@@ -284,12 +288,12 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   }
 
   /** `counter{label=value}` += n. The label values are bounded sets (channels, registry models). */
-  #count(counter: 'messages' | 'inferenceRequests' | 'inferenceErrors', value: string, n = 1): void {
+  #count(counter: CountedMetric, value: string, n = 1): void {
     const metrics = this.#metrics;
     if (!metrics) return;
-    const key = `${counter}\0${value}`;
-    let child = this.#counters.get(key);
-    if (!child) this.#counters.set(key, (child = metrics[counter].labels(value)));
+    const children = this.#counters[counter];
+    let child = children.get(value);
+    if (!child) children.set(value, (child = metrics[counter].labels(value)));
     child.inc(n);
   }
 

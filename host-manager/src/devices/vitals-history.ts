@@ -54,7 +54,9 @@ class DeviceVitals {
     this.vitals[slot * 3 + 2] = sample.temperatureC ?? Number.NaN;
     this.perModel.fill(Number.NaN, slot * VITALS_MODELS * 3, (slot + 1) * VITALS_MODELS * 3);
     // the busiest models first, so a sample with more models than columns keeps the ones that matter
-    const entries = Object.entries(sample.models).sort((a, b) => b[1].requests - a[1].requests).slice(0, VITALS_MODELS);
+    // (sorted only then: a device runs one or two models, and this runs for every sample of the fleet)
+    let entries = Object.entries(sample.models);
+    if (entries.length > VITALS_MODELS) entries = entries.sort((a, b) => b[1].requests - a[1].requests).slice(0, VITALS_MODELS);
     for (const [key, h] of entries) {
       const i = (slot * VITALS_MODELS + this.column(key, at)) * 3;
       this.perModel[i] = h.requests;
