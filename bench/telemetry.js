@@ -28,7 +28,8 @@
  * CONNECT_PER_S (1000), PROFILE (a directory: a CPU profile of the controller per measurement window),
  * SIM_PROFILE (a directory: a CPU profile of each simulator process over its whole life),
  * CONTROLLER_NODE_ARGS (Node.js options of the controller process, e.g. `--max-semi-space-size=64`; default none,
- * as `hostManager` runs).
+ * as `hostManager` runs), SIM_NICE (10: the simulator processes' niceness, so the simulated fleet on the
+ * same cores yields them to the controller it measures, as devices with CPUs of their own would; 0 = equal).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
@@ -184,7 +185,7 @@ async function sigtermUnderLoad(s) {
 
 const work = await mkdtemp(join(tmpdir(), 'bench-telemetry-'));
 try {
-  out({ bench: 'telemetry', setup: { steps: STEPS, measureS: MEASURE_S, warmupS: WARMUP_S, perProcess: PER_PROCESS, models: MODELS, hz: 1, qos: 1, layout: 'controller+embedded broker one process; dashboard feed client one process; simulated devices ceil(N/PER_PROCESS) processes per step', controllerNodeArgs: CONTROLLER_ARGS, cores: (await import('node:os')).availableParallelism(), load: load() } });
+  out({ bench: 'telemetry', setup: { steps: STEPS, measureS: MEASURE_S, warmupS: WARMUP_S, perProcess: PER_PROCESS, models: MODELS, hz: 1, qos: 1, layout: 'controller+embedded broker one process; dashboard feed client one process; simulated devices ceil(N/PER_PROCESS) processes per step', simNice: SIM_NICE, controllerNodeArgs: CONTROLLER_ARGS, cores: (await import('node:os')).availableParallelism(), load: load() } });
   if (BASELINE_N > 0) {
     const results = {};
     for (const intake of ['mqtt', 'in-process']) {

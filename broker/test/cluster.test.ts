@@ -113,8 +113,10 @@ describe('broker instances clustered through Redis (real processes)', () => {
     const inbox = new Inbox(second);
     await inbox.waitForCount(sent.length, undefined, 10_000);
     expect(inbox.messages.map((m) => m.payload.toString())).toEqual(sent);
-    // acknowledged on B: nothing is delivered again on A
+    // acknowledged on B: nothing is delivered again on A. (A PUBACK B has not processed yet
+    // when the session moves may be delivered again, as QoS 1 allows: wait until B has.)
     await endClient(second);
+    await eventually('B processed the PUBACKs (the session holds no message in flight)', async () => ((await redis.cli('llen', 'outgoing:dev3')) === '0' ? true : undefined));
     const third = await client(a.url, as('dev3', { clean: false }));
     const again = new Inbox(third);
     await ops.publishAsync(topics.device('dev3', 'commands'), 'c6', { qos: 1 });

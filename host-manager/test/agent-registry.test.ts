@@ -22,7 +22,7 @@ async function bundle(dir: string, version: string, arch: string): Promise<strin
   await mkdir(join(dir, name), { recursive: true });
   await writeFile(join(dir, name, 'bundle.json'), JSON.stringify({ format: 1, name: 'edgefleet-agent', version, arch, node: '20.20.2', runtime: 'onnxruntime-node' }));
   const file = join(dir, `${name}.tar.gz`);
-  await create({ gzip: true, file, cwd: dir }, [name]);
+  await create({ gzip: true, file, cwd: dir, portable: true, mtime: new Date(0) }, [name]); // the same bundle twice is the same bytes, whenever it is packed
   return file;
 }
 

@@ -6,25 +6,13 @@ import mqtt from 'mqtt';
 import type { MqttClient } from 'mqtt';
 import { pino } from 'pino';
 import { makeOffline, makeStatus, makeTelemetry, topics } from '@edgefleet/protocol';
-import type { DeviceInfo } from '@edgefleet/protocol';
+import { deviceInfo as info } from './support/device-info.js';
 import { createManager } from '../src/main.js';
 import type { Manager } from '../src/main.js';
 import { openState } from '../src/state/repository.js';
 import { DurableJsonFile } from '../src/state/store.js';
 import { linearModel } from '../../test/support/onnx-models.js';
 
-const info: DeviceInfo = {
-  agentVersion: 't',
-  hostname: 'h',
-  arch: 'x64',
-  platform: 'linux',
-  cpus: 2,
-  memoryBytes: 1e9,
-  onnxruntime: { version: '1.30.0', executionProviders: ['cpu'] },
-  docker: false,
-  groups: ['g'],
-  models: [{ name: 'm', version: 1 }],
-};
 
 async function until<T>(what: string, check: () => T | undefined, timeoutMs = 5000): Promise<T> {
   const deadline = Date.now() + timeoutMs;

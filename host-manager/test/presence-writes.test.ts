@@ -12,23 +12,12 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { makeOffline, makeStatus, topics } from '@edgefleet/protocol';
 import type { DeviceInfo } from '@edgefleet/protocol';
+import { deviceInfo as info } from './support/device-info.js';
 import type { BrokerClient } from '../src/broker-client.js';
 import { Fleet } from '../src/devices/presence.js';
 import { openState } from '../src/state/repository.js';
 import type { FleetRepository } from '../src/state/repository.js';
 
-const info: DeviceInfo = {
-  agentVersion: 't',
-  hostname: 'h',
-  arch: 'x64',
-  platform: 'linux',
-  cpus: 2,
-  memoryBytes: 1e9,
-  onnxruntime: { version: '1.30.0', executionProviders: ['cpu'] },
-  docker: false,
-  groups: ['g'],
-  models: [{ name: 'm', version: 1 }],
-};
 
 /** The fleet is fed through `handle` here; start/stop only add and remove its message listener. */
 const noBroker = { on: () => undefined, off: () => undefined } as unknown as BrokerClient;

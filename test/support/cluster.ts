@@ -22,6 +22,8 @@ export interface RedisProcess {
   child: ChildProcess;
   /** Empties every database (between tests that share one server). */
   flush(): Promise<void>;
+  /** One redis-cli command; its output, trimmed. */
+  cli(...args: string[]): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -47,13 +49,16 @@ export async function startRedis(): Promise<RedisProcess> {
     await stop();
     throw error;
   }
-  const flush = () =>
-    new Promise<void>((resolve, reject) => {
-      const cli = spawn('redis-cli', ['-p', String(port), 'flushall'], { stdio: 'ignore' });
-      cli.once('error', reject);
-      cli.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`redis-cli flushall exited with ${code}`))));
+  const cli = (...args: string[]) =>
+    new Promise<string>((resolve, reject) => {
+      const c = spawn('redis-cli', ['-p', String(port), ...args], { stdio: ['ignore', 'pipe', 'ignore'] });
+      let out = '';
+      c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      c.once('error', reject);
+      c.once('exit', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`redis-cli ${args.join(' ')} exited with ${code}`))));
     });
-  return { port, url: `redis://127.0.0.1:${port}`, child, flush, stop };
+  const flush = async () => void (await cli('flushall'));
+  return { port, url: `redis://127.0.0.1:${port}`, child, flush, cli, stop };
 }
 
 function portOpen(port: number): Promise<true | undefined> {
