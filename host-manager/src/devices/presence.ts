@@ -76,10 +76,6 @@ function runs(rec: DeviceRecord, name: string, version: number): boolean {
   return info.models.some((m) => m.name === name && m.version === version) || (info.containers ?? []).some((c) => c.app === name && c.version === version);
 }
 
-/** A labelled counter's child (prom-client's `counter.labels(value)`). */
-type Counted = { inc(n?: number): void };
-type CountedMetric = 'messages' | 'inferenceRequests' | 'inferenceErrors';
-
 /** Whether a running rollout switches `device` to or from `name@version` (its telemetry is then kept before the status says so). */
 export type ExpectedModel = (device: string, name: string, version: number) => boolean;
 
@@ -105,8 +101,6 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   #flushTimer: NodeJS.Timeout | null = null;
   /** When the pending write is due (ms since epoch). */
   #flushDue = Infinity;
-  /** Counters by label value, resolved once (prom-client hashes the labels on every call otherwise). */
-  readonly #counters: Record<CountedMetric, Map<string, Counted>> = { messages: new Map(), inferenceRequests: new Map(), inferenceErrors: new Map() };
   readonly #onMessage = (topic: string, payload: Buffer): void => this.handle(topic, payload);
 
   constructor(opts: FleetOptions) {
@@ -177,7 +171,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     if (parsed?.kind !== 'device') return;
     const { device, channel } = parsed;
     if (channel !== 'status' && channel !== 'telemetry' && channel !== 'events') return;
-    this.#count('messages', channel);
+    this.#metrics?.messages.inc({ channel });
     if (payload.length === 0) return; // a cleared retained message
     if (this.#removed.has(device) || (!this.#discover && !this.#state.device(device))) {
       this.#log.debug({ device, channel }, 'ignored a message from a device that is not in the fleet');
@@ -243,8 +237,8 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     this.vitals.push(device, sample);
     for (const [key, h] of Object.entries(sample.models)) {
       const model = key.slice(0, key.lastIndexOf('@')); // a registry model's name: a bounded set of label values
-      this.#count('inferenceRequests', model, h.requests);
-      this.#count('inferenceErrors', model, h.errors);
+      this.#metrics?.inferenceRequests.inc({ model }, h.requests);
+      this.#metrics?.inferenceErrors.inc({ model }, h.errors);
     }
     const order = this.sequences.observe(device, msg.seq, msg.dropped);
     if (order.missing > 0) this.#metrics?.telemetryMissing.inc(order.missing);
@@ -285,16 +279,6 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     }
     const report = this.reports.record(device, event);
     this.emitFeed({ type: 'event', device, reportedBy: `device:${device}`, event, ...(report ? { text: report.text } : {}) });
-  }
-
-  /** `counter{label=value}` += n. The label values are bounded sets (channels, registry models). */
-  #count(counter: CountedMetric, value: string, n = 1): void {
-    const metrics = this.#metrics;
-    if (!metrics) return;
-    const children = this.#counters[counter];
-    let child = children.get(value);
-    if (!child) children.set(value, (child = metrics[counter].labels(value)));
-    child.inc(n);
   }
 
   /** The state file is written within `withinMs` (sooner if an earlier write is already due). */
