@@ -194,20 +194,35 @@ describe('kill -9 of the agent', () => {
 });
 
 describe('a status reply lost on the way', () => {
-  it('is asked for again, and the delivery succeeds: one silence does not fail a device', async () => {
-    await agent('l1');
-    // The device gets the first transfer.status and answers it; the controller drops that answer
-    // and reports the requester's own timeout, as when a reply is lost between broker and controller.
-    let lost = 0;
+  /** The device gets each transfer.status and answers it; the first `lose` answers are dropped here and reported as the requester's own timeout, as when a reply is lost between broker and controller. */
+  const losing = (lose: number) => {
+    const seen = { statusRequests: 0 };
     const request: DeliverOptions['request'] = async (device, command, params, timeoutMs, binary) => {
       const answer = await requester.request(device, command, params, timeoutMs, binary);
-      if (command === 'transfer.status' && lost++ === 0) throw new FleetError('deadline_exceeded', `${device} did not answer transfer.status within ${timeoutMs} ms`);
+      if (command === 'transfer.status' && seen.statusRequests++ < lose) throw new FleetError('deadline_exceeded', `${device} did not answer transfer.status within ${timeoutMs} ms`);
       return answer;
     };
+    return { request, seen };
+  };
+
+  it('is asked for again, and the delivery succeeds: one silence does not fail a device', async () => {
+    await agent('l1');
+    const { request, seen } = losing(1);
     const r = await deliver(rec1, { devices: ['l1'] }, { request }).run;
-    expect(lost).toBe(2); // asked again after the lost answer
+    expect(seen.statusRequests).toBeGreaterThanOrEqual(2); // asked again after the lost answer
     expect(r.l1).toMatchObject({ ok: true, version: 1, activated: true });
     expect(await answers('l1', v1)).toBe(true);
+  }, 60_000);
+
+  it('fails with deadline_exceeded at the second silence in a row, and sends nothing again to a device that does not answer', async () => {
+    const { request, seen } = losing(Infinity);
+    const d = deliver(rec2, { devices: ['l1'] }, { request });
+    const r = await d.run;
+    expect(r.l1).toMatchObject({ ok: false, error: { code: 'deadline_exceeded' } });
+    expect(seen.statusRequests).toBe(2);
+    expect(d.sent.length).toBeGreaterThan(0);
+    expect(new Set(d.sent.map((c) => c.index)).size).toBe(d.sent.length); // each chunk once: no resend into the silence
+    expect(await answers('l1', v1)).toBe(true); // the old version keeps serving
   }, 60_000);
 });
 

@@ -4,7 +4,6 @@
  * several processes (bench/sim/worker.js), driven over IPC.
  */
 import { fork, spawn } from 'node:child_process';
-import { setPriority } from 'node:os';
 import { fileURLToPath } from 'node:url';
 
 const WORKER = fileURLToPath(new URL('./worker.js', import.meta.url));
@@ -59,12 +58,13 @@ export async function startFleet({ creds, broker, publicKeyPem, processes, dataR
     Array.from({ length: processes }, (_, w) => {
       // each real device has its own thread pool for its file system calls; a process of thousands gets a larger one
       const env = { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' };
-      // `wrap` (e.g. ip netns exec NS) runs the process inside a device's own network namespace; it execs, keeping the IPC channel
-      const child = wrap
-        ? spawn(wrap[0], [...wrap.slice(1), process.execPath, ...execArgv, WORKER], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env })
+      // `wrap` (e.g. ip netns exec NS) runs the process inside a device's own network namespace; it execs, keeping the IPC channel.
+      // `nice`: the simulated fleet yields the host's cores to the controller it measures (real devices have CPUs of their own);
+      // started under nice(1), so every thread of the process is niced, not only its first
+      const prefix = [...(nice > 0 ? ['nice', '-n', String(nice)] : []), ...(wrap ?? [])];
+      const child = prefix.length
+        ? spawn(prefix[0], [...prefix.slice(1), process.execPath, ...execArgv, WORKER], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env })
         : fork(WORKER, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env, execArgv });
-      // `nice`: the simulated fleet yields the host's cores to the controller it measures (real devices have CPUs of their own)
-      if (nice > 0) setPriority(child.pid, nice);
       workers.push(child);
       child.once('exit', (code, signal) => exited.push({ w, code, signal }));
       return new Promise((resolve, reject) => {

@@ -114,7 +114,8 @@ describe('broker instances clustered through Redis (real processes)', () => {
     await inbox.waitForCount(sent.length, undefined, 10_000);
     expect(inbox.messages.map((m) => m.payload.toString())).toEqual(sent);
     // acknowledged on B: nothing is delivered again on A. (A PUBACK B has not processed yet
-    // when the session moves may be delivered again, as QoS 1 allows: wait until B has.)
+    // when the session moves may be delivered again, as QoS 1 allows: wait until B has. The list
+    // `outgoing:<client id>` is aedes-persistence-redis' own key for a session's messages in flight.)
     await endClient(second);
     await eventually('B processed the PUBACKs (the session holds no message in flight)', async () => ((await redis.cli('llen', 'outgoing:dev3')) === '0' ? true : undefined));
     const third = await client(a.url, as('dev3', { clean: false }));

@@ -13,7 +13,6 @@ import { openState } from '../src/state/repository.js';
 import { DurableJsonFile } from '../src/state/store.js';
 import { linearModel } from '../../test/support/onnx-models.js';
 
-
 async function until<T>(what: string, check: () => T | undefined, timeoutMs = 5000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {

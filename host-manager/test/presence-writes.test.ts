@@ -18,7 +18,6 @@ import { Fleet } from '../src/devices/presence.js';
 import { openState } from '../src/state/repository.js';
 import type { FleetRepository } from '../src/state/repository.js';
 
-
 /** The fleet is fed through `handle` here; start/stop only add and remove its message listener. */
 const noBroker = { on: () => undefined, off: () => undefined } as unknown as BrokerClient;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -29,7 +28,7 @@ describe('presence and the state file', () => {
   let writes: number;
   let fleet: Fleet;
   const status = (payload: unknown): void => fleet.handle(topics.device('dev-1', 'status'), Buffer.from(JSON.stringify(payload)));
-  const onDisk = async (): Promise<{ info: DeviceInfo | null }> => JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')).devices['dev-1'];
+  const onDisk = async (): Promise<{ info: DeviceInfo | null; offlineReason?: string | null }> => JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')).devices['dev-1'];
 
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'presence-writes-'));
@@ -84,6 +83,14 @@ describe('presence and the state file', () => {
     await sleep(400);
     expect(writes).toBe(2);
     expect((await onDisk()).info?.hostname).toBe('renamed');
+  });
+
+  it('keeps a pending soon write soon when presence alone arrives after it, and writes the presence with it', async () => {
+    status(makeStatus(info)); // durable: due in 50 ms
+    status(makeOffline('connection lost')); // presence only, after it: must not push the write to 1.5 s
+    await sleep(400);
+    expect(writes).toBe(1);
+    expect(await onDisk()).toMatchObject({ offlineReason: 'connection lost' });
   });
 
   it('writes what is pending when it stops', async () => {

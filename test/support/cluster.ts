@@ -51,11 +51,13 @@ export async function startRedis(): Promise<RedisProcess> {
   }
   const cli = (...args: string[]) =>
     new Promise<string>((resolve, reject) => {
-      const c = spawn('redis-cli', ['-p', String(port), ...args], { stdio: ['ignore', 'pipe', 'ignore'] });
+      const c = spawn('redis-cli', ['-p', String(port), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
+      let err = '';
       c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      c.stderr.on('data', (d: Buffer) => (err += d.toString()));
       c.once('error', reject);
-      c.once('exit', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`redis-cli ${args.join(' ')} exited with ${code}`))));
+      c.once('exit', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`redis-cli ${args.join(' ')} exited with ${code}: ${err.trim()}`))));
     });
   const flush = async () => void (await cli('flushall'));
   return { port, url: `redis://127.0.0.1:${port}`, child, flush, cli, stop };

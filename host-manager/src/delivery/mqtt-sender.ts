@@ -12,8 +12,8 @@
  *   4. publish chunks (binary, QoS 1) with a bounded window of unacknowledged publishes. A
  *      group target gets each chunk once on the group's topic (the broker fans it out); what
  *      a device still misses afterwards (`transfer.status`) goes to its own topic only; a
- *      device that does not answer a status request in time is asked again the next round and
- *      fails only at its second silence in a row;
+ *      device that does not answer a status request in time is asked again the next round
+ *      (without a resend) and fails only at its second silence in a row;
  *   5. `transfer.commit` per device: whole-file check, install, activate (a sample that goes by hash
  *      is delivered between install and activation: check.ts).
  *
@@ -261,9 +261,6 @@ async function askEach<C extends 'transfer.offer' | 'transfer.status'>(
   });
 }
 
-/** Silent status requests in a row after which a device's delivery fails (one lost reply in ten thousand must not fail it). */
-const STATUS_SILENCES = 2;
-
 async function offerAll(d: Delivery, devices: string[]): Promise<void> {
   const via: TransferTarget | undefined = d.group ? { kind: 'group', name: d.group } : undefined;
   // a unicast delivery's offer names each device's own topic; a group's is the same for all
@@ -277,7 +274,14 @@ async function offerAll(d: Delivery, devices: string[]): Promise<void> {
   d.opts.logger?.info({ transferId: d.transferId, model: d.label, devices: d.missing.size, chunks: d.total, chunkSize: d.chunkSize, window: d.window }, 'transfer offered');
 }
 
-/** Chunks once to the group (if any), then to each device what it still misses, until none misses any or they stall. */
+/** Status requests in a row a device may leave unanswered before its delivery fails (one lost reply in ten thousand must not fail it). */
+const STATUS_SILENCES = 2;
+
+/**
+ * Chunks once to the group (if any), then to each device what it still misses, until none misses
+ * any or they stall. A device that did not answer the last status request gets no resend (what it
+ * said it missed may be out of date, and a device too busy to answer needs no more) until it answers.
+ */
 async function sendChunks(d: Delivery): Promise<void> {
   let round = 0;
   let stalled = 0;
@@ -302,17 +306,21 @@ async function sendChunks(d: Delivery): Promise<void> {
       d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
       report(d, device);
     };
-    const onSilence = (device: string, error: unknown): void => {
-      // a late or lost reply: asked again next round (what it misses is resent first); failed at the second silence in a row
+    const onStatusError = (device: string, error: unknown): void => {
+      if (toErrorBody(error).code !== 'deadline_exceeded') return fail(d, device, error);
       const silences = (d.unanswered.get(device) ?? 0) + 1;
       d.unanswered.set(device, silences);
-      if (silences >= STATUS_SILENCES || toErrorBody(error).code !== 'deadline_exceeded') fail(d, device, error);
+      if (silences >= STATUS_SILENCES) return fail(d, device, error);
+      d.opts.logger?.warn({ device, transferId: d.transferId, model: d.label }, 'no answer to transfer.status in time; asking again next round');
     };
-    await askEach(d, [...d.missing.keys()], 'transfer.status', () => ({ transferId: d.transferId }), onStatus, onSilence);
+    // only devices still missing chunks: one that has them all goes on to the commit, which checks the whole file
+    const incomplete = [...d.missing].filter(([, m]) => m.size > 0).map(([device]) => device);
+    await askEach(d, incomplete, 'transfer.status', () => ({ transferId: d.transferId }), onStatus, onStatusError);
     stalled = stillMissing() >= before ? stalled + 1 : 0;
     if (stalled >= 3) {
       for (const [device, m] of d.missing) {
-        if (m.size > 0) fail(d, device, new FleetError('missing_chunk', `${device} kept missing ${m.size} chunks of ${d.label} after 3 resends (corrupted on the way?); see its log events`));
+        // a silent device is the silence rule's: its missing chunks are what it said before it went quiet
+        if (m.size > 0 && !d.unanswered.has(device)) fail(d, device, new FleetError('missing_chunk', `${device} kept missing ${m.size} chunks of ${d.label} after 3 resends (corrupted on the way?); see its log events`));
       }
     }
   }
@@ -327,7 +335,8 @@ function chunkJobs(d: Delivery, round: number): ChunkJob[] {
     for (const index of [...union].sort((a, b) => a - b)) jobs.push({ via: { kind: 'group', name: d.group }, index });
     return jobs;
   }
-  const lists = [...d.missing].map(([device, m]) => [...m].sort((a, b) => a - b).map((index): ChunkJob => ({ via: { kind: 'device', name: device }, index })));
+  const answered = [...d.missing].filter(([device]) => !d.unanswered.has(device));
+  const lists = answered.map(([device, m]) => [...m].sort((a, b) => a - b).map((index): ChunkJob => ({ via: { kind: 'device', name: device }, index })));
   for (let k = 0; lists.some((l) => k < l.length); k++) for (const l of lists) if (k < l.length) jobs.push(l[k]!);
   return jobs;
 }

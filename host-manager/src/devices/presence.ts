@@ -11,11 +11,12 @@
  * (reports.ts), apart from the operator audit.
  *
  * Presence is hot (ten thousand devices reconnecting at once) and comes back from the
- * devices after a restart (retained status), so the state file is not rewritten for it:
- * a status that changes what is kept about the device (its info, its groups) is written
- * within `flushMs`, one that only says online, offline or seen within `presenceFlushMs`.
- * Telemetry is never written (state/schema.ts, durableView): it is held in memory, and
- * the next sample replaces it.
+ * devices after a restart (retained status), so the state file is not rewritten for each
+ * change of it: a status that changes what is kept about the device (its info, its groups,
+ * a device seen for the first time) is written within `flushMs`; one that only changes
+ * online, offline, last seen or the offline reason within `presenceFlushMs`. Telemetry is
+ * never written (state/schema.ts, durableView): it is held in memory, and the next sample
+ * replaces it.
  */
 import { EventEmitter } from 'node:events';
 import type { BrokerClient } from '../broker-client.js';
@@ -56,7 +57,7 @@ export interface FleetOptions {
   metrics?: Metrics;
   /** How soon a status that changed the device's info or groups is written (default 2 s). */
   flushMs?: number;
-  /** How soon a status that changed only presence (online, offline, last seen) is written (default 60 s). */
+  /** How soon a status that changed only presence (online, offline, last seen) is written (default 60 s; never sooner than flushMs). */
   presenceFlushMs?: number;
   /**
    * Record devices that were never provisioned here when they show up (an external broker
@@ -74,6 +75,11 @@ function runs(rec: DeviceRecord, name: string, version: number): boolean {
   const info = rec.info;
   if (!info) return false;
   return info.models.some((m) => m.name === name && m.version === version) || (info.containers ?? []).some((c) => c.app === name && c.version === version);
+}
+
+/** What a status can change of the device's record beyond presence, as text to compare. */
+function keptOf(rec: DeviceRecord): string {
+  return JSON.stringify([rec.info, rec.groups]);
 }
 
 /** Whether a running rollout switches `device` to or from `name@version` (its telemetry is then kept before the status says so). */
@@ -210,9 +216,10 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   }
 
   #onStatus(device: string, msg: StatusMessage): void {
+    const isNew = this.#state.device(device) === undefined;
     const rec = this.#record(device);
     const was = rec.online;
-    const kept = JSON.stringify([rec.info, rec.groups]);
+    const before = keptOf(rec);
     rec.lastSeen = new Date().toISOString();
     if (msg.online) {
       rec.online = true;
@@ -225,7 +232,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     }
     if (was !== rec.online) this.#log.info({ device, online: rec.online }, rec.online ? 'device online' : 'device offline');
     this.emitFeed({ type: 'device', device, online: rec.online, record: rec });
-    this.#markDirty(JSON.stringify([rec.info, rec.groups]) === kept ? this.#presenceFlushMs : this.#flushMs);
+    this.#markDirty(isNew || keptOf(rec) !== before ? this.#flushMs : this.#presenceFlushMs);
   }
 
   #onTelemetry(device: string, msg: TelemetryMessage): void {
