@@ -93,6 +93,18 @@ describe('presence and the state file', () => {
     expect(await onDisk()).toMatchObject({ offlineReason: 'connection lost' });
   });
 
+  it('keeps last seen from a retained offline status (after a restart): the device was seen when it left, not now', async () => {
+    status(makeStatus(info));
+    const seen = state.device('dev-1')!.lastSeen;
+    expect(seen).not.toBeNull();
+    await sleep(20);
+    fleet.handle(topics.device('dev-1', 'status'), Buffer.from(JSON.stringify(makeOffline('connection lost'))), true);
+    expect(fleet.isOnline('dev-1')).toBe(false);
+    expect(state.device('dev-1')!.lastSeen).toBe(seen);
+    fleet.handle(topics.device('dev-1', 'status'), Buffer.from(JSON.stringify(makeOffline('connection lost')))); // said now: its will
+    expect(state.device('dev-1')!.lastSeen).not.toBe(seen);
+  });
+
   it('writes what is pending when it stops', async () => {
     status(makeStatus(info));
     await sleep(400);

@@ -107,7 +107,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   #flushTimer: NodeJS.Timeout | null = null;
   /** When the pending write is due (ms since epoch). */
   #flushDue = Infinity;
-  readonly #onMessage = (topic: string, payload: Buffer): void => this.handle(topic, payload);
+  readonly #onMessage = (topic: string, payload: Buffer, packet: { retain: boolean }): void => this.handle(topic, payload, packet.retain);
 
   constructor(opts: FleetOptions) {
     super();
@@ -172,7 +172,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
   }
 
   /** One incoming message. Public so tests can feed raw payloads. */
-  handle(topic: string, payload: Buffer): void {
+  handle(topic: string, payload: Buffer, retained = false): void {
     const parsed = parseTopic(topic);
     if (parsed?.kind !== 'device') return;
     const { device, channel } = parsed;
@@ -184,7 +184,7 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
       return;
     }
     try {
-      if (channel === 'status') this.#onStatus(device, parseMessage(StatusMessageSchema, payload));
+      if (channel === 'status') this.#onStatus(device, parseMessage(StatusMessageSchema, payload), retained);
       else if (channel === 'telemetry') this.#onTelemetry(device, parseMessage(TelemetryMessageSchema, payload));
       else this.#onEvent(device, parseMessage(EventSchema, payload));
     } catch (error) {
@@ -215,12 +215,14 @@ export class Fleet extends EventEmitter<{ feed: [FeedEvent] }> {
     return rec;
   }
 
-  #onStatus(device: string, msg: StatusMessage): void {
+  /** `retained`: stored by the broker, not said now (a subscription's first messages, as after a restart). */
+  #onStatus(device: string, msg: StatusMessage, retained: boolean): void {
     const isNew = this.#state.device(device) === undefined;
     const rec = this.#record(device);
     const was = rec.online;
     const before = keptOf(rec);
-    rec.lastSeen = new Date().toISOString();
+    // a retained offline status is old news: the device was last seen when it left, not now
+    if (msg.online || !retained) rec.lastSeen = new Date().toISOString();
     if (msg.online) {
       rec.online = true;
       rec.info = msg.device;
