@@ -286,6 +286,18 @@ async function sendChunks(d: Delivery): Promise<void> {
   let round = 0;
   let stalled = 0;
   const stillMissing = (): number => [...d.missing.values()].reduce((n, m) => n + m.size, 0);
+  const onStatus = (device: string, answer: CommandResult<'transfer.status'>): void => {
+    d.unanswered.delete(device);
+    d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
+    report(d, device);
+  };
+  const onStatusError = (device: string, error: unknown): void => {
+    if (toErrorBody(error).code !== 'deadline_exceeded') return fail(d, device, error);
+    const silences = (d.unanswered.get(device) ?? 0) + 1;
+    d.unanswered.set(device, silences);
+    if (silences >= STATUS_SILENCES) return fail(d, device, error);
+    d.opts.logger?.warn({ device, transferId: d.transferId, model: d.label }, 'no answer to transfer.status in time; asking again next round');
+  };
   while (stillMissing() > 0) {
     if (left(d) <= 0) {
       for (const [device, m] of d.missing) {
@@ -301,18 +313,6 @@ async function sendChunks(d: Delivery): Promise<void> {
     }
     round++;
     const before = stillMissing();
-    const onStatus = (device: string, answer: CommandResult<'transfer.status'>): void => {
-      d.unanswered.delete(device);
-      d.missing.set(device, new Set(answer.missing.filter((i) => i < d.total)));
-      report(d, device);
-    };
-    const onStatusError = (device: string, error: unknown): void => {
-      if (toErrorBody(error).code !== 'deadline_exceeded') return fail(d, device, error);
-      const silences = (d.unanswered.get(device) ?? 0) + 1;
-      d.unanswered.set(device, silences);
-      if (silences >= STATUS_SILENCES) return fail(d, device, error);
-      d.opts.logger?.warn({ device, transferId: d.transferId, model: d.label }, 'no answer to transfer.status in time; asking again next round');
-    };
     // only devices still missing chunks: one that has them all goes on to the commit, which checks the whole file
     const incomplete = [...d.missing].filter(([, m]) => m.size > 0).map(([device]) => device);
     await askEach(d, incomplete, 'transfer.status', () => ({ transferId: d.transferId }), onStatus, onStatusError);
